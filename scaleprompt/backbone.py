@@ -1,0 +1,196 @@
+"""Load a frozen open_clip CLIP backbone.
+
+``load_clip(model_name, pretrained)`` accepts:
+
+* ``pretrained=None`` (or ``"none"``): random initialisation, fully offline;
+* an open_clip pretrained tag (``"openai"``, ``"laion2b_s34b_b79k"``, ...): open_clip resolves and downloads it;
+* a local checkpoint file (``.safetensors``, ``.pt``/``.pth``/``.bin`` state dicts read with
+  ``torch.load(weights_only=True)``, or an OpenAI TorchScript archive); open_clip-format and OpenAI-format state
+  dicts both load;
+* ``model_name="hf-hub:org/repo"``: open_clip loads config and weights from the hub (``pretrained`` is ignored).
+
+Both towers are frozen (``requires_grad_(False)``) and put in eval mode. The tiny configurations shipped in
+``scaleprompt/model_configs`` are registered with open_clip by :func:`register_model_configs`, which
+:func:`load_clip` calls, so ``load_clip("sp-tiny-vit")`` works on a CPU in seconds with no download.
+"""
+
+from __future__ import annotations
+
+import logging
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import open_clip
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+# Keys that OpenAI's released state dicts carry besides the weights.
+_OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
+
+_registered = False
+
+
+class BackboneError(ValueError):
+    """A backbone could not be loaded as asked."""
+
+
+def register_model_configs() -> list[str]:
+    """Register scaleprompt's tiny model configs with open_clip (idempotent). Returns their names."""
+    global _registered
+    if not _registered:
+        open_clip.add_model_config(MODEL_CONFIG_DIR)
+        _registered = True
+    return sorted(p.stem for p in MODEL_CONFIG_DIR.glob("*.json"))
+
+
+@dataclass(frozen=True)
+class BackboneInfo:
+    """What a backbone is, stored with saved prompts so a mismatch can be detected on load."""
+
+    model_name: str
+    pretrained: str | None
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    vision_width: int
+    vision_layers: int
+    text_width: int
+    text_layers: int
+    embed_dim: int
+
+
+def _is_torchscript_archive(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        return any(name.endswith("constants.pkl") or "/code/" in name for name in zf.namelist())
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read weights from a local file without unpickling arbitrary objects."""
+    path = Path(path)
+    if not path.is_file():
+        raise BackboneError(f"checkpoint file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    elif _is_torchscript_archive(path):
+        # OpenAI's released .pt files are TorchScript archives: load the graph's weights, not pickled Python.
+        state = torch.jit.load(str(path), map_location="cpu").state_dict()
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any failure here is a bad file
+            raise BackboneError(f"cannot read checkpoint {path} as a weights-only state dict: {exc}") from exc
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise BackboneError(f"checkpoint {path} does not hold a flat state dict of tensors")
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    return dict(state)
+
+
+def load_state_dict_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load an open_clip- or OpenAI-format state dict strictly, with errors that name the offending keys."""
+    state = {k: v for k, v in state.items() if k not in _OPENAI_EXTRA_KEYS}
+    if "logit_scale" in state and state["logit_scale"].shape != model.logit_scale.shape:
+        state["logit_scale"] = state["logit_scale"].reshape(model.logit_scale.shape)
+    if getattr(model, "logit_bias", None) is not None and "logit_bias" not in state:
+        state["logit_bias"] = torch.zeros_like(model.logit_bias)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise BackboneError(
+            f"checkpoint {source} does not match the model: missing keys {missing[:8]}"
+            f"{' ...' if len(missing) > 8 else ''}, unexpected keys {unexpected[:8]}"
+            f"{' ...' if len(unexpected) > 8 else ''}"
+        )
+    bad = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state.items() if v.shape != own[k].shape]
+    if bad:
+        raise BackboneError(f"checkpoint {source} has wrong shapes (key, file, model): {bad[:8]}")
+    model.load_state_dict(state, strict=True)
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Freeze every parameter and put the model in eval mode."""
+    model.requires_grad_(False)
+    model.eval()
+    return model
+
+
+def load_clip(
+    model_name: str,
+    pretrained: str | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
+    cache_dir: str | None = None,
+) -> nn.Module:
+    """Build an open_clip CLIP, load its weights, freeze it. See the module docstring for ``pretrained``."""
+    register_model_configs()
+    pretrained = None if pretrained in (None, "", "none") else pretrained
+    local_file = pretrained is not None and (Path(pretrained).exists() or "/" in pretrained or "\\" in pretrained)
+    if model_name.startswith(("hf-hub:", "local-dir:")):
+        model = open_clip.create_model(model_name, precision=precision, device=device, cache_dir=cache_dir)
+    elif local_file:
+        try:
+            model = open_clip.create_model(model_name, pretrained=None, precision="fp32", device="cpu")
+        except RuntimeError as exc:
+            raise BackboneError(f"unknown model name {model_name!r}: {exc}") from exc
+        load_state_dict_into(model, read_state_dict(pretrained), source=str(pretrained))
+        model = _cast(model, precision).to(device)
+    else:
+        if model_name not in open_clip.list_models():
+            raise BackboneError(f"unknown model name {model_name!r}; see open_clip.list_models()")
+        model = open_clip.create_model(
+            model_name, pretrained=pretrained, precision=precision, device=device, cache_dir=cache_dir
+        )
+    if not hasattr(model, "visual") or not hasattr(model.visual, "conv1"):
+        raise BackboneError(f"{model_name}: scaleprompt needs a ViT image tower (conv1 + class token)")
+    model.scaleprompt_info = backbone_info(model, model_name, pretrained)
+    model.scaleprompt_tokenizer = open_clip.get_tokenizer(model_name, cache_dir=cache_dir)
+    logger.info("loaded backbone %s (pretrained=%s)", model_name, pretrained)
+    return freeze(model)
+
+
+def _cast(model: nn.Module, precision: str) -> nn.Module:
+    if precision in ("bf16", "pure_bf16"):
+        return model.to(torch.bfloat16)
+    if precision in ("fp16", "pure_fp16"):
+        return model.to(torch.float16)
+    return model
+
+
+def text_tower(model: nn.Module) -> nn.Module:
+    """The module that owns token_embedding / transformer / ln_final (the model itself, or ``model.text``)."""
+    tower = model.text if hasattr(model, "text") else model
+    if not hasattr(tower, "token_embedding"):
+        raise BackboneError("scaleprompt needs an open_clip text transformer (token_embedding + transformer)")
+    return tower
+
+
+def backbone_info(model: nn.Module, model_name: str, pretrained: str | None) -> BackboneInfo:
+    visual = model.visual
+    text = text_tower(model)
+    size = visual.image_size
+    size = size[0] if isinstance(size, tuple | list) else int(size)
+    cfg = getattr(visual, "preprocess_cfg", {}) or {}
+    return BackboneInfo(
+        model_name=model_name,
+        pretrained=pretrained,
+        image_size=int(size),
+        mean=tuple(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN)),
+        std=tuple(cfg.get("std", open_clip.OPENAI_DATASET_STD)),
+        vision_width=visual.class_embedding.shape[-1],
+        vision_layers=len(visual.transformer.resblocks),
+        text_width=text.token_embedding.weight.shape[-1],
+        text_layers=len(text.transformer.resblocks),
+        embed_dim=visual.output_dim,
+    )

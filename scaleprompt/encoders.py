@@ -1,0 +1,231 @@
+"""The ONE prompted vision encoder and the ONE prompted text encoder, run over open_clip's own modules.
+
+A method never touches open_clip internals: it declares WHERE prompts go (a :class:`VisualPlan`, or a start
+position for text) and hands over WHAT to insert (per-block prompt tensors). With no prompts both encoders compute
+exactly ``clip.encode_image`` / ``clip.encode_text``.
+
+Vision sequence, batch-first ``[B, T, Dv]``::
+
+    after_cls:  [CLS, prompts(N), patches(P)]
+    append:     [CLS, patches(P), prompts(N)]
+
+Block 0 receives ``prompts[0]`` (inserted before or after ``ln_pre``; never given a positional embedding).
+Block ``i >= 1`` with ``i < len(prompts)``: the prompt slots are set to ``prompts[i]`` (``replace``) or to
+``alpha * O_{i-1} + (1 - alpha) * prompts[i]`` (``progressive``, ProVP), where ``O_{i-1}`` are the prompt-slot
+outputs of block ``i-1``. Blocks past ``len(prompts)`` carry the previous outputs on. The prompt slots are
+dropped before pooling, so the pooled class token is open_clip's own ``_pool`` + ``proj``.
+
+Text: ``embeds`` ``[S, T, Dt]`` are the (possibly prompt-spliced) token embeddings; ``deep[k]`` replaces the
+hidden states at positions ``start .. start+N`` in the input of block ``k + 1`` (IVLP / MaPLe / deep UPT).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import open_clip
+import torch
+from open_clip.transformer import text_global_pool
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from scaleprompt.backbone import text_tower
+
+Position = Literal["after_cls", "append"]
+Stage = Literal["before_ln_pre", "after_ln_pre"]
+Mix = Literal["replace", "progressive"]
+
+
+@dataclass(frozen=True)
+class VisualPlan:
+    """Where visual prompts go and how deeper blocks treat them."""
+
+    position: Position = "after_cls"
+    stage: Stage = "after_ln_pre"
+    mix: Mix = "replace"
+    alpha: float = 0.0  # weight of the previous block's prompt outputs when mix == "progressive"
+
+
+def _expand(prompt: Tensor, batch: int, dtype: torch.dtype) -> Tensor:
+    """[N, D] or [B, N, D] -> [B, N, D] in the backbone's dtype."""
+    prompt = prompt.to(dtype)
+    return prompt.unsqueeze(0).expand(batch, -1, -1) if prompt.dim() == 2 else prompt
+
+
+def _run_block(transformer: nn.Module, block: nn.Module, x: Tensor, attn_mask: Tensor | None) -> Tensor:
+    """One residual block, honouring open_clip's ``grad_checkpointing`` switch on its transformer."""
+    if getattr(transformer, "grad_checkpointing", False) and torch.is_grad_enabled():
+        return checkpoint(block, x, None, None, attn_mask, use_reentrant=False)
+    return block(x, attn_mask=attn_mask)
+
+
+def _check_batch_first(transformer: nn.Module) -> None:
+    if not getattr(transformer, "batch_first", True):
+        raise ValueError("scaleprompt's encoders need open_clip transformers built with batch_first=True")
+
+
+class PromptedVisionEncoder(nn.Module):
+    """CLIP's image tower with prompt insertion. Owns no parameters: it holds a reference to the frozen CLIP."""
+
+    def __init__(self, clip: nn.Module) -> None:
+        super().__init__()
+        self._clip = (clip,)  # a tuple, so the frozen tower is not registered twice in the module tree
+        _check_batch_first(clip.visual.transformer)
+        if getattr(clip.visual, "attn_pool", None) is not None:
+            raise ValueError("attention-pooled vision towers (CoCa) are not supported")
+
+    @property
+    def visual(self) -> nn.Module:
+        return self._clip[0].visual
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.visual.transformer.resblocks)
+
+    @property
+    def width(self) -> int:
+        return self.visual.class_embedding.shape[-1]
+
+    @property
+    def patch_size(self) -> int:
+        return int(self.visual.conv1.kernel_size[0])
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.visual.conv1.weight.dtype
+
+    def embed(self, images: Tensor) -> Tensor:
+        """conv1 -> [CLS, patches] + positional embedding. [B, 3, H, W] -> [B, 1 + P, Dv] (before ln_pre)."""
+        v = self.visual
+        x = v.conv1(images.to(self.dtype))  # [B, Dv, g, g]
+        x = x.flatten(2).transpose(1, 2)  # [B, P, Dv]
+        cls = v.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], -1, -1)
+        x = torch.cat([cls, x], dim=1)  # [B, 1 + P, Dv]
+        x = x + v.positional_embedding.to(x.dtype)
+        return v.patch_dropout(x)
+
+    def forward(
+        self, images: Tensor, prompts: Sequence[Tensor] | None = None, plan: VisualPlan | None = None
+    ) -> Tensor:
+        """Image features ``[B, E]`` (not normalized). ``prompts[i]``: ``[N, Dv]`` or ``[B, N, Dv]`` for block i."""
+        v = self.visual
+        plan = plan or VisualPlan()
+        prompts = [] if prompts is None else list(prompts)
+        if len(prompts) > self.num_blocks:
+            raise ValueError(f"{len(prompts)} prompt layers for a vision tower of {self.num_blocks} blocks")
+        x = self.embed(images)  # [B, 1 + P, Dv]
+        batch = x.shape[0]
+        n = prompts[0].shape[-2] if prompts else 0
+        if n and plan.stage == "before_ln_pre":
+            x = self._insert(x, _expand(prompts[0], batch, x.dtype), plan.position)  # [B, 1 + P + N, Dv]
+        x = v.ln_pre(x)
+        if n and plan.stage == "after_ln_pre":
+            x = self._insert(x, _expand(prompts[0], batch, x.dtype), plan.position)  # [B, 1 + P + N, Dv]
+        slots = slice(1, 1 + n) if plan.position == "after_cls" else slice(x.shape[1] - n, x.shape[1])
+        transformer = v.transformer
+        for i, block in enumerate(transformer.resblocks):
+            if 0 < i < len(prompts):
+                fresh = _expand(prompts[i], batch, x.dtype)
+                if plan.mix == "progressive":
+                    fresh = plan.alpha * x[:, slots] + (1.0 - plan.alpha) * fresh
+                x = self._replace(x, fresh, slots)
+            x = _run_block(transformer, block, x, None)
+        if n:  # drop the prompt slots: pooling sees CLIP's own token layout
+            x = torch.cat([x[:, : slots.start], x[:, slots.stop :]], dim=1)  # [B, 1 + P, Dv]
+        pooled, _ = v._pool(x)
+        return pooled @ v.proj if v.proj is not None else pooled
+
+    @staticmethod
+    def _insert(x: Tensor, p: Tensor, position: Position) -> Tensor:
+        if position == "after_cls":
+            return torch.cat([x[:, :1], p, x[:, 1:]], dim=1)  # [B, 1 + N + P, Dv]
+        return torch.cat([x, p], dim=1)  # [B, 1 + P + N, Dv]
+
+    @staticmethod
+    def _replace(x: Tensor, p: Tensor, slots: slice) -> Tensor:
+        return torch.cat([x[:, : slots.start], p, x[:, slots.stop :]], dim=1)  # same shape as x
+
+
+class PromptedTextEncoder(nn.Module):
+    """CLIP's text tower with prompt insertion. Owns no parameters."""
+
+    def __init__(self, clip: nn.Module) -> None:
+        super().__init__()
+        self._clip = (clip,)
+        _check_batch_first(text_tower(clip).transformer)
+        # load_clip attaches the backbone's own tokenizer; a bare open_clip model gets CLIP's BPE tokenizer.
+        self._tokenizer = getattr(clip, "scaleprompt_tokenizer", None) or open_clip.SimpleTokenizer()
+
+    @property
+    def tower(self) -> nn.Module:
+        return text_tower(self._clip[0])
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.tower.transformer.resblocks)
+
+    @property
+    def width(self) -> int:
+        return self.tower.token_embedding.weight.shape[-1]
+
+    @property
+    def context_length(self) -> int:
+        return self.tower.positional_embedding.shape[0]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.tower.token_embedding.weight.dtype
+
+    def tokenize(self, texts: Sequence[str], context_length: int | None = None) -> Tensor:
+        """Token ids ``[S, T]`` with the backbone's tokenizer and (by default) its context length."""
+        ids = self._tokenizer(list(texts), context_length=context_length or self.context_length)
+        return ids.to(self.tower.token_embedding.weight.device)
+
+    @torch.no_grad()
+    def embed(self, ids: Tensor) -> Tensor:
+        """Frozen token embeddings ``[S, T, Dt]``."""
+        return self.tower.token_embedding(ids).to(self.dtype)
+
+    def forward(
+        self, embeds: Tensor, ids: Tensor, deep: Sequence[Tensor] | None = None, start: int = 1
+    ) -> Tensor:
+        """Text features ``[S, E]``. ``embeds`` ``[S, T, Dt]``; ``deep[k]`` (``[N, Dt]`` or ``[S, N, Dt]``)
+        replaces positions ``start .. start+N`` in the input of block ``k + 1``."""
+        t = self.tower
+        deep = [] if deep is None else list(deep)
+        if len(deep) >= self.num_blocks:
+            raise ValueError(f"{len(deep)} deep text prompts for a text tower of {self.num_blocks} blocks")
+        x = embeds.to(self.dtype) + t.positional_embedding.to(self.dtype)  # [S, T, Dt]
+        mask = t.attn_mask
+        for i, block in enumerate(t.transformer.resblocks):
+            if 0 < i <= len(deep):
+                p = _expand(deep[i - 1], x.shape[0], x.dtype)
+                x = torch.cat([x[:, :start], p, x[:, start + p.shape[1] :]], dim=1)  # [S, T, Dt]
+            x = _run_block(t.transformer, block, x, mask)
+        x = t.ln_final(x)
+        x = self.pool(x, ids)  # [S, Dt]
+        proj = t.text_projection
+        if proj is None:
+            return x
+        return proj(x) if isinstance(proj, nn.Linear) else x @ proj
+
+    def pool(self, x: Tensor, ids: Tensor) -> Tensor:
+        pool_type = getattr(self.tower, "text_pool_type", getattr(self.tower, "pool_type", "argmax"))
+        return text_global_pool(x, ids, pool_type, eos_token_id=getattr(self.tower, "text_eos_id", None))
+
+    @torch.no_grad()
+    def encode_texts(self, texts: Sequence[str]) -> Tensor:
+        """Frozen features ``[S, E]`` of plain strings (no prompts)."""
+        ids = self.tokenize(texts)
+        return self(self.embed(ids), ids)
+
+
+def splice(embeds: Tensor, ctx: Tensor, start: int = 1) -> Tensor:
+    """Replace positions ``start .. start+N`` of ``embeds`` ``[S, T, D]`` with ``ctx`` ``[N, D]`` or ``[S, N, D]``."""
+    ctx = _expand(ctx, embeds.shape[0], embeds.dtype)
+    if start + ctx.shape[1] > embeds.shape[1]:
+        raise ValueError(f"{ctx.shape[1]} context tokens at position {start} overflow a sequence of {embeds.shape[1]}")
+    return torch.cat([embeds[:, :start], ctx, embeds[:, start + ctx.shape[1] :]], dim=1)  # [S, T, D]
+

@@ -1,0 +1,37 @@
+"""Losses and metrics as pure functions of tensors."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def cosine_logits(image_features: Tensor, text_features: Tensor, logit_scale: Tensor) -> Tensor:
+    """CLIP logits ``logit_scale.exp() * normalize(image) @ normalize(text).T``: ``[B, E] x [C, E] -> [B, C]``."""
+    return logit_scale.exp() * F.normalize(image_features, dim=-1) @ F.normalize(text_features, dim=-1).t()
+
+
+def per_image_cosine_logits(image_features: Tensor, text_features: Tensor, logit_scale: Tensor) -> Tensor:
+    """Logits when every image has its own class text features (CoCoOp): ``[B, E] x [B, C, E] -> [B, C]``."""
+    img = F.normalize(image_features, dim=-1)
+    txt = F.normalize(text_features, dim=-1)
+    return logit_scale.exp() * torch.einsum("be,bce->bc", img, txt)
+
+
+def reformation_loss(prompted: Tensor, frozen: Tensor, tau: float = 1.0) -> Tensor:
+    """ProVP-Ref's contrastive feature re-formation (spec section 2).
+
+    ``CE((f_p @ f_c^T) / tau, arange(B))`` with ``f_p`` / ``f_c`` the L2-normalized prompted and frozen image
+    features ``[B, E]`` of the same augmented images: each prompted feature must pick its own frozen feature
+    among the batch's. One direction only; ``frozen`` is detached (the frozen branch never gets gradient).
+    """
+    f_p = F.normalize(prompted, dim=-1)
+    f_c = F.normalize(frozen.detach(), dim=-1)
+    sims = f_p @ f_c.t() / tau  # [B, B]
+    return F.cross_entropy(sims, torch.arange(sims.shape[0], device=sims.device))
+
+
+def accuracy(logits: Tensor, labels: Tensor) -> float:
+    """Top-1 accuracy in [0, 1]."""
+    return (logits.argmax(dim=-1) == labels).float().mean().item()

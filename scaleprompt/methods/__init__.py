@@ -1,0 +1,19 @@
+"""Prompt methods: ``list_methods()``, ``build(name, clip_model, classnames, **overrides)``, save / load."""
+
+from scaleprompt.methods.base import LossOutput, MethodConfig, PromptMethod
+from scaleprompt.methods.io import PromptFileError, load_prompts, save_prompts
+from scaleprompt.methods.registry import METHODS, build, list_methods, make_config, method_class
+
+__all__ = [
+    "METHODS",
+    "LossOutput",
+    "MethodConfig",
+    "PromptFileError",
+    "PromptMethod",
+    "build",
+    "list_methods",
+    "load_prompts",
+    "make_config",
+    "method_class",
+    "save_prompts",
+]

@@ -1,0 +1,171 @@
+"""The interface every prompt method implements, and what the methods share."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from scaleprompt.config import ConfigError, check_types, require
+from scaleprompt.encoders import PromptedTextEncoder, PromptedVisionEncoder
+from scaleprompt.losses import cosine_logits
+
+DEFAULT_TEMPLATE = "a photo of a {}."
+
+
+@dataclass
+class MethodConfig:
+    """Base of every method config. Subclasses add fields and extend ``__post_init__``."""
+
+    def __post_init__(self) -> None:
+        check_types(self)
+
+
+@dataclass
+class FixedTextConfig(MethodConfig):
+    """Methods whose classifier is the frozen text encoder over hand-crafted templates."""
+
+    # One template = the papers' setting; several = a prompt ensemble (mean of normalized text features).
+    templates: tuple[str, ...] = (DEFAULT_TEMPLATE,)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(len(self.templates) > 0, "templates", "needs at least one template")
+        for t in self.templates:
+            require(t.count("{}") == 1, "templates", f"{t!r} must contain exactly one '{{}}' for the class name")
+
+
+@dataclass
+class LossOutput:
+    """A training loss and its named parts (for logging)."""
+
+    loss: Tensor
+    logits: Tensor
+    parts: dict[str, Tensor] = field(default_factory=dict)
+
+
+def check_depth(value: int | None, blocks: int, name: str) -> int:
+    """Resolve a depth field (None = every block) against a tower, with an error naming the field."""
+    if value is None:
+        return blocks
+    if value > blocks:
+        raise ConfigError(f"{name}={value} is larger than the {blocks} blocks of the tower")
+    return value
+
+
+def clean_classnames(classnames: Sequence[str]) -> list[str]:
+    names = [str(c).replace("_", " ").strip() for c in classnames]
+    if not names:
+        raise ValueError("classnames is empty")
+    return names
+
+
+class PromptMethod(nn.Module):
+    """A prompt method over a frozen open_clip CLIP.
+
+    Subclasses set ``name`` and ``config_class``, create their prompt parameters in ``__init__`` and implement
+    ``image_features`` and ``compute_text_features``. Methods whose text side is frozen set
+    ``frozen_text = True``: their class text features are computed once and cached in a non-persistent buffer.
+    """
+
+    name: ClassVar[str]
+    config_class: ClassVar[type[MethodConfig]]
+    frozen_text: ClassVar[bool] = False
+
+    def __init__(self, clip: nn.Module, classnames: Sequence[str], config: MethodConfig) -> None:
+        super().__init__()
+        if not isinstance(config, self.config_class):
+            raise TypeError(f"{self.name} needs a {self.config_class.__name__}, got {type(config).__name__}")
+        self.config = config
+        self.classnames = clean_classnames(classnames)
+        self.clip = clip
+        clip.requires_grad_(False)
+        self.vision = PromptedVisionEncoder(clip)
+        self.text = PromptedTextEncoder(clip)
+        self.register_buffer("_text_cache", None, persistent=False)
+
+    # --- the interface -------------------------------------------------------------------------------------
+    def image_features(self, images: Tensor) -> Tensor:
+        """Prompted image features ``[B, E]``."""
+        raise NotImplementedError
+
+    def compute_text_features(self) -> Tensor:
+        """Class text features ``[C, E]``."""
+        raise NotImplementedError
+
+    def text_features(self) -> Tensor:
+        if not self.frozen_text:
+            return self.compute_text_features()
+        if self._text_cache is None:
+            with torch.no_grad():
+                self._text_cache = self.compute_text_features().detach()
+        return self._text_cache
+
+    def logits(self, images: Tensor) -> Tensor:
+        """``[B, C]`` class logits."""
+        return self.logits_from(self.image_features(images))
+
+    def logits_from(self, image_features: Tensor) -> Tensor:
+        """``[B, C]`` logits of already computed image features against the class text features."""
+        return cosine_logits(image_features, self.text_features(), self.clip.logit_scale)
+
+    def loss(self, images: Tensor, labels: Tensor) -> LossOutput:
+        logits = self.logits(images)
+        ce = F.cross_entropy(logits, labels)
+        return LossOutput(loss=ce, logits=logits, parts={"ce": ce.detach()})
+
+    def forward(self, images: Tensor, labels: Tensor | None = None) -> Tensor | LossOutput:
+        """``logits`` without labels, the :class:`LossOutput` with them (the engine calls this)."""
+        return self.logits(images) if labels is None else self.loss(images, labels)
+
+    # --- shared helpers ------------------------------------------------------------------------------------
+    def train(self, mode: bool = True) -> PromptMethod:
+        super().train(mode)
+        self.clip.eval()  # the backbone stays in eval mode whatever the method does
+        return self
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def prompt_state_dict(self) -> dict[str, Tensor]:
+        """The trained tensors only, by name (never a backbone weight)."""
+        return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
+
+    def template_features(self, templates: Sequence[str]) -> Tensor:
+        """Frozen class features ``[C, E]`` from hand-crafted templates (mean of normalized if several)."""
+        feats = []
+        for template in templates:
+            f = self.text.encode_texts([template.format(c) for c in self.classnames])  # [C, E]
+            feats.append(F.normalize(f, dim=-1) if len(templates) > 1 else f)
+        return torch.stack(feats).mean(0)  # [C, E]
+
+    def frozen_image_features(self, images: Tensor) -> Tensor:
+        """Un-prompted CLIP image features ``[B, E]`` under no_grad."""
+        with torch.no_grad():
+            return self.vision(images)
+
+    def phrase_embeddings(self, phrase: str, n: int) -> Tensor:
+        """Embeddings ``[n, Dt]`` of the first ``n`` tokens of ``phrase`` (after start-of-text)."""
+        ids = self.text.tokenize([phrase])
+        n_words = int(ids.argmax(-1)) - 1
+        if n > n_words:
+            raise ConfigError(f"ctx_init: {phrase!r} has {n_words} tokens, fewer than the {n} asked for")
+        return self.text.embed(ids)[0, 1 : 1 + n].clone().float()
+
+    def extra_repr(self) -> str:
+        n = sum(p.numel() for p in self.trainable_parameters())
+        return f"{self.name}: {len(self.classnames)} classes, {n} trainable values"
+
+    @classmethod
+    def describe_config(cls) -> dict[str, Any]:
+        return {f.name: f.default for f in dataclasses.fields(cls.config_class)}
+
+
+def normal_prompts(*shape: int, std: float = 0.02) -> nn.Parameter:
+    """A prompt parameter initialised N(0, std^2) (CoOp / VPT / UPT / MaPLe convention)."""
+    return nn.Parameter(nn.init.normal_(torch.empty(*shape), std=std))

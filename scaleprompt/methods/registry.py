@@ -1,0 +1,53 @@
+"""The one place where methods are registered: name -> (config dataclass, method class)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from torch import nn
+
+from scaleprompt.config import ConfigError, from_dict
+from scaleprompt.methods.base import MethodConfig, PromptMethod
+from scaleprompt.methods.cocoop import CoCoOp
+from scaleprompt.methods.coop import CoOp
+from scaleprompt.methods.ivlp import IVLP
+from scaleprompt.methods.maple import MaPLe
+from scaleprompt.methods.provp import ProVP, ProVPRef
+from scaleprompt.methods.upt import UPT
+from scaleprompt.methods.vpt import VPTDeep
+from scaleprompt.methods.zsclip import ZSCLIP
+
+METHODS: dict[str, type[PromptMethod]] = {
+    cls.name: cls for cls in (ZSCLIP, CoOp, CoCoOp, VPTDeep, IVLP, MaPLe, ProVP, ProVPRef, UPT)
+}
+
+
+def list_methods() -> list[str]:
+    """Names of the registered methods."""
+    return list(METHODS)
+
+
+def method_class(name: str) -> type[PromptMethod]:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ConfigError(f"unknown method {name!r}; registered: {', '.join(METHODS)}") from None
+
+
+def make_config(name: str, values: Mapping[str, Any] | None = None, **overrides: Any) -> MethodConfig:
+    """The typed config of method ``name`` from a mapping plus overrides (unknown keys raise, naming the key)."""
+    return from_dict(method_class(name).config_class, {**dict(values or {}), **overrides}, where=name)
+
+
+def build(name: str, clip_model: nn.Module, classnames: Sequence[str], **overrides: Any) -> PromptMethod:
+    """Build method ``name`` over a frozen open_clip CLIP for ``classnames``; ``overrides`` set config fields.
+
+    A ``config=`` keyword may pass a ready config instead.
+    """
+    config = overrides.pop("config", None)
+    if config is None:
+        config = make_config(name, **overrides)
+    elif overrides:
+        raise ConfigError("pass either config= or field overrides, not both")
+    return method_class(name)(clip_model, classnames, config)

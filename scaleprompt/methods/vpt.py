@@ -1,0 +1,62 @@
+"""VPT-deep over CLIP's image tower with a fixed text classifier (Jia et al., ECCV 2022; spec section 4).
+
+Per-block prompts N(0, 0.02); block 0 inserts them, later blocks REPLACE the previous prompt outputs with fresh
+parameters. Two released layouts (``layout``):
+
+* ``"upt"`` (UPT release): N = 4 tokens after the class token, inserted after ``ln_pre``, dataset template.
+* ``"maple"`` (MaPLe release): N = 8 tokens appended after the patches, inserted before ``ln_pre``,
+  always "a photo of a {}.".
+
+``depth`` = number of blocks that receive prompts (None = every block); blocks past it carry the outputs on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from torch import Tensor, nn
+
+from scaleprompt.config import require
+from scaleprompt.encoders import VisualPlan
+from scaleprompt.methods.base import FixedTextConfig, PromptMethod, check_depth, normal_prompts
+
+LAYOUTS = {
+    "upt": VisualPlan(position="after_cls", stage="after_ln_pre"),
+    "maple": VisualPlan(position="append", stage="before_ln_pre"),
+}
+DEFAULT_N = {"upt": 4, "maple": 8}
+
+
+@dataclass
+class VPTDeepConfig(FixedTextConfig):
+    layout: Literal["upt", "maple"] = "upt"
+    n_ctx: int | None = None  # None = the layout's released length (4 for "upt", 8 for "maple")
+    depth: int | None = None  # None = every vision block (12 on ViT-B/16)
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.n_ctx is None:
+            self.n_ctx = DEFAULT_N[self.layout]
+        require(self.n_ctx >= 1, "n_ctx", f"must be >= 1, got {self.n_ctx}")
+        require(self.depth is None or self.depth >= 1, "depth", f"must be >= 1, got {self.depth}")
+        require(self.init_std > 0, "init_std", f"must be > 0, got {self.init_std}")
+
+
+class VPTDeep(PromptMethod):
+    name = "vpt_deep"
+    config_class = VPTDeepConfig
+    frozen_text = True
+
+    def __init__(self, clip: nn.Module, classnames, config: VPTDeepConfig) -> None:
+        super().__init__(clip, classnames, config)
+        depth = check_depth(config.depth, self.vision.num_blocks, "depth")
+        self.prompts = normal_prompts(depth, config.n_ctx, self.vision.width, std=config.init_std)  # [L, N, Dv]
+        self.plan = LAYOUTS[config.layout]
+
+    def image_features(self, images: Tensor) -> Tensor:
+        return self.vision(images, self.prompts, self.plan)
+
+    def compute_text_features(self) -> Tensor:
+        return self.template_features(self.config.templates)
