@@ -16,8 +16,10 @@ Both towers are frozen (``requires_grad_(False)``) and put in eval mode. The tin
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,28 +138,44 @@ def load_clip(
     """Build an open_clip CLIP, load its weights, freeze it. See the module docstring for ``pretrained``."""
     register_model_configs()
     pretrained = None if pretrained in (None, "", "none") else pretrained
-    local_file = pretrained is not None and (Path(pretrained).exists() or "/" in pretrained or "\\" in pretrained)
+    local_file = pretrained is not None and (
+        Path(pretrained).exists() or "/" in pretrained or "\\" in pretrained
+    )
     if model_name.startswith(("hf-hub:", "local-dir:")):
         model = open_clip.create_model(model_name, precision=precision, device=device, cache_dir=cache_dir)
     elif local_file:
-        try:
+        if model_name not in open_clip.list_models():
+            raise BackboneError(f"unknown model name {model_name!r}; see open_clip.list_models()")
+        with _quiet_open_clip():
             model = open_clip.create_model(model_name, pretrained=None, precision="fp32", device="cpu")
-        except RuntimeError as exc:
-            raise BackboneError(f"unknown model name {model_name!r}: {exc}") from exc
         load_state_dict_into(model, read_state_dict(pretrained), source=str(pretrained))
         model = _cast(model, precision).to(device)
     else:
         if model_name not in open_clip.list_models():
             raise BackboneError(f"unknown model name {model_name!r}; see open_clip.list_models()")
-        model = open_clip.create_model(
-            model_name, pretrained=pretrained, precision=precision, device=device, cache_dir=cache_dir
-        )
+        with _quiet_open_clip() if pretrained is None else contextlib.nullcontext():
+            model = open_clip.create_model(
+                model_name, pretrained=pretrained, precision=precision, device=device, cache_dir=cache_dir
+            )
     if not hasattr(model, "visual") or not hasattr(model.visual, "conv1"):
         raise BackboneError(f"{model_name}: scaleprompt needs a ViT image tower (conv1 + class token)")
     model.scaleprompt_info = backbone_info(model, model_name, pretrained)
-    model.scaleprompt_tokenizer = open_clip.get_tokenizer(model_name, cache_dir=cache_dir)
+    with _quiet_open_clip():
+        model.scaleprompt_tokenizer = open_clip.get_tokenizer(model_name, cache_dir=cache_dir)
     logger.info("loaded backbone %s (pretrained=%s)", model_name, pretrained)
     return freeze(model)
+
+
+@contextlib.contextmanager
+def _quiet_open_clip() -> Iterator[None]:
+    """open_clip logs every creation step (and a warning for a deliberate random init) on the root logger."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def _cast(model: nn.Module, precision: str) -> nn.Module:

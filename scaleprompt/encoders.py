@@ -226,6 +226,7 @@ def splice(embeds: Tensor, ctx: Tensor, start: int = 1) -> Tensor:
     """Replace positions ``start .. start+N`` of ``embeds`` ``[S, T, D]`` with ``ctx`` ``[N, D]`` or ``[S, N, D]``."""
     ctx = _expand(ctx, embeds.shape[0], embeds.dtype)
     if start + ctx.shape[1] > embeds.shape[1]:
-        raise ValueError(f"{ctx.shape[1]} context tokens at position {start} overflow a sequence of {embeds.shape[1]}")
+        raise ValueError(
+            f"{ctx.shape[1]} context tokens at position {start} overflow a sequence of {embeds.shape[1]}"
+        )
     return torch.cat([embeds[:, :start], ctx, embeds[:, start + ctx.shape[1] :]], dim=1)  # [S, T, D]
-

@@ -37,7 +37,9 @@ class FixedTextConfig(MethodConfig):
         super().__post_init__()
         require(len(self.templates) > 0, "templates", "needs at least one template")
         for t in self.templates:
-            require(t.count("{}") == 1, "templates", f"{t!r} must contain exactly one '{{}}' for the class name")
+            require(
+                t.count("{}") == 1, "templates", f"{t!r} must contain exactly one '{{}}' for the class name"
+            )
 
 
 @dataclass

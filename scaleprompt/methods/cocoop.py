@@ -47,7 +47,9 @@ class CoCoOp(PromptMethod):
         self.table = ClassPromptTable(self.text, self.classnames, prefix, n)
         embed_dim = clip.visual.output_dim
         hidden = max(1, embed_dim // config.meta_reduction)
-        self.meta_net = nn.Sequential(nn.Linear(embed_dim, hidden), nn.ReLU(), nn.Linear(hidden, self.text.width))
+        self.meta_net = nn.Sequential(
+            nn.Linear(embed_dim, hidden), nn.ReLU(), nn.Linear(hidden, self.text.width)
+        )
 
     def image_features(self, images: Tensor) -> Tensor:
         return self.frozen_image_features(images)
@@ -61,7 +63,9 @@ class CoCoOp(PromptMethod):
         out = []
         for part in ctx.split(chunk):
             b = part.shape[0]
-            ctx_bc = part.unsqueeze(1).expand(-1, n_cls, -1, -1).reshape(b * n_cls, *part.shape[1:])  # [b*C, n, Dt]
+            ctx_bc = (
+                part.unsqueeze(1).expand(-1, n_cls, -1, -1).reshape(b * n_cls, *part.shape[1:])
+            )  # [b*C, n, Dt]
             embeds = self.table.embeds.repeat(b, 1, 1)  # [b*C, T, Dt]
             ids = self.table.ids.repeat(b, 1)  # [b*C, T]
             feats = self.text(splice(embeds, ctx_bc, start=1), ids)  # [b*C, E]

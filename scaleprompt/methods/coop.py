@@ -30,9 +30,9 @@ class CoOpConfig(MethodConfig):
         require(self.init_std > 0, "init_std", f"must be > 0, got {self.init_std}")
 
 
-def init_context(method: PromptMethod, n_ctx: int, ctx_init: str, std: float, copies: int = 0) -> tuple[
-    nn.Parameter, str, int
-]:
+def init_context(
+    method: PromptMethod, n_ctx: int, ctx_init: str, std: float, copies: int = 0
+) -> tuple[nn.Parameter, str, int]:
     """CoOp-style context: from ``ctx_init`` words (their count wins) or N(0, std). Returns (ctx, prefix, n)."""
     if ctx_init:
         words = ctx_init.replace("_", " ")

@@ -39,9 +39,9 @@ class IVLPConfig(MethodConfig):
         require(self.init_std > 0, "init_std", f"must be > 0, got {self.init_std}")
 
 
-def template_context(method: PromptMethod, n_ctx: int, ctx_init: str, std: float) -> tuple[
-    nn.Parameter, ClassPromptTable
-]:
+def template_context(
+    method: PromptMethod, n_ctx: int, ctx_init: str, std: float
+) -> tuple[nn.Parameter, ClassPromptTable]:
     """IVLP / MaPLe text input: ``"{ctx_init} {classname}."`` with its first ``n_ctx`` tokens learned
     (initialised from those words), or ``n_ctx`` placeholder words with N(0, std) context if no ``ctx_init``."""
     if ctx_init:
@@ -63,7 +63,9 @@ class IVLP(PromptMethod):
         v_depth = check_depth(config.vision_depth, self.vision.num_blocks, "vision_depth")
         self.ctx, self.table = template_context(self, config.text_n_ctx, config.ctx_init, config.init_std)
         self.deep_text = normal_prompts(t_depth - 1, config.text_n_ctx, self.text.width, std=config.init_std)
-        self.visual_prompts = normal_prompts(v_depth, config.vision_n_ctx, self.vision.width, std=config.init_std)
+        self.visual_prompts = normal_prompts(
+            v_depth, config.vision_n_ctx, self.vision.width, std=config.init_std
+        )
 
     def image_features(self, images: Tensor) -> Tensor:
         return self.vision(images, self.visual_prompts, APPENDED)

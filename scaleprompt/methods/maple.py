@@ -46,7 +46,9 @@ class MaPLe(PromptMethod):
         super().__init__(clip, classnames, config)
         blocks = min(self.text.num_blocks, self.vision.num_blocks)
         if config.prompt_depth > blocks:
-            raise ConfigError(f"prompt_depth={config.prompt_depth} is larger than the {blocks} blocks of the towers")
+            raise ConfigError(
+                f"prompt_depth={config.prompt_depth} is larger than the {blocks} blocks of the towers"
+            )
         dt, dv = self.text.width, self.vision.width
         self.ctx, self.table = template_context(self, config.n_ctx, config.ctx_init, config.init_std)
         self.deep_text = normal_prompts(config.prompt_depth - 1, config.n_ctx, dt, std=config.init_std)

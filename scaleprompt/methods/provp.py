@@ -62,8 +62,12 @@ class ProVP(PromptMethod):
         depth = check_depth(config.depth, self.vision.num_blocks, "depth")
         p = config.init_patch_size or self.vision.patch_size
         bound = math.sqrt(6.0 / (3 * p * p + self.vision.width))
-        self.prompts = nn.Parameter(torch.empty(depth, config.n_ctx, self.vision.width).uniform_(-bound, bound))
-        self.plan = VisualPlan(position="after_cls", stage="after_ln_pre", mix="progressive", alpha=config.alpha)
+        self.prompts = nn.Parameter(
+            torch.empty(depth, config.n_ctx, self.vision.width).uniform_(-bound, bound)
+        )
+        self.plan = VisualPlan(
+            position="after_cls", stage="after_ln_pre", mix="progressive", alpha=config.alpha
+        )
 
     def image_features(self, images: Tensor) -> Tensor:
         return self.vision(images, self.prompts, self.plan)

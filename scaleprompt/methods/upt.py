@@ -57,7 +57,11 @@ class UPTConfig(MethodConfig):
         require(self.ff_dim is None or self.ff_dim >= 1, "ff_dim", f"must be >= 1, got {self.ff_dim}")
         require(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
         require(self.depth is None or self.depth >= 1, "depth", f"must be >= 1, got {self.depth}")
-        require(self.layerwise or self.depth in (None, 1), "depth", "needs layerwise=true (shallow UPT has depth 1)")
+        require(
+            self.layerwise or self.depth in (None, 1),
+            "depth",
+            "needs layerwise=true (shallow UPT has depth 1)",
+        )
         require(self.init_std > 0, "init_std", f"must be > 0, got {self.init_std}")
 
 
@@ -106,7 +110,10 @@ class UPT(PromptMethod):
         self.unified = normal_prompts(depth, 2 * n, dt, std=config.init_std)  # [G, 2n, Dt]
         ff = config.ff_dim or dt
         self.transform = nn.Sequential(
-            *(UnifiedLayer(dt, config.variant, config.num_heads, ff, config.dropout) for _ in range(config.num_layers))
+            *(
+                UnifiedLayer(dt, config.variant, config.num_heads, ff, config.dropout)
+                for _ in range(config.num_layers)
+            )
         )
         self.visual_proj = nn.Linear(dt, dv)
         self.table = ClassPromptTable(self.text, self.classnames, " ".join(["X"] * n), n)

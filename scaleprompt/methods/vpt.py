@@ -52,7 +52,9 @@ class VPTDeep(PromptMethod):
     def __init__(self, clip: nn.Module, classnames, config: VPTDeepConfig) -> None:
         super().__init__(clip, classnames, config)
         depth = check_depth(config.depth, self.vision.num_blocks, "depth")
-        self.prompts = normal_prompts(depth, config.n_ctx, self.vision.width, std=config.init_std)  # [L, N, Dv]
+        self.prompts = normal_prompts(
+            depth, config.n_ctx, self.vision.width, std=config.init_std
+        )  # [L, N, Dv]
         self.plan = LAYOUTS[config.layout]
 
     def image_features(self, images: Tensor) -> Tensor:

@@ -1,0 +1,103 @@
+"""Console script ``scaleprompt``.
+
+* ``scaleprompt methods``: the registered methods and their config fields with defaults.
+* ``scaleprompt check [--model sp-tiny-vit-12]``: builds every method on a (tiny, offline) backbone, runs one
+  SGD step on random images, saves and reloads the prompts, and prints a table.
+* ``scaleprompt inspect FILE``: the method, config, classes and backbone stored in a prompt file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+logger = logging.getLogger("scaleprompt")
+
+CHECK_CLASSES = ["cat", "dog", "golden retriever", "airplane", "sea turtle"]
+
+
+def cmd_methods(_: argparse.Namespace) -> int:
+    from scaleprompt.methods import METHODS
+
+    for name, cls in METHODS.items():
+        logger.info("%-10s %s", name, (cls.__doc__ or "").strip().splitlines()[0])
+        for field, default in cls.describe_config().items():
+            logger.info("    %-16s = %r", field, default)
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    import torch
+
+    from scaleprompt.backbone import load_clip
+    from scaleprompt.methods import build, list_methods, load_prompts, save_prompts
+
+    torch.manual_seed(args.seed)
+    clip = load_clip(args.model, args.pretrained)
+    size = clip.scaleprompt_info.image_size
+    images = torch.randn(args.batch_size, 3, size, size)
+    labels = torch.arange(args.batch_size) % len(CHECK_CLASSES)
+    logger.info(
+        "%-10s %10s %10s %10s %8s  %s", "method", "trainable", "loss", "step ms", "reload", "loss parts"
+    )
+    failures = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.methods or list_methods():
+            method = build(name, clip, CHECK_CLASSES)
+            params = method.trainable_parameters()
+            opt = torch.optim.SGD(params, lr=1e-3) if params else None
+            start = time.perf_counter()
+            out = method.train().loss(images, labels)
+            if opt is not None:
+                out.loss.backward()
+                opt.step()
+            step_ms = 1000 * (time.perf_counter() - start)
+            path = save_prompts(method.eval(), Path(tmp) / f"{name}.safetensors")
+            with torch.no_grad():
+                same = torch.equal(load_prompts(path, clip).eval().logits(images), method.logits(images))
+            failures += not same
+            parts = " ".join(f"{k}={v.item():.4f}" for k, v in out.parts.items())
+            n = sum(p.numel() for p in params)
+            logger.info("%-10s %10d %10.4f %10.1f %8s  %s", name, n, out.loss.item(), step_ms, same, parts)
+    return 1 if failures else 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from scaleprompt.methods.io import read_prompt_file
+
+    meta, tensors = read_prompt_file(args.file)
+    report = {k: (json.loads(v) if k != "format" and k != "method" else v) for k, v in meta.items()}
+    report["tensors"] = {k: list(v.shape) for k, v in tensors.items()}
+    logger.info("%s", json.dumps(report, indent=2))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="scaleprompt", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("methods", help="list methods and their config defaults").set_defaults(func=cmd_methods)
+    check = sub.add_parser("check", help="one training step + save/load round trip for every method")
+    check.add_argument(
+        "--model", default="sp-tiny-vit-12", help="open_clip model name (default: tiny, offline)"
+    )
+    check.add_argument("--pretrained", default=None, help="pretrained tag, local file or none")
+    check.add_argument("--methods", nargs="*", help="subset of methods (default: all)")
+    check.add_argument("--batch-size", type=int, default=8)
+    check.add_argument("--seed", type=int, default=0)
+    check.set_defaults(func=cmd_check)
+    inspect = sub.add_parser("inspect", help="print what a prompt file holds")
+    inspect.add_argument("file")
+    inspect.set_defaults(func=cmd_inspect)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logger.setLevel(logging.INFO)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

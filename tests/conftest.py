@@ -1,0 +1,43 @@
+"""Shared fixtures: tiny open_clip backbones (no downloads), loopback-only services."""
+
+from __future__ import annotations
+
+import os
+
+# Every service a test starts listens on loopback only (see shared/spec/stack.md).
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from scaleprompt.backbone import load_clip  # noqa: E402
+
+CLASSNAMES = ["cat", "dog", "golden_retriever", "airplane", "sea turtle"]
+
+
+@pytest.fixture(scope="session")
+def clip12():
+    """12-block tiny CLIP (vision width 48, text width 32): every spec default depth fits."""
+    torch.manual_seed(0)
+    return load_clip("sp-tiny-vit-12")
+
+
+@pytest.fixture(scope="session")
+def clip2():
+    """2-block tiny CLIP (vision width 96, text width 64, context 16)."""
+    torch.manual_seed(1)
+    return load_clip("sp-tiny-vit")
+
+
+@pytest.fixture
+def images():
+    g = torch.Generator().manual_seed(123)
+    return torch.randn(4, 3, 32, 32, generator=g)
+
+
+@pytest.fixture
+def labels():
+    return torch.tensor([0, 1, 2, 4])

@@ -1,0 +1,135 @@
+"""Backbone loading and the shared prompted encoders: with no prompts they compute CLIP exactly."""
+
+from __future__ import annotations
+
+import open_clip
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from scaleprompt import methods
+from scaleprompt.backbone import BackboneError, load_clip, register_model_configs
+from scaleprompt.encoders import PromptedTextEncoder, PromptedVisionEncoder, VisualPlan
+
+from conftest import CLASSNAMES
+
+
+def test_tiny_configs_are_registered_with_open_clip():
+    names = register_model_configs()
+    assert {"sp-tiny-vit", "sp-tiny-vit-12"} <= set(names) <= set(open_clip.list_models())
+
+
+def test_backbone_is_frozen_and_stays_in_eval(clip12):
+    assert not any(p.requires_grad for p in clip12.parameters())
+    assert not clip12.training
+    method = methods.build("coop", clip12, CLASSNAMES, n_ctx=4).train()
+    assert method.training and not clip12.training and not any(m.training for m in clip12.modules())
+    info = clip12.scaleprompt_info
+    assert (info.vision_layers, info.text_layers, info.vision_width, info.text_width) == (12, 12, 48, 32)
+
+
+def test_vision_encoder_without_prompts_is_clip(clip2, images):
+    ours = PromptedVisionEncoder(clip2)(images)
+    assert torch.equal(ours, clip2.encode_image(images))
+
+
+def test_text_encoder_without_prompts_is_clip(clip2):
+    enc = PromptedTextEncoder(clip2)
+    texts = [f"a photo of a {c}." for c in CLASSNAMES]
+    ids = open_clip.get_tokenizer("sp-tiny-vit")(texts)
+    assert torch.equal(enc.encode_texts(texts), clip2.encode_text(ids))
+
+
+def test_zsclip_logits_are_clip_logits(clip2, images):
+    method = methods.build("zsclip", clip2, CLASSNAMES)
+    ids = open_clip.get_tokenizer("sp-tiny-vit")([f"a photo of a {c.replace('_', ' ')}." for c in CLASSNAMES])
+    expected, _ = clip2.get_logits(images, ids)
+    torch.testing.assert_close(method.logits(images), expected, rtol=0, atol=1e-5)
+
+
+def test_zsclip_template_ensemble_is_mean_of_normalized_features(clip2, images):
+    templates = ("a photo of a {}.", "a sketch of the {}.")
+    method = methods.build("zsclip", clip2, CLASSNAMES, templates=templates)
+    feats = [
+        clip2.encode_text(
+            open_clip.tokenize([t.format(c.replace("_", " ")) for c in CLASSNAMES], context_length=16),
+            normalize=True,
+        )
+        for t in templates
+    ]
+    text = (feats[0] + feats[1]) / 2
+    expected = (
+        clip2.logit_scale.exp()
+        * clip2.encode_image(images, normalize=True)
+        @ (text / text.norm(dim=-1, keepdim=True)).t()
+    )
+    torch.testing.assert_close(method.logits(images), expected, rtol=0, atol=1e-5)
+
+
+def test_grad_checkpointing_switch_is_honoured(clip2, images, monkeypatch):
+    """With open_clip's switch on, each block runs again in backward (recompute) and gradients are unchanged."""
+    calls = []
+    for (
+        block
+    ) in clip2.visual.transformer.resblocks:  # (module hooks are silenced during recompute: wrap forward)
+        monkeypatch.setattr(
+            block.attn, "forward", lambda *a, _f=block.attn.forward, **k: calls.append(1) or _f(*a, **k)
+        )
+    prompts = torch.randn(2, 3, 96, requires_grad=True)
+    enc = PromptedVisionEncoder(clip2)
+    try:
+        grads = []
+        for flag in (False, True):
+            clip2.set_grad_checkpointing(flag)
+            calls.clear()
+            enc(images, prompts, VisualPlan()).sum().backward()
+            grads.append(prompts.grad.clone())
+            prompts.grad = None
+            grads.append(len(calls))
+    finally:
+        clip2.set_grad_checkpointing(False)
+    assert grads[1] == 2 and grads[3] == 4
+    torch.testing.assert_close(grads[0], grads[2], rtol=0, atol=1e-6)
+
+
+def test_load_local_open_clip_and_openai_format_files(tmp_path, clip2, images):
+    state = {k: v.clone() for k, v in clip2.state_dict().items()}
+    save_file(state, str(tmp_path / "w.safetensors"))
+    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, tmp_path / "w.pt")
+    openai = dict(
+        state,
+        input_resolution=torch.tensor(32),
+        context_length=torch.tensor(16),
+        vocab_size=torch.tensor(49408),
+    )
+    openai["logit_scale"] = state["logit_scale"].reshape(1)
+    torch.save(openai, tmp_path / "openai.pt")
+    expected = clip2.encode_image(images)
+    for name in ("w.safetensors", "w.pt", "openai.pt"):
+        model = load_clip("sp-tiny-vit", str(tmp_path / name))
+        assert not any(p.requires_grad for p in model.parameters()) and not model.training
+        assert torch.equal(model.encode_image(images), expected), name
+
+
+def test_load_errors_name_the_problem(tmp_path, clip12):
+    with pytest.raises(BackboneError, match="not found"):
+        load_clip("sp-tiny-vit", str(tmp_path / "missing.pt"))
+    with pytest.raises(BackboneError, match="unknown model name 'ViT-Nope'"):
+        load_clip("ViT-Nope")
+    save_file(dict(clip12.state_dict()), str(tmp_path / "other.safetensors"))
+    with pytest.raises(BackboneError, match="wrong shapes|missing keys"):
+        load_clip("sp-tiny-vit", str(tmp_path / "other.safetensors"))
+    (tmp_path / "pickle.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(BackboneError, match="weights-only"):
+        load_clip("sp-tiny-vit", str(tmp_path / "pickle.pt"))
+
+
+def test_untrusted_pickle_is_never_executed(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(tmp_path / "pwned"), "w"))
+
+    torch.save({"x": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(BackboneError):
+        load_clip("sp-tiny-vit", str(tmp_path / "evil.pt"))
+    assert not (tmp_path / "pwned").exists()

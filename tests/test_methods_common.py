@@ -1,0 +1,132 @@
+"""Behaviour every registered method must have (spec defaults on the 12-block tiny CLIP)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from scaleprompt import methods
+from scaleprompt.methods import PromptFileError, load_prompts, save_prompts
+
+from conftest import CLASSNAMES
+
+ALL = methods.list_methods()
+
+
+def test_registry_lists_all_nine_methods():
+    assert ALL == ["zsclip", "coop", "cocoop", "vpt_deep", "ivlp", "maple", "provp", "provp_ref", "upt"]
+
+
+@pytest.fixture(params=ALL)
+def method(request, clip12):
+    torch.manual_seed(7)
+    return methods.build(request.param, clip12, CLASSNAMES)
+
+
+def test_logits_shape(method, images):
+    assert method.logits(images).shape == (len(images), len(CLASSNAMES))
+
+
+def test_only_prompts_require_grad(method):
+    assert not any(p.requires_grad for p in method.clip.parameters())
+    trainable = dict((n, p) for n, p in method.named_parameters() if p.requires_grad)
+    assert all(not n.startswith("clip.") for n in trainable)
+    assert set(trainable) == set(method.prompt_state_dict())
+    if method.name == "zsclip":
+        assert trainable == {}
+    else:
+        assert trainable, f"{method.name} has no trainable prompt"
+
+
+def test_backward_reaches_every_prompt_and_no_backbone_weight(method, images, labels):
+    method.train()
+    out = method.loss(images, labels)
+    assert torch.isfinite(out.loss)
+    if method.name == "zsclip":
+        assert not out.loss.requires_grad
+        return
+    out.loss.backward()
+    for name, p in method.named_parameters():
+        if name.startswith("clip."):
+            assert p.grad is None, f"backbone weight {name} got a gradient"
+        else:
+            assert p.grad is not None and p.grad.abs().sum() > 0, f"prompt tensor {name} got no gradient"
+
+
+def test_optimizer_step_changes_prompts_and_nothing_else(method, images, labels):
+    if method.name == "zsclip":
+        pytest.skip("zero-shot CLIP has nothing to train")
+    method.train()
+    before = {n: t.clone() for n, t in method.state_dict(keep_vars=False).items()}
+    opt = torch.optim.SGD(method.trainable_parameters(), lr=0.5)
+    method.loss(images, labels).loss.backward()
+    opt.step()
+    after = method.state_dict()
+    trainable = set(method.prompt_state_dict())
+    for name, value in after.items():
+        if name in trainable:
+            assert not torch.equal(value, before[name]), f"prompt {name} did not change"
+        else:
+            assert torch.equal(value, before[name]), f"frozen tensor {name} changed"
+
+
+def test_save_load_reproduces_logits(method, images, tmp_path, clip12):
+    method.eval()
+    path = save_prompts(method, tmp_path / f"{method.name}.safetensors")
+    with torch.no_grad():
+        for p in method.trainable_parameters():  # trained values, not the init, must round-trip
+            p.add_(0.01 * torch.randn_like(p))
+        save_prompts(method, path)
+        expected = method.logits(images)
+    torch.manual_seed(999)  # a different init must not leak into the loaded method
+    loaded = load_prompts(path, clip12).eval()
+    assert type(loaded) is type(method) and loaded.config == method.config
+    with torch.no_grad():
+        assert torch.equal(loaded.logits(images), expected)
+    assert list(tmp_path.iterdir()) == [path], "atomic save left temporary files behind"
+
+
+def test_load_rejects_wrong_backbone(tmp_path, clip12, clip2):
+    method = methods.build("provp", clip12, CLASSNAMES)
+    path = save_prompts(method, tmp_path / "p.safetensors")
+    with pytest.raises(PromptFileError, match="vision_width"):
+        load_prompts(path, clip2)
+
+
+def test_load_rejects_missing_corrupt_and_foreign_files(tmp_path, clip12):
+    with pytest.raises(PromptFileError, match="not found"):
+        load_prompts(tmp_path / "nope.safetensors", clip12)
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(PromptFileError, match="not a readable safetensors"):
+        load_prompts(bad, clip12)
+    from safetensors.torch import save_file
+
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"x": torch.zeros(2)}, str(foreign))
+    with pytest.raises(PromptFileError, match="not a scaleprompt prompt file"):
+        load_prompts(foreign, clip12)
+
+
+def test_load_rejects_tensor_shape_mismatch(tmp_path, clip12):
+    method = methods.build("coop", clip12, CLASSNAMES, n_ctx=4)
+    path = save_prompts(method, tmp_path / "c.safetensors")
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as fh:
+        meta = fh.metadata()
+    save_file({"ctx": torch.zeros(5, 32)}, str(path), metadata=meta)
+    with pytest.raises(PromptFileError, match="shape"):
+        load_prompts(path, clip12)
+
+
+def test_frozen_text_features_are_computed_once(clip12, images):
+    method = methods.build("vpt_deep", clip12, CLASSNAMES)
+    calls = []
+    original = method.compute_text_features
+    method.compute_text_features = lambda: calls.append(1) or original()
+    method.logits(images)
+    method.logits(images)
+    assert len(calls) == 1
+    assert "_text_cache" not in method.state_dict(), "cached text features must be a non-persistent buffer"
