@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -83,7 +84,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         state = load_file(str(path))
     elif _is_torchscript_archive(path):
         # OpenAI's released .pt files are TorchScript archives: load the graph's weights, not pickled Python.
-        state = torch.jit.load(str(path), map_location="cpu").state_dict()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, OpenAI's files are not
+            state = torch.jit.load(str(path), map_location="cpu").state_dict()
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -106,6 +109,9 @@ def load_state_dict_into(model: nn.Module, state: dict[str, torch.Tensor], sourc
     if getattr(model, "logit_bias", None) is not None and "logit_bias" not in state:
         state["logit_bias"] = torch.zeros_like(model.logit_bias)
     own = model.state_dict()
+    # TorchScript archives also store buffers the model keeps non-persistent (e.g. the causal attn_mask)
+    transient = {name for name, _ in model.named_buffers()} - set(own)
+    state = {k: v for k, v in state.items() if k not in transient}
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:

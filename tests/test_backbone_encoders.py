@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import open_clip
 import pytest
 import torch
@@ -104,8 +106,11 @@ def test_load_local_open_clip_and_openai_format_files(tmp_path, clip2, images):
     )
     openai["logit_scale"] = state["logit_scale"].reshape(1)
     torch.save(openai, tmp_path / "openai.pt")
+    with warnings.catch_warnings():  # OpenAI's released .pt files are TorchScript archives
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.script(clip2).save(str(tmp_path / "openai_jit.pt"))
     expected = clip2.encode_image(images)
-    for name in ("w.safetensors", "w.pt", "openai.pt"):
+    for name in ("w.safetensors", "w.pt", "openai.pt", "openai_jit.pt"):
         model = load_clip("sp-tiny-vit", str(tmp_path / name))
         assert not any(p.requires_grad for p in model.parameters()) and not model.training
         assert torch.equal(model.encode_image(images), expected), name

@@ -8,6 +8,7 @@ bounds how many images' prompts go through the text encoder at once (memory), wi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -41,7 +42,7 @@ class CoCoOp(PromptMethod):
     name = "cocoop"
     config_class = CoCoOpConfig
 
-    def __init__(self, clip: nn.Module, classnames, config: CoCoOpConfig) -> None:
+    def __init__(self, clip: nn.Module, classnames: Sequence[str], config: CoCoOpConfig) -> None:
         super().__init__(clip, classnames, config)
         self.ctx, prefix, n = init_context(self, config.n_ctx, config.ctx_init, config.init_std)
         self.table = ClassPromptTable(self.text, self.classnames, prefix, n)

@@ -7,6 +7,7 @@ class token at the end, middle or front of the context, as CoOp's ``CLASS_TOKEN_
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from torch import Tensor, nn
@@ -49,7 +50,7 @@ class CoOp(PromptMethod):
     name = "coop"
     config_class = CoOpConfig
 
-    def __init__(self, clip: nn.Module, classnames, config: CoOpConfig) -> None:
+    def __init__(self, clip: nn.Module, classnames: Sequence[str], config: CoOpConfig) -> None:
         super().__init__(clip, classnames, config)
         copies = len(self.classnames) if config.class_specific else 0
         self.ctx, prefix, n = init_context(self, config.n_ctx, config.ctx_init, config.init_std, copies)

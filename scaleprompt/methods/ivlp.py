@@ -8,6 +8,7 @@ N(0, 0.02). Visual: 2 learned tokens N(0, 0.02) appended after the patches befor
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from torch import Tensor, nn
@@ -57,7 +58,7 @@ class IVLP(PromptMethod):
     name = "ivlp"
     config_class = IVLPConfig
 
-    def __init__(self, clip: nn.Module, classnames, config: IVLPConfig) -> None:
+    def __init__(self, clip: nn.Module, classnames: Sequence[str], config: IVLPConfig) -> None:
         super().__init__(clip, classnames, config)
         t_depth = check_depth(config.text_depth, self.text.num_blocks, "text_depth")
         v_depth = check_depth(config.vision_depth, self.vision.num_blocks, "vision_depth")

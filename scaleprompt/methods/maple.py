@@ -12,6 +12,7 @@ Released behaviour matched: the J-1 deep coupling layers are deep copies of ONE 
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from torch import Tensor, nn
@@ -42,7 +43,7 @@ class MaPLe(PromptMethod):
     name = "maple"
     config_class = MaPLeConfig
 
-    def __init__(self, clip: nn.Module, classnames, config: MaPLeConfig) -> None:
+    def __init__(self, clip: nn.Module, classnames: Sequence[str], config: MaPLeConfig) -> None:
         super().__init__(clip, classnames, config)
         blocks = min(self.text.num_blocks, self.vision.num_blocks)
         if config.prompt_depth > blocks:

@@ -15,6 +15,7 @@ tokens, are overwritten later) is not reproduced.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -57,7 +58,7 @@ class ProVP(PromptMethod):
     config_class = ProVPConfig
     frozen_text = True
 
-    def __init__(self, clip: nn.Module, classnames, config: ProVPConfig) -> None:
+    def __init__(self, clip: nn.Module, classnames: Sequence[str], config: ProVPConfig) -> None:
         super().__init__(clip, classnames, config)
         depth = check_depth(config.depth, self.vision.num_blocks, "depth")
         p = config.init_patch_size or self.vision.patch_size

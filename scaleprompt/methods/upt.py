@@ -20,6 +20,7 @@ masks); here it runs once and both halves come from the same output, as in the p
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -96,7 +97,7 @@ class UPT(PromptMethod):
     name = "upt"
     config_class = UPTConfig
 
-    def __init__(self, clip: nn.Module, classnames, config: UPTConfig) -> None:
+    def __init__(self, clip: nn.Module, classnames: Sequence[str], config: UPTConfig) -> None:
         super().__init__(clip, classnames, config)
         dt, dv, n = self.text.width, self.vision.width, config.n_ctx
         if dt % config.num_heads:

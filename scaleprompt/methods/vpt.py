@@ -12,6 +12,7 @@ parameters. Two released layouts (``layout``):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -49,7 +50,7 @@ class VPTDeep(PromptMethod):
     config_class = VPTDeepConfig
     frozen_text = True
 
-    def __init__(self, clip: nn.Module, classnames, config: VPTDeepConfig) -> None:
+    def __init__(self, clip: nn.Module, classnames: Sequence[str], config: VPTDeepConfig) -> None:
         super().__init__(clip, classnames, config)
         depth = check_depth(config.depth, self.vision.num_blocks, "depth")
         self.prompts = normal_prompts(
