@@ -1,0 +1,342 @@
+"""Dataset registry: the 11 benchmarks, the 4 domain-generalization targets, user data, the embedded default.
+
+Each reader takes the folder that holds the datasets (Dassl's ``DATASET.ROOT``) in the layout of the CoOp
+instructions and returns :class:`DatasetSplits` of :class:`Datum` (absolute path, label, class name). Images are
+listed in sorted order (the releases list directories in file-system order; sorting makes it reproducible).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm"}
+
+
+class DatasetError(FileNotFoundError):
+    """A dataset folder, split file or image is missing or malformed (the message names it)."""
+
+
+@dataclass(frozen=True)
+class Datum:
+    path: str  # absolute path of the image
+    label: int
+    classname: str
+
+
+@dataclass
+class DatasetSplits:
+    name: str
+    image_root: Path  # paths in shard metadata are stored relative to this
+    train: list[Datum] = field(default_factory=list)
+    val: list[Datum] = field(default_factory=list)
+    test: list[Datum] = field(default_factory=list)
+    classnames: list[str] = field(default_factory=list)  # index = label
+    val_from_train: bool = (
+        False  # no official val split: the protocol draws val shots from unused train images
+    )
+
+    def split(self, name: str) -> list[Datum]:
+        if name not in ("train", "val", "test"):
+            raise ValueError(f"unknown split {name!r}: train, val or test")
+        return getattr(self, name)
+
+    def counts(self) -> dict[str, int]:
+        return {s: len(self.split(s)) for s in ("train", "val", "test")}
+
+
+def classnames_of(*splits: list[Datum]) -> list[str]:
+    """Label -> class name over the splits (Dassl's ``get_lab2cname``); labels must be 0..C-1 and consistent."""
+    mapping: dict[int, str] = {}
+    for items in splits:
+        for d in items:
+            if mapping.setdefault(d.label, d.classname) != d.classname:
+                raise DatasetError(
+                    f"label {d.label} has two class names: {mapping[d.label]!r} and {d.classname!r}"
+                )
+    if not mapping:
+        return []
+    missing = sorted(set(range(max(mapping) + 1)) - set(mapping))
+    if missing:
+        raise DatasetError(f"labels {missing[:10]} have no image in any split")
+    return [mapping[i] for i in range(len(mapping))]
+
+
+def require_dir(path: Path, what: str) -> Path:
+    if not path.is_dir():
+        raise DatasetError(f"{what} folder not found: {path}")
+    return path
+
+
+def require_file(path: Path, what: str) -> Path:
+    if not path.is_file():
+        raise DatasetError(f"{what} not found: {path}")
+    return path
+
+
+def list_images(folder: Path) -> list[Path]:
+    return sorted(
+        p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+    )
+
+
+def list_class_folders(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _finish(name: str, image_root: Path, train, val, test, val_from_train: bool = False) -> DatasetSplits:
+    return DatasetSplits(name, image_root, train, val, test, classnames_of(train, val, test), val_from_train)
+
+
+# --- readers --------------------------------------------------------------------------------------------------
+def read_split_json(split_file: Path, image_root: Path) -> tuple[list[Datum], list[Datum], list[Datum]]:
+    """``{"train"|"val"|"test": [[relpath, label, classname], ...]}`` (CoOp's ``split_zhou_*.json``)."""
+    require_file(split_file, "split file")
+    try:
+        data = json.loads(split_file.read_text())
+        out = []
+        for split in ("train", "val", "test"):
+            out.append([Datum(str(image_root / p), int(y), str(c)) for p, y, c in data.get(split, [])])
+    except (ValueError, TypeError) as exc:
+        raise DatasetError(f"split file {split_file} is malformed: {exc}") from exc
+    return out[0], out[1], out[2]
+
+
+def split_json_reader(
+    name: str, directory: str, image_dir: str, split_file: str
+) -> Callable[[Path], DatasetSplits]:
+    def read(root: Path) -> DatasetSplits:
+        base = require_dir(Path(root) / directory, name)
+        images = require_dir(base / image_dir, f"{name} image") if image_dir else base
+        train, val, test = read_split_json(base / split_file, images)
+        return _finish(name, images, train, val, test)
+
+    return read
+
+
+def read_fgvc_aircraft(root: Path) -> DatasetSplits:
+    base = require_dir(Path(root) / "fgvc_aircraft", "FGVCAircraft")
+    images = require_dir(base / "images", "FGVCAircraft image")
+    classnames = [
+        ln.strip() for ln in require_file(base / "variants.txt", "variant list").read_text().splitlines()
+    ]
+    classnames = [c for c in classnames if c]
+    label_of = {c: i for i, c in enumerate(classnames)}
+    splits = []
+    for split in ("train", "val", "test"):
+        items = []
+        path = require_file(base / f"images_variant_{split}.txt", "split file")
+        for line in path.read_text().splitlines():
+            if not line.strip():
+                continue
+            image_id, _, variant = line.strip().partition(" ")
+            if variant not in label_of:
+                raise DatasetError(f"{path}: variant {variant!r} is not in variants.txt")
+            items.append(Datum(str(images / f"{image_id}.jpg"), label_of[variant], variant))
+        splits.append(items)
+    return DatasetSplits("FGVCAircraft", images, *splits, classnames=classnames)
+
+
+def read_imagenet_classnames(path: Path) -> dict[str, str]:
+    """``classnames.txt``: ``<wnid> <class name>`` per line, in label order."""
+    out: dict[str, str] = {}
+    for line in require_file(path, "class-name list").read_text().splitlines():
+        wnid, _, name = line.strip().partition(" ")
+        if wnid:
+            out[wnid] = name
+    return out
+
+
+def read_class_folders(folder: Path, classnames: dict[str, str], labels: dict[str, int]) -> list[Datum]:
+    items = []
+    for wnid in list_class_folders(folder):
+        if wnid not in labels:
+            raise DatasetError(f"class folder {folder / wnid} is not in classnames.txt")
+        items += [Datum(str(p), labels[wnid], classnames[wnid]) for p in list_images(folder / wnid)]
+    return items
+
+
+def read_imagenet(root: Path) -> DatasetSplits:
+    base = require_dir(Path(root) / "imagenet", "ImageNet")
+    images = require_dir(base / "images", "ImageNet image")
+    names = read_imagenet_classnames(base / "classnames.txt")
+    labels = {w: i for i, w in enumerate(names)}
+    train = read_class_folders(require_dir(images / "train", "ImageNet train"), names, labels)
+    test = read_class_folders(require_dir(images / "val", "ImageNet val"), names, labels)
+    # ImageNet has no val split: the release evaluates on val = test; we draw val shots from unused train images
+    return DatasetSplits("ImageNet", images, train, [], test, list(names.values()), val_from_train=True)
+
+
+def read_imagenetv2(root: Path) -> DatasetSplits:
+    base = require_dir(Path(root) / "imagenetv2", "ImageNetV2")
+    images = require_dir(base / "imagenetv2-matched-frequency-format-val", "ImageNetV2 image")
+    names = list(read_imagenet_classnames(base / "classnames.txt").values())
+    test = []
+    for label, name in enumerate(names):  # folders are named by the integer label
+        test += [Datum(str(p), label, name) for p in list_images(require_dir(images / str(label), "class"))]
+    return DatasetSplits("ImageNetV2", images, [], [], test, names)
+
+
+def sorted_folder_reader(name: str, directory: str, image_dir: str) -> Callable[[Path], DatasetSplits]:
+    """ImageNet-Sketch / -A / -R: one folder per wnid; label = index in the sorted folders present."""
+
+    def read(root: Path) -> DatasetSplits:
+        base = require_dir(Path(root) / directory, name)
+        images = require_dir(base / image_dir, f"{name} image")
+        names = read_imagenet_classnames(base / "classnames.txt")
+        folders = list_class_folders(images)
+        labels = {w: i for i, w in enumerate(folders)}
+        test = read_class_folders(images, names, labels)
+        return DatasetSplits(name, images, [], [], test, [names[w] for w in folders])
+
+    return read
+
+
+def read_image_folder(root: Path, p_train: float = 0.5, p_val: float = 0.2, seed: int = 0) -> DatasetSplits:
+    """User data: ``root/{train,val,test}/<class>/*`` or ``root/<class>/*`` (split per class p_train / p_val /
+    rest after a seeded shuffle, like Dassl's ``read_and_split_data``). Labels follow sorted class names."""
+    root = require_dir(Path(root), "dataset")
+    if (root / "train").is_dir():
+        classes = list_class_folders(root / "train")
+        labels = {c: i for i, c in enumerate(classes)}
+        splits = []
+        for split in ("train", "val", "test"):
+            folder = root / split
+            items = []
+            for c in list_class_folders(folder) if folder.is_dir() else []:
+                if c not in labels:
+                    raise DatasetError(f"class folder {folder / c} does not exist in {root / 'train'}")
+                items += [Datum(str(p), labels[c], c) for p in list_images(folder / c)]
+            splits.append(items)
+        return _finish(root.name, root, *splits)
+    rng = random.Random(seed)
+    train, val, test = [], [], []
+    for label, c in enumerate(list_class_folders(root)):
+        images = [Datum(str(p), label, c) for p in list_images(root / c)]
+        rng.shuffle(images)
+        n_train, n_val = round(len(images) * p_train), round(len(images) * p_val)
+        train += images[:n_train]
+        val += images[n_train : n_train + n_val]
+        test += images[n_train + n_val :]
+    if not train:
+        raise DatasetError(f"no class folders with images under {root}")
+    return _finish(root.name, root, train, val, test)
+
+
+def read_split_file(split_file: Path, image_root: Path | None = None) -> DatasetSplits:
+    """User data from a JSON split (CoOp format) or a CSV with columns ``split,path,label,classname``."""
+    split_file = require_file(Path(split_file), "split file")
+    image_root = Path(image_root) if image_root else split_file.parent
+    if split_file.suffix.lower() == ".csv":
+        out: dict[str, list[Datum]] = {"train": [], "val": [], "test": []}
+        with split_file.open(newline="") as fh:
+            reader = csv.DictReader(fh)
+            need = {"split", "path", "label", "classname"}
+            if not need <= set(reader.fieldnames or []):
+                raise DatasetError(f"{split_file} needs the columns {sorted(need)}, has {reader.fieldnames}")
+            for row in reader:
+                if row["split"] not in out:
+                    raise DatasetError(f"{split_file}: unknown split {row['split']!r} (train, val or test)")
+                out[row["split"]].append(
+                    Datum(str(image_root / row["path"]), int(row["label"]), row["classname"])
+                )
+        return _finish(split_file.stem, image_root, out["train"], out["val"], out["test"])
+    return _finish(split_file.stem, image_root, *read_split_json(split_file, image_root))
+
+
+# --- the registry ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    reader: Callable[[Path], DatasetSplits]
+    aliases: tuple[str, ...] = ()
+    eval_only: bool = False  # DG targets: a test split only
+
+
+def _json(name: str, directory: str, image_dir: str, split: str, *aliases: str) -> DatasetSpec:
+    return DatasetSpec(name, split_json_reader(name, directory, image_dir, split), aliases)
+
+
+def _embedded(root: Path | None) -> DatasetSplits:
+    from scaleprompt.data.fashion_mnist import load_fashion_mnist  # (imports this module: load lazily)
+
+    return load_fashion_mnist(Path(root) / "fashion_mnist" if root else None)
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    spec.name: spec
+    for spec in (
+        DatasetSpec("ImageNet", read_imagenet, ("imagenet",)),
+        _json(
+            "Caltech101", "caltech-101", "101_ObjectCategories", "split_zhou_Caltech101.json", "caltech101"
+        ),
+        _json("OxfordPets", "oxford_pets", "images", "split_zhou_OxfordPets.json", "oxford_pets", "pets"),
+        _json("StanfordCars", "stanford_cars", "", "split_zhou_StanfordCars.json", "stanford_cars", "cars"),
+        _json(
+            "OxfordFlowers", "oxford_flowers", "jpg", "split_zhou_OxfordFlowers.json", "flowers102", "flowers"
+        ),
+        _json("Food101", "food-101", "images", "split_zhou_Food101.json", "food101"),
+        DatasetSpec("FGVCAircraft", read_fgvc_aircraft, ("fgvc_aircraft", "aircraft")),
+        _json("SUN397", "sun397", "SUN397", "split_zhou_SUN397.json", "sun397"),
+        _json("DescribableTextures", "dtd", "images", "split_zhou_DescribableTextures.json", "dtd"),
+        _json("EuroSAT", "eurosat", "2750", "split_zhou_EuroSAT.json", "eurosat"),
+        _json("UCF101", "ucf101", "UCF-101-midframes", "split_zhou_UCF101.json", "ucf101"),
+        DatasetSpec("ImageNetV2", read_imagenetv2, ("imagenetv2", "imagenet_v2"), eval_only=True),
+        DatasetSpec(
+            "ImageNetSketch",
+            sorted_folder_reader("ImageNetSketch", "imagenet-sketch", "images"),
+            ("imagenet_sketch",),
+            eval_only=True,
+        ),
+        DatasetSpec(
+            "ImageNetA",
+            sorted_folder_reader("ImageNetA", "imagenet-adversarial", "imagenet-a"),
+            ("imagenet_a",),
+            eval_only=True,
+        ),
+        DatasetSpec(
+            "ImageNetR",
+            sorted_folder_reader("ImageNetR", "imagenet-rendition", "imagenet-r"),
+            ("imagenet_r",),
+            eval_only=True,
+        ),
+        DatasetSpec("FashionMNIST", _embedded, ("fashion_mnist", "embedded")),
+    )
+}
+BENCHMARKS = [
+    "ImageNet", "Caltech101", "OxfordPets", "StanfordCars", "OxfordFlowers", "Food101",
+    "FGVCAircraft", "SUN397", "DescribableTextures", "EuroSAT", "UCF101",
+]  # fmt: skip
+DG_TARGETS = ["ImageNetV2", "ImageNetSketch", "ImageNetA", "ImageNetR"]
+CROSS_DATASET_TARGETS = [b for b in BENCHMARKS if b != "ImageNet"]
+
+
+def list_datasets() -> list[str]:
+    return list(DATASETS)
+
+
+def get_dataset(name: str) -> DatasetSpec:
+    key = name.lower()
+    for spec in DATASETS.values():
+        if key == spec.name.lower() or key in spec.aliases:
+            return spec
+    raise DatasetError(
+        f"unknown dataset {name!r}; registered: {', '.join(DATASETS)} (or 'folder:' / a split file)"
+    )
+
+
+def load_dataset(name: str, root: str | Path | None = None) -> DatasetSplits:
+    """Read a dataset: a registered name with the datasets' ``root`` folder; ``folder:<path>`` for an image
+    folder per class; or the path of a JSON / CSV split file."""
+    if name.startswith("folder:"):
+        return read_image_folder(Path(name[len("folder:") :]))
+    if name.endswith((".json", ".csv")):
+        return read_split_file(Path(name), Path(root) if root else None)
+    spec = get_dataset(name)
+    if root is None and spec.name != "FashionMNIST":
+        raise DatasetError(f"dataset {spec.name} needs the root folder that holds the datasets")
+    return spec.reader(Path(root) if root else None)

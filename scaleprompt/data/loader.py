@@ -1,0 +1,278 @@
+"""Streaming loader over WebDataset shards.
+
+Sources: a shard folder written by :mod:`scaleprompt.data.shards` (its manifest gives shards, counts and class
+names), a brace pattern (``/data/train-{000000..000015}.tar``), a list of paths, or ``pipe:`` commands for remote
+storage (``pipe:aws s3 cp s3://bucket/train-000000.tar -``).
+
+Two modes:
+
+* ``train=True``: each rank streams its own shards (shard order shuffled per pass with a seed shared by all
+  ranks, so the rank split stays disjoint), repeated without end; a sample shuffle buffer; the CLIP train
+  transform. An epoch is a DEFINED number of batches per rank, ``epoch_samples // (batch_size * world_size)``,
+  so every rank steps the same number of times. ``resampled=True`` samples shards with replacement instead
+  (long runs over many shards).
+* ``train=False``: one exact pass, the CLIP test transform, no shuffle; over all ranks and workers every sample
+  is read exactly once (disjoint shards per rank, then per worker).
+
+A sample that cannot be decoded is skipped and counted (``loader.skipped``); past ``max_bad_samples`` per
+worker the run stops with :class:`DataError` naming the sample. A missing local shard is a :class:`DataError`.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import logging
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import braceexpand
+import torch
+import webdataset as wds
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset.tariterators import tarfile_samples
+
+from scaleprompt.data.datasets import DatasetError
+from scaleprompt.data.shards import read_manifest
+from scaleprompt.data.transforms import clip_transform
+
+logger = logging.getLogger(__name__)
+
+IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm")
+
+
+class DataError(DatasetError):
+    """Shards are missing, or too many samples could not be decoded."""
+
+
+class Batch(NamedTuple):
+    images: torch.Tensor  # [B, 3, H, W]
+    labels: torch.Tensor  # [B]
+    keys: list[str]
+    worker: int  # global worker id (rank * num_workers + worker)
+    skipped: int  # samples this worker has skipped so far
+
+
+@dataclass(frozen=True)
+class ShardSource:
+    urls: list[str]
+    classnames: list[str] | None = None
+    count: int | None = None  # samples in the split, when known (manifest)
+
+
+def resolve_source(source: str | Path | Sequence[str], split: str = "train") -> ShardSource:
+    """Shard URLs (+ class names and sample count when a manifest is available)."""
+    if isinstance(source, str | Path) and Path(source).is_dir():
+        manifest = read_manifest(source)
+        if split not in manifest["splits"]:
+            raise DataError(f"{source} has no {split!r} split (has {sorted(manifest['splits'])})")
+        info = manifest["splits"][split]
+        urls = [str(Path(source) / s["name"]) for s in info["shards"]]
+        return _checked(ShardSource(urls, manifest["classnames"], info["count"]))
+    patterns = [str(source)] if isinstance(source, str | Path) else [str(s) for s in source]
+    urls = [u for p in patterns for u in (braceexpand.braceexpand(p) if not p.startswith("pipe:") else [p])]
+    return _checked(ShardSource(urls))
+
+
+def _checked(src: ShardSource) -> ShardSource:
+    if not src.urls:
+        raise DataError("no shards to read")
+    for url in src.urls:
+        local = not url.startswith(("pipe:", "http://", "https://", "gs://", "s3://"))
+        if local and not Path(url.removeprefix("file:")).is_file():
+            raise DataError(f"shard not found: {url}")
+    return src
+
+
+def decode_sample(sample: dict, transform) -> tuple[torch.Tensor, int, str]:
+    key = next((k for k in IMAGE_KEYS if k in sample), None)
+    if key is None:
+        raise ValueError(f"no image in sample (keys: {sorted(k for k in sample if not k.startswith('__'))})")
+    with Image.open(io.BytesIO(sample[key])) as img:
+        image = transform(img.convert("RGB"))
+    label = int(sample["cls"])
+    if "json" in sample:
+        json.loads(sample["json"])  # metadata must parse too
+    return image, label, sample["__key__"]
+
+
+class ShardStream(IterableDataset):
+    """The per-worker stream: shards for this rank and worker -> samples -> decoded, transformed batches."""
+
+    def __init__(self, urls, *, train, batch_size, transform, rank, world_size, seed, shuffle_buffer,
+                 resampled, max_bad_samples, drop_last, epoch) -> None:  # fmt: skip
+        super().__init__()
+        self.urls, self.train, self.batch_size, self.transform = list(urls), train, batch_size, transform
+        self.rank, self.world_size, self.seed, self.shuffle_buffer = rank, world_size, seed, shuffle_buffer
+        self.resampled, self.max_bad, self.drop_last, self.epoch = (
+            resampled,
+            max_bad_samples,
+            drop_last,
+            epoch,
+        )
+
+    def _passes(self, worker: int, num_workers: int) -> Iterator[list[str]]:
+        """Shard lists, one per pass over this worker's part of the data."""
+        if self.resampled:  # with replacement: one endless pass per (rank, worker)
+            rng = random.Random(f"{self.seed}-{self.epoch}-{self.rank}-{worker}")
+            yield (rng.choice(self.urls) for _ in itertools.count())  # type: ignore[misc]
+            return
+        for n in itertools.count() if self.train else range(1):
+            urls = list(self.urls)
+            if self.train:  # the same permutation on every rank for pass n: the rank split stays disjoint
+                random.Random(f"{self.seed}-{self.epoch}-{n}").shuffle(urls)
+            mine = urls[self.rank :: self.world_size][worker::num_workers]
+            if self.train and not mine:
+                raise DataError(
+                    f"rank {self.rank} worker {worker} has no shard: {len(urls)} shards for {self.world_size} "
+                    f"ranks x {num_workers} workers (write more shards: min_shards)"
+                )
+            yield mine
+
+    def _samples(self, worker: int, num_workers: int) -> Iterator[dict]:
+        for n, shards in enumerate(self._passes(worker, num_workers)):
+            samples = tarfile_samples(({"url": u} for u in shards), handler=_shard_error)
+            if (
+                self.train and self.shuffle_buffer > 1
+            ):  # shuffled within a pass: every pass sees each sample once
+                rng = random.Random(f"{self.seed}-{self.epoch}-{self.rank}-{worker}-{n}")
+                samples = wds.shuffle(self.shuffle_buffer, min(100, self.shuffle_buffer), rng=rng)(samples)
+            yield from samples
+
+    def __iter__(self) -> Iterator[Batch]:
+        info = get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
+        gid = self.rank * num_workers + worker
+        samples = self._samples(worker, num_workers)
+        bad = 0
+        images, labels, keys = [], [], []
+        for sample in samples:
+            try:
+                image, label, key = decode_sample(sample, self.transform)
+            except Exception as exc:  # noqa: BLE001 - any failure means an undecodable sample
+                bad += 1
+                where = f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
+                logger.warning("skipping undecodable sample %s (%s: %s)", where, type(exc).__name__, exc)
+                if bad > self.max_bad:
+                    raise DataError(
+                        f"{bad} undecodable samples on rank {self.rank} worker {worker} (limit max_bad_samples="
+                        f"{self.max_bad}); last: {where}: {exc}"
+                    ) from exc
+                continue
+            images.append(image)
+            labels.append(label)
+            keys.append(key)
+            if len(images) == self.batch_size:
+                yield Batch(torch.stack(images), torch.tensor(labels), keys, gid, bad)
+                images, labels, keys = [], [], []
+        if images and not self.drop_last:
+            yield Batch(torch.stack(images), torch.tensor(labels), keys, gid, bad)
+
+
+def _shard_error(exc: Exception) -> bool:
+    """A shard that cannot be opened or parsed as tar stops the run, naming the shard."""
+    raise DataError(f"cannot read shard: {exc}") from exc
+
+
+def _collate(batch: Batch) -> Batch:
+    return batch
+
+
+class ShardLoader:
+    """Iterate batches of one split of a shard source. See the module docstring for the two modes."""
+
+    def __init__(
+        self,
+        source: str | Path | Sequence[str],
+        split: str = "train",
+        *,
+        batch_size: int = 32,
+        train: bool | None = None,
+        image_size: int = 224,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        num_workers: int = 2,
+        shuffle_buffer: int = 1000,
+        resampled: bool = False,
+        epoch_samples: int | None = None,
+        max_bad_samples: int = 10,
+        seed: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ) -> None:
+        self.src = resolve_source(source, split)
+        self.train = split == "train" if train is None else train
+        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+        self.rank, self.world_size = _rank_world(rank, world_size)
+        self.transform = clip_transform(image_size, train=self.train, mean=mean, std=std)
+        self.shuffle_buffer, self.resampled, self.max_bad = shuffle_buffer, resampled, max_bad_samples
+        epoch_samples = epoch_samples or self.src.count
+        if self.train and not epoch_samples:
+            raise DataError("training from shards without a manifest needs epoch_samples (the epoch length)")
+        self.epoch_samples = epoch_samples
+        self.epoch = 0
+        self._stream: Iterator[Batch] | None = None
+        self._skipped: dict[int, int] = {}
+
+    @property
+    def classnames(self) -> list[str] | None:
+        return self.src.classnames
+
+    @property
+    def skipped(self) -> int:
+        """Undecodable samples skipped so far (over this rank's workers)."""
+        return sum(self._skipped.values())
+
+    def __len__(self) -> int:
+        """Batches per epoch on this rank (train: exact; eval: an estimate from the manifest count)."""
+        if self.train:
+            return max(1, self.epoch_samples // (self.batch_size * self.world_size))
+        if self.src.count is None:
+            raise TypeError("the length of an eval pass over shards without a manifest is unknown")
+        return math_ceil(self.src.count, self.batch_size * self.world_size)
+
+    def _make_iter(self, epoch: int) -> Iterator[Batch]:
+        stream = ShardStream(
+            self.src.urls, train=self.train, batch_size=self.batch_size, transform=self.transform,
+            rank=self.rank, world_size=self.world_size, seed=self.seed, shuffle_buffer=self.shuffle_buffer,
+            resampled=self.resampled, max_bad_samples=self.max_bad, drop_last=self.train, epoch=epoch,
+        )  # fmt: skip
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch * 7919 + self.rank)
+        loader = DataLoader(
+            stream, batch_size=None, num_workers=self.num_workers, collate_fn=_collate, generator=generator,
+            persistent_workers=False, prefetch_factor=2 if self.num_workers else None,
+        )  # fmt: skip
+        return iter(loader)
+
+    def __iter__(self) -> Iterator[Batch]:
+        if not self.train:
+            for batch in self._make_iter(0):
+                self._skipped[batch.worker] = batch.skipped
+                yield batch
+            return
+        if self._stream is None:  # one endless stream per run: epochs are slices of it
+            self._stream = self._make_iter(0)
+        for _ in range(len(self)):
+            batch = next(self._stream)
+            self._skipped[batch.worker] = batch.skipped
+            yield batch
+        self.epoch += 1
+
+
+def math_ceil(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    if rank is not None and world_size is not None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world_size {world_size}")
+        return rank, world_size
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1

@@ -1,0 +1,108 @@
+"""Data protocols as pure functions (spec section 5): Dassl-identical few-shot sampling, validation shots,
+base / novel class subsets with relabelling, and the evaluation sets of cross-dataset and DG transfer.
+
+Few-shot sampling reproduces Dassl's ``generate_fewshot_dataset`` call for call: a ``random.Random(seed)`` gives
+the same stream as Dassl's ``random.seed(seed)`` at start-up; items are grouped by label in order of first
+appearance; each label takes ``rng.sample(items, K)`` (all items when fewer); train is sampled first, then val with
+``min(K, 4)`` shots, from the same stream.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from scaleprompt.config import check_types, require
+from scaleprompt.data.datasets import (
+    CROSS_DATASET_TARGETS,
+    DG_TARGETS,
+    DatasetSplits,
+    Datum,
+    classnames_of,
+)
+
+Subset = Literal["all", "base", "new"]
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """``shots`` <= 0 keeps every training image; ``subset`` selects base / novel (``"new"``) classes."""
+
+    shots: int = 16
+    seed: int = 1
+    subset: Subset = "all"
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
+
+    @property
+    def val_shots(self) -> int:
+        return min(self.shots, 4)
+
+    def tag(self) -> str:
+        shots = f"{self.shots}shot" if self.shots > 0 else "full"
+        return f"{shots}-seed{self.seed}-{self.subset}"
+
+
+def split_by_label(items: Sequence[Datum]) -> dict[int, list[Datum]]:
+    """Items grouped by label, labels in order of first appearance (Dassl's ``split_dataset_by_label``)."""
+    groups: dict[int, list[Datum]] = {}
+    for d in items:
+        groups.setdefault(d.label, []).append(d)
+    return groups
+
+
+def fewshot(items: Sequence[Datum], shots: int, rng: random.Random) -> list[Datum]:
+    """``shots`` items per label with ``rng.sample`` (all of a label's items when it has fewer)."""
+    if shots < 1:
+        return list(items)
+    out: list[Datum] = []
+    for group in split_by_label(items).values():
+        out.extend(rng.sample(group, shots) if len(group) >= shots else group)
+    return out
+
+
+def subsample_classes(*splits: Sequence[Datum], subset: Subset = "all") -> tuple[list[Datum], ...]:
+    """Dassl's ``subsample_classes``: labels of the FIRST split sorted, base = first ceil(C/2), new = the rest;
+    every split filtered to the selected labels and relabelled 0..k-1."""
+    if subset == "all":
+        return tuple(list(s) for s in splits)
+    labels = sorted({d.label for d in splits[0]})
+    m = math.ceil(len(labels) / 2)
+    selected = labels[:m] if subset == "base" else labels[m:]
+    relabel = {y: i for i, y in enumerate(selected)}
+    return tuple(
+        [Datum(d.path, relabel[d.label], d.classname) for d in s if d.label in relabel] for s in splits
+    )
+
+
+def apply_protocol(ds: DatasetSplits, protocol: Protocol) -> DatasetSplits:
+    """Few-shot train / val, then the class subset; class names follow the relabelled labels."""
+    rng = random.Random(protocol.seed)
+    train = fewshot(ds.train, protocol.shots, rng)
+    if ds.val_from_train:  # no official val (ImageNet): val shots from train images the few-shot draw left
+        taken = {d.path for d in train}
+        val = (
+            fewshot([d for d in ds.train if d.path not in taken], protocol.val_shots, rng)
+            if protocol.shots > 0
+            else []
+        )
+    else:
+        val = fewshot(ds.val, protocol.val_shots, rng) if protocol.shots > 0 else list(ds.val)
+    reference = train if train else ds.test  # eval-only datasets: classes come from the test split
+    first, train, val, test = subsample_classes(reference, train, val, ds.test, subset=protocol.subset)
+    return replace(ds, train=train, val=val, test=test, classnames=classnames_of(first, train, val, test))
+
+
+def evaluation_targets(setting: Literal["cross_dataset", "domain_generalization"]) -> list[str]:
+    """Datasets a prompt trained on ImageNet is evaluated on (test split, all classes)."""
+    return list(CROSS_DATASET_TARGETS if setting == "cross_dataset" else DG_TARGETS)
+
+
+def harmonic_mean(base: float, novel: float) -> float:
+    """HM = 2 B N / (B + N) (0 when both are 0)."""
+    return 0.0 if base + novel == 0 else 2 * base * novel / (base + novel)

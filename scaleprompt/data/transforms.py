@@ -1,0 +1,25 @@
+"""CLIP image transforms (spec section 0)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from torchvision import transforms as T
+from torchvision.transforms import InterpolationMode
+
+
+def clip_transform(
+    size: int, *, train: bool, mean: Sequence[float] | None = None, std: Sequence[float] | None = None
+) -> T.Compose:
+    """Train: RandomResizedCrop(size, scale=(0.08, 1), bicubic) -> RandomHorizontalFlip -> normalize.
+    Test: Resize(size, bicubic, short side) -> CenterCrop(size) -> normalize. Mean / std default to CLIP's."""
+    normalize = T.Normalize(mean or OPENAI_DATASET_MEAN, std or OPENAI_DATASET_STD)
+    if train:
+        steps = [
+            T.RandomResizedCrop(size, scale=(0.08, 1.0), interpolation=InterpolationMode.BICUBIC),
+            T.RandomHorizontalFlip(),
+        ]
+    else:
+        steps = [T.Resize(size, interpolation=InterpolationMode.BICUBIC), T.CenterCrop(size)]
+    return T.Compose([*steps, T.ToTensor(), normalize])
