@@ -4,6 +4,8 @@
 * ``scaleprompt check [--model sp-tiny-vit-12]``: builds every method on a (tiny, offline) backbone, runs one
   SGD step on random images, saves and reloads the prompts, and prints a table.
 * ``scaleprompt inspect FILE``: the method, config, classes and backbone stored in a prompt file.
+* ``scaleprompt shards --dataset NAME --root DIR --out DIR [--shots K --seed S --subset base]``: write a dataset
+  (after a protocol) as WebDataset shards + manifest; ``scaleprompt datasets`` lists the registered datasets.
 """
 
 from __future__ import annotations
@@ -77,6 +79,32 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_datasets(_: argparse.Namespace) -> int:
+    from scaleprompt.data.datasets import DATASETS
+
+    for name, spec in DATASETS.items():
+        logger.info(
+            "%-20s aliases: %-40s%s", name, ", ".join(spec.aliases), " (evaluation only)" * spec.eval_only
+        )
+    return 0
+
+
+def cmd_shards(args: argparse.Namespace) -> int:
+    from scaleprompt.data import Protocol, load_dataset, write_shards
+
+    dataset = load_dataset(args.dataset, args.root)
+    protocol = None if args.shots is None else Protocol(shots=args.shots, seed=args.seed, subset=args.subset)
+    manifest = write_shards(
+        dataset, args.out, protocol, splits=tuple(args.splits), shard_size=args.shard_size,
+        min_shards=args.min_shards, processes=args.processes, max_image_size=args.max_image_size,
+        overwrite=args.overwrite,
+    )  # fmt: skip
+    for split, info in manifest["splits"].items():
+        logger.info("%-5s %7d images in %4d shards", split, info["count"], len(info["shards"]))
+    logger.info("%d classes; manifest: %s", len(manifest["classnames"]), Path(args.out) / "manifest.json")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scaleprompt", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -93,6 +121,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     inspect = sub.add_parser("inspect", help="print what a prompt file holds")
     inspect.add_argument("file")
     inspect.set_defaults(func=cmd_inspect)
+    sub.add_parser("datasets", help="list the registered datasets").set_defaults(func=cmd_datasets)
+    shards = sub.add_parser("shards", help="write a dataset as WebDataset shards + manifest")
+    shards.add_argument(
+        "--dataset", required=True, help="registered name, folder:<path>, or a .json/.csv split"
+    )
+    shards.add_argument("--root", help="folder holding the datasets (CoOp layout)")
+    shards.add_argument("--out", required=True, help="output folder for the shards and manifest.json")
+    shards.add_argument(
+        "--shots", type=int, default=None, help="few-shot K (omit: no protocol; 0: all images)"
+    )
+    shards.add_argument("--seed", type=int, default=1)
+    shards.add_argument("--subset", choices=["all", "base", "new"], default="all")
+    shards.add_argument(
+        "--splits", nargs="+", default=["train", "val", "test"], choices=["train", "val", "test"]
+    )
+    shards.add_argument("--shard-size", type=int, default=1000, help="max samples per shard")
+    shards.add_argument(
+        "--min-shards", type=int, default=8, help="at least this many shards per split (>= ranks x workers)"
+    )
+    shards.add_argument("--processes", type=int, default=1, help="writer processes")
+    shards.add_argument(
+        "--max-image-size", type=int, default=None, help="re-encode images whose short side is larger"
+    )
+    shards.add_argument(
+        "--overwrite", action="store_true", help="replace shards of a different plan in --out"
+    )
+    shards.set_defaults(func=cmd_shards)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logger.setLevel(logging.INFO)

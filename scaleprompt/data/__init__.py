@@ -1,41 +1,28 @@
-"""Datasets, protocols, WebDataset shards and the streaming loader."""
+"""Datasets, protocols, WebDataset shards and the streaming loader.
 
-from scaleprompt.data.datasets import (
-    BENCHMARKS,
-    CROSS_DATASET_TARGETS,
-    DG_TARGETS,
-    DatasetError,
-    DatasetSplits,
-    Datum,
-    get_dataset,
-    list_datasets,
-    load_dataset,
-)
-from scaleprompt.data.loader import Batch, DataError, ShardLoader
-from scaleprompt.data.protocols import Protocol, apply_protocol, fewshot, harmonic_mean, subsample_classes
-from scaleprompt.data.shards import read_manifest, verify_shards, write_shards
-from scaleprompt.data.templates import dataset_template
+Names are imported lazily, so that shard-writer worker processes (which only need PIL) do not import torch.
+"""
 
-__all__ = [
-    "BENCHMARKS",
-    "CROSS_DATASET_TARGETS",
-    "DG_TARGETS",
-    "Batch",
-    "DataError",
-    "DatasetError",
-    "DatasetSplits",
-    "Datum",
-    "Protocol",
-    "ShardLoader",
-    "apply_protocol",
-    "dataset_template",
-    "fewshot",
-    "get_dataset",
-    "harmonic_mean",
-    "list_datasets",
-    "load_dataset",
-    "read_manifest",
-    "subsample_classes",
-    "verify_shards",
-    "write_shards",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "scaleprompt.data.datasets": [
+        "BENCHMARKS", "CROSS_DATASET_TARGETS", "DG_TARGETS", "DatasetError", "DatasetSplits", "Datum",
+        "get_dataset", "list_datasets", "load_dataset",
+    ],
+    "scaleprompt.data.loader": ["Batch", "DataError", "ShardLoader"],
+    "scaleprompt.data.protocols": ["Protocol", "apply_protocol", "fewshot", "harmonic_mean", "subsample_classes"],
+    "scaleprompt.data.shards": ["read_manifest", "verify_shards", "write_shards"],
+    "scaleprompt.data.templates": ["dataset_template"],
+}  # fmt: skip
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'scaleprompt.data' has no attribute {name!r}")
+    return getattr(importlib.import_module(_WHERE[name]), name)

@@ -60,6 +60,8 @@ def classnames_of(*splits: list[Datum]) -> list[str]:
                 )
     if not mapping:
         return []
+    if min(mapping) < 0:
+        raise DatasetError(f"negative label {min(mapping)} (labels must be 0..C-1)")
     missing = sorted(set(range(max(mapping) + 1)) - set(mapping))
     if missing:
         raise DatasetError(f"labels {missing[:10]} have no image in any split")
@@ -101,7 +103,7 @@ def read_split_json(split_file: Path, image_root: Path) -> tuple[list[Datum], li
         out = []
         for split in ("train", "val", "test"):
             out.append([Datum(str(image_root / p), int(y), str(c)) for p, y, c in data.get(split, [])])
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, AttributeError) as exc:
         raise DatasetError(f"split file {split_file} is malformed: {exc}") from exc
     return out[0], out[1], out[2]
 
@@ -154,7 +156,7 @@ def read_imagenet_classnames(path: Path) -> dict[str, str]:
 def read_class_folders(folder: Path, classnames: dict[str, str], labels: dict[str, int]) -> list[Datum]:
     items = []
     for wnid in list_class_folders(folder):
-        if wnid not in labels:
+        if wnid not in labels or wnid not in classnames:
             raise DatasetError(f"class folder {folder / wnid} is not in classnames.txt")
         items += [Datum(str(p), labels[wnid], classnames[wnid]) for p in list_images(folder / wnid)]
     return items
@@ -333,10 +335,10 @@ def load_dataset(name: str, root: str | Path | None = None) -> DatasetSplits:
     """Read a dataset: a registered name with the datasets' ``root`` folder; ``folder:<path>`` for an image
     folder per class; or the path of a JSON / CSV split file."""
     if name.startswith("folder:"):
-        return read_image_folder(Path(name[len("folder:") :]))
+        return read_image_folder(Path(name[len("folder:") :]).absolute())
     if name.endswith((".json", ".csv")):
-        return read_split_file(Path(name), Path(root) if root else None)
+        return read_split_file(Path(name).absolute(), Path(root).absolute() if root else None)
     spec = get_dataset(name)
     if root is None and spec.name != "FashionMNIST":
         raise DatasetError(f"dataset {spec.name} needs the root folder that holds the datasets")
-    return spec.reader(Path(root) if root else None)
+    return spec.reader(Path(root).absolute() if root else None)

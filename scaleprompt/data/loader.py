@@ -82,10 +82,14 @@ def resolve_source(source: str | Path | Sequence[str], split: str = "train") -> 
 def _checked(src: ShardSource) -> ShardSource:
     if not src.urls:
         raise DataError("no shards to read")
-    for url in src.urls:
-        local = not url.startswith(("pipe:", "http://", "https://", "gs://", "s3://"))
-        if local and not Path(url.removeprefix("file:")).is_file():
-            raise DataError(f"shard not found: {url}")
+    missing = [
+        u for u in src.urls
+        if not u.startswith(("pipe:", "http://", "https://", "gs://", "s3://"))
+        and not Path(u.removeprefix("file:")).is_file()
+    ]  # fmt: skip
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise DataError(f"shard not found: {missing[0]}{more}")
     return src
 
 
