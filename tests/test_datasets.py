@@ -186,12 +186,15 @@ def test_split_json_missing_split_file_is_named(
 ):
     build_split_json(tmp_path, directory, image_dir, split_file, style)
     (tmp_path / directory / split_file).unlink()
-    with pytest.raises(DatasetError, match=r"split file not found: .*" + re.escape(split_file)):
+    path = tmp_path / directory / split_file
+    with pytest.raises(DatasetError, match=f"split file not found: {re.escape(str(path))}$"):
         load_dataset(name, tmp_path)
 
 
 @pytest.mark.parametrize(
-    "name,directory,image_dir", [(r[0], r[1], r[2]) for r in SPLIT_JSON if r[2]], ids=lambda v: str(v)
+    "name,directory,image_dir",
+    [(r[0], r[1], r[2]) for r in SPLIT_JSON if r[2]],
+    ids=[r[0] for r in SPLIT_JSON if r[2]],
 )
 def test_split_json_missing_image_folder_is_named(tmp_path, name, directory, image_dir):
     (tmp_path / directory).mkdir()
@@ -800,11 +803,14 @@ def test_write_shards_names_a_missing_image(tmp_path):
     assert not (out / "manifest.json").exists()
 
 
-def test_write_shards_names_an_undecodable_image(tmp_path):
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_write_shards_names_an_undecodable_image(tmp_path, damage):
     images, expected = build_split_json(tmp_path, "eurosat", "2750", "split_zhou_EuroSAT.json", "nested")
     bad = Path(expected["test"][1].path)
-    bad.write_bytes(b"this is not a JPEG file")
+    # garbage: not an image at all; truncated: the header opens, the pixel data does not decode
+    data = b"this is not a JPEG file" if damage == "garbage" else bad.read_bytes()[:-10]
+    bad.write_bytes(data)
     ds = load_dataset("EuroSAT", tmp_path)
     with pytest.raises(DatasetError, match=f"image cannot be decoded: {re.escape(str(bad))}"):
         write_shards(ds, tmp_path / "shards")
-    assert bad.read_bytes() == b"this is not a JPEG file"  # the source is left alone
+    assert bad.read_bytes() == data  # the source is left alone
