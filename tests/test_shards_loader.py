@@ -41,7 +41,8 @@ def make_dataset(root: Path, per_class: int = 10) -> DatasetSplits:
             for i in range(n):
                 path = root / CLASSES[y] / f"{split}{i}.{'png' if i % 2 else 'jpg'}"
                 path.parent.mkdir(parents=True, exist_ok=True)
-                Image.new("RGB", (20 + i, 16), color).save(path)
+                if not path.exists():  # (re-listing an existing tree must not touch the images)
+                    Image.new("RGB", (20 + i, 16), color).save(path)
                 items.append(Datum(str(path), y, CLASSES[y]))
         splits[split] = items
     return DatasetSplits("colors", root, splits["train"], splits["val"], splits["test"], CLASSES)
@@ -226,6 +227,21 @@ def test_a_different_plan_in_the_same_folder_needs_overwrite(dataset, tmp_path):
     assert manifest["protocol"]["seed"] == 2 and verify_shards(tmp_path) == []
     names = {p.name for p in tmp_path.glob("*.tar")}
     assert names == {s["name"] for v in manifest["splits"].values() for s in v["shards"]}
+
+
+def test_changed_source_images_are_a_different_plan(tmp_path):
+    ds = make_dataset(tmp_path / "img", per_class=2)
+    write_shards(ds, tmp_path / "s", shard_size=100)
+    changed = Path(ds.train[0].path)
+    Image.new("RGB", (64, 48), (1, 2, 3)).save(changed)
+    os.utime(changed, ns=(time.time_ns(), time.time_ns() + 10**9))
+    with pytest.raises(DatasetError, match="different dataset"):
+        write_shards(ds, tmp_path / "s", shard_size=100)
+    (tmp_path / "s" / ".plan.json").unlink()
+    with pytest.raises(DatasetError, match="without a plan"):
+        write_shards(ds, tmp_path / "s", shard_size=100)
+    write_shards(ds, tmp_path / "s", shard_size=100, overwrite=True)
+    assert verify_shards(tmp_path / "s") == []
 
 
 KILL_SCRIPT = """

@@ -159,9 +159,7 @@ def write_shards(
         "dataset": ds.name,
         "protocol": asdict(protocol) if protocol else None,
         "max_image_size": max_image_size,
-        "shards": {
-            j.path.rsplit("/", 1)[-1]: hashlib.sha256(repr(j.items).encode()).hexdigest() for j in jobs
-        },
+        "shards": {Path(j.path).name: _fingerprint(j.items) for j in jobs},
     }
     _check_plan(out, plan, overwrite)
     for stale in out.glob(".*.tmp-*"):  # left by a killed run
@@ -205,8 +203,26 @@ def _class_counts(items: list[Datum], num_classes: int) -> list[int]:
     return counts
 
 
+def _fingerprint(items: tuple[tuple[str, int, str, str], ...]) -> str:
+    """What a shard is made of: sample list plus each source file's size and mtime (a changed image = a new plan)."""
+    digest = hashlib.sha256()
+    for path, label, classname, rel in items:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            raise DatasetError(f"image not found: {path}") from None
+        digest.update(repr((path, label, classname, rel, st.st_size, st.st_mtime_ns)).encode())
+    return digest.hexdigest()
+
+
 def _check_plan(out: Path, plan: dict, overwrite: bool) -> None:
     previous = out / PLAN
+    if not previous.is_file() and any(out.glob("*.tar")):
+        if not overwrite:
+            raise DatasetError(
+                f"{out} holds shards written without a plan; pass overwrite=True (--overwrite)"
+            )
+        previous.write_text("{}")  # treated as a different plan below: old shards are removed
     if previous.is_file() and json.loads(previous.read_text()) != plan:
         if not overwrite:
             raise DatasetError(
