@@ -9,7 +9,7 @@ to its last batch: worker start-up counted, teardown not); the median is reporte
     .venv/bin/python bench/data_throughput.py                    # 400 images, 1 worker, 3 repeats
     .venv/bin/python bench/data_throughput.py --images 2000 --workdir /tmp/dt --repeats 5
 
-``--workdir`` must not already hold images (the shard writer would resume from shards of older images).
+``--workdir`` must not already hold images (regenerated images would make the shard writer refuse the folder).
 Not a test: it logs numbers and checks only that each source delivered the expected number of images.
 """
 
