@@ -130,3 +130,24 @@ def test_frozen_text_features_are_computed_once(clip12, images):
     method.logits(images)
     assert len(calls) == 1
     assert "_text_cache" not in method.state_dict(), "cached text features must be a non-persistent buffer"
+
+
+def test_set_classnames_moves_prompts_to_other_classes(method, images, clip12):
+    """Prompts evaluated on new classes equal a method built for those classes with the same prompts."""
+    if method.name == "coop":
+        method = methods.build("coop", clip12, CLASSNAMES, n_ctx=4)
+    method.eval()
+    novel = ["lighthouse", "red fox", "tram"]
+    fresh = methods.build(method.name, clip12, novel, config=method.config).eval()
+    fresh.load_state_dict(method.state_dict())
+    method.logits(images)  # fill any cache for the old classes first
+    method.set_classnames(novel)
+    with torch.no_grad():
+        assert torch.equal(method.logits(images), fresh.logits(images))
+    assert method.logits(images).shape == (len(images), 3)
+
+
+def test_class_specific_coop_refuses_other_classes(clip12):
+    coop = methods.build("coop", clip12, CLASSNAMES, n_ctx=4, class_specific=True)
+    with pytest.raises(ValueError, match="class-specific"):
+        coop.set_classnames(["a", "b"])

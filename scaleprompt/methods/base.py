@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from scaleprompt.config import ConfigError, check_types, require
 from scaleprompt.encoders import PromptedTextEncoder, PromptedVisionEncoder
 from scaleprompt.losses import cosine_logits
+from scaleprompt.methods.prompts import ClassPromptTable
 
 DEFAULT_TEMPLATE = "a photo of a {}."
 
@@ -124,6 +125,14 @@ class PromptMethod(nn.Module):
     def forward(self, images: Tensor, labels: Tensor | None = None) -> Tensor | LossOutput:
         """``logits`` without labels, the :class:`LossOutput` with them (the engine calls this)."""
         return self.logits(images) if labels is None else self.loss(images, labels)
+
+    def set_classnames(self, classnames: Sequence[str]) -> None:
+        """Move the trained prompts to another class set (novel classes, transfer datasets)."""
+        self.classnames = clean_classnames(classnames)
+        self._text_cache = None
+        for module in self.modules():
+            if isinstance(module, ClassPromptTable):
+                module.rebuild(self.text, self.classnames)
 
     # --- shared helpers ------------------------------------------------------------------------------------
     def train(self, mode: bool = True) -> PromptMethod:

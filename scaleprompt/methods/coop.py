@@ -56,6 +56,11 @@ class CoOp(PromptMethod):
         self.ctx, prefix, n = init_context(self, config.n_ctx, config.ctx_init, config.init_std, copies)
         self.table = ClassPromptTable(self.text, self.classnames, prefix, n, config.class_position)
 
+    def set_classnames(self, classnames: Sequence[str]) -> None:
+        if self.config.class_specific:
+            raise ValueError("class-specific CoOp context belongs to its training classes: it cannot move")
+        super().set_classnames(classnames)
+
     def image_features(self, images: Tensor) -> Tensor:
         return self.frozen_image_features(images)
 

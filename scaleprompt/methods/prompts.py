@@ -30,9 +30,12 @@ class ClassPromptTable(nn.Module):
         class_position: ClassPosition = "end",
     ) -> None:
         super().__init__()
-        self.n_ctx = n_ctx
-        self.class_position = class_position
-        texts = [f"{prefix} {name}." for name in classnames]
+        self.prefix, self.n_ctx, self.class_position = prefix, n_ctx, class_position
+        self.rebuild(text, classnames)
+
+    def rebuild(self, text: PromptedTextEncoder, classnames: Sequence[str]) -> None:
+        """Tokenize the class prompts of ``classnames`` (at construction, or to move prompts to other classes)."""
+        texts = [f"{self.prefix} {name}." for name in classnames]
         ids = text.tokenize(texts)  # [C, T]
         needed = text.tokenize(texts, context_length=4096).argmax(-1) + 1  # untruncated lengths
         too_long = [(t, int(k)) for t, k in zip(texts, needed.tolist(), strict=True) if k > ids.shape[1]]
@@ -43,7 +46,7 @@ class ClassPromptTable(nn.Module):
             )
         self.register_buffer("ids", ids, persistent=False)
         self.register_buffer("embeds", text.embed(ids), persistent=False)  # [C, T, Dt]
-        if class_position != "end":
+        if self.class_position != "end":
             name_lens = (text.tokenize(list(classnames)).argmax(-1) - 1).tolist()
             self.register_buffer("order", self._order(ids.shape[1], name_lens), persistent=False)
 

@@ -1,0 +1,156 @@
+"""The typed run configuration: a recipe YAML merged with ``key=value`` overrides.
+
+``load_run_config("configs/provp_ref/base2new.yaml", ["optim.lr=0.05", "model.name=ViT-L-14"])`` merges with
+OmegaConf's structured configs (an unknown key is an error naming it) and returns :class:`RunConfig`, whose
+dataclasses validate their values in ``__post_init__`` (errors name the field). Method fields live under
+``method.args`` and are validated against the method's own config dataclass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from scaleprompt.config import ConfigError, check_types, require, to_dict
+
+Setting = Literal["fewshot", "base2new", "transfer"]
+Precision = Literal["fp32", "bf16", "fp16"]
+
+
+@dataclass
+class ModelConfig:
+    name: str = "sp-tiny-vit"  # open_clip model name (ViT-B-16, ViT-L-14, hf-hub:org/repo, ...)
+    pretrained: str | None = None  # open_clip tag, local file, or None (random init)
+    cache_dir: str | None = None
+    grad_checkpointing: bool = False  # recompute the frozen blocks in backward (activation checkpointing)
+
+    def __post_init__(self) -> None:
+        check_types(self, "model.")
+
+
+@dataclass
+class MethodSection:
+    name: str = "provp_ref"
+    args: dict[str, Any] = field(default_factory=dict)  # fields of the method's config dataclass
+
+    def __post_init__(self) -> None:
+        check_types(self, "method.")
+        from scaleprompt.methods import make_config
+
+        make_config(self.name, self.args)  # unknown method / key / bad value -> ConfigError naming it
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "FashionMNIST"  # registry name, folder:<path>, or a .json/.csv split file
+    root: str | None = None  # folder holding the datasets (CoOp layout)
+    shards: str | None = None  # ready shard folder for training; None = write them under cache_dir
+    cache_dir: str = "runs/shards"
+    shots: int = 16  # few-shot K (<= 0: all training images)
+    template_set: Literal["coop", "provp"] = "coop"  # hand-crafted templates of fixed-text methods
+    image_size: int | None = None  # None = the backbone's
+    num_workers: int = 2
+    shuffle_buffer: int = 1000
+    resampled: bool = False
+    max_bad_samples: int = 10
+    min_shards: int = 8
+    shard_size: int = 1000
+
+    def __post_init__(self) -> None:
+        check_types(self, "data.")
+        require(self.num_workers >= 0, "data.num_workers", "must be >= 0")
+        require(self.min_shards >= 1 and self.shard_size >= 1, "data.min_shards", "min_shards, shard_size >= 1")
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 0.002
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    epochs: int = 10
+    warmup_epochs: int = 1  # constant-lr warm-up epochs (the releases: 1 epoch at 1e-5)
+    warmup_lr: float = 1e-5
+    min_lr: float = 0.0
+    batch_size: int = 32  # GLOBAL batch = micro_batch_size x gradient accumulation x world size
+    micro_batch_size: int | None = None  # per rank and step; None = batch_size / world size
+
+    def __post_init__(self) -> None:
+        check_types(self, "optim.")
+        require(self.lr > 0, "optim.lr", f"must be > 0, got {self.lr}")
+        require(self.epochs >= 0, "optim.epochs", f"must be >= 0, got {self.epochs}")
+        require(self.warmup_epochs >= 0, "optim.warmup_epochs", "must be >= 0")
+        require(self.batch_size >= 1, "optim.batch_size", f"must be >= 1, got {self.batch_size}")
+        require(self.micro_batch_size is None or self.micro_batch_size >= 1, "optim.micro_batch_size", "must be >= 1")
+
+
+@dataclass
+class EvalConfig:
+    setting: Setting = "fewshot"  # base2new: train on base, test base + novel; transfer: test on targets
+    targets: list[str] = field(default_factory=list)  # transfer: datasets evaluated with the trained prompts
+    targets_root: str | None = None  # their root folder (default: data.root)
+    batch_size: int = 64
+    every_epochs: int = 1  # validation every N epochs (model selection on val only)
+
+    def __post_init__(self) -> None:
+        check_types(self, "eval.")
+        require(self.setting != "transfer" or bool(self.targets), "eval.targets", "transfer needs target datasets")
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 1
+    precision: Precision = "fp32"
+    output_dir: str = "runs/run"
+    checkpoint_every_epochs: int = 1
+    checkpoint_every_steps: int = 0  # 0 = only at epoch ends
+    keep_checkpoints: int = 2
+    log_every_steps: int = 10
+    tensorboard: bool = True
+    max_steps: int = 0  # > 0: stop after this many optimizer steps (smoke tests)
+
+    def __post_init__(self) -> None:
+        check_types(self, "train.")
+        require(self.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodSection = field(default_factory=MethodSection)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: to_dict(getattr(self, k)) for k in ("model", "method", "data", "optim", "eval", "train")}
+
+
+def load_run_config(recipe: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:
+    """Recipe YAML (may be None) + ``key=value`` overrides -> validated :class:`RunConfig`."""
+    base = OmegaConf.structured(RunConfig)
+    layers = [base]
+    if recipe is not None:
+        path = Path(recipe)
+        if not path.is_file():
+            raise ConfigError(f"recipe not found: {path}")
+        layers.append(OmegaConf.create(yaml.safe_load(path.read_text()) or {}))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value")
+    layers.append(OmegaConf.from_dotlist(list(overrides)))
+    try:
+        merged = OmegaConf.merge(*layers)
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None)
+        message = str(exc).splitlines()[0]
+        raise ConfigError(message if not key or message.startswith(key) else f"{key}: {message}") from None
