@@ -219,7 +219,7 @@ class ShardLoader:
         if self.train and not epoch_samples:
             raise DataError("training from shards without a manifest needs epoch_samples (the epoch length)")
         self.epoch_samples = epoch_samples
-        self.epoch = 0
+        self.consumed = 0
         self._stream: Iterator[Batch] | None = None
         self._skipped: dict[int, int] = {}
 
@@ -261,11 +261,27 @@ class ShardLoader:
             return
         if self._stream is None:  # one endless stream per run: epochs are slices of it
             self._stream = self._make_iter(0)
-        for _ in range(len(self)):
+        for _ in range(len(self) - self.consumed % len(self)):
             batch = next(self._stream)
+            self.consumed += 1
             self._skipped[batch.worker] = batch.skipped
             yield batch
-        self.epoch += 1
+
+    @property
+    def epoch(self) -> int:
+        """Training epochs completed (batches consumed // batches per epoch)."""
+        return self.consumed // len(self)
+
+    def state_dict(self) -> dict[str, int]:
+        """The data position: training batches consumed from the stream."""
+        return {"consumed": self.consumed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Resume at a data position: the stream is deterministic, so replaying it reaches the same samples."""
+        self._stream = self._make_iter(0)
+        for _ in range(state["consumed"]):
+            next(self._stream)
+        self.consumed = state["consumed"]
 
 
 def math_ceil(a: int, b: int) -> int:

@@ -65,7 +65,9 @@ class DataConfig:
     def __post_init__(self) -> None:
         check_types(self, "data.")
         require(self.num_workers >= 0, "data.num_workers", "must be >= 0")
-        require(self.min_shards >= 1 and self.shard_size >= 1, "data.min_shards", "min_shards, shard_size >= 1")
+        require(
+            self.min_shards >= 1 and self.shard_size >= 1, "data.min_shards", "min_shards, shard_size >= 1"
+        )
 
 
 @dataclass
@@ -88,7 +90,11 @@ class OptimConfig:
         require(self.epochs >= 0, "optim.epochs", f"must be >= 0, got {self.epochs}")
         require(self.warmup_epochs >= 0, "optim.warmup_epochs", "must be >= 0")
         require(self.batch_size >= 1, "optim.batch_size", f"must be >= 1, got {self.batch_size}")
-        require(self.micro_batch_size is None or self.micro_batch_size >= 1, "optim.micro_batch_size", "must be >= 1")
+        require(
+            self.micro_batch_size is None or self.micro_batch_size >= 1,
+            "optim.micro_batch_size",
+            "must be >= 1",
+        )
 
 
 @dataclass
@@ -101,7 +107,9 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         check_types(self, "eval.")
-        require(self.setting != "transfer" or bool(self.targets), "eval.targets", "transfer needs target datasets")
+        require(
+            self.setting != "transfer" or bool(self.targets), "eval.targets", "transfer needs target datasets"
+        )
 
 
 @dataclass

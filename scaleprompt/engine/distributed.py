@@ -1,0 +1,95 @@
+"""Process-group set-up for deepspeed / torchrun / plain python launches, CPU (gloo) or GPU (nccl).
+
+* Under ``deepspeed`` or ``torchrun``: RANK / WORLD_SIZE / LOCAL_RANK come from the launcher. The rendezvous is
+  ``env://`` (MASTER_ADDR:MASTER_PORT) unless ``SCALEPROMPT_INIT_METHOD`` names another one, e.g. a shared
+  ``file:///tmp/rdzv`` (local runs and tests: then only loopback sockets are opened).
+* Plain ``python``: a one-process group over a fresh temporary ``file://`` rendezvous.
+
+On CPU the backend is gloo and, when every rank is local (MASTER_ADDR on loopback or a file rendezvous),
+``GLOO_SOCKET_IFNAME=lo`` keeps its connections on the loopback interface.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+
+import torch
+
+if not torch.cuda.is_available():  # before deepspeed is imported: no accelerator probing warnings on CPU
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+logger = logging.getLogger(__name__)
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(local_rank_arg: int | None = None) -> DistInfo:
+    """Create the process group (once) through DeepSpeed and return this process's place in it."""
+    import deepspeed
+
+    rank = int(os.environ.get("RANK", 0))
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", local_rank_arg if local_rank_arg is not None else 0))
+    os.environ.setdefault("LOCAL_RANK", str(local_rank))  # DeepSpeed's engine insists on it
+    cuda = torch.cuda.is_available()
+    init_method = os.environ.get("SCALEPROMPT_INIT_METHOD")
+    if init_method is None and "MASTER_ADDR" not in os.environ:
+        if world_size > 1:
+            raise RuntimeError(
+                "WORLD_SIZE > 1 but no MASTER_ADDR or SCALEPROMPT_INIT_METHOD rendezvous is set"
+            )
+        fd, path = tempfile.mkstemp(prefix="scaleprompt-rdzv-")
+        os.close(fd)
+        os.unlink(path)
+        init_method = f"file://{path}"
+    local = (
+        init_method is not None
+        and init_method.startswith("file://")
+        or os.environ.get("MASTER_ADDR") in LOOPBACK
+    )
+    if not cuda and local:
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    if not torch.distributed.is_initialized():
+        deepspeed.init_distributed(
+            dist_backend="nccl" if cuda else "gloo", init_method=init_method, rank=rank, world_size=world_size,
+            verbose=False, auto_mpi_discovery=False,
+        )  # fmt: skip
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    return DistInfo(torch.distributed.get_rank(), torch.distributed.get_world_size(), local_rank, device)
+
+
+def barrier() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks (in place); a no-op without a process group."""
+    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
+    return tensor
+
+
+def broadcast_object(obj):
+    """Rank 0's ``obj`` on every rank."""
+    if not (torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1):
+        return obj
+    box = [obj]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]

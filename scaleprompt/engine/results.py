@@ -1,0 +1,754 @@
+"""Run results -> paper-style tables: mean ± std over seeds, as markdown and CSV.
+
+Every training run writes one ``<output_dir>/results.json`` in the format ``scaleprompt.run/1``::
+
+    {"format": "scaleprompt.run/1", "method": "provp_ref", "dataset": "OxfordPets", "setting": "base2new",
+     "shots": 16, "seed": 1, "backbone": "ViT-B-16", "pretrained": "openai", ...,
+     "results": {"last": {...}, "best_val": {...}}, "config": {...}, "timing": {...}}
+
+``results.<selection>`` (``last`` = last epoch, ``best_val`` = epoch chosen on the validation split; a run without
+validation has no ``best_val``) holds, per setting, splits of the form ``{"top1": %, "mean_per_class": %}``:
+``fewshot`` -> ``val``, ``test``; ``base2new`` -> ``val``, ``base``, ``novel`` and ``hm`` (a number);
+``transfer`` -> ``val``, ``test`` (the source dataset) and ``targets: {name: split}``. ``val`` may be absent or
+null (no validation split); it is checked when present but never tabulated (it is the selection split).
+
+Pipeline (every step a pure function)::
+
+    runs = load_runs(["runs/", "more/*/results.json"])      # validated dicts; "_path" = the file read
+    rows = aggregate(runs, selection="last", metric="top1")  # one Row per (setting, method, dataset, shots, backbone)
+    tables = make_tables(rows, "base2new")                  # or base2new_tables / fewshot_tables / transfer_tables
+    to_markdown(tables), to_csv(tables)
+
+CLI: ``python -m scaleprompt.engine.results RUNS... [--selection last|best_val] [--metric top1|mean_per_class]
+[--out-dir DIR]`` writes ``results_<setting>.md`` and ``.csv`` per setting present and logs the markdown.
+
+Conventions (also written under every table):
+
+* A cell is the mean ± the sample standard deviation (n - 1) over seeds; with one seed the std is 0.00. The
+  "Seeds" column gives the number of seeds behind the row's cells (a range when they differ).
+* "Backbone" is the model name AND its pretrained tag: runs of ViT-B-16/openai and ViT-B-16/laion2b are never
+  averaged together (they land in separate tables).
+* The selection (last epoch / best validation epoch) is in every table title. With ``best_val``, runs that have
+  no ``best_val`` results are left out (logged), never replaced by their last epoch.
+* Base-to-novel HM: each seed's HM = 2·B·N/(B+N) is recomputed from that seed's Base and Novel in the chosen
+  metric (the stored ``hm`` is top-1; a mismatch with its top-1 Base/Novel is logged). The HM cell shows, as the
+  papers do, the harmonic mean of the Base and Novel MEANS shown next to it, ± the std of the per-seed HMs.
+* "Average over datasets" (base-to-novel, CoCoOp / MaPLe style): Base and Novel are the averages of the
+  per-dataset means; HM is the harmonic mean of those two averages, NOT the average of the per-dataset HMs
+  (that is how the papers compute it). Few-shot averages (per shot) and transfer averages (over targets, source
+  excluded) are likewise averages of per-dataset means. Averages have no ±; an average over only k of the
+  table's N datasets is marked ``(k/N)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import io
+import json
+import logging
+import math
+import statistics
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from scaleprompt.data.datasets import BENCHMARKS, DG_TARGETS
+from scaleprompt.data.protocols import harmonic_mean
+
+logger = logging.getLogger(__name__)
+
+Setting = Literal["fewshot", "base2new", "transfer"]
+Selection = Literal["last", "best_val"]
+Metric = Literal["top1", "mean_per_class"]
+
+RUN_FORMAT = "scaleprompt.run/1"
+RESULTS_FILE = "results.json"
+SETTINGS: tuple[str, ...] = ("base2new", "fewshot", "transfer")
+SELECTIONS: tuple[str, ...] = ("last", "best_val")
+METRICS: tuple[str, ...] = ("top1", "mean_per_class")
+SELECTION_LABELS = {"last": "last epoch", "best_val": "best validation epoch"}
+METRIC_LABELS = {"top1": "top-1 accuracy (%)", "mean_per_class": "mean per-class accuracy (%)"}
+SETTING_TITLES = {
+    "base2new": "Base-to-novel generalization",
+    "fewshot": "Few-shot classification",
+    "transfer": "Transfer from a source dataset to targets",
+}
+# splits every selection must hold (besides the optional "val"), per setting
+REQUIRED_SPLITS = {"fewshot": ("test",), "base2new": ("base", "novel"), "transfer": ("test",)}
+# row / column order of the papers; names not listed follow, alphabetically
+METHOD_ORDER = ("zsclip", "coop", "cocoop", "vpt_deep", "ivlp", "maple", "upt", "provp", "provp_ref")
+DATASET_ORDER = (*BENCHMARKS, *DG_TARGETS)
+HM_TOLERANCE = 0.05  # stored hm vs 2BN/(B+N) of the stored top-1 base / novel (rounding slack)
+MISSING = "—"
+
+
+class ResultsError(ValueError):
+    """A results file is not valid JSON or not a ``scaleprompt.run/1`` run. The message names the file."""
+
+
+# ----------------------------------------------------------------------------------------------- loading
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _check_split(value: Any, where: str, source: str) -> None:
+    if not isinstance(value, Mapping):
+        raise ResultsError(
+            f"{source}: {where} must be an object with 'top1' and 'mean_per_class', got {value!r}"
+        )
+    for metric in METRICS:
+        x = value.get(metric)
+        if not _is_number(x) or not 0 <= x <= 100:
+            raise ResultsError(f"{source}: {where}.{metric} must be a percentage in [0, 100], got {x!r}")
+
+
+def _check_selection(value: Any, setting: str, where: str, source: str) -> None:
+    if not isinstance(value, Mapping):
+        raise ResultsError(f"{source}: {where} must be an object, got {value!r}")
+    if value.get("val") is not None:
+        _check_split(value["val"], f"{where}.val", source)
+    for split in REQUIRED_SPLITS[setting]:
+        if split not in value:
+            raise ResultsError(f"{source}: {where} has no {split!r} (a {setting} run reports {split})")
+        _check_split(value[split], f"{where}.{split}", source)
+    if setting == "base2new":
+        hm = value.get("hm")
+        if not _is_number(hm) or not 0 <= hm <= 100:
+            raise ResultsError(f"{source}: {where}.hm must be a percentage in [0, 100], got {hm!r}")
+    if setting == "transfer":
+        targets = value.get("targets")
+        if not isinstance(targets, Mapping) or not targets:
+            raise ResultsError(f"{source}: {where}.targets must be a non-empty object {{dataset: split}}")
+        for name, split in targets.items():
+            _check_split(split, f"{where}.targets.{name}", source)
+
+
+def validate_run(data: Any, source: str | Path) -> dict[str, Any]:
+    """Check that ``data`` is a ``scaleprompt.run/1`` run; return it. Errors are :class:`ResultsError`
+    messages that start with ``source`` (the file)."""
+    src = str(source)
+    if not isinstance(data, dict):
+        raise ResultsError(
+            f"{src}: not a scaleprompt run file (expected a JSON object, got {type(data).__name__})"
+        )
+    fmt = data.get("format")
+    if fmt != RUN_FORMAT:
+        raise ResultsError(f"{src}: not a scaleprompt run file: format is {fmt!r}, expected {RUN_FORMAT!r}")
+    for key in ("method", "dataset", "backbone"):
+        if not isinstance(data.get(key), str) or not data[key]:
+            raise ResultsError(f"{src}: {key!r} must be a non-empty string, got {data.get(key)!r}")
+    if data.get("setting") not in SETTINGS:
+        raise ResultsError(f"{src}: 'setting' must be one of {list(SETTINGS)}, got {data.get('setting')!r}")
+    for key in ("shots", "seed"):
+        if not isinstance(data.get(key), int) or isinstance(data[key], bool):
+            raise ResultsError(f"{src}: {key!r} must be an integer, got {data.get(key)!r}")
+    if data.get("pretrained") is not None and not isinstance(data["pretrained"], str):
+        raise ResultsError(f"{src}: 'pretrained' must be a string or null, got {data['pretrained']!r}")
+    results = data.get("results")
+    if not isinstance(results, Mapping):
+        raise ResultsError(f"{src}: 'results' must be an object with 'last' (and optionally 'best_val')")
+    if results.get("last") is None:
+        raise ResultsError(f"{src}: results has no 'last' (last-epoch) results")
+    for selection in SELECTIONS:
+        if results.get(selection) is not None:
+            _check_selection(results[selection], data["setting"], f"results.{selection}", src)
+    return data
+
+
+def _read_run(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ResultsError(f"{path}: not valid JSON ({exc})") from None
+    run = dict(validate_run(data, path))
+    run["_path"] = str(path)
+    return run
+
+
+def _expand(item: str | Path) -> list[Path]:
+    """A file -> itself; a directory -> its results.json files (recursive); else a glob pattern."""
+    path = Path(item)
+    if path.is_dir():
+        found = sorted(path.rglob(RESULTS_FILE))
+        if not found:
+            raise FileNotFoundError(f"no {RESULTS_FILE} under {path}")
+        return found
+    if path.is_file():
+        return [path]
+    text = str(item)
+    if any(c in text for c in "*?["):
+        out: list[Path] = []
+        for match in sorted(glob.glob(text, recursive=True)):
+            p = Path(match)
+            out.extend(sorted(p.rglob(RESULTS_FILE)) if p.is_dir() else [p])
+        if not out:
+            raise FileNotFoundError(f"no run results match {text}")
+        return out
+    raise FileNotFoundError(f"no such file or directory: {text}")
+
+
+def load_runs(paths: str | Path | Iterable[str | Path]) -> list[dict[str, Any]]:
+    """Read run results from files, directories (searched recursively for ``results.json``) and glob patterns.
+
+    Returns the validated run dicts in argument order (files sorted within a directory / pattern; a file reached
+    twice is read once), each with ``"_path"`` set to the file it came from. A file that is not valid JSON or
+    not a ``scaleprompt.run/1`` run raises :class:`ResultsError` (a ``ValueError``) naming the file; a path or
+    pattern that yields no file raises ``FileNotFoundError``.
+    """
+    items = [paths] if isinstance(paths, str | Path) else list(paths)
+    if not items:
+        raise ValueError("no run paths given")
+    seen: set[Path] = set()
+    runs: list[dict[str, Any]] = []
+    for item in items:
+        for path in _expand(item):
+            key = path.resolve()
+            if key not in seen:
+                seen.add(key)
+                runs.append(_read_run(path))
+    logger.debug("loaded %d runs", len(runs))
+    return runs
+
+
+# ----------------------------------------------------------------------------------------------- aggregation
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean and sample std (n - 1; 0.0 when n == 1) of ``n`` per-seed values."""
+
+    mean: float
+    std: float
+    n: int
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Stat:
+        if not values:
+            raise ValueError("Stat.of needs at least one value")
+        std = statistics.stdev(values) if len(values) > 1 else 0.0
+        return cls(statistics.fmean(values), std, len(values))
+
+
+@dataclass
+class Row:
+    """One (setting, method, dataset, shots, backbone + pretrained) group over its seeds.
+
+    ``values``: fewshot -> ``test``; base2new -> ``base``, ``novel``, ``hm`` (the per-seed HMs of the chosen
+    metric); transfer -> ``test`` (source). ``targets`` (transfer): one :class:`Stat` per target dataset.
+    """
+
+    setting: str
+    method: str
+    dataset: str
+    shots: int
+    backbone: str
+    pretrained: str | None
+    selection: str
+    metric: str
+    seeds: tuple[int, ...]
+    values: dict[str, Stat]
+    targets: dict[str, Stat] = field(default_factory=dict)
+    paths: tuple[str, ...] = ()
+
+    @property
+    def n(self) -> int:
+        return len(self.seeds)
+
+    @property
+    def hm_of_means(self) -> float:
+        """Base-to-novel: 2·B·N/(B+N) of the mean Base and mean Novel (the papers' HM)."""
+        return harmonic_mean(self.values["base"].mean, self.values["novel"].mean)
+
+
+def _order(name: str, preferred: Sequence[str]) -> tuple[int, str]:
+    return (preferred.index(name) if name in preferred else len(preferred), name)
+
+
+def _ordered(names: Iterable[str], preferred: Sequence[str]) -> list[str]:
+    return sorted(set(names), key=lambda n: _order(n, preferred))
+
+
+def _describe(key: tuple[Any, ...]) -> str:
+    setting, method, dataset, shots, backbone, pretrained = key
+    return f"{setting} {method} on {dataset} ({shots} shots, {backbone}/{pretrained})"
+
+
+def aggregate(
+    runs: Iterable[Mapping[str, Any]], selection: Selection | str = "last", metric: Metric | str = "top1"
+) -> list[Row]:
+    """Group runs by (setting, method, dataset, shots, backbone + pretrained) and take mean / sample std over
+    seeds of ``results[selection]`` in ``metric``.
+
+    Runs without ``results[selection]`` (``best_val`` of a run without validation) are left out and logged.
+    Two runs of one group with the same seed raise :class:`ResultsError` naming both files. Rows come sorted by
+    setting, backbone, method (papers' order), dataset, shots.
+    """
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection must be one of {list(SELECTIONS)}, got {selection!r}")
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {list(METRICS)}, got {metric!r}")
+    groups: dict[tuple[Any, ...], dict[int, tuple[Mapping[str, Any], str]]] = {}
+    skipped: list[str] = []
+    for i, run in enumerate(runs):
+        source = str(run.get("_path", f"<run {i}>"))
+        validate_run(run, source)
+        result = run["results"].get(selection)
+        if result is None:
+            skipped.append(source)
+            continue
+        key = (
+            run["setting"],
+            run["method"],
+            run["dataset"],
+            run["shots"],
+            run["backbone"],
+            run.get("pretrained"),
+        )
+        members = groups.setdefault(key, {})
+        if run["seed"] in members:
+            raise ResultsError(
+                f"two runs of {_describe(key)} with seed {run['seed']}: {members[run['seed']][1]} and {source}"
+            )
+        members[run["seed"]] = (result, source)
+    if skipped:
+        logger.warning(
+            "%d run(s) have no %r results (no validation) and are left out: %s",
+            len(skipped), selection, ", ".join(skipped),
+        )  # fmt: skip
+    rows = [_make_row(key, members, selection, metric) for key, members in groups.items()]
+    rows.sort(
+        key=lambda r: (
+            SETTINGS.index(r.setting), r.backbone, r.pretrained or "", _order(r.method, METHOD_ORDER),
+            _order(r.dataset, DATASET_ORDER), r.shots,
+        )
+    )  # fmt: skip
+    return rows
+
+
+def _make_row(
+    key: tuple[Any, ...], members: Mapping[int, tuple[Mapping[str, Any], str]], selection: str, metric: str
+) -> Row:
+    setting, method, dataset, shots, backbone, pretrained = key
+    seeds = tuple(sorted(members))
+    results = [members[s][0] for s in seeds]
+    paths = tuple(members[s][1] for s in seeds)
+    values: dict[str, Stat] = {}
+    targets: dict[str, Stat] = {}
+    if setting == "base2new":
+        for res, source in zip(results, paths, strict=True):
+            stored = harmonic_mean(res["base"]["top1"], res["novel"]["top1"])
+            if abs(res["hm"] - stored) > HM_TOLERANCE:
+                logger.warning(
+                    "%s: stored hm %.2f differs from 2BN/(B+N) = %.2f of its top-1 base / novel; "
+                    "the tables use the recomputed HM", source, res["hm"], stored,
+                )  # fmt: skip
+        values["base"] = Stat.of([r["base"][metric] for r in results])
+        values["novel"] = Stat.of([r["novel"][metric] for r in results])
+        values["hm"] = Stat.of([harmonic_mean(r["base"][metric], r["novel"][metric]) for r in results])
+    else:
+        values["test"] = Stat.of([r["test"][metric] for r in results])
+    if setting == "transfer":
+        names = _ordered((t for r in results for t in r["targets"]), DATASET_ORDER)
+        targets = {t: Stat.of([r["targets"][t][metric] for r in results if t in r["targets"]]) for t in names}
+    return Row(
+        setting=setting, method=method, dataset=dataset, shots=shots, backbone=backbone, pretrained=pretrained,
+        selection=selection, metric=metric, seeds=seeds, values=values, targets=targets, paths=paths,
+    )  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------- tables
+
+
+@dataclass(frozen=True)
+class Cell:
+    """A table cell: ``mean`` None = no runs; ``std`` None = an average (no ±); ``n`` = seeds, or datasets
+    for an average; ``partial`` = "k/N" when an average covers only k of the table's N datasets."""
+
+    mean: float | None = None
+    std: float | None = None
+    n: int | None = None
+    partial: str = ""
+
+
+@dataclass(frozen=True)
+class Column:
+    label: str
+    average: bool = False
+
+
+@dataclass
+class Table:
+    """One paper-style table: ``rows`` = (method, one :class:`Cell` per column); ``keys`` = what identifies the
+    table (CSV key columns); ``notes`` = the conventions written under it."""
+
+    setting: str
+    title: str
+    keys: dict[str, str]
+    columns: list[Column]
+    rows: list[tuple[str, list[Cell]]]
+    notes: list[str]
+
+
+def shots_label(shots: int) -> str:
+    return f"{shots}-shot" if shots > 0 else "all-shot"
+
+
+def backbone_label(backbone: str, pretrained: str | None) -> str:
+    return f"{backbone} ({pretrained if pretrained else 'random init'})"
+
+
+def _stat_cell(stat: Stat | None, mean: float | None = None) -> Cell:
+    if stat is None:
+        return Cell()
+    return Cell(stat.mean if mean is None else mean, stat.std, stat.n)
+
+
+def _average(means: Sequence[float], total: int) -> Cell:
+    if not means:
+        return Cell()
+    return Cell(
+        statistics.fmean(means), None, len(means), "" if len(means) == total else f"{len(means)}/{total}"
+    )
+
+
+def _tables_by(
+    rows: Iterable[Row], setting: str, extra: Callable[[Row], tuple[Any, ...]]
+) -> dict[tuple, list[Row]]:
+    out: dict[tuple, list[Row]] = {}
+    for r in rows:
+        if r.setting == setting:
+            out.setdefault((r.selection, r.metric, r.backbone, r.pretrained, *extra(r)), []).append(r)
+    return out
+
+
+def _title(setting: str, selection: str, metric: str, what: str) -> str:
+    return (
+        f"{SETTING_TITLES[setting]} — {what} — {METRIC_LABELS[metric]} — "
+        f"selection: {SELECTION_LABELS[selection]}"
+    )
+
+
+def _keys(setting: str, selection: str, metric: str, backbone: str, pretrained: str | None) -> dict[str, str]:
+    return {
+        "setting": setting, "selection": selection, "metric": metric,
+        "backbone": backbone, "pretrained": pretrained or "",
+    }  # fmt: skip
+
+
+def _common_notes(selection: str, tables_rows: Sequence[tuple[str, list[Cell]]]) -> list[str]:
+    notes = [
+        "Cells: mean ± sample standard deviation (n − 1) over seeds (± 0.00 with one seed); "
+        f"Seeds: seeds per cell; {MISSING}: no runs.",
+        {
+            "last": "Selection: last epoch — the model after the final training epoch.",
+            "best_val": "Selection: best validation epoch — the epoch with the best validation accuracy "
+            "(never chosen on test); runs without validation are left out.",
+        }[selection],
+    ]
+    if any(c.partial for _, cells in tables_rows for c in cells):
+        notes.append(
+            "(k/N): the method has results on only k of the table's N datasets; its average covers those k "
+            "and is not comparable with complete rows."
+        )
+    return notes
+
+
+def base2new_tables(rows: Iterable[Row]) -> list[Table]:
+    """Base-to-novel: rows = methods; an "Average over datasets" block (Base, Novel, HM of the averages) first,
+    as in CoCoOp / MaPLe, then Base / Novel / HM per dataset. One table per (selection, metric, backbone,
+    shots)."""
+    tables = []
+    for (selection, metric, backbone, pretrained, shots), group in _tables_by(
+        rows, "base2new", lambda r: (r.shots,)
+    ).items():
+        datasets = _ordered((r.dataset for r in group), DATASET_ORDER)
+        by = {(r.method, r.dataset): r for r in group}
+        columns = [Column(f"Average {part}", True) for part in ("Base", "Novel", "HM")]
+        columns += [Column(f"{d} {part}") for d in datasets for part in ("Base", "Novel", "HM")]
+        body = []
+        for method in _ordered((r.method for r in group), METHOD_ORDER):
+            mine = [by[method, d] for d in datasets if (method, d) in by]
+            base = _average([r.values["base"].mean for r in mine], len(datasets))
+            novel = _average([r.values["novel"].mean for r in mine], len(datasets))
+            # every method of the table has >= 1 dataset, so both averages exist
+            hm = Cell(harmonic_mean(base.mean or 0.0, novel.mean or 0.0), None, base.n, base.partial)
+            cells = [base, novel, hm]
+            for d in datasets:
+                r = by.get((method, d))
+                if r is None:
+                    cells += [Cell(), Cell(), Cell()]
+                else:
+                    v = r.values
+                    cells += [
+                        _stat_cell(v["base"]),
+                        _stat_cell(v["novel"]),
+                        _stat_cell(v["hm"], r.hm_of_means),
+                    ]
+            body.append((method, cells))
+        notes = _common_notes(selection, body) + [
+            "HM = 2·B·N/(B+N) of the Base and Novel means shown (the papers' convention); its ± is the std over "
+            "seeds of each seed's HM.",
+            "Average over datasets: Base and Novel are the averages of the per-dataset means; its HM is the "
+            "harmonic mean of those two averages (as in CoCoOp / MaPLe), not the average of the per-dataset HMs. "
+            "Averages have no ±.",
+        ]
+        what = f"{backbone_label(backbone, pretrained)}, {shots_label(shots)}"
+        keys = _keys("base2new", selection, metric, backbone, pretrained) | {"shots": str(shots)}
+        tables.append(
+            Table("base2new", _title("base2new", selection, metric, what), keys, columns, body, notes)
+        )
+    return tables
+
+
+def fewshot_tables(rows: Iterable[Row]) -> list[Table]:
+    """Few-shot: rows = methods; columns = the shots (1/2/4/8/16) of each dataset, then the average over datasets
+    per shot. One table per (selection, metric, backbone)."""
+    tables = []
+    for (selection, metric, backbone, pretrained), group in _tables_by(rows, "fewshot", lambda r: ()).items():
+        datasets = _ordered((r.dataset for r in group), DATASET_ORDER)
+        all_shots = sorted({r.shots for r in group}, key=lambda k: (k <= 0, k))
+        by = {(r.method, r.dataset, r.shots): r for r in group}
+        pairs = [
+            (d, k) for d in datasets for k in all_shots if any(r.dataset == d and r.shots == k for r in group)
+        ]
+        columns = [Column(f"{d} {shots_label(k)}") for d, k in pairs]
+        columns += [Column(f"Average {shots_label(k)}", True) for k in all_shots]
+        body = []
+        for method in _ordered((r.method for r in group), METHOD_ORDER):
+            cells = [
+                _stat_cell(by[method, d, k].values["test"] if (method, d, k) in by else None)
+                for d, k in pairs
+            ]
+            for k in all_shots:
+                total = sum(1 for _, kk in pairs if kk == k)
+                means = [
+                    by[method, d, k].values["test"].mean
+                    for d, kk in pairs
+                    if kk == k and (method, d, k) in by
+                ]
+                cells.append(_average(means, total))
+            body.append((method, cells))
+        notes = _common_notes(selection, body) + [
+            "Average k-shot: the average over datasets of the per-dataset means at k shots (no ±)."
+        ]
+        title = _title("fewshot", selection, metric, backbone_label(backbone, pretrained))
+        tables.append(
+            Table(
+                "fewshot",
+                title,
+                _keys("fewshot", selection, metric, backbone, pretrained),
+                columns,
+                body,
+                notes,
+            )
+        )
+    return tables
+
+
+def transfer_tables(rows: Iterable[Row]) -> list[Table]:
+    """Transfer: rows = methods; columns = the source dataset, each target, then the average over targets
+    (source excluded). One table per (selection, metric, backbone, source dataset, shots)."""
+    tables = []
+    for (selection, metric, backbone, pretrained, source, shots), group in _tables_by(
+        rows, "transfer", lambda r: (r.dataset, r.shots)
+    ).items():
+        targets = _ordered((t for r in group for t in r.targets), DATASET_ORDER)
+        columns = [
+            Column(f"{source} (source)"),
+            *(Column(t) for t in targets),
+            Column("Average over targets", True),
+        ]
+        body = []
+        for r in sorted(group, key=lambda r: _order(r.method, METHOD_ORDER)):
+            cells = [_stat_cell(r.values["test"]), *(_stat_cell(r.targets.get(t)) for t in targets)]
+            cells.append(_average([r.targets[t].mean for t in targets if t in r.targets], len(targets)))
+            body.append((r.method, cells))
+        notes = _common_notes(selection, body) + [
+            f"Source: test accuracy on {source}, the training dataset. Average over targets: the average of the "
+            "per-target means, source excluded (no ±)."
+        ]
+        what = f"{backbone_label(backbone, pretrained)}, source {source}, {shots_label(shots)}"
+        keys = _keys("transfer", selection, metric, backbone, pretrained) | {
+            "source": source,
+            "shots": str(shots),
+        }
+        tables.append(
+            Table("transfer", _title("transfer", selection, metric, what), keys, columns, body, notes)
+        )
+    return tables
+
+
+TABLE_BUILDERS: dict[str, Callable[[Iterable[Row]], list[Table]]] = {
+    "base2new": base2new_tables,
+    "fewshot": fewshot_tables,
+    "transfer": transfer_tables,
+}
+
+
+def make_tables(rows: Iterable[Row], setting: str) -> list[Table]:
+    """The paper-style tables of one setting (empty when no row has it)."""
+    if setting not in TABLE_BUILDERS:
+        raise ValueError(f"setting must be one of {list(SETTINGS)}, got {setting!r}")
+    return TABLE_BUILDERS[setting](rows)
+
+
+# ----------------------------------------------------------------------------------------------- rendering
+
+
+def format_cell(cell: Cell) -> str:
+    """``"82.00 ± 2.00"``; an average ``"86.00"`` (``"86.00 (1/2)"`` when partial); no runs ``"—"``."""
+    if cell.mean is None:
+        return MISSING
+    if cell.std is None:
+        return f"{cell.mean:.2f}" + (f" ({cell.partial})" if cell.partial else "")
+    return f"{cell.mean:.2f} ± {cell.std:.2f}"
+
+
+def _seeds_cell(columns: Sequence[Column], cells: Sequence[Cell]) -> str:
+    ns = [c.n for col, c in zip(columns, cells, strict=True) if not col.average and c.n]
+    if not ns:
+        return MISSING
+    return str(min(ns)) if min(ns) == max(ns) else f"{min(ns)}–{max(ns)}"
+
+
+def to_markdown(tables: Sequence[Table]) -> str:
+    """Each table as ``### title``, a markdown table (Method | columns... | Seeds) and its notes."""
+    parts = []
+    for t in tables:
+        header = ["Method", *(c.label for c in t.columns), "Seeds"]
+        lines = [
+            f"### {t.title}",
+            "",
+            "| " + " | ".join(header) + " |",
+            "|" + "|".join([":---", *("---:" for _ in header[1:])]) + "|",
+        ]
+        for method, cells in t.rows:
+            row = [method, *(format_cell(c) for c in cells), _seeds_cell(t.columns, cells)]
+            lines.append("| " + " | ".join(row) + " |")
+        lines.append("")
+        lines += [f"- {note}" for note in t.notes]
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) + "\n" if parts else ""
+
+
+def _number(x: float | int | None) -> str:
+    if x is None:
+        return ""
+    return str(x) if isinstance(x, int) else f"{x:.4f}"
+
+
+def to_csv(tables: Sequence[Table]) -> str:
+    """The tables as one CSV (stdlib ``csv``): key columns (setting, selection, metric, backbone, pretrained,
+    shots / source), ``method``, then per column ``<label> mean``, ``<label> std``, ``<label> n_seeds``
+    (averages: ``<label> mean``, ``<label> n_datasets``). Numbers with 4 decimals; empty = no runs."""
+    key_names: list[str] = []
+    cell_columns: dict[str, Column] = {}
+    for t in tables:
+        key_names += [k for k in t.keys if k not in key_names]
+        for c in t.columns:
+            cell_columns.setdefault(c.label, c)
+    header = [*key_names, "method"]
+    for c in cell_columns.values():
+        header += [f"{c.label} mean", f"{c.label} n_datasets"] if c.average else [
+            f"{c.label} mean", f"{c.label} std", f"{c.label} n_seeds"
+        ]  # fmt: skip
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=header, lineterminator="\n", restval="")
+    writer.writeheader()
+    for t in tables:
+        for method, cells in t.rows:
+            record: dict[str, str] = {**t.keys, "method": method}
+            for col, cell in zip(t.columns, cells, strict=True):
+                record[f"{col.label} mean"] = _number(cell.mean)
+                if col.average:
+                    record[f"{col.label} n_datasets"] = _number(cell.n)
+                else:
+                    record[f"{col.label} std"] = _number(cell.std)
+                    record[f"{col.label} n_seeds"] = _number(cell.n)
+            writer.writerow(record)
+    return out.getvalue()
+
+
+def render(rows: Iterable[Row], setting: str) -> tuple[str, str]:
+    """(markdown, CSV) of one setting's tables."""
+    tables = make_tables(rows, setting)
+    return to_markdown(tables), to_csv(tables)
+
+
+def write_tables(rows: Sequence[Row], out_dir: str | Path) -> dict[str, tuple[Path, Path]]:
+    """Write ``results_<setting>.md`` and ``results_<setting>.csv`` for every setting present in ``rows``
+    (each file replaced atomically); return ``{setting: (md_path, csv_path)}``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for setting in SETTINGS:
+        if any(r.setting == setting for r in rows):
+            markdown, table_csv = render(rows, setting)
+            paths = (out / f"results_{setting}.md", out / f"results_{setting}.csv")
+            for path, text in zip(paths, (markdown, table_csv), strict=True):
+                tmp = path.with_name(path.name + ".tmp")
+                tmp.write_text(text, encoding="utf-8")
+                tmp.replace(path)
+            written[setting] = paths
+    return written
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m scaleprompt.engine.results",
+        description="Aggregate run results (results.json) over seeds into paper-style markdown / CSV tables.",
+    )
+    parser.add_argument(
+        "runs",
+        nargs="+",
+        metavar="RUNS",
+        help="results.json files, directories (searched recursively) or globs",
+    )
+    parser.add_argument(
+        "--selection", choices=SELECTIONS, default="last",
+        help="last = last epoch; best_val = epoch chosen on the validation split (default: last)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--metric", choices=METRICS, default="top1", help="accuracy to tabulate (default: top1)"
+    )
+    parser.add_argument(
+        "--out-dir", type=Path, default=None,
+        help="write results_<setting>.md / .csv here (default: only log the tables)",
+    )  # fmt: skip
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("scaleprompt").setLevel(logging.INFO)
+    try:
+        runs = load_runs(args.runs)
+        rows = aggregate(runs, args.selection, args.metric)
+    except (ValueError, OSError) as exc:
+        logger.error("error: %s", exc)
+        return 1
+    if not rows:
+        logger.error("error: none of the %d runs has %r results", len(runs), args.selection)
+        return 1
+    logger.info("%d runs -> %d rows (selection: %s)", len(runs), len(rows), SELECTION_LABELS[args.selection])
+    for setting in SETTINGS:
+        if any(r.setting == setting for r in rows):
+            logger.info("%s", render(rows, setting)[0])
+    if args.out_dir is not None:
+        try:
+            written = write_tables(rows, args.out_dir)
+        except OSError as exc:
+            logger.error("error: cannot write the tables: %s", exc)
+            return 1
+        for md_path, csv_path in written.values():
+            logger.info("wrote %s and %s", md_path, csv_path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

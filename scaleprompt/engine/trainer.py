@@ -1,0 +1,472 @@
+"""The one training loop (used by ``train.py`` and by ``tune/`` trials).
+
+``Trainer(cfg, ds_config).fit()`` builds the frozen backbone and the method, writes / finds the shards, wraps the
+method in a DeepSpeed engine (ZeRO 1/2/3, fp32 / bf16 / fp16) with a client torch optimizer over the prompt
+parameters only, trains with the releases' schedule (constant warm-up epoch(s), then cosine over the epochs,
+stepped per epoch), validates every ``eval.every_epochs``, checkpoints crash-safely, and evaluates the last and the
+best-validation prompts on the test split(s) of the setting. Results go to ``<output_dir>/results.json``; the
+trained prompts to ``<output_dir>/prompts.safetensors`` (and ``prompts_best_val.safetensors``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from scaleprompt.backbone import load_clip
+from scaleprompt.config import ConfigError, to_dict
+from scaleprompt.data.datasets import get_dataset, load_dataset
+from scaleprompt.data.loader import ShardLoader
+from scaleprompt.data.protocols import Protocol, harmonic_mean
+from scaleprompt.data.shards import read_manifest, write_shards
+from scaleprompt.data.templates import dataset_template
+from scaleprompt.engine.checkpoint import CheckpointError, CheckpointManager, rng_state, set_rng_state
+from scaleprompt.engine.config import OptimConfig, RunConfig
+from scaleprompt.engine.distributed import DistInfo, barrier, broadcast_object, init_distributed
+from scaleprompt.engine.evaluate import evaluate
+from scaleprompt.methods import build, save_prompts
+from scaleprompt.methods.base import FixedTextConfig, PromptMethod
+
+logger = logging.getLogger(__name__)
+RESULTS_FORMAT = "scaleprompt.run/1"
+
+
+# --- pure pieces ------------------------------------------------------------------------------------------------
+def lr_at_epoch(epoch: int, optim: OptimConfig) -> float:
+    """The releases' schedule (Dassl): ``warmup_lr`` for the first ``warmup_epochs`` epochs, then cosine
+    annealing with T_max = ``epochs``, stepped once per epoch and started after the warm-up."""
+    if epoch < optim.warmup_epochs:
+        return optim.warmup_lr
+    t = epoch - optim.warmup_epochs
+    return optim.min_lr + (optim.lr - optim.min_lr) * (1 + math.cos(math.pi * t / max(1, optim.epochs))) / 2
+
+
+def batch_geometry(global_batch: int, micro_batch: int | None, world_size: int) -> tuple[int, int]:
+    """(micro batch per rank, gradient accumulation steps) with micro x accumulation x world = global batch."""
+    if micro_batch is None:
+        micro_batch = max(1, global_batch // world_size)
+    accumulation, rest = divmod(global_batch, micro_batch * world_size)
+    if rest or accumulation < 1:
+        raise ConfigError(
+            f"optim.batch_size={global_batch} is not micro_batch_size={micro_batch} x world size {world_size} "
+            "x an integer number of accumulation steps"
+        )
+    return micro_batch, accumulation
+
+
+def deepspeed_config(
+    base: dict[str, Any] | None, micro: int, accumulation: int, world: int, precision: str
+) -> dict:
+    """The DS JSON with the batch geometry and precision of this run (the recipe wins; changes are logged)."""
+    cfg = copy.deepcopy(base or {"zero_optimization": {"stage": 0}})
+    wanted = {
+        "train_batch_size": micro * accumulation * world,
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": accumulation,
+    }
+    for key, value in wanted.items():
+        if key in cfg and cfg[key] != value:
+            logger.info(
+                "DeepSpeed %s: %s in the JSON, %s from the recipe (recipe wins)", key, cfg[key], value
+            )
+        cfg[key] = value
+    cfg.setdefault("bf16", {})["enabled"] = precision == "bf16"
+    cfg.setdefault("fp16", {})["enabled"] = precision == "fp16"
+    cfg.pop("optimizer", None)  # the client optimizer holds only the prompts
+    cfg.pop("scheduler", None)  # the per-epoch schedule is ours
+    cfg.setdefault("steps_per_print", 10**9)
+    return cfg
+
+
+@dataclass
+class ShardSet:
+    train: str  # shards for train / val / test of the training classes
+    novel: str | None = None  # base-to-novel: shards whose test split holds the novel classes
+
+
+def _ensure_shards(cfg: RunConfig, dist: DistInfo, dataset: str, subset: str, splits: tuple[str, ...]) -> str:
+    protocol = Protocol(shots=cfg.data.shots, seed=cfg.train.seed, subset=subset)
+    name = get_dataset(dataset).name if not dataset.startswith("folder:") else Path(dataset[7:]).name
+    out = Path(cfg.data.cache_dir) / f"{name}-{protocol.tag()}-{'-'.join(splits)}"
+    if dist.is_main and not (out / "manifest.json").is_file():
+        ds = load_dataset(dataset, cfg.data.root)
+        write_shards(
+            ds, out, protocol, splits=splits, shard_size=cfg.data.shard_size, min_shards=cfg.data.min_shards
+        )
+    barrier()
+    return str(out)
+
+
+def prepare_shards(cfg: RunConfig, dist: DistInfo) -> ShardSet:
+    base2new = cfg.eval.setting == "base2new"
+    if cfg.data.shards:
+        if base2new:
+            raise ConfigError("data.shards: base-to-novel builds its base and novel shards itself; unset it")
+        return ShardSet(cfg.data.shards)
+    train = _ensure_shards(
+        cfg, dist, cfg.data.dataset, "base" if base2new else "all", ("train", "val", "test")
+    )
+    novel = _ensure_shards(cfg, dist, cfg.data.dataset, "new", ("test",)) if base2new else None
+    return ShardSet(train, novel)
+
+
+# --- the trainer ------------------------------------------------------------------------------------------------
+class Trainer:
+    def __init__(self, cfg: RunConfig, ds_config: dict[str, Any] | None = None, local_rank: int | None = None,
+                 report: Callable[[dict[str, Any]], None] | None = None) -> None:  # fmt: skip
+        self.cfg = cfg
+        self.ds_base = ds_config
+        self.dist = init_distributed(local_rank)
+        self.out = Path(cfg.train.output_dir)
+        self.report = report  # called with the validation metrics after each epoch (Ray Tune)
+        torch.manual_seed(cfg.train.seed)
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+        self.shards = prepare_shards(cfg, self.dist)
+        manifest = read_manifest(self.shards.train)
+        self.classnames = manifest["classnames"]
+        self.clip = load_clip(cfg.model.name, cfg.model.pretrained, cache_dir=cfg.model.cache_dir)
+        self.clip.set_grad_checkpointing(cfg.model.grad_checkpointing)
+        self.image_size = cfg.data.image_size or self.clip.scaleprompt_info.image_size
+        self.method = self._build_method(self.classnames)
+        self.trainable = self.method.trainable_parameters()
+        self.engine = None
+        self.epochs = cfg.optim.epochs if self.trainable else 0
+        if self.trainable:
+            self._init_engine()
+        else:
+            self.method.to(self.dist.device)
+        self.ckpt = CheckpointManager(self.out / "checkpoints", cfg.train.keep_checkpoints, self.dist.is_main)
+        self.writer = None
+        if cfg.train.tensorboard and self.dist.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.out / "tensorboard"))
+
+    # building -------------------------------------------------------------------------------------------------
+    def _templates(self, dataset: str) -> tuple[str, ...]:
+        name = (
+            dataset
+            if dataset.startswith("folder:") or dataset.endswith((".json", ".csv"))
+            else get_dataset(dataset).name
+        )
+        return (dataset_template(name, self.cfg.data.template_set),)
+
+    def _build_method(self, classnames: list[str]) -> PromptMethod:
+        from scaleprompt.methods import method_class
+
+        args = dict(self.cfg.method.args)
+        if (
+            issubclass(method_class(self.cfg.method.name).config_class, FixedTextConfig)
+            and "templates" not in args
+        ):
+            args["templates"] = self._templates(self.cfg.data.dataset)
+        return build(self.cfg.method.name, self.clip, classnames, **args)
+
+    def _init_engine(self) -> None:
+        import deepspeed
+
+        cfg = self.cfg
+        micro, accumulation = batch_geometry(
+            cfg.optim.batch_size, cfg.optim.micro_batch_size, self.dist.world_size
+        )
+        self.micro, self.accumulation = micro, accumulation
+        ds_cfg = deepspeed_config(
+            self.ds_base, micro, accumulation, self.dist.world_size, cfg.train.precision
+        )
+        self.zero_stage = ds_cfg.get("zero_optimization", {}).get("stage", 0)
+        if cfg.optim.name == "sgd":
+            optimizer = torch.optim.SGD(
+                self.trainable,
+                lr=cfg.optim.lr,
+                momentum=cfg.optim.momentum,
+                weight_decay=cfg.optim.weight_decay,
+            )
+        else:
+            optimizer = torch.optim.AdamW(
+                self.trainable, lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay
+            )
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(
+            model=self.method, model_parameters=self.trainable, optimizer=optimizer, config=ds_cfg
+        )
+        if self.zero_stage == 3:
+            self._register_external_parameters()
+        logger.info(
+            "DeepSpeed ZeRO-%d, %s, micro batch %d x accumulation %d x world %d = %d; %d trainable values",
+            self.zero_stage, cfg.train.precision, micro, accumulation, self.dist.world_size, cfg.optim.batch_size,
+            sum(p.numel() for p in self.trainable),
+        )  # fmt: skip
+
+    def _register_external_parameters(self) -> None:
+        """ZeRO-3 gathers a module's parameters when its forward runs; the encoders read a few frozen tensors
+        directly (class / positional embeddings, projections, logit scale), so they are registered."""
+        from deepspeed.zero import register_external_parameter
+
+        m = self.method
+        visual, text = m.vision.visual, m.text.tower
+        for p in (visual.class_embedding, visual.positional_embedding, visual.proj):
+            if isinstance(p, torch.nn.Parameter):
+                register_external_parameter(m.vision, p)
+        for p in (text.positional_embedding, text.text_projection):
+            if isinstance(p, torch.nn.Parameter):
+                register_external_parameter(m.text, p)
+        register_external_parameter(m, m.clip.logit_scale)
+
+    @contextlib.contextmanager
+    def _gathered(self) -> Iterator[None]:
+        """Outside the engine's forward, ZeRO-3 parameters must be gathered explicitly."""
+        if self.engine is not None and self.zero_stage == 3:
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters(list(self.method.parameters())):
+                yield
+        else:
+            yield
+
+    def _forward_module(self):
+        return self.engine if self.engine is not None else self.method
+
+    def _loader(self, shards: str, split: str, train: bool) -> ShardLoader:
+        cfg = self.cfg
+        info = self.clip.scaleprompt_info
+        kwargs = dict(
+            image_size=self.image_size, mean=info.mean, std=info.std, num_workers=cfg.data.num_workers,
+            max_bad_samples=cfg.data.max_bad_samples, seed=cfg.train.seed, rank=self.dist.rank,
+            world_size=self.dist.world_size,
+        )  # fmt: skip
+        if not train:
+            return ShardLoader(shards, split, batch_size=cfg.eval.batch_size, train=False, **kwargs)
+        count = read_manifest(shards)["splits"]["train"]["count"]
+        steps = max(1, count // cfg.optim.batch_size)  # optimizer steps per epoch
+        return ShardLoader(
+            shards, "train", batch_size=self.micro, train=True, shuffle_buffer=cfg.data.shuffle_buffer,
+            resampled=cfg.data.resampled, epoch_samples=steps * cfg.optim.batch_size, **kwargs,
+        )  # fmt: skip
+
+    # evaluation ------------------------------------------------------------------------------------------------
+    def evaluate_split(self, shards: str, split: str) -> dict[str, float]:
+        manifest = read_manifest(shards)
+        if split not in manifest["splits"] or manifest["splits"][split]["count"] == 0:
+            return {}
+        module = self._forward_module()
+        module.eval()
+        result = evaluate(
+            module, self._loader(shards, split, train=False), len(manifest["classnames"]), self.dist.device
+        )
+        return result
+
+    def _on_classes(self, classnames: list[str], templates: tuple[str, ...] | None = None):
+        """Context: the method temporarily evaluates another class set (novel classes, a transfer dataset)."""
+        method = self.method
+
+        @contextlib.contextmanager
+        def swap() -> Iterator[None]:
+            old_names, old_templates = method.classnames, getattr(method.config, "templates", None)
+            with self._gathered():
+                if templates is not None and old_templates is not None:
+                    method.config.templates = templates
+                method.set_classnames(classnames)
+            try:
+                yield
+            finally:
+                with self._gathered():
+                    if templates is not None and old_templates is not None:
+                        method.config.templates = old_templates
+                    method.set_classnames(old_names)
+
+        return swap()
+
+    def test_all(self) -> dict[str, Any]:
+        """The setting's test metrics for the current prompts."""
+        setting = self.cfg.eval.setting
+        if setting == "base2new":
+            base = self.evaluate_split(self.shards.train, "test")
+            novel_names = read_manifest(self.shards.novel)["classnames"]
+            with self._on_classes(novel_names):
+                novel = self.evaluate_split(self.shards.novel, "test")
+            return {"base": base, "novel": novel, "hm": harmonic_mean(base["top1"], novel["top1"])}
+        out: dict[str, Any] = {"test": self.evaluate_split(self.shards.train, "test")}
+        if setting == "transfer":
+            out["targets"] = {}
+            for target in self.cfg.eval.targets:
+                out["targets"][get_dataset(target).name] = self._evaluate_target(target)
+        return out
+
+    def _evaluate_target(self, target: str) -> dict[str, float]:
+        cfg = self.cfg
+        protocol = Protocol(shots=0, seed=cfg.train.seed, subset="all")
+        name = get_dataset(target).name
+        out = Path(cfg.data.cache_dir) / f"{name}-{protocol.tag()}-test"
+        if self.dist.is_main and not (out / "manifest.json").is_file():
+            ds = load_dataset(target, cfg.eval.targets_root or cfg.data.root)
+            write_shards(
+                ds,
+                out,
+                protocol,
+                splits=("test",),
+                shard_size=cfg.data.shard_size,
+                min_shards=cfg.data.min_shards,
+            )
+        barrier()
+        names = read_manifest(out)["classnames"]
+        with self._on_classes(names, self._templates(name)):
+            return self.evaluate_split(str(out), "test")
+
+    # training --------------------------------------------------------------------------------------------------
+    def _identity(self) -> dict[str, Any]:
+        return {
+            "method": self.cfg.method.name,
+            "config": to_dict(self.method.config),
+            "classes": self.classnames,
+        }
+
+    def _client_state(self, loader: ShardLoader, best: dict[str, Any]) -> dict[str, Any]:
+        return {"identity": self._identity(), "data": loader.state_dict(), "rng": rng_state(), "best": best}
+
+    def _prompt_snapshot(self) -> dict[str, torch.Tensor]:
+        with self._gathered():
+            return {k: v.detach().cpu().clone() for k, v in self.method.prompt_state_dict().items()}
+
+    def _load_snapshot(self, snapshot: dict[str, torch.Tensor]) -> None:
+        params = dict(self.method.named_parameters())
+        with self._gathered(), torch.no_grad():
+            for k, v in snapshot.items():
+                params[k].copy_(v.to(params[k].device))
+
+    def fit(self, resume: bool = False) -> dict[str, Any]:
+        cfg, dist = self.cfg, self.dist
+        start = time.time()
+        history: list[dict[str, Any]] = []
+        best: dict[str, Any] = {"epoch": None, "val": None, "prompts": None}
+        images_seen = 0
+        if self.trainable:
+            loader = self._loader(self.shards.train, "train", train=True)
+            if resume:
+                self._resume(loader, best)
+            steps_per_epoch = len(loader) // self.accumulation
+            bar = tqdm(total=self.epochs * steps_per_epoch, initial=self.engine.global_steps, disable=not dist.is_main,
+                       desc=f"{cfg.method.name}", dynamic_ncols=True)  # fmt: skip
+            while loader.epoch < self.epochs:
+                epoch = loader.epoch
+                lr = lr_at_epoch(epoch, cfg.optim)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                self.engine.train()
+                for batch in loader:
+                    out = self.engine(batch.images.to(dist.device), batch.labels.to(dist.device))
+                    self.engine.backward(out.loss)
+                    self.engine.step()
+                    images_seen += len(batch.labels) * dist.world_size
+                    if self.engine.is_gradient_accumulation_boundary():
+                        bar.update(1)
+                        self._log_step(out, batch.labels, lr, images_seen, start)
+                        if self._stop_early():
+                            break
+                        every = cfg.train.checkpoint_every_steps
+                        if every and self.engine.global_steps % every == 0:
+                            self._save(loader, best)
+                if self._stop_early():
+                    break
+                done = loader.epoch
+                if cfg.eval.every_epochs and done % cfg.eval.every_epochs == 0 or done == self.epochs:
+                    val = self.evaluate_split(self.shards.train, "val")
+                    history.append({"epoch": done, "val": val, "lr": lr})
+                    self._log_scalars({f"val/{k}": v for k, v in val.items()}, done)
+                    if val and (best["val"] is None or val["top1"] > best["val"]["top1"]):
+                        best.update(epoch=done, val=val, prompts=self._prompt_snapshot())
+                    if self.report is not None:
+                        self.report({"epoch": done, **{f"val_{k}": v for k, v in val.items()}})
+                if cfg.train.checkpoint_every_epochs and done % cfg.train.checkpoint_every_epochs == 0:
+                    self._save(loader, best)
+            bar.close()
+        train_seconds = time.time() - start
+        results = self._final_results(best, history)
+        results["timing"] = {
+            "train_seconds": train_seconds,
+            "images_per_second": images_seen / train_seconds if images_seen else 0.0,
+        }
+        if dist.is_main:
+            (self.out / "results.json").write_text(json.dumps(results, indent=1))
+            logger.info("results: %s", self.out / "results.json")
+        barrier()
+        return results
+
+    def _stop_early(self) -> bool:
+        return bool(self.cfg.train.max_steps) and self.engine.global_steps >= self.cfg.train.max_steps
+
+    def _final_results(self, best: dict[str, Any], history: list[dict[str, Any]]) -> dict[str, Any]:
+        cfg = self.cfg
+        last = {"val": self.evaluate_split(self.shards.train, "val"), **self.test_all()}
+        results = {
+            "format": RESULTS_FORMAT, "method": cfg.method.name, "dataset": get_dataset(cfg.data.dataset).name
+            if ":" not in cfg.data.dataset else cfg.data.dataset, "setting": cfg.eval.setting,
+            "shots": cfg.data.shots, "seed": cfg.train.seed, "backbone": cfg.model.name,
+            "pretrained": cfg.model.pretrained, "world_size": self.dist.world_size, "epochs": self.epochs,
+            "best_val_epoch": best["epoch"], "history": history, "results": {"last": last},
+            "config": cfg.to_dict(),
+        }  # fmt: skip
+        self._export(self.out / "prompts.safetensors")
+        if best["prompts"] is not None:
+            final = self._prompt_snapshot()
+            self._load_snapshot(best["prompts"])
+            results["results"]["best_val"] = {"val": best["val"], **self.test_all()}
+            self._export(self.out / "prompts_best_val.safetensors")
+            self._load_snapshot(final)
+        return results
+
+    def _export(self, path: Path) -> None:
+        with self._gathered():
+            if self.dist.is_main:
+                save_prompts(self.method, path)
+        barrier()
+
+    def _save(self, loader: ShardLoader, best: dict[str, Any]) -> None:
+        self.ckpt.save(self.engine, f"step{self.engine.global_steps:08d}", self._client_state(loader, best))
+
+    def _resume(self, loader: ShardLoader, best: dict[str, Any]) -> None:
+        tag = self.ckpt.latest() if self.dist.is_main else None
+        tag = broadcast_object(tag)
+        if tag is None:
+            if (self.out / "checkpoints").exists() and any((self.out / "checkpoints").iterdir()):
+                raise CheckpointError(f"no complete checkpoint in {self.out / 'checkpoints'} to resume from")
+            logger.info("--resume: no checkpoint yet in %s, starting fresh", self.out / "checkpoints")
+            return
+        state = self.ckpt.load(self.engine, tag, self._identity())
+        loader.load_state_dict(state["data"])
+        set_rng_state(state["rng"])
+        best.update(state["best"])
+        logger.info("resumed from %s at step %d (epoch %d)", tag, self.engine.global_steps, loader.epoch)
+
+    def _log_step(self, out, labels: torch.Tensor, lr: float, images_seen: int, start: float) -> None:
+        step = self.engine.global_steps
+        if step % self.cfg.train.log_every_steps:
+            return
+        scalars = {
+            "train/loss": out.loss.item(),
+            "train/lr": lr,
+            "train/images_per_second": images_seen / (time.time() - start),
+        }
+        scalars.update({f"train/{k}": v.item() for k, v in out.parts.items()})
+        scalars["train/accuracy"] = 100.0 * (out.logits.argmax(-1).cpu() == labels).float().mean().item()
+        self._log_scalars(scalars, step)
+        if self.dist.is_main:
+            logger.info("step %d  %s", step, "  ".join(f"{k[6:]}={v:.4g}" for k, v in scalars.items()))
+
+    def _log_scalars(self, scalars: dict[str, float], step: int) -> None:
+        if self.writer is not None:
+            for k, v in scalars.items():
+                if isinstance(v, int | float):
+                    self.writer.add_scalar(k, v, step)
+            self.writer.flush()

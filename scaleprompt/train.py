@@ -1,0 +1,79 @@
+"""Entry point: train prompts with the DeepSpeed engine.
+
+    deepspeed --num_gpus 2 scaleprompt/train.py --ds ds_configs/zero2.json --config configs/provp_ref/base2new.yaml \\
+        data.dataset=OxfordPets data.root=/data model.name=ViT-L-14
+    torchrun --nproc_per_node 2 scaleprompt/train.py --config configs/demo.yaml
+    python scaleprompt/train.py --config configs/demo.yaml            # one process
+
+``--local_rank`` (passed by the deepspeed launcher) is accepted; ``--resume`` continues from the newest complete
+checkpoint in ``train.output_dir``. Every other argument is a ``key=value`` override of the recipe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script (deepspeed / torchrun launch a file path)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="overrides: key=value ...")
+    parser.add_argument("--config", help="recipe YAML (configs/...)")
+    parser.add_argument(
+        "--ds", help="DeepSpeed JSON (ds_configs/zero{1,2,3}.json); default: plain data parallel"
+    )
+    parser.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    args, rest = parser.parse_known_args(argv)
+    unknown = [a for a in rest if "=" not in a or a.startswith("-")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)} (overrides are key=value)")
+    return args, rest
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args, overrides = parse_args(argv)
+    from scaleprompt.engine.config import load_run_config
+    from scaleprompt.engine.trainer import Trainer
+
+    cfg = load_run_config(args.config, overrides)
+    rank = int(os.environ.get("RANK", 0))
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING, format=f"%(asctime)s [rank {rank}] %(message)s"
+    )
+    for noisy in ("DeepSpeed", "deepspeed", "torch.distributed"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    ds_config = json.loads(Path(args.ds).read_text()) if args.ds else None
+    trainer = Trainer(cfg, ds_config, local_rank=args.local_rank)
+    results = trainer.fit(resume=args.resume)
+    if rank == 0:
+        summarize(results)
+    return 0
+
+
+def summarize(results: dict) -> None:
+    log = logging.getLogger("scaleprompt")
+    for selection, res in results["results"].items():
+        label = (
+            "last epoch" if selection == "last" else f"best validation epoch ({results['best_val_epoch']})"
+        )
+        parts = []
+        for key in ("val", "test", "base", "novel"):
+            if res.get(key):
+                parts.append(f"{key} {res[key]['top1']:.2f}")
+        if "hm" in res:
+            parts.append(f"HM {res['hm']:.2f}")
+        for name, acc in res.get("targets", {}).items():
+            parts.append(f"{name} {acc['top1']:.2f}")
+        log.info("%s [%s]: %s", results["method"], label, " | ".join(parts))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
