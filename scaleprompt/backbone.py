@@ -64,6 +64,7 @@ class BackboneInfo:
     text_width: int
     text_layers: int
     embed_dim: int
+    init_seed: int | None = None  # the seed of a random initialisation (pretrained=None)
 
 
 def _is_torchscript_archive(path: Path) -> bool:
@@ -140,8 +141,12 @@ def load_clip(
     device: str | torch.device = "cpu",
     precision: str = "fp32",
     cache_dir: str | None = None,
+    init_seed: int = 0,
 ) -> nn.Module:
-    """Build an open_clip CLIP, load its weights, freeze it. See the module docstring for ``pretrained``."""
+    """Build an open_clip CLIP, load its weights, freeze it. See the module docstring for ``pretrained``.
+
+    A random initialisation (``pretrained=None``) is drawn from ``init_seed`` without touching the global RNG,
+    so the same random backbone can be rebuilt later (prompt files record the seed)."""
     register_model_configs()
     pretrained = None if pretrained in (None, "", "none") else pretrained
     local_file = pretrained is not None and (
@@ -159,13 +164,16 @@ def load_clip(
     else:
         if model_name not in open_clip.list_models():
             raise BackboneError(f"unknown model name {model_name!r}; see open_clip.list_models()")
-        with _quiet_open_clip() if pretrained is None else contextlib.nullcontext():
+        with _quiet_open_clip() if pretrained is None else contextlib.nullcontext(), torch.random.fork_rng():
+            torch.manual_seed(init_seed)
             model = open_clip.create_model(
                 model_name, pretrained=pretrained, precision=precision, device=device, cache_dir=cache_dir
             )
     if not hasattr(model, "visual") or not hasattr(model.visual, "conv1"):
         raise BackboneError(f"{model_name}: scaleprompt needs a ViT image tower (conv1 + class token)")
-    model.scaleprompt_info = backbone_info(model, model_name, pretrained)
+    model.scaleprompt_info = backbone_info(
+        model, model_name, pretrained, init_seed if pretrained is None else None
+    )
     with _quiet_open_clip():
         model.scaleprompt_tokenizer = open_clip.get_tokenizer(model_name, cache_dir=cache_dir)
     logger.info("loaded backbone %s (pretrained=%s)", model_name, pretrained)
@@ -200,7 +208,9 @@ def text_tower(model: nn.Module) -> nn.Module:
     return tower
 
 
-def backbone_info(model: nn.Module, model_name: str, pretrained: str | None) -> BackboneInfo:
+def backbone_info(
+    model: nn.Module, model_name: str, pretrained: str | None, init_seed: int | None = None
+) -> BackboneInfo:
     visual = model.visual
     text = text_tower(model)
     size = visual.image_size
@@ -217,4 +227,5 @@ def backbone_info(model: nn.Module, model_name: str, pretrained: str | None) -> 
         text_width=text.token_embedding.weight.shape[-1],
         text_layers=len(text.transformer.resblocks),
         embed_dim=visual.output_dim,
+        init_seed=init_seed,
     )

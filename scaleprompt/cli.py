@@ -4,6 +4,8 @@
 * ``scaleprompt check [--model sp-tiny-vit-12]``: builds every method on a (tiny, offline) backbone, runs one
   SGD step on random images, saves and reloads the prompts, and prints a table.
 * ``scaleprompt inspect FILE``: the method, config, classes and backbone stored in a prompt file.
+* ``scaleprompt predict PROMPTS IMAGE...``: classify images with trained prompts.
+* ``scaleprompt results RUNS... [--selection best_val]``: paper-style tables (markdown + CSV) from runs.
 * ``scaleprompt shards --dataset NAME --root DIR --out DIR [--shots K --seed S --subset base]``: write a dataset
   (after a protocol) as WebDataset shards + manifest; ``scaleprompt datasets`` lists the registered datasets.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -105,6 +108,17 @@ def cmd_shards(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from scaleprompt.predict import Predictor
+
+    predictor = Predictor(
+        args.prompts, pretrained=None if args.pretrained == "from-file" else args.pretrained
+    )
+    for path, top in zip(args.images, predictor.classify_files(args.images, top_k=args.top_k), strict=True):
+        logger.info("%s  %s", path, "  ".join(f"{name} {p:.3f}" for name, p in top))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scaleprompt", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -148,6 +162,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--overwrite", action="store_true", help="replace shards of a different plan in --out"
     )
     shards.set_defaults(func=cmd_shards)
+    results = sub.add_parser(
+        "results", help="paper-style tables from many runs' results.json", add_help=False
+    )
+    results.set_defaults(func=None)
+    predict = sub.add_parser("predict", help="classify images with saved prompts")
+    predict.add_argument("prompts", help="a prompt file written by training (prompts.safetensors)")
+    predict.add_argument("images", nargs="+", help="image files")
+    predict.add_argument(
+        "--pretrained", default="from-file", help="backbone weights (default: as recorded in the file)"
+    )
+    predict.add_argument("--top-k", type=int, default=3)
+    predict.set_defaults(func=cmd_predict)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["results"]:  # the aggregator has its own parser
+        from scaleprompt.engine.results import main as results_main
+
+        return results_main(argv[1:])
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logger.setLevel(logging.INFO)

@@ -55,6 +55,7 @@ class DataConfig:
     shots: int = 16  # few-shot K (<= 0: all training images)
     template_set: Literal["coop", "provp"] = "coop"  # hand-crafted templates of fixed-text methods
     image_size: int | None = None  # None = the backbone's
+    train_augment: bool = True  # False: train on the test transform (deterministic inputs)
     num_workers: int = 2
     shuffle_buffer: int = 1000
     resampled: bool = False

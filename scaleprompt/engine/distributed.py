@@ -46,7 +46,13 @@ def init_distributed(local_rank_arg: int | None = None) -> DistInfo:
     local_rank = int(os.environ.get("LOCAL_RANK", local_rank_arg if local_rank_arg is not None else 0))
     os.environ.setdefault("LOCAL_RANK", str(local_rank))  # DeepSpeed's engine insists on it
     cuda = torch.cuda.is_available()
-    init_method = os.environ.get("SCALEPROMPT_INIT_METHOD")
+    init_method = os.environ.get("SCALEPROMPT_INIT_METHOD") or None
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("LOCAL_SIZE", world_size)))
+    if init_method is None and local_world == world_size and os.environ.get("MASTER_ADDR") in LOOPBACK:
+        # every rank is on this machine (deepspeed / torchrun on one node): a file rendezvous keyed by the
+        # launcher's pid and port opens no TCP listener on any interface
+        port = os.environ.get("MASTER_PORT", "0")
+        init_method = f"file://{tempfile.gettempdir()}/scaleprompt-rdzv-{os.getppid()}-{port}"
     if init_method is None and "MASTER_ADDR" not in os.environ:
         if world_size > 1:
             raise RuntimeError(
@@ -63,6 +69,8 @@ def init_distributed(local_rank_arg: int | None = None) -> DistInfo:
     )
     if not cuda and local:
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    if not cuda and "OMP_NUM_THREADS" not in os.environ:  # ranks share the cores: no oversubscription
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local_world)))
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(
             dist_backend="nccl" if cuda else "gloo", init_method=init_method, rank=rank, world_size=world_size,

@@ -58,7 +58,7 @@ from typing import Any, Literal
 from scaleprompt.data.datasets import BENCHMARKS, DG_TARGETS
 from scaleprompt.data.protocols import harmonic_mean
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("scaleprompt.engine.results")  # not __name__: "__main__" under -m
 
 Setting = Literal["fewshot", "base2new", "transfer"]
 Selection = Literal["last", "best_val"]
@@ -316,10 +316,13 @@ def aggregate(
             )
         members[run["seed"]] = (result, source)
     if skipped:
+        shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
         logger.warning(
             "%d run(s) have no %r results (no validation) and are left out: %s",
-            len(skipped), selection, ", ".join(skipped),
-        )  # fmt: skip
+            len(skipped),
+            selection,
+            shown,
+        )
     rows = [_make_row(key, members, selection, metric) for key, members in groups.items()]
     rows.sort(
         key=lambda r: (

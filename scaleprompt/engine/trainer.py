@@ -86,6 +86,7 @@ def deepspeed_config(
     cfg.pop("optimizer", None)  # the client optimizer holds only the prompts
     cfg.pop("scheduler", None)  # the per-epoch schedule is ours
     cfg.setdefault("steps_per_print", 10**9)
+    cfg.setdefault("zero_allow_untested_optimizer", True)  # torch SGD / AdamW over the prompts
     return cfg
 
 
@@ -251,7 +252,8 @@ class Trainer:
         count = read_manifest(shards)["splits"]["train"]["count"]
         steps = max(1, count // cfg.optim.batch_size)  # optimizer steps per epoch
         return ShardLoader(
-            shards, "train", batch_size=self.micro, train=True, shuffle_buffer=cfg.data.shuffle_buffer,
+            shards, "train", batch_size=self.micro, train=True, augment=cfg.data.train_augment,
+            shuffle_buffer=cfg.data.shuffle_buffer,
             resampled=cfg.data.resampled, epoch_samples=steps * cfg.optim.batch_size, **kwargs,
         )  # fmt: skip
 
@@ -364,10 +366,12 @@ class Trainer:
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
                 self.engine.train()
+                loss_sum, loss_count = 0.0, 0
                 for batch in loader:
                     out = self.engine(batch.images.to(dist.device), batch.labels.to(dist.device))
                     self.engine.backward(out.loss)
                     self.engine.step()
+                    loss_sum, loss_count = loss_sum + out.loss.item(), loss_count + 1
                     images_seen += len(batch.labels) * dist.world_size
                     if self.engine.is_gradient_accumulation_boundary():
                         bar.update(1)
@@ -382,7 +386,9 @@ class Trainer:
                 done = loader.epoch
                 if cfg.eval.every_epochs and done % cfg.eval.every_epochs == 0 or done == self.epochs:
                     val = self.evaluate_split(self.shards.train, "val")
-                    history.append({"epoch": done, "val": val, "lr": lr})
+                    history.append(
+                        {"epoch": done, "val": val, "lr": lr, "train_loss": loss_sum / max(1, loss_count)}
+                    )
                     self._log_scalars({f"val/{k}": v for k, v in val.items()}, done)
                     if val and (best["val"] is None or val["top1"] > best["val"]["top1"]):
                         best.update(epoch=done, val=val, prompts=self._prompt_snapshot())

@@ -1,0 +1,62 @@
+"""Helpers for the engine tests: an easy, learnable image task and a subprocess launcher."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+COLORS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 220, 40)}
+
+
+def make_color_folder(root: Path, n_train: int = 16, n_val: int = 4, n_test: int = 16, seed: int = 0) -> Path:
+    """``root/{train,val,test}/<colour>/*.png``: noisy solid colours, so a prompt can learn the classes."""
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("val", n_val), ("test", n_test)):
+        for name, rgb in COLORS.items():
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                noise = rng.normal(0, 25, (32, 32, 3))
+                img = np.clip(np.array(rgb)[None, None, :] + noise, 0, 255).astype(np.uint8)
+                Image.fromarray(img).save(folder / f"{i:03d}.png")
+    return root
+
+
+def base_overrides(data: Path, cache: Path, out: Path) -> list[str]:
+    return [
+        "model.name=sp-tiny-vit", f"data.dataset=folder:{data}", f"data.cache_dir={cache}", "data.num_workers=1",
+        "data.min_shards=2", "data.shots=0", "optim.batch_size=16", "optim.warmup_epochs=0", "eval.batch_size=64",
+        f"train.output_dir={out}", "train.log_every_steps=1000", "train.tensorboard=false",
+    ]  # fmt: skip
+
+
+def env(tmp: Path) -> dict[str, str]:
+    """Loopback-only rendezvous for every launched process."""
+    e = dict(os.environ)
+    e.update(
+        SCALEPROMPT_INIT_METHOD=f"file://{tmp}/rdzv", GLOO_SOCKET_IFNAME="lo", DS_ACCELERATOR="cpu",
+        PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1",
+    )  # fmt: skip
+    return e
+
+
+def launch(args: list[str], tmp: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    proc = subprocess.run(args, cwd=ROOT, env=env(tmp), capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(f"{args[:4]} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def deepspeed_cmd(nproc: int, script: str, *args: str) -> list[str]:
+    return [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(nproc), script, *args]
+
+
+def results(out: Path) -> dict:
+    return json.loads((out / "results.json").read_text())

@@ -1,0 +1,478 @@
+"""Results aggregator: run JSONs -> mean ± std over seeds -> paper-style markdown / CSV tables.
+
+Every expected number is computed by hand from the synthetic runs below.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from scaleprompt.engine.results import (
+    ResultsError,
+    Stat,
+    aggregate,
+    base2new_tables,
+    fewshot_tables,
+    format_cell,
+    load_runs,
+    main,
+    make_tables,
+    to_csv,
+    to_markdown,
+    transfer_tables,
+)
+
+
+def hm(b: float, n: float) -> float:
+    return 2 * b * n / (b + n)
+
+
+def split(top1: float) -> dict[str, float]:
+    return {"top1": top1, "mean_per_class": top1 - 1}  # mean per class = top-1 - 1 throughout
+
+
+def b2n_result(base: float, novel: float) -> dict:
+    return {"val": split(50.0), "base": split(base), "novel": split(novel), "hm": round(hm(base, novel), 2)}
+
+
+def run_json(
+    method, dataset, seed, setting, last, best_val=None, shots=16, backbone="ViT-B-16", pretrained="openai"
+):
+    results = {"last": last} | ({"best_val": best_val} if best_val is not None else {})
+    return {
+        "format": "scaleprompt.run/1", "method": method, "dataset": dataset, "setting": setting, "shots": shots,
+        "seed": seed, "backbone": backbone, "pretrained": pretrained, "world_size": 2, "epochs": 10,
+        "best_val_epoch": 7 if best_val is not None else None, "results": results,
+        "config": {"train": {"seed": seed}}, "timing": {"train_seconds": 1.0, "images_per_second": 2.0},
+    }  # fmt: skip
+
+
+def write_run(root: Path, data: dict) -> Path:
+    name = f"{data['setting']}/{data['method']}/{data['dataset']}/{data['shots']}shot-{data['backbone']}-{data['pretrained']}-seed{data['seed']}"
+    path = root / name / "results.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+    return path
+
+
+# base-to-novel, top-1 (last epoch): method -> dataset -> [(base, novel) per seed 1, 2, 3]
+B2N = {
+    "coop": {"OxfordPets": [(80, 70), (82, 70), (84, 70)], "EuroSAT": [(90, 60), (90, 62), (90, 64)]},
+    "provp_ref": {"OxfordPets": [(90, 80), (91, 81), (92, 82)], "EuroSAT": [(95, 70), (97, 72)]},  # 2 seeds
+}
+
+
+def make_b2n(root: Path) -> None:
+    for method, per_dataset in B2N.items():
+        for dataset, seeds in per_dataset.items():
+            for seed, (b, n) in enumerate(seeds, start=1):
+                # best_val = last + 1; provp_ref's OxfordPets seed 3 has no validation -> no best_val
+                best = (
+                    None
+                    if (method, dataset, seed) == ("provp_ref", "OxfordPets", 3)
+                    else b2n_result(b + 1, n + 1)
+                )
+                write_run(root, run_json(method, dataset, seed, "base2new", b2n_result(b, n), best))
+
+
+def make_fewshot(root: Path) -> None:
+    table = {  # (method, dataset, shots) -> test top-1 per seed
+        ("coop", "OxfordPets", 1): [60, 62, 64], ("coop", "OxfordPets", 16): [80, 80, 80],
+        ("coop", "Caltech101", 1): [70, 70, 70], ("coop", "Caltech101", 16): [90, 91, 92],
+        ("provp_ref", "OxfordPets", 16): [85],
+    }  # fmt: skip
+    for (method, dataset, shots), values in table.items():
+        for seed, v in enumerate(values, start=1):
+            last = {"val": split(50.0), "test": split(v)}
+            write_run(root, run_json(method, dataset, seed, "fewshot", last, shots=shots))
+
+
+def make_transfer(root: Path) -> None:
+    runs = {  # method -> per seed (source test, {target: top-1})
+        "coop": [(71, {"ImageNetV2": 64, "ImageNetSketch": 46}), (72, {"ImageNetV2": 65, "ImageNetSketch": 47}),
+                 (73, {"ImageNetV2": 66, "ImageNetSketch": 48})],
+        "maple": [(70, {"ImageNetV2": 60}), (72, {"ImageNetV2": 62})],  # no ImageNetSketch
+    }  # fmt: skip
+    for method, seeds in runs.items():
+        for seed, (test, targets) in enumerate(seeds, start=1):
+            last = {
+                "val": split(50.0),
+                "test": split(test),
+                "targets": {t: split(v) for t, v in targets.items()},
+            }
+            write_run(root, run_json(method, "ImageNet", seed, "transfer", last))
+
+
+def by_key(rows):
+    return {(r.method, r.dataset, r.shots): r for r in rows}
+
+
+def md_row(markdown: str, method: str, title_part: str = "") -> list[str]:
+    """Cells of ``method``'s line in the first table whose title contains ``title_part``."""
+    section = next(s for s in markdown.split("### ")[1:] if title_part in s.splitlines()[0])
+    line = next(ln for ln in section.splitlines() if ln.startswith(f"| {method} |"))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def md_header(markdown: str) -> list[str]:
+    line = next(ln for ln in markdown.splitlines() if ln.startswith("| Method |"))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def csv_rows(text: str) -> dict[str, dict[str, str]]:
+    return {r["method"]: r for r in csv.DictReader(io.StringIO(text))}
+
+
+# ------------------------------------------------------------------------------------------- stats / aggregate
+
+
+def test_stat_mean_and_sample_std():
+    assert Stat.of([80, 82, 84]) == Stat(82.0, 2.0, 3)
+    assert Stat.of([95, 97]) == Stat(96.0, pytest.approx(2**0.5), 2)
+    assert Stat.of([77.5]) == Stat(77.5, 0.0, 1)  # one seed: std 0.0
+
+
+def test_aggregate_base2new_means_stds_and_seed_counts(tmp_path):
+    make_b2n(tmp_path)
+    rows = aggregate(load_runs(tmp_path), selection="last", metric="top1")
+    assert [(r.method, r.dataset) for r in rows] == [  # papers' order: methods, then datasets (Pets before EuroSAT)
+        ("coop", "OxfordPets"), ("coop", "EuroSAT"), ("provp_ref", "OxfordPets"), ("provp_ref", "EuroSAT")
+    ]  # fmt: skip
+    got = by_key(rows)
+    pets = got["coop", "OxfordPets", 16]
+    assert pets.values["base"] == Stat(82.0, 2.0, 3)
+    assert pets.values["novel"] == Stat(70.0, 0.0, 3)
+    assert (
+        pets.seeds == (1, 2, 3)
+        and pets.n == 3
+        and pets.backbone == "ViT-B-16"
+        and pets.pretrained == "openai"
+    )
+    per_seed_hm = [80 * 70 * 2 / 150, 82 * 70 * 2 / 152, 84 * 70 * 2 / 154]
+    assert pets.values["hm"].mean == pytest.approx(statistics.fmean(per_seed_hm))
+    assert pets.values["hm"].std == pytest.approx(statistics.stdev(per_seed_hm))
+    assert pets.hm_of_means == pytest.approx(2 * 82 * 70 / 152)  # 75.526...
+    assert got["coop", "EuroSAT", 16].values["novel"] == Stat(62.0, 2.0, 3)
+    euro = got["provp_ref", "EuroSAT", 16]
+    assert euro.n == 2 and euro.values["base"] == Stat(96.0, pytest.approx(2**0.5), 2)
+
+
+def test_aggregate_metric_mean_per_class_recomputes_hm(tmp_path):
+    make_b2n(tmp_path)
+    pets = by_key(aggregate(load_runs(tmp_path), metric="mean_per_class"))["coop", "OxfordPets", 16]
+    assert pets.values["base"] == Stat(81.0, 2.0, 3) and pets.values["novel"] == Stat(69.0, 0.0, 3)
+    assert pets.values["hm"].mean == pytest.approx(statistics.fmean([hm(79, 69), hm(81, 69), hm(83, 69)]))
+
+
+def test_best_val_selection_and_runs_without_validation(tmp_path, caplog):
+    make_b2n(tmp_path)
+    runs = load_runs(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="scaleprompt"):
+        got = by_key(aggregate(runs, selection="best_val"))
+    assert got["coop", "OxfordPets", 16].values["base"] == Stat(83.0, 2.0, 3)  # best_val = last + 1
+    pets = got["provp_ref", "OxfordPets", 16]
+    assert pets.seeds == (1, 2) and pets.values["base"] == Stat(91.5, pytest.approx(0.5**0.5), 2)
+    assert (
+        "have no 'best_val' results" in caplog.text
+        and "provp_ref/OxfordPets/16shot-ViT-B-16-openai-seed3" in caplog.text
+    )
+    assert all(r.selection == "best_val" for r in got.values())
+    # the last-epoch view still has all three seeds of that group
+    assert by_key(aggregate(runs, selection="last"))["provp_ref", "OxfordPets", 16].seeds == (1, 2, 3)
+
+
+def test_aggregate_rejects_duplicate_seeds_and_bad_arguments(tmp_path):
+    a = write_run(tmp_path / "a", run_json("coop", "OxfordPets", 1, "base2new", b2n_result(80, 70)))
+    b = write_run(tmp_path / "b", run_json("coop", "OxfordPets", 1, "base2new", b2n_result(81, 70)))
+    with pytest.raises(ResultsError, match="seed 1") as err:
+        aggregate(load_runs([a, b]))
+    assert str(a) in str(err.value) and str(b) in str(err.value)
+    with pytest.raises(ValueError, match="selection"):
+        aggregate(load_runs(a), selection="best_test")
+    with pytest.raises(ValueError, match="metric"):
+        aggregate(load_runs(a), metric="top5")
+
+
+def test_different_pretrained_tags_are_different_backbones(tmp_path):
+    for seed, tag in ((1, "openai"), (2, "laion2b_s34b_b79k")):
+        write_run(
+            tmp_path, run_json("coop", "OxfordPets", seed, "base2new", b2n_result(80, 70), pretrained=tag)
+        )
+    rows = aggregate(load_runs(tmp_path))
+    assert sorted((r.pretrained, r.n) for r in rows) == [("laion2b_s34b_b79k", 1), ("openai", 1)]
+    titles = [t.title for t in base2new_tables(rows)]
+    assert len(titles) == 2 and any("ViT-B-16 (openai)" in t for t in titles)
+
+
+def test_stored_hm_mismatch_is_logged(tmp_path, caplog):
+    bad = run_json("coop", "OxfordPets", 1, "base2new", b2n_result(80, 70) | {"hm": 60.0})
+    path = write_run(tmp_path, bad)
+    with caplog.at_level(logging.WARNING, logger="scaleprompt"):
+        (row,) = aggregate(load_runs(path))
+    assert f"{path}: stored hm 60.00 differs" in caplog.text
+    assert row.values["hm"].mean == pytest.approx(hm(80, 70))
+
+
+# ------------------------------------------------------------------------------------------- tables
+
+
+def test_base2new_markdown_table(tmp_path):
+    make_b2n(tmp_path)
+    markdown = to_markdown(make_tables(aggregate(load_runs(tmp_path)), "base2new"))
+    title = markdown.splitlines()[0]
+    assert title == (
+        "### Base-to-novel generalization — ViT-B-16 (openai), 16-shot — top-1 accuracy (%) — selection: last epoch"
+    )
+    assert md_header(markdown) == [
+        "Method", "Average Base", "Average Novel", "Average HM",
+        "OxfordPets Base", "OxfordPets Novel", "OxfordPets HM", "EuroSAT Base", "EuroSAT Novel", "EuroSAT HM", "Seeds",
+    ]  # fmt: skip
+    pets_hm_std = statistics.stdev([hm(80, 70), hm(82, 70), hm(84, 70)])
+    euro_hm_std = statistics.stdev([hm(90, 60), hm(90, 62), hm(90, 64)])
+    # averages: Base (82 + 90) / 2 = 86, Novel (70 + 62) / 2 = 66, HM = 2*86*66/152 = 74.68 (HM of the averages;
+    # the average of the per-dataset HMs would be (75.53 + 73.42) / 2 = 74.47)
+    assert md_row(markdown, "coop") == [
+        "coop", "86.00", "66.00", "74.68",
+        "82.00 ± 2.00", "70.00 ± 0.00", f"75.53 ± {pets_hm_std:.2f}",
+        "90.00 ± 0.00", "62.00 ± 2.00", f"{hm(90, 62):.2f} ± {euro_hm_std:.2f}", "3",
+    ]  # fmt: skip
+    assert f"{(hm(82, 70) + hm(90, 62)) / 2:.2f}" == "74.47"  # the discarded alternative differs
+    provp = md_row(markdown, "provp_ref")
+    assert provp[1:4] == ["93.50", "76.00", f"{hm(93.5, 76):.2f}"]  # (91 + 96) / 2, (81 + 71) / 2
+    assert provp[7:9] == ["96.00 ± 1.41", "71.00 ± 1.41"] and provp[-1] == "2–3"
+    assert "not the average of the per-dataset HMs" in markdown and "sample standard deviation" in markdown
+
+
+def test_base2new_csv_has_separate_mean_std_and_counts(tmp_path):
+    make_b2n(tmp_path)
+    text = to_csv(base2new_tables(aggregate(load_runs(tmp_path))))
+    rows = csv_rows(text)
+    coop = rows["coop"]
+    assert (coop["setting"], coop["selection"], coop["metric"]) == ("base2new", "last", "top1")
+    assert (coop["backbone"], coop["pretrained"], coop["shots"]) == ("ViT-B-16", "openai", "16")
+    assert (coop["OxfordPets Base mean"], coop["OxfordPets Base std"], coop["OxfordPets Base n_seeds"]) == (
+        "82.0000", "2.0000", "3",
+    )  # fmt: skip
+    assert coop["OxfordPets HM mean"] == f"{hm(82, 70):.4f}"
+    assert (coop["Average Base mean"], coop["Average HM mean"], coop["Average HM n_datasets"]) == (
+        "86.0000", f"{hm(86, 66):.4f}", "2",
+    )  # fmt: skip
+    assert "Average Base std" not in coop  # averages carry no std
+    assert rows["provp_ref"]["EuroSAT Novel std"] == f"{2**0.5:.4f}"
+
+
+def test_base2new_best_val_title_and_partial_average(tmp_path):
+    make_b2n(tmp_path)
+    (tmp_path / "base2new/provp_ref/EuroSAT").rename(tmp_path / "elsewhere")  # provp_ref: OxfordPets only
+    markdown = to_markdown(base2new_tables(aggregate(load_runs(tmp_path / "base2new"), selection="best_val")))
+    assert "selection: best validation epoch" in markdown.splitlines()[0]
+    assert "last epoch" not in markdown
+    provp = md_row(markdown, "provp_ref")
+    assert provp[1] == "91.50 (1/2)" and provp[7:10] == ["—", "—", "—"] and provp[-1] == "2"
+    assert "(k/N)" in markdown
+
+
+def test_fewshot_table(tmp_path):
+    make_fewshot(tmp_path)
+    tables = fewshot_tables(aggregate(load_runs(tmp_path)))
+    markdown, text = to_markdown(tables), to_csv(tables)
+    assert markdown.startswith(
+        "### Few-shot classification — ViT-B-16 (openai) — top-1 accuracy (%) — selection: last epoch"
+    )
+    assert md_header(markdown) == [
+        "Method", "Caltech101 1-shot", "Caltech101 16-shot", "OxfordPets 1-shot", "OxfordPets 16-shot",
+        "Average 1-shot", "Average 16-shot", "Seeds",
+    ]  # fmt: skip
+    # averages per shot: 1-shot (70 + 62) / 2 = 66, 16-shot (91 + 80) / 2 = 85.5
+    assert md_row(markdown, "coop") == [
+        "coop", "70.00 ± 0.00", "91.00 ± 1.00", "62.00 ± 2.00", "80.00 ± 0.00", "66.00", "85.50", "3",
+    ]  # fmt: skip
+    assert md_row(markdown, "provp_ref") == [
+        "provp_ref",
+        "—",
+        "—",
+        "—",
+        "85.00 ± 0.00",
+        "—",
+        "85.00 (1/2)",
+        "1",
+    ]
+    rows = csv_rows(text)
+    assert (
+        rows["coop"]["OxfordPets 1-shot mean"] == "62.0000"
+        and rows["coop"]["OxfordPets 1-shot std"] == "2.0000"
+    )
+    assert (
+        rows["coop"]["Average 16-shot mean"] == "85.5000"
+        and rows["provp_ref"]["Caltech101 1-shot mean"] == ""
+    )
+    assert "shots" not in rows["coop"]  # shots are columns here, not a key
+
+
+def test_transfer_table(tmp_path):
+    make_transfer(tmp_path)
+    tables = transfer_tables(aggregate(load_runs(tmp_path)))
+    markdown, text = to_markdown(tables), to_csv(tables)
+    assert markdown.startswith(
+        "### Transfer from a source dataset to targets — ViT-B-16 (openai), source ImageNet, 16-shot — "
+        "top-1 accuracy (%) — selection: last epoch"
+    )
+    assert md_header(markdown) == [
+        "Method", "ImageNet (source)", "ImageNetV2", "ImageNetSketch", "Average over targets", "Seeds"
+    ]  # fmt: skip
+    assert md_row(markdown, "coop") == ["coop", "72.00 ± 1.00", "65.00 ± 1.00", "47.00 ± 1.00", "56.00", "3"]
+    assert md_row(markdown, "maple") == ["maple", "71.00 ± 1.41", "61.00 ± 1.41", "—", "61.00 (1/2)", "2"]
+    coop = csv_rows(text)["coop"]
+    assert (coop["source"], coop["ImageNet (source) mean"], coop["ImageNetV2 std"]) == (
+        "ImageNet",
+        "72.0000",
+        "1.0000",
+    )
+    assert coop["Average over targets mean"] == "56.0000" and coop["Average over targets n_datasets"] == "2"
+
+
+def test_format_cell_and_empty_tables():
+    from scaleprompt.engine.results import Cell
+
+    assert format_cell(Cell(82.0, 2.0, 3)) == "82.00 ± 2.00"
+    assert format_cell(Cell(86.004, None, 2)) == "86.00" and format_cell(Cell()) == "—"
+    assert to_markdown([]) == "" and make_tables([], "fewshot") == []
+    with pytest.raises(ValueError, match="setting"):
+        make_tables([], "zeroshot")
+
+
+# ------------------------------------------------------------------------------------------- loading errors
+
+
+def test_load_runs_accepts_files_directories_and_globs(tmp_path):
+    make_b2n(tmp_path / "b2n")
+    make_fewshot(tmp_path / "fs")
+    assert len(load_runs(tmp_path)) == 11 + 13  # directories are searched recursively
+    assert len(load_runs(str(tmp_path / "b2n" / "**" / "coop" / "**" / "results.json"))) == 6  # a glob
+    one = next((tmp_path / "fs").rglob("results.json"))
+    runs = load_runs([one, tmp_path / "fs", str(one)])  # the same file reached three times is read once
+    assert len(runs) == 13 and runs[0]["_path"] == str(one)
+    with pytest.raises(FileNotFoundError, match="nothing-here"):
+        load_runs(tmp_path / "nothing-here")
+    with pytest.raises(FileNotFoundError, match="no run results match"):
+        load_runs(str(tmp_path / "*.nope"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no results.json under"):
+        load_runs(tmp_path / "empty")
+
+
+def _good() -> dict:
+    return run_json("coop", "OxfordPets", 1, "base2new", b2n_result(80, 70))
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: d.update(format="scaleprompt.run/2"), "format is 'scaleprompt.run/2'"),
+        (lambda d: d.pop("format"), "format is None"),
+        (lambda d: d.pop("method"), "'method' must be a non-empty string"),
+        (lambda d: d.update(setting="zeroshot"), "'setting' must be one of"),
+        (lambda d: d.update(seed="1"), "'seed' must be an integer"),
+        (lambda d: d["results"].pop("last"), "no 'last'"),
+        (lambda d: d["results"]["last"].pop("novel"), "results.last has no 'novel'"),
+        (lambda d: d["results"]["last"].pop("hm"), "results.last.hm must be a percentage"),
+        (
+            lambda d: d["results"]["last"]["base"].update(top1=0.95e3),
+            "results.last.base.top1 must be a percentage",
+        ),
+        (lambda d: d["results"]["last"]["base"].pop("mean_per_class"), "base.mean_per_class must be"),
+        (lambda d: d["results"].update(best_val={"base": split(80)}), "results.best_val has no 'novel'"),
+    ],
+)
+def test_wrong_format_raises_value_error_naming_the_file(tmp_path, mutate, message):
+    data = _good()
+    mutate(data)
+    path = tmp_path / "run" / "results.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="results.json") as err:
+        load_runs(tmp_path)
+    assert str(err.value).startswith(str(path)) and message in str(err.value)
+
+
+def test_transfer_without_targets_and_optional_val(tmp_path):
+    last = {"test": split(70)}  # no val (run without validation) is fine, no targets is not
+    path = write_run(tmp_path, run_json("coop", "ImageNet", 1, "transfer", last))
+    with pytest.raises(ResultsError, match="targets must be a non-empty object"):
+        load_runs(path)
+    path.write_text(json.dumps(run_json("coop", "ImageNet", 1, "fewshot", {"test": split(70), "val": None})))
+    assert load_runs(path)[0]["results"]["last"]["test"]["top1"] == 70
+
+
+@pytest.mark.parametrize("text", ["{not json", "", "[1, 2]", '"results"'])
+def test_bad_json_raises_value_error_naming_the_file(tmp_path, text):
+    path = tmp_path / "results.json"
+    path.write_text(text)
+    with pytest.raises(ValueError) as err:
+        load_runs(path)
+    assert str(err.value).startswith(f"{path}: not ")
+
+
+# ------------------------------------------------------------------------------------------- CLI
+
+
+def test_main_end_to_end_writes_one_md_and_csv_per_setting(tmp_path, caplog):
+    runs = tmp_path / "runs"
+    make_b2n(runs)
+    make_fewshot(runs)
+    make_transfer(runs)
+    out = tmp_path / "tables"
+    with caplog.at_level(logging.INFO, logger="scaleprompt"):
+        assert main([str(runs), "--out-dir", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "results_base2new.csv", "results_base2new.md", "results_fewshot.csv", "results_fewshot.md",
+        "results_transfer.csv", "results_transfer.md",
+    ]  # fmt: skip
+    b2n = (out / "results_base2new.md").read_text()
+    assert md_row(b2n, "coop")[1:4] == ["86.00", "66.00", "74.68"] and "selection: last epoch" in b2n
+    assert "| coop | 86.00 | 66.00 | 74.68 |" in caplog.text  # the markdown is logged
+    assert csv_rows((out / "results_transfer.csv").read_text())["coop"]["ImageNetV2 mean"] == "65.0000"
+    assert "selection: last epoch" in (out / "results_fewshot.md").read_text()
+
+    assert main([str(runs / "base2new"), "--out-dir", str(out / "mpc"), "--selection", "best_val",
+                 "--metric", "mean_per_class"]) == 0  # fmt: skip
+    md = (out / "mpc" / "results_base2new.md").read_text()
+    assert "mean per-class accuracy (%) — selection: best validation epoch" in md and "last epoch" not in md
+    assert md_row(md, "coop")[4] == "82.00 ± 2.00"  # best_val base = last + 1 = 81..85, minus 1 for per-class
+    assert sorted(p.name for p in (out / "mpc").iterdir()) == ["results_base2new.csv", "results_base2new.md"]
+
+
+def test_main_errors_name_the_file(tmp_path, caplog):
+    make_fewshot(tmp_path)
+    bad = tmp_path / "broken" / "results.json"
+    bad.parent.mkdir()
+    bad.write_text("{")
+    with caplog.at_level(logging.ERROR, logger="scaleprompt"):
+        assert main([str(tmp_path), "--out-dir", str(tmp_path / "out")]) == 1
+    assert f"{bad}: not valid JSON" in caplog.text and not (tmp_path / "out").exists()
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="scaleprompt"):  # fewshot runs here have no best_val at all
+        assert main([str(tmp_path / "fewshot"), "--selection", "best_val"]) == 1
+    assert "none of the 13 runs has 'best_val' results" in caplog.text
+    with pytest.raises(SystemExit):
+        main([str(tmp_path), "--selection", "best_test"])
+
+
+def test_module_runs_as_a_script(tmp_path):
+    make_transfer(tmp_path / "runs")
+    result = subprocess.run(
+        [sys.executable, "-m", "scaleprompt.engine.results", str(tmp_path / "runs"), "--out-dir", str(tmp_path)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "| coop | 72.00 ± 1.00 | 65.00 ± 1.00 | 47.00 ± 1.00 | 56.00 | 3 |" in result.stderr
+    assert (tmp_path / "results_transfer.md").is_file()
