@@ -213,8 +213,9 @@ class Trainer:
     def _register_external_parameters(self) -> None:
         """ZeRO-3 gathers a module's parameters when its forward runs; the encoders read a few frozen tensors
         directly (class / positional embeddings, projections, logit scale), so they are registered."""
-        from deepspeed.zero import register_external_parameter
+        import deepspeed
 
+        register_external_parameter = deepspeed.zero.register_external_parameter
         m = self.method
         visual, text = m.vision.visual, m.text.tower
         for p in (visual.class_embedding, visual.positional_embedding, visual.proj):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -43,13 +43,13 @@ class FixedTextConfig(MethodConfig):
             )
 
 
-@dataclass
-class LossOutput:
-    """A training loss and its named parts (for logging)."""
+class LossOutput(NamedTuple):
+    """A training loss, the logits, and the loss's named parts (for logging). A NamedTuple, so that ZeRO-3's
+    hooks see the tensors inside the engine's output (they re-gather the prompts for backward)."""
 
     loss: Tensor
     logits: Tensor
-    parts: dict[str, Tensor] = field(default_factory=dict)
+    parts: dict[str, Tensor]
 
 
 def check_depth(value: int | None, blocks: int, name: str) -> int:
