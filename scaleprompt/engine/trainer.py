@@ -98,8 +98,7 @@ class ShardSet:
 
 def _ensure_shards(cfg: RunConfig, dist: DistInfo, dataset: str, subset: str, splits: tuple[str, ...]) -> str:
     protocol = Protocol(shots=cfg.data.shots, seed=cfg.train.seed, subset=subset)
-    name = get_dataset(dataset).name if not dataset.startswith("folder:") else Path(dataset[7:]).name
-    out = Path(cfg.data.cache_dir) / f"{name}-{protocol.tag()}-{'-'.join(splits)}"
+    out = Path(cfg.data.cache_dir) / f"{dataset_name(dataset)}-{protocol.tag()}-{'-'.join(splits)}"
     if dist.is_main and not (out / "manifest.json").is_file():
         ds = load_dataset(dataset, cfg.data.root)
         write_shards(
@@ -107,6 +106,15 @@ def _ensure_shards(cfg: RunConfig, dist: DistInfo, dataset: str, subset: str, sp
         )
     barrier()
     return str(out)
+
+
+def dataset_name(dataset: str) -> str:
+    """Registry name of a dataset spec (``folder:<path>`` and split files are named after their folder/file)."""
+    if dataset.startswith("folder:"):
+        return Path(dataset[len("folder:") :]).name
+    if dataset.endswith((".json", ".csv")):
+        return Path(dataset).stem
+    return get_dataset(dataset).name
 
 
 def prepare_shards(cfg: RunConfig, dist: DistInfo) -> ShardSet:
@@ -158,12 +166,7 @@ class Trainer:
 
     # building -------------------------------------------------------------------------------------------------
     def _templates(self, dataset: str) -> tuple[str, ...]:
-        name = (
-            dataset
-            if dataset.startswith("folder:") or dataset.endswith((".json", ".csv"))
-            else get_dataset(dataset).name
-        )
-        return (dataset_template(name, self.cfg.data.template_set),)
+        return (dataset_template(dataset_name(dataset), self.cfg.data.template_set),)
 
     def _build_method(self, classnames: list[str]) -> PromptMethod:
         from scaleprompt.methods import method_class
@@ -304,13 +307,13 @@ class Trainer:
         if setting == "transfer":
             out["targets"] = {}
             for target in self.cfg.eval.targets:
-                out["targets"][get_dataset(target).name] = self._evaluate_target(target)
+                out["targets"][dataset_name(target)] = self._evaluate_target(target)
         return out
 
     def _evaluate_target(self, target: str) -> dict[str, float]:
         cfg = self.cfg
         protocol = Protocol(shots=0, seed=cfg.train.seed, subset="all")
-        name = get_dataset(target).name
+        name = dataset_name(target)
         out = Path(cfg.data.cache_dir) / f"{name}-{protocol.tag()}-test"
         if self.dist.is_main and not (out / "manifest.json").is_file():
             ds = load_dataset(target, cfg.eval.targets_root or cfg.data.root)
@@ -324,7 +327,7 @@ class Trainer:
             )
         barrier()
         names = read_manifest(out)["classnames"]
-        with self._on_classes(names, self._templates(name)):
+        with self._on_classes(names, self._templates(target)):
             return self.evaluate_split(str(out), "test")
 
     # training --------------------------------------------------------------------------------------------------
@@ -417,8 +420,8 @@ class Trainer:
         cfg = self.cfg
         last = {"val": self.evaluate_split(self.shards.train, "val"), **self.test_all()}
         results = {
-            "format": RESULTS_FORMAT, "method": cfg.method.name, "dataset": get_dataset(cfg.data.dataset).name
-            if ":" not in cfg.data.dataset else cfg.data.dataset, "setting": cfg.eval.setting,
+            "format": RESULTS_FORMAT, "method": cfg.method.name, "dataset": dataset_name(cfg.data.dataset),
+            "setting": cfg.eval.setting,
             "shots": cfg.data.shots, "seed": cfg.train.seed, "backbone": cfg.model.name,
             "pretrained": cfg.model.pretrained, "world_size": self.dist.world_size, "epochs": self.epochs,
             "best_val_epoch": best["epoch"], "history": history, "results": {"last": last},
