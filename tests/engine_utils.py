@@ -50,7 +50,9 @@ def env(tmp: Path) -> dict[str, str]:
 def launch(args: list[str], tmp: Path, timeout: int = 600) -> subprocess.CompletedProcess:
     proc = subprocess.run(args, cwd=ROOT, env=env(tmp), capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
-        raise AssertionError(f"{args[:4]} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+        raise AssertionError(
+            f"{args[:4]} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+        )
     return proc
 
 

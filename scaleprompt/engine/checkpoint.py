@@ -82,7 +82,8 @@ class CheckpointManager:
         folder = self.root / tag
         if self.is_main:
             files = {str(p.relative_to(folder)): _sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
-            _atomic_json(folder / COMPLETE, {"tag": tag, "files": files})
+            identity = client_state.get("identity")
+            _atomic_json(folder / COMPLETE, {"tag": tag, "files": files, "identity": identity})
             _atomic_json(self.root / LATEST, {"tag": tag})
             self._prune(tag)
         barrier()
@@ -128,14 +129,14 @@ class CheckpointManager:
     def load(self, engine, tag: str, expect: dict[str, Any]) -> dict[str, Any]:
         """Load ``tag`` into ``engine``; returns the client state. ``expect`` must match the saved run identity."""
         self.verify(tag)
+        saved = json.loads((self.root / tag / COMPLETE).read_text()).get("identity")
+        if saved != expect:
+            diff = sorted(k for k in set(expect) | set(saved or {}) if (saved or {}).get(k) != expect.get(k))
+            raise CheckpointError(f"checkpoint {self.root / tag} belongs to another run (differs in: {diff})")
         path, client_state = engine.load_checkpoint(
             str(self.root), tag=tag, load_module_strict=False, load_optimizer_states=True,
             load_lr_scheduler_states=False,
         )  # fmt: skip
         if path is None or client_state is None:
             raise CheckpointError(f"DeepSpeed could not load checkpoint {self.root / tag}")
-        saved = client_state.get("identity")
-        if saved != expect:
-            diff = sorted(k for k in set(expect) | set(saved or {}) if (saved or {}).get(k) != expect.get(k))
-            raise CheckpointError(f"checkpoint {self.root / tag} belongs to another run (differs in: {diff})")
         return client_state

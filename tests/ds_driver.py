@@ -1,0 +1,39 @@
+"""Launched by the deepspeed launcher in tests: trains several methods in one process group with the engine.
+
+deepspeed --num_gpus 2 tests/ds_driver.py --ds ds_configs/zero2.json --out DIR --data DIR --methods upt ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from engine_utils import base_overrides  # noqa: E402
+
+from scaleprompt.engine.config import load_run_config  # noqa: E402
+from scaleprompt.engine.trainer import Trainer  # noqa: E402
+
+METHOD_ARGS = {
+    "provp_ref": ["method.args.n_ctx=4", "optim.lr=0.2"],
+    "upt": ["optim.lr=0.05"],
+}
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--ds", required=True)
+parser.add_argument("--out", required=True)
+parser.add_argument("--data", required=True)
+parser.add_argument("--methods", nargs="+", default=["provp_ref", "upt"])
+parser.add_argument("--epochs", type=int, default=5)
+parser.add_argument("--local_rank", type=int, default=None)
+args = parser.parse_args()
+for method in args.methods:
+    out = Path(args.out) / method
+    overrides = base_overrides(Path(args.data), Path(args.out) / "cache", out) + METHOD_ARGS[method]
+    overrides += [f"method.name={method}", f"optim.epochs={args.epochs}", "train.checkpoint_every_epochs=0"]
+    cfg = load_run_config(None, overrides)
+    Trainer(cfg, json.loads(Path(args.ds).read_text()), local_rank=args.local_rank).fit()

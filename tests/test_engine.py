@@ -1,0 +1,159 @@
+"""The training engine: schedule, batch geometry, configs, and in-process single-rank runs."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from engine_utils import ROOT, base_overrides, make_color_folder
+
+from scaleprompt.config import ConfigError
+from scaleprompt.engine.checkpoint import CheckpointError
+from scaleprompt.engine.config import OptimConfig, load_run_config
+from scaleprompt.engine.trainer import Trainer, batch_geometry, deepspeed_config, lr_at_epoch
+from scaleprompt.train import parse_args
+
+
+def test_lr_schedule_is_constant_warmup_then_cosine_per_epoch():
+    opt = OptimConfig(lr=0.1, epochs=5, warmup_epochs=1, warmup_lr=1e-5)
+    got = [lr_at_epoch(e, opt) for e in range(5)]
+    # Dassl: epoch 0 at 1e-5, then CosineAnnealingLR(T_max=5) from its step 0: 0.05 (1 + cos(pi t / 5))
+    expected = [1e-5, 0.1, 0.05 * (1 + math.cos(math.pi / 5)), 0.05 * (1 + math.cos(2 * math.pi / 5)),
+                0.05 * (1 + math.cos(3 * math.pi / 5))]  # fmt: skip
+    assert got == pytest.approx(expected)
+    assert lr_at_epoch(0, OptimConfig(lr=0.1, epochs=5, warmup_epochs=0)) == pytest.approx(0.1)
+
+
+def test_batch_geometry_keeps_micro_x_accumulation_x_world_equal_to_the_recipe():
+    assert batch_geometry(32, None, 1) == (32, 1)
+    assert batch_geometry(32, None, 2) == (16, 1)
+    assert batch_geometry(32, 4, 2) == (4, 4)
+    with pytest.raises(ConfigError, match="optim.batch_size=32 is not micro_batch_size=5"):
+        batch_geometry(32, 5, 2)
+
+
+def test_deepspeed_config_takes_the_geometry_and_precision_from_the_recipe():
+    base = json.loads(Path(ROOT / "ds_configs/zero2.json").read_text())
+    cfg = deepspeed_config(base, micro=4, accumulation=2, world=2, precision="bf16")
+    assert (cfg["train_batch_size"], cfg["train_micro_batch_size_per_gpu"], cfg["gradient_accumulation_steps"]) == (
+        16, 4, 2,
+    )  # fmt: skip
+    assert cfg["bf16"]["enabled"] and not cfg["fp16"]["enabled"] and cfg["zero_optimization"]["stage"] == 2
+    assert base["train_batch_size"] == 32, "the JSON template is not modified"
+
+
+def test_ds_configs_have_real_numbers():
+    for stage in ("zero1", "zero2", "zero3", "zero3_offload"):
+        text = Path(ROOT / f"ds_configs/{stage}.json").read_text()
+        assert '"auto"' not in text
+        assert json.loads(text)["zero_optimization"]["stage"] == int(stage[4])
+
+
+def test_run_config_errors_name_the_key(tmp_path):
+    with pytest.raises(ConfigError, match="optim.lrr"):
+        load_run_config(None, ["optim.lrr=0.1"])
+    with pytest.raises(ConfigError, match="unknown key 'n_ctxx' in provp_ref"):
+        load_run_config(None, ["method.args.n_ctxx=4"])
+    with pytest.raises(ConfigError, match="recipe not found"):
+        load_run_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="not key=value"):
+        load_run_config(None, ["optim.lr"])
+    with pytest.raises(ConfigError, match="train.precision"):
+        load_run_config(None, ["train.precision=fp8"])
+    with pytest.raises(SystemExit):
+        parse_args(["--config", "x.yaml", "--bogus"])
+    args, overrides = parse_args(["--local_rank=1", "--ds", "d.json", "optim.lr=0.1"])
+    assert args.local_rank == 1 and overrides == ["optim.lr=0.1"]
+
+
+@pytest.fixture(scope="module")
+def colors(tmp_path_factory):
+    return make_color_folder(tmp_path_factory.mktemp("colors"), n_train=8, n_val=2, n_test=8)
+
+
+def run(colors, tmp_path, *extra, resume=False):
+    cfg = load_run_config(None, base_overrides(colors, tmp_path / "cache", tmp_path / "out") + list(extra))
+    return Trainer(cfg, json.loads(Path(ROOT / "ds_configs/zero1.json").read_text())).fit(resume=resume)
+
+
+def test_fit_writes_results_prompts_and_checkpoints(colors, tmp_path):
+    res = run(colors, tmp_path, "method.name=upt", "optim.lr=0.05", "optim.epochs=3")
+    out = tmp_path / "out"
+    assert res["format"] == "scaleprompt.run/1" and res["setting"] == "fewshot" and res["world_size"] == 1
+    assert [h["epoch"] for h in res["history"]] == [1, 2, 3]
+    assert res["history"][-1]["train_loss"] < res["history"][0]["train_loss"]
+    assert set(res["results"]) == {"last", "best_val"} and 1 <= res["best_val_epoch"] <= 3
+    assert res["results"]["last"]["test"]["images"] == 32
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["results"] == res["results"]
+    assert (out / "checkpoints" / "latest.json").is_file() and len(
+        list((out / "checkpoints").glob("step*"))
+    ) == 2
+    # the exported prompts reproduce the reported test accuracy through the Predictor
+    from scaleprompt.predict import Predictor
+
+    predictor = Predictor(out / "prompts.safetensors")
+    files = sorted((colors / "test").rglob("*.png"))
+    predicted = [top[0][0] for top in predictor.classify_files(files)]
+    accuracy = 100 * sum(p == f.parent.name for p, f in zip(predicted, files, strict=True)) / len(files)
+    assert accuracy == pytest.approx(res["results"]["last"]["test"]["top1"])
+
+
+def test_base_to_novel_and_transfer_settings(colors, tmp_path):
+    b2n = run(colors, tmp_path / "b2n", "method.name=coop", "method.args.n_ctx=4", "eval.setting=base2new",
+              "optim.epochs=1", "optim.lr=0.01")  # fmt: skip
+    last = b2n["results"]["last"]
+    assert last["base"]["images"] == 16 and last["novel"]["images"] == 16
+    assert last["hm"] == pytest.approx(
+        2 * last["base"]["top1"] * last["novel"]["top1"] / (last["base"]["top1"] + last["novel"]["top1"])
+        if last["base"]["top1"] + last["novel"]["top1"]
+        else 0.0
+    )
+    transfer = run(colors, tmp_path / "tr", "method.name=provp", "method.args.n_ctx=2", "eval.setting=transfer",
+                   "eval.targets=[FashionMNIST]", f"data.root={tmp_path / 'data'}", "optim.epochs=1")  # fmt: skip
+    target = transfer["results"]["last"]["targets"]["FashionMNIST"]
+    assert target["images"] == 1000 and 0 <= target["top1"] <= 100
+
+
+def test_zero_shot_runs_without_training(colors, tmp_path):
+    res = run(colors, tmp_path, "method.name=zsclip", "optim.epochs=5")
+    assert res["epochs"] == 0 and res["history"] == [] and "test" in res["results"]["last"]
+
+
+def test_resume_refuses_corrupt_and_foreign_checkpoints(colors, tmp_path):
+    run(colors, tmp_path, "method.name=provp", "method.args.n_ctx=2", "optim.epochs=2")
+    ckpts = tmp_path / "out" / "checkpoints"
+    latest = json.loads((ckpts / "latest.json").read_text())["tag"]
+    with pytest.raises(CheckpointError, match="belongs to another run .*config"):
+        run(colors, tmp_path, "method.name=provp", "method.args.n_ctx=3", "optim.epochs=3", resume=True)
+    victim = sorted(p for p in (ckpts / latest).rglob("*.pt"))[0]
+    victim.write_bytes(victim.read_bytes()[:-10] + b"0123456789")
+    with pytest.raises(CheckpointError, match=f"corrupt .*{victim.name}"):
+        run(colors, tmp_path, "method.name=provp", "method.args.n_ctx=2", "optim.epochs=3", resume=True)
+    (ckpts / latest / "COMPLETE.json").unlink()
+    with pytest.raises(CheckpointError, match="incomplete or missing"):
+        run(colors, tmp_path, "method.name=provp", "method.args.n_ctx=2", "optim.epochs=3", resume=True)
+
+
+def test_resume_continues_where_it_stopped(colors, tmp_path):
+    full = run(colors, tmp_path / "a", "method.name=provp", "method.args.n_ctx=2", "optim.epochs=3")
+    run(
+        colors,
+        tmp_path / "b",
+        "method.name=provp",
+        "method.args.n_ctx=2",
+        "optim.epochs=3",
+        "train.max_steps=2",
+    )
+    resumed = run(
+        colors, tmp_path / "b", "method.name=provp", "method.args.n_ctx=2", "optim.epochs=3", resume=True
+    )
+    from safetensors.torch import load_file
+
+    a = load_file(tmp_path / "a" / "out" / "prompts.safetensors")["prompts"]
+    b = load_file(tmp_path / "b" / "out" / "prompts.safetensors")["prompts"]
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    assert resumed["results"]["last"]["test"] == full["results"]["last"]["test"]
