@@ -82,6 +82,7 @@ class OptimConfig:
     warmup_epochs: int = 1  # constant-lr warm-up epochs (the releases: 1 epoch at 1e-5)
     warmup_lr: float = 1e-5
     min_lr: float = 0.0
+    grad_clip: float = 0.0  # max global gradient norm; 0 = no clipping (the releases do not clip)
     batch_size: int = 32  # GLOBAL batch = micro_batch_size x gradient accumulation x world size
     micro_batch_size: int | None = None  # per rank and step; None = batch_size / world size
 

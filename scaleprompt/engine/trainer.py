@@ -66,14 +66,21 @@ def batch_geometry(global_batch: int, micro_batch: int | None, world_size: int) 
 
 
 def deepspeed_config(
-    base: dict[str, Any] | None, micro: int, accumulation: int, world: int, precision: str
+    base: dict[str, Any] | None,
+    micro: int,
+    accumulation: int,
+    world: int,
+    precision: str,
+    grad_clip: float = 0.0,
 ) -> dict:
-    """The DS JSON with the batch geometry and precision of this run (the recipe wins; changes are logged)."""
+    """The DS JSON with the batch geometry, clipping and precision of this run (the recipe wins; changes are
+    logged). Clipping is always written: DeepSpeed's own default is 1.0, the releases do not clip."""
     cfg = copy.deepcopy(base or {"zero_optimization": {"stage": 0}})
     wanted = {
         "train_batch_size": micro * accumulation * world,
         "train_micro_batch_size_per_gpu": micro,
         "gradient_accumulation_steps": accumulation,
+        "gradient_clipping": grad_clip,
     }
     for key, value in wanted.items():
         if key in cfg and cfg[key] != value:
@@ -188,7 +195,7 @@ class Trainer:
         )
         self.micro, self.accumulation = micro, accumulation
         ds_cfg = deepspeed_config(
-            self.ds_base, micro, accumulation, self.dist.world_size, cfg.train.precision
+            self.ds_base, micro, accumulation, self.dist.world_size, cfg.train.precision, cfg.optim.grad_clip
         )
         self.zero_stage = ds_cfg.get("zero_optimization", {}).get("stage", 0)
         if cfg.optim.name == "sgd":
