@@ -39,6 +39,7 @@ def base_overrides(data: Path, cache: Path, out: Path) -> list[str]:
 
 def env(tmp: Path) -> dict[str, str]:
     """Loopback-only rendezvous for every launched process."""
+    tmp.mkdir(parents=True, exist_ok=True)  # (the file rendezvous lives here)
     e = dict(os.environ)
     e.update(
         SCALEPROMPT_INIT_METHOD=f"file://{tmp}/rdzv", GLOO_SOCKET_IFNAME="lo", DS_ACCELERATOR="cpu",
