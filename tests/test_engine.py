@@ -157,3 +157,15 @@ def test_resume_continues_where_it_stopped(colors, tmp_path):
     b = load_file(tmp_path / "b" / "out" / "prompts.safetensors")["prompts"]
     torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
     assert resumed["results"]["last"]["test"] == full["results"]["last"]["test"]
+
+
+def test_report_callback_gets_validation_metrics_and_the_epoch_checkpoint(colors, tmp_path):
+    """The hook a search trial uses: metrics per validated epoch, after that epoch's checkpoint is complete."""
+    cfg = load_run_config(None, base_overrides(colors, tmp_path / "cache", tmp_path / "out") + [
+        "method.name=provp", "method.args.n_ctx=2", "optim.epochs=2"])  # fmt: skip
+    calls = []
+    trainer = Trainer(cfg, None, report=lambda metrics, ckpt: calls.append((metrics, ckpt)))
+    trainer.fit()
+    assert [m["epoch"] for m, _ in calls] == [1, 2]
+    assert all({"val_top1", "val_mean_per_class", "train_loss"} <= set(m) for m, _ in calls)
+    assert all(c is not None and (c / "COMPLETE.json").is_file() for _, c in calls)

@@ -140,12 +140,12 @@ def prepare_shards(cfg: RunConfig, dist: DistInfo) -> ShardSet:
 # --- the trainer ------------------------------------------------------------------------------------------------
 class Trainer:
     def __init__(self, cfg: RunConfig, ds_config: dict[str, Any] | None = None, local_rank: int | None = None,
-                 report: Callable[[dict[str, Any]], None] | None = None) -> None:  # fmt: skip
+                 report: Callable[[dict[str, Any], Path | None], None] | None = None) -> None:  # fmt: skip
         self.cfg = cfg
         self.ds_base = ds_config
         self.dist = init_distributed(local_rank)
         self.out = Path(cfg.train.output_dir)
-        self.report = report  # called with the validation metrics after each epoch (Ray Tune)
+        self.report = report  # (metrics, checkpoint folder or None) after each validated epoch (Ray Tune)
         torch.manual_seed(cfg.train.seed)
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -395,18 +395,24 @@ class Trainer:
                 if self._stop_early():
                     break
                 done = loader.epoch
+                metrics = None
                 if cfg.eval.every_epochs and done % cfg.eval.every_epochs == 0 or done == self.epochs:
                     val = self.evaluate_split(self.shards.train, "val")
-                    history.append(
-                        {"epoch": done, "val": val, "lr": lr, "train_loss": loss_sum / max(1, loss_count)}
-                    )
+                    train_loss = loss_sum / max(1, loss_count)
+                    history.append({"epoch": done, "val": val, "lr": lr, "train_loss": train_loss})
                     self._log_scalars({f"val/{k}": v for k, v in val.items()}, done)
                     if val and (best["val"] is None or val["top1"] > best["val"]["top1"]):
                         best.update(epoch=done, val=val, prompts=self._prompt_snapshot())
-                    if self.report is not None:
-                        self.report({"epoch": done, **{f"val_{k}": v for k, v in val.items()}})
+                    metrics = {
+                        "epoch": done,
+                        "train_loss": train_loss,
+                        **{f"val_{k}": v for k, v in val.items()},
+                    }
+                saved = None
                 if cfg.train.checkpoint_every_epochs and done % cfg.train.checkpoint_every_epochs == 0:
-                    self._save(loader, best)
+                    saved = self._save(loader, best)
+                if self.report is not None and metrics is not None:
+                    self.report(metrics, saved)  # (after the checkpoint: a search can attach it)
             bar.close()
         train_seconds = time.time() - start
         results = self._final_results(best, history)
@@ -449,8 +455,10 @@ class Trainer:
                 save_prompts(self.method, path)
         barrier()
 
-    def _save(self, loader: ShardLoader, best: dict[str, Any]) -> None:
-        self.ckpt.save(self.engine, f"step{self.engine.global_steps:08d}", self._client_state(loader, best))
+    def _save(self, loader: ShardLoader, best: dict[str, Any]) -> Path:
+        return self.ckpt.save(
+            self.engine, f"step{self.engine.global_steps:08d}", self._client_state(loader, best)
+        )
 
     def _resume(self, loader: ShardLoader, best: dict[str, Any]) -> None:
         tag = self.ckpt.latest() if self.dist.is_main else None
