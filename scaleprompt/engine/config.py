@@ -8,6 +8,7 @@ dataclasses validate their values in ``__post_init__`` (errors name the field). 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,8 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from scaleprompt.config import ConfigError, check_types, require, to_dict
+
+logger = logging.getLogger(__name__)
 
 Setting = Literal["fewshot", "base2new", "transfer"]
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -156,9 +159,22 @@ def load_run_config(recipe: str | Path | None = None, overrides: Sequence[str] =
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not key=value")
-    layers.append(OmegaConf.from_dotlist(list(overrides)))
+    dotlist = OmegaConf.from_dotlist(list(overrides))
     try:
         merged = OmegaConf.merge(*layers)
+        new_method = OmegaConf.select(dotlist, "method.name")
+        if new_method and new_method != merged.method.name:
+            # another method than the recipe's: keep only the recipe's method args that the new method has
+            from scaleprompt.methods import method_class
+
+            fields = method_class(new_method).config_class.__dataclass_fields__
+            kept = {k: v for k, v in merged.method.args.items() if k in fields}
+            dropped = sorted(set(merged.method.args) - set(kept))
+            if dropped:
+                logger.info("method.name=%s: recipe args %s belong to %s, dropped", new_method, dropped,
+                            merged.method.name)  # fmt: skip
+            merged.method.args = kept
+        merged = OmegaConf.merge(merged, dotlist)
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None)
