@@ -139,18 +139,16 @@ def test_resume_refuses_corrupt_and_foreign_checkpoints(colors, tmp_path):
 
 
 def test_resume_continues_where_it_stopped(colors, tmp_path):
-    full = run(colors, tmp_path / "a", "method.name=provp", "method.args.n_ctx=2", "optim.epochs=3")
-    run(
-        colors,
-        tmp_path / "b",
-        "method.name=provp",
-        "method.args.n_ctx=2",
-        "optim.epochs=3",
-        "train.max_steps=2",
+    # stop after step 3 (mid-epoch 2) with a checkpoint every step: the resume needs optimizer, RNG and the
+    # data position (random crops) to reach the uninterrupted run's prompts
+    common = ["method.name=provp", "method.args.n_ctx=2", "optim.epochs=3", "train.checkpoint_every_steps=1"]
+    full = run(colors, tmp_path / "a", *common)
+    run(colors, tmp_path / "b", *common, "train.max_steps=3")
+    assert (
+        json.loads((tmp_path / "b" / "out" / "checkpoints" / "latest.json").read_text())["tag"]
+        == "step00000003"
     )
-    resumed = run(
-        colors, tmp_path / "b", "method.name=provp", "method.args.n_ctx=2", "optim.epochs=3", resume=True
-    )
+    resumed = run(colors, tmp_path / "b", *common, resume=True)
     from safetensors.torch import load_file
 
     a = load_file(tmp_path / "a" / "out" / "prompts.safetensors")["prompts"]

@@ -387,11 +387,11 @@ class Trainer:
                     if self.engine.is_gradient_accumulation_boundary():
                         bar.update(1)
                         self._log_step(out, batch.labels, lr, images_seen, start)
-                        if self._stop_early():
-                            break
                         every = cfg.train.checkpoint_every_steps
                         if every and self.engine.global_steps % every == 0:
                             self._save(loader, best)
+                        if self._stop_early():
+                            break
                 if self._stop_early():
                     break
                 done = loader.epoch
