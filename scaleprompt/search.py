@@ -196,11 +196,8 @@ def tune_space(space: SearchSpace) -> dict[str, Any]:
     return out
 
 
-def _restore_checkpoint(out: Path) -> bool:
-    """Put the trial's last Ray checkpoint back where the engine resumes from. True if there was one."""
-    from ray import tune
-
-    checkpoint = tune.get_checkpoint()
+def _restore_checkpoint(checkpoint, out: Path) -> bool:
+    """Put a trial's last Ray checkpoint back where the engine resumes from. True if there was one."""
     if checkpoint is None:
         return False
     with checkpoint.as_directory() as folder:
@@ -212,29 +209,122 @@ def _restore_checkpoint(out: Path) -> bool:
     return True
 
 
+def _trial_config(config: dict[str, Any], recipe: str | None, overrides: list[str], space: SearchSpace,
+                  out: Path) -> list[str]:  # fmt: skip
+    """The full override list of one trial: the sweep's overrides, the sampled values, the trial's output dir."""
+    sample = {_decode(k): v for k, v in config.items()}
+    trial = trial_overrides(space, load_run_config(recipe, overrides), sample)
+    return [*overrides, *trial, f"train.output_dir={out}", "train.tensorboard=false"]
+
+
 def run_trial(config: dict[str, Any], recipe: str | None, overrides: list[str], space: SearchSpace,
-              ds_config: dict | None) -> None:  # fmt: skip
-    """One Ray Tune trial = one engine run (the same Trainer as train.py), reporting per validated epoch."""
+              ds_config: dict | None, workers: int = 1, cpus_per_worker: float = 1.0,
+              gpus_per_worker: float = 0.0) -> None:  # fmt: skip
+    """One Ray Tune trial = one engine run (the same Trainer as train.py), reporting per validated epoch.
+
+    With ``workers > 1`` the trial launches a Ray Train ``TorchTrainer`` whose workers form one DeepSpeed
+    process group (nccl on GPUs, gloo on CPUs) and run the engine; rank 0's reports reach Tune.
+    """
     from ray import tune
 
+    out = Path(tune.get_context().get_trial_dir()) / "run"
+    run_overrides = _trial_config(config, recipe, overrides, space, out)
+    if workers <= 1:
+        from scaleprompt.engine.trainer import Trainer
+
+        resume = _restore_checkpoint(tune.get_checkpoint(), out)
+
+        def report(metrics: dict[str, Any], checkpoint: Path | None) -> None:
+            saved = tune.Checkpoint.from_directory(str(checkpoint)) if checkpoint else None
+            tune.report(metrics, checkpoint=saved)
+
+        Trainer(load_run_config(recipe, run_overrides), ds_config, report=report).fit(resume=resume)
+        return
+    from ray import train
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    use_gpu = gpus_per_worker > 0
+    storage = tune.get_context().get_storage()
+    resources = {"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if use_gpu else {})}
+    # Not TorchTrainer: its env:// rendezvous is a TCPStore listening on every interface. The workers build
+    # their process group themselves (DeepSpeed, as under the deepspeed launcher): see _join_process_group.
+    trainer = DataParallelTrainer(
+        _train_worker,
+        train_loop_config={"recipe": recipe, "overrides": run_overrides, "ds_config": ds_config, "out": str(out)},
+        scaling_config=train.ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources),
+        # the Train run (its checkpoints: every rank's ZeRO shards) lives in the trial's folder on the sweep's
+        # storage, so a retried or resumed trial continues from it
+        run_config=train.RunConfig(name="train", storage_path=storage.trial_fs_path,
+                                   storage_filesystem=storage.storage_filesystem, callbacks=[TuneReportCallback()]),
+    )  # fmt: skip
+    trainer.fit()
+
+
+def _join_process_group() -> None:
+    """Give this Ray Train worker the launcher environment the engine expects (RANK, WORLD_SIZE, LOCAL_RANK and a
+    rendezvous): a fresh file rendezvous when every worker is on this node (no TCP listener at all), else
+    rank 0's node address and a free port."""
+    import os
+    import socket
+    import tempfile
+    import uuid
+
+    import ray
+    from ray import train
+    from ray.train.collective import broadcast_from_rank_zero
+
+    context = train.get_context()
+    single_node = context.get_local_world_size() == context.get_world_size()
+    rendezvous = None
+    if context.get_world_rank() == 0:
+        if single_node:
+            rendezvous = {
+                "SCALEPROMPT_INIT_METHOD": f"file://{tempfile.gettempdir()}/scaleprompt-rdzv-{uuid.uuid4().hex}"
+            }
+        else:
+            with socket.socket() as probe:
+                probe.bind(("", 0))
+                port = probe.getsockname()[1]
+            rendezvous = {"MASTER_ADDR": ray.util.get_node_ip_address(), "MASTER_PORT": str(port)}
+    rendezvous = broadcast_from_rank_zero(rendezvous)
+    os.environ.update(
+        RANK=str(context.get_world_rank()), WORLD_SIZE=str(context.get_world_size()),
+        LOCAL_RANK=str(context.get_local_rank()), LOCAL_WORLD_SIZE=str(context.get_local_world_size()),
+        **rendezvous,
+    )  # fmt: skip
+
+
+def _train_worker(config: dict[str, Any]) -> None:
+    """One Ray Train worker of a multi-worker trial: the engine (DeepSpeed) in a process group of the workers."""
+    from ray import train
+
+    from scaleprompt.engine.distributed import barrier
     from scaleprompt.engine.trainer import Trainer
 
-    sample = {_decode(k): v for k, v in config.items()}
-    out = Path(tune.get_context().get_trial_dir()) / "run"
-    resume = _restore_checkpoint(out)
-    base = load_run_config(recipe, overrides)
-    trial = trial_overrides(space, base, sample)
-    cfg = load_run_config(recipe, [*overrides, *trial, f"train.output_dir={out}", "train.tensorboard=false"])
+    _join_process_group()
+    context = train.get_context()
+    out = Path(config["out"])
+    checkpoint = train.get_checkpoint()
+    if context.get_local_rank() == 0:  # one copy per node (the ranks of a node share the folder)
+        _restore_checkpoint(checkpoint, out)
+    main = context.get_world_rank() == 0
 
-    def report(metrics: dict[str, Any], checkpoint: Path | None) -> None:
-        tune.report(
-            metrics, checkpoint=tune.Checkpoint.from_directory(str(checkpoint)) if checkpoint else None
-        )
+    def report(metrics: dict[str, Any], saved: Path | None) -> None:
+        # every worker reports (Ray Train's report is collective); rank 0 hands over the checkpoint folder,
+        # which holds every rank's ZeRO shards (the ranks of a node write into one folder)
+        upload = train.Checkpoint.from_directory(str(saved)) if saved and main else None
+        train.report(metrics, checkpoint=upload)
 
-    Trainer(cfg, ds_config, report=report).fit(resume=resume)
+    cfg = load_run_config(config["recipe"], config["overrides"])
+    trainer = Trainer(cfg, config["ds_config"], report=report)  # (creates the process group)
+    barrier()
+    trainer.fit(resume=checkpoint is not None)
 
 
-def init_ray(address: str | None, dashboard: bool, num_cpus: int | None) -> str | None:
+def init_ray(
+    address: str | None, dashboard: bool, num_cpus: int | None = None, port: int = 8265
+) -> str | None:
     """Start (or join) Ray. A local start binds every listener, the dashboard included, to 127.0.0.1."""
     import os
 
@@ -248,11 +338,23 @@ def init_ray(address: str | None, dashboard: bool, num_cpus: int | None) -> str 
         ray.init(address=address, log_to_driver=False)
         return None
     info = ray.init(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
-                    dashboard_port=8265, log_to_driver=False)  # fmt: skip
+                    dashboard_port=port, log_to_driver=False)  # fmt: skip
     url = getattr(info, "dashboard_url", None) if dashboard else None
     if url:
-        logger.info("Ray dashboard: http://%s", url)
+        url = url if url.startswith("http") else f"http://{url}"
+        logger.info("Ray dashboard: %s", url)
     return url
+
+
+def optuna_storage(path: str | None):
+    """An Optuna RDB storage on a sqlite file (``optuna-dashboard sqlite:///<path>`` shows the study live)."""
+    if not path:
+        return None
+    from optuna.storages import RDBStorage
+
+    file = Path(path).resolve()
+    file.parent.mkdir(parents=True, exist_ok=True)
+    return RDBStorage(f"sqlite:///{file}")  # (OptunaSearch wants a storage object, not a URL)
 
 
 @dataclass
@@ -269,6 +371,28 @@ class SearchOptions:
     seed: int = 0
     max_failures: int = 2
     grace_epochs: int = 1
+    workers_per_trial: int = 0  # 0: one per GPU when gpus_per_trial > 1, else 1 (> 1: Ray Train + DeepSpeed)
+    dashboard_port: int = 8265
+    optuna_storage: str | None = None  # sqlite file for optuna-dashboard
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        for name in ("num_samples", "max_concurrent"):
+            require(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        require(self.cpus_per_trial > 0, "cpus_per_trial", f"must be > 0, got {self.cpus_per_trial}")
+        require(self.gpus_per_trial >= 0, "gpus_per_trial", f"must be >= 0, got {self.gpus_per_trial}")
+        require(
+            self.workers_per_trial >= 0, "workers_per_trial", f"must be >= 0, got {self.workers_per_trial}"
+        )
+        if self.gpus_per_trial > 1:
+            require(self.gpus_per_trial == int(self.gpus_per_trial), "gpus_per_trial",
+                    f"more than one GPU per trial must be a whole number, got {self.gpus_per_trial}")  # fmt: skip
+
+    @property
+    def workers(self) -> int:
+        if self.workers_per_trial:
+            return self.workers_per_trial
+        return int(self.gpus_per_trial) if self.gpus_per_trial > 1 else 1
 
 
 def run_search(space_path: str | Path, recipe: str | Path | None, overrides: Sequence[str] = (),
@@ -289,24 +413,32 @@ def run_search(space_path: str | Path, recipe: str | Path | None, overrides: Seq
     import torch
 
     prepare_shards(base, DistInfo(0, 1, 0, torch.device("cpu")))  # once, before trials share the cache
-    init_ray(opts.address, opts.dashboard, None)
+    init_ray(opts.address, opts.dashboard, port=opts.dashboard_port)
     name = opts.name or f"{space.name}-{base.method.name}"
     storage = Path(opts.storage).resolve()
-    trainable = tune.with_resources(
-        tune.with_parameters(
-            run_trial, recipe=recipe, overrides=list(overrides), space=space, ds_config=ds_config
-        ),
-        {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial},
+    workers = opts.workers
+    trial_fn = tune.with_parameters(
+        run_trial, recipe=recipe, overrides=list(overrides), space=space, ds_config=ds_config, workers=workers,
+        cpus_per_worker=opts.cpus_per_trial / workers, gpus_per_worker=opts.gpus_per_trial / workers,
+    )  # fmt: skip
+    # a multi-worker trial's own process only drives Ray Train: its workers hold the trial's CPUs/GPUs
+    # (Ray wants a non-empty bundle: the driver reserves memory only)
+    driver = (
+        {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial}
+        if workers == 1
+        else {"cpu": 0, "memory": 256 * 2**20}
     )
+    trainable = tune.with_resources(trial_fn, driver)
     if opts.resume and tune.Tuner.can_restore(str(storage / name)):
         tuner = tune.Tuner.restore(
             str(storage / name), trainable, resume_errored=True, resume_unfinished=True
         )
     else:
         searcher = ConcurrencyLimiter(
-            OptunaSearch(metric=space.metric, mode=space.mode, seed=opts.seed),
+            OptunaSearch(metric=space.metric, mode=space.mode, seed=opts.seed, study_name=name,
+                         storage=optuna_storage(opts.optuna_storage)),
             max_concurrent=opts.max_concurrent,
-        )
+        )  # fmt: skip
         scheduler = ASHAScheduler(
             time_attr="epoch", max_t=max(1, base.optim.epochs), grace_period=opts.grace_epochs
         )
@@ -344,10 +476,26 @@ def summarize(grid, space: SearchSpace, recipe, overrides: list[str], out: Path)
         summary.update(best_params=sample, best_metric=best.metrics.get(space.metric),
                        best_recipe=str(out / "best_recipe.yaml"))  # fmt: skip
     summary["importances"] = _importances(rows, space)
+    summary["plots"] = [str(p) for p in write_plots(rows, space, out / "plots")]
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     logger.info("search: %d trials (%d failed), best %s = %s", summary["trials"], summary["errors"], space.metric,
                 summary.get("best_metric"))  # fmt: skip
     return summary
+
+
+def write_plots(rows: list[dict[str, Any]], space: SearchSpace, out: Path) -> list[Path]:
+    """metric_vs_params.png and parallel_coordinates.png over the finished trials (none without any)."""
+    from scaleprompt.plots import metric_vs_params, parallel_coordinates
+
+    done = [r for r in rows if r["status"] == "ok" and r.get(space.metric) is not None]
+    if not done:
+        return []
+    kinds = {"categorical": "categorical", "loguniform": "log"}
+    axes = [(f"param.{k}", kinds.get(spec.type, "float"), spec.values) for k, spec in space.params.items()]
+    return [
+        metric_vs_params(done, axes, space.metric, out / "metric_vs_params.png", space.mode),
+        parallel_coordinates(done, axes, space.metric, out / "parallel_coordinates.png"),
+    ]
 
 
 def _importances(rows: list[dict[str, Any]], space: SearchSpace) -> dict[str, float]:

@@ -3,8 +3,8 @@
     python tune/ablation.py --space tune/spaces/provp_ref.yaml --config configs/provp_ref/base2new.yaml \\
         --num-samples 32 --max-concurrent 8 --gpus-per-trial 1 [--resume] [--dashboard] [key=value ...]
 
-Writes <storage>/<name>/trials.csv, best_recipe.yaml (run it with scaleprompt/train.py --config) and summary.json
-(best parameters, Optuna importances).
+Writes <storage>/<name>/trials.csv, best_recipe.yaml (run it with scaleprompt/train.py --config), summary.json
+(best parameters, Optuna importances) and plots/{metric_vs_params,parallel_coordinates}.png.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from scaleprompt.config import ConfigError  # noqa: E402
 from scaleprompt.search import SearchOptions, run_search  # noqa: E402
 
 
@@ -34,21 +35,42 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-failures", type=int, default=2, help="retries of a failing trial")
-    parser.add_argument("--resume", action="store_true", help="continue a killed search (keeps the search state)")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue a killed search (keeps the search state)"
+    )
     parser.add_argument("--address", default=None, help="join an existing Ray cluster")
     parser.add_argument("--dashboard", action="store_true", help="start the Ray dashboard on 127.0.0.1")
+    parser.add_argument("--dashboard-port", type=int, default=8265)
+    parser.add_argument(
+        "--workers-per-trial",
+        type=int,
+        default=0,
+        help="> 1: each trial is a Ray Train run of this many DeepSpeed workers "
+        "(default: one per GPU when --gpus-per-trial > 1)",
+    )
+    parser.add_argument(
+        "--optuna-storage",
+        default=None,
+        help="sqlite file for the Optuna study (view it with optuna-dashboard sqlite:///FILE)",
+    )
     args, overrides = parser.parse_known_args(argv)
     bad = [a for a in overrides if "=" not in a or a.startswith("-")]
     if bad:
         parser.error(f"unrecognized arguments: {' '.join(bad)}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    options = SearchOptions(
-        num_samples=args.num_samples, max_concurrent=args.max_concurrent, cpus_per_trial=args.cpus_per_trial,
-        gpus_per_trial=args.gpus_per_trial, storage=args.storage, name=args.name, resume=args.resume,
-        address=args.address, dashboard=args.dashboard, seed=args.seed, max_failures=args.max_failures,
-    )  # fmt: skip
-    ds_config = json.loads(Path(args.ds).read_text()) if args.ds else None
-    summary = run_search(args.space, args.config, overrides, options, ds_config)
+    try:
+        options = SearchOptions(
+            num_samples=args.num_samples, max_concurrent=args.max_concurrent, cpus_per_trial=args.cpus_per_trial,
+            gpus_per_trial=args.gpus_per_trial, storage=args.storage, name=args.name, resume=args.resume,
+            address=args.address, dashboard=args.dashboard, seed=args.seed, max_failures=args.max_failures,
+            workers_per_trial=args.workers_per_trial, dashboard_port=args.dashboard_port,
+            optuna_storage=args.optuna_storage,
+        )  # fmt: skip
+        ds_config = json.loads(Path(args.ds).read_text()) if args.ds else None
+        summary = run_search(args.space, args.config, overrides, options, ds_config)
+    except (ConfigError, OSError, json.JSONDecodeError) as exc:  # a bad space, recipe, flag or DS JSON
+        logging.getLogger("scaleprompt").error("ablation: %s", exc)
+        return 2
     logging.getLogger("scaleprompt").info("%s", json.dumps(summary, indent=1, default=str))
     return 0
 

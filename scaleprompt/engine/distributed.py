@@ -76,7 +76,8 @@ def init_distributed(local_rank_arg: int | None = None) -> DistInfo:
             dist_backend="nccl" if cuda else "gloo", init_method=init_method, rank=rank, world_size=world_size,
             verbose=False, auto_mpi_discovery=False,
         )  # fmt: skip
-    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    # a launcher shows each node's GPUs to all its ranks (index = local rank); Ray shows each worker only its own
+    device = torch.device("cuda", local_rank % torch.cuda.device_count()) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
     return DistInfo(torch.distributed.get_rank(), torch.distributed.get_world_size(), local_rank, device)
