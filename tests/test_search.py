@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import optuna
 import pytest
 from engine_utils import ROOT, base_overrides, env, launch, make_color_folder
 
@@ -75,13 +76,30 @@ def rows(storage: Path) -> list[dict]:
 @pytest.mark.slow
 def test_sweep_of_4_trials_2_at_a_time_writes_a_best_recipe_that_trains(tmp_path, colors):
     space = write(tmp_path, "space.yaml", SPACE)
+    study_db = tmp_path / "optuna.db"
     start = time.time()
-    launch(sweep_cmd(space, tmp_path / "search", colors, tmp_path), tmp_path)
+    launch(
+        sweep_cmd(space, tmp_path / "search", colors, tmp_path, "--optuna-storage", str(study_db)), tmp_path
+    )
     assert time.time() - start < 180
     trials = rows(tmp_path / "search")
     assert len(trials) == 4 and all(t["status"] == "ok" for t in trials)
     summary = json.loads((tmp_path / "search" / "sweep" / "summary.json").read_text())
     assert set(summary["best_params"]) == {"method.args.n_ctx", "optim.lr"}
+    assert summary["best_metric"] == max(float(t["val_top1"]) for t in trials)
+    assert sorted(Path(p).name for p in summary["plots"]) == [
+        "metric_vs_params.png",
+        "parallel_coordinates.png",
+    ]
+    assert all(Path(p).read_bytes()[:4] == b"\x89PNG" for p in summary["plots"])
+    # the sqlite study (what optuna-dashboard shows) holds the same 4 trials and parameters as the CSV
+    study = optuna.load_study(study_name="sweep", storage=f"sqlite:///{study_db}")
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 4
+    # (Tune parameter names cannot hold dots: the study names them method__args__n_ctx)
+    assert sorted(t.params["method__args__n_ctx"] for t in done) == sorted(
+        int(t["param.method.args.n_ctx"]) for t in trials
+    )
     recipe = Path(summary["best_recipe"])
     out = tmp_path / "best-run"
     launch([sys.executable, "scaleprompt/train.py", "--config", str(recipe), f"train.output_dir={out}",
@@ -127,3 +145,85 @@ def test_a_killed_driver_resumes_and_completes_the_sweep(tmp_path, colors):
     launch([*cmd, "--resume"], tmp_path / "resume")
     trials = rows(storage)
     assert len(trials) == 4 and all(t["status"] == "ok" for t in trials), trials
+
+
+LOOPBACK = {"0100007F", "00000000000000000000000001000000", "0000000000000000FFFF00000100007F"}
+
+
+def listeners() -> set[tuple[str, int]]:
+    """(hex address, port) of every TCP socket in LISTEN state on this machine."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            if state == "0A":
+                address, port = local.split(":")
+                found.add((address, int(port, 16)))
+    return found
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_dashboard_and_multi_worker_deepspeed_trials_listen_on_loopback_only(tmp_path, colors):
+    """--dashboard serves on 127.0.0.1 and prints its URL; each trial is a 2-worker Ray Train + DeepSpeed run."""
+    import urllib.request
+
+    space = write(tmp_path, "space.yaml", SPACE)
+    storage = tmp_path / "search"
+    port = free_port()
+    cmd = [*sweep_cmd(space, storage, colors, tmp_path, "--dashboard", "--dashboard-port", str(port),
+                      "--workers-per-trial", "2", "--ds", "ds_configs/zero2.json", "--cpus-per-trial", "2"),
+           "optim.epochs=1"]  # fmt: skip
+    cmd[cmd.index("--num-samples") + 1] = "2"
+    cmd[cmd.index("--max-concurrent") + 1] = "1"
+    before = listeners()
+    log = tmp_path / "driver.log"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env(tmp_path), stdout=fh, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # fmt: skip
+    seen: set[tuple[str, int]] = set()
+    version = None
+    try:
+        deadline = time.time() + 400
+        while proc.poll() is None and time.time() < deadline:
+            seen |= listeners()
+            if version is None and f"Ray dashboard: http://127.0.0.1:{port}" in log.read_text():
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/version", timeout=10) as resp:
+                    assert resp.status == 200
+                    version = json.loads(resp.read())
+            time.sleep(0.3)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.wait() == 0, log.read_text()[-3000:]
+    assert version and "ray_version" in version, log.read_text()[-3000:]
+    opened = seen - before
+    assert ("0100007F", port) in opened
+    assert {a for a, _ in opened} <= LOOPBACK, sorted(opened)
+    trials = rows(storage)
+    assert len(trials) == 2 and all(t["status"] == "ok" for t in trials), trials
+    for trial in trials:
+        result = json.loads((Path(trial["trial_dir"]) / "run" / "results.json").read_text())
+        assert result["world_size"] == 2
+        shards = {p.name for p in Path(trial["trial_dir"]).glob("train/checkpoint_*/**/*optim_states.pt")}
+        assert any("rank_0" in n for n in shards) and any("rank_1" in n for n in shards), shards
+
+
+def test_bad_search_options_exit_with_a_named_error(tmp_path, colors):
+    space = write(tmp_path, "space.yaml", SPACE)
+    base = [sys.executable, "tune/ablation.py", "--space", str(space), *overrides(colors, tmp_path)]
+    for flag, value, name in [("--num-samples", "0", "num_samples"), ("--gpus-per-trial", "1.5", "gpus_per_trial"),
+                              ("--cpus-per-trial", "0", "cpus_per_trial")]:  # fmt: skip
+        done = subprocess.run([*base, flag, value], cwd=ROOT, env=env(tmp_path), capture_output=True, text=True,
+                              timeout=120)  # fmt: skip
+        assert done.returncode == 2 and name in done.stderr, done.stderr[-2000:]
+    done = subprocess.run([*base, "--ds", str(tmp_path / "missing.json")], cwd=ROOT, env=env(tmp_path),
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 2 and "missing.json" in done.stderr, done.stderr[-2000:]
