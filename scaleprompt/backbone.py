@@ -7,6 +7,8 @@
 * a local checkpoint file (``.safetensors``, ``.pt``/``.pth``/``.bin`` state dicts read with
   ``torch.load(weights_only=True)``, or an OpenAI TorchScript archive); open_clip-format and OpenAI-format state
   dicts both load;
+* a tag of weights shipped with the package (:data:`SHIPPED_WEIGHTS`): ``load_clip("sp-micro-clip", "microworld")``
+  is the micro-world CLIP pretrained on the CPU (``scaleprompt.microworld``), offline;
 * ``model_name="hf-hub:org/repo"``: open_clip loads config and weights from the hub (``pretrained`` is ignored).
 
 Both towers are frozen (``requires_grad_(False)``) and put in eval mode. The tiny configurations shipped in
@@ -31,6 +33,11 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+MODEL_WEIGHTS_DIR = Path(__file__).parent / "model_weights"
+# Weights shipped with the package, loaded offline by name: (model name, pretrained tag) -> file.
+SHIPPED_WEIGHTS: dict[tuple[str, str], Path] = {
+    ("sp-micro-clip", "microworld"): MODEL_WEIGHTS_DIR / "sp-micro-clip-microworld.safetensors",
+}
 # Keys that OpenAI's released state dicts carry besides the weights.
 _OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
 
@@ -149,6 +156,12 @@ def load_clip(
     so the same random backbone can be rebuilt later (prompt files record the seed)."""
     register_model_configs()
     pretrained = None if pretrained in (None, "", "none") else pretrained
+    tag = pretrained
+    if pretrained is not None and (model_name, pretrained) in SHIPPED_WEIGHTS:
+        pretrained = str(SHIPPED_WEIGHTS[(model_name, pretrained)])
+        if not Path(pretrained).is_file():
+            raise BackboneError(f"the shipped weights of {model_name} ({tag}) are missing: {pretrained}; "
+                                "rebuild them with python -m scaleprompt.microworld.pretrain --out <that file>")  # fmt: skip
     local_file = pretrained is not None and (
         Path(pretrained).exists() or "/" in pretrained or "\\" in pretrained
     )
@@ -171,13 +184,22 @@ def load_clip(
             )
     if not hasattr(model, "visual") or not hasattr(model.visual, "conv1"):
         raise BackboneError(f"{model_name}: scaleprompt needs a ViT image tower (conv1 + class token)")
-    model.scaleprompt_info = backbone_info(
-        model, model_name, pretrained, init_seed if pretrained is None else None
-    )
-    with _quiet_open_clip():
-        model.scaleprompt_tokenizer = open_clip.get_tokenizer(model_name, cache_dir=cache_dir)
-    logger.info("loaded backbone %s (pretrained=%s)", model_name, pretrained)
+    model.scaleprompt_info = backbone_info(model, model_name, tag, init_seed if pretrained is None else None)
+    model.scaleprompt_tokenizer = tokenizer_for(model_name, cache_dir)
+    logger.info("loaded backbone %s (pretrained=%s)", model_name, tag)
     return freeze(model)
+
+
+def tokenizer_for(model_name: str, cache_dir: str | None = None):
+    """The model's tokenizer: the micro-world's word tokenizer for ``sp-micro-*`` models, else open_clip's."""
+    if model_name.startswith("sp-micro-"):
+        from scaleprompt.microworld.tokenizer import WordTokenizer
+
+        return WordTokenizer(
+            context_length=open_clip.get_model_config(model_name)["text_cfg"]["context_length"]
+        )
+    with _quiet_open_clip():
+        return open_clip.get_tokenizer(model_name, cache_dir=cache_dir)
 
 
 @contextlib.contextmanager

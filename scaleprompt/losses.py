@@ -32,6 +32,19 @@ def reformation_loss(prompted: Tensor, frozen: Tensor, tau: float = 1.0) -> Tens
     return F.cross_entropy(sims, torch.arange(sims.shape[0], device=sims.device))
 
 
+def multi_positive_clip_loss(logits: Tensor, matches: Tensor) -> Tensor:
+    """Symmetric CLIP loss when a caption can be true of several images (micro-world pretraining).
+
+    ``logits`` ``[N, N]`` (image i, caption j); ``matches`` ``[N, N]`` bool, caption j true of image i, with a
+    true diagonal. Image -> text: cross-entropy against the uniform distribution over the captions true of the
+    image; text -> image: over the images the caption is true of. Mean of the two. With ``matches = eye`` it is
+    CLIP's loss; other true pairs are never pushed apart (no false negatives)."""
+    m = matches.to(logits.dtype)
+    image_to_text = -(m / m.sum(1, keepdim=True) * F.log_softmax(logits, dim=1)).sum(1).mean()
+    text_to_image = -(m / m.sum(0, keepdim=True) * F.log_softmax(logits, dim=0)).sum(0).mean()
+    return (image_to_text + text_to_image) / 2
+
+
 def accuracy(logits: Tensor, labels: Tensor) -> float:
     """Top-1 accuracy in [0, 1]."""
     return (logits.argmax(dim=-1) == labels).float().mean().item()

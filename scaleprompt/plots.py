@@ -2,6 +2,7 @@
 
 * :func:`metric_vs_params`: one panel per searched parameter, the metric of every finished trial against it.
 * :func:`parallel_coordinates`: one polyline per finished trial across all parameters and the metric.
+* :func:`grouped_bars`: mean ± std bars, one group per row (e.g. methods), one bar per series (Base / Novel / HM).
 """
 
 from __future__ import annotations
@@ -126,6 +127,37 @@ def parallel_coordinates(
     sm = plt.cm.ScalarMappable(cmap=plt_cm, norm=plt.Normalize(lo, hi))
     fig.colorbar(sm, ax=ax, label=metric)
     ax.set_title(f"parallel coordinates of {len(trials)} finished trials")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def grouped_bars(groups: Sequence[str], series: Mapping[str, Sequence[tuple[float, float]]], out: Path,
+                 ylabel: str, title: str, baseline: float | None = None) -> Path:  # fmt: skip
+    """``series[name][i]`` = (mean, std) of group ``i``; std drawn as an error bar, the mean written on the bar.
+    ``baseline``: a dashed horizontal line (e.g. zero-shot HM)."""
+    plt = _pyplot()
+    n = len(series)
+    width = 0.8 / max(1, n)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(groups) * max(1, n) / 2 + 2), 4.2))
+    for k, (name, values) in enumerate(series.items()):
+        xs = [i - 0.4 + width * (k + 0.5) for i in range(len(groups))]
+        means = [m for m, _ in values]
+        bars = ax.bar(xs, means, width, yerr=[s for _, s in values], capsize=3, label=name, alpha=0.9)
+        for bar, mean in zip(bars, means, strict=True):
+            ax.text(bar.get_x() + bar.get_width() / 2, mean + 0.5, f"{mean:.1f}", ha="center", va="bottom",
+                    fontsize=7, rotation=90)  # fmt: skip
+    if baseline is not None:
+        ax.axhline(baseline, color="0.3", ls="--", lw=1, label="zero-shot HM")
+    ax.set_xticks(range(len(groups)), list(groups), rotation=20)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, ncol=min(4, n + (baseline is not None)))
+    top = max([m + s for values in series.values() for m, s in values] or [1.0])
+    ax.set_ylim(0, top * 1.18)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)

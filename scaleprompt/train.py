@@ -60,10 +60,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def summarize(results: dict) -> None:
     log = logging.getLogger("scaleprompt")
-    for selection, res in results["results"].items():
-        label = (
-            "last epoch" if selection == "last" else f"best validation epoch ({results['best_val_epoch']})"
+    rows = list(results["results"].items())
+    if results.get("zero_shot"):
+        rows.insert(0, ("zero_shot", results["zero_shot"]))
+    for selection, res in rows:
+        label = {"last": "last epoch", "zero_shot": "before training"}.get(
+            selection, f"best validation epoch ({results['best_val_epoch']})"
         )
+        method = "zero-shot CLIP" if selection == "zero_shot" else results["method"]
         parts = []
         for key in ("val", "test", "base", "novel"):
             if res.get(key):
@@ -72,7 +76,7 @@ def summarize(results: dict) -> None:
             parts.append(f"HM {res['hm']:.2f}")
         for name, acc in res.get("targets", {}).items():
             parts.append(f"{name} {acc['top1']:.2f}")
-        log.info("%s [%s]: %s", results["method"], label, " | ".join(parts))
+        log.info("%s [%s]: %s", method, label, " | ".join(parts))
 
 
 if __name__ == "__main__":

@@ -10,9 +10,10 @@ from __future__ import annotations
 import csv
 import json
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm"}
 
@@ -106,6 +107,39 @@ def read_split_json(split_file: Path, image_root: Path) -> tuple[list[Datum], li
     except (ValueError, TypeError, AttributeError) as exc:
         raise DatasetError(f"split file {split_file} is malformed: {exc}") from exc
     return out[0], out[1], out[2]
+
+
+def write_generated(root: Path, split_file: str, samples: Iterable[tuple[str, Any, int, str]]) -> Path:
+    """Write a generated dataset in CoOp's layout under ``root`` (``images/<class>/<split>_<i>.png`` + the split
+    JSON), atomically: a complete tree appears at once or not at all; an existing complete one is reused.
+    ``samples`` yields ``(split, uint8 HxWx3 or HxW image, label, classname)``."""
+    import os
+    import shutil
+    import tempfile
+
+    from PIL import Image
+
+    root = Path(root)
+    if (root / split_file).is_file():
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    try:
+        rows: dict[str, list] = {s: [] for s in ("train", "val", "test")}
+        for i, (split, image, label, name) in enumerate(samples):
+            rel = f"{name.replace(' ', '_')}/{split}_{i:05d}.png"
+            (tmp / "images" / rel).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(tmp / "images" / rel)
+            rows[split].append([rel, int(label), name])
+        (tmp / split_file).write_text(json.dumps(rows))
+        try:
+            os.replace(tmp, root)
+        except OSError:  # another process finished first (or root exists but is incomplete)
+            if not (root / split_file).is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root
 
 
 def split_json_reader(
@@ -257,6 +291,7 @@ class DatasetSpec:
     reader: Callable[[Path], DatasetSplits]
     aliases: tuple[str, ...] = ()
     eval_only: bool = False  # DG targets: a test split only
+    generated: bool = False  # shipped or generated: no root folder needed (written under the cache or root)
 
 
 def _json(name: str, directory: str, image_dir: str, split: str, *aliases: str) -> DatasetSpec:
@@ -267,6 +302,15 @@ def _embedded(root: Path | None) -> DatasetSplits:
     from scaleprompt.data.fashion_mnist import load_fashion_mnist  # (imports this module: load lazily)
 
     return load_fashion_mnist(Path(root) / "fashion_mnist" if root else None)
+
+
+def _microworld(name: str) -> Callable[[Path | None], DatasetSplits]:
+    def read(root: Path | None) -> DatasetSplits:
+        from scaleprompt.microworld.datasets import load_microworld  # (imports this module: load lazily)
+
+        return load_microworld(name, root)
+
+    return read
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -306,7 +350,14 @@ DATASETS: dict[str, DatasetSpec] = {
             ("imagenet_r",),
             eval_only=True,
         ),
-        DatasetSpec("FashionMNIST", _embedded, ("fashion_mnist", "embedded")),
+        DatasetSpec("FashionMNIST", _embedded, ("fashion_mnist", "embedded"), generated=True),
+        DatasetSpec("MicroWorld", _microworld("MicroWorld"), ("microworld",), generated=True),
+        DatasetSpec(
+            "MicroWorldSketch", _microworld("MicroWorldSketch"), ("microworld_sketch",), generated=True
+        ),
+        DatasetSpec(
+            "MicroWorldClutter", _microworld("MicroWorldClutter"), ("microworld_clutter",), generated=True
+        ),
     )
 }
 BENCHMARKS = [
@@ -339,6 +390,6 @@ def load_dataset(name: str, root: str | Path | None = None) -> DatasetSplits:
     if name.endswith((".json", ".csv")):
         return read_split_file(Path(name).absolute(), Path(root).absolute() if root else None)
     spec = get_dataset(name)
-    if root is None and spec.name != "FashionMNIST":
+    if root is None and not spec.generated:
         raise DatasetError(f"dataset {spec.name} needs the root folder that holds the datasets")
     return spec.reader(Path(root).absolute() if root else None)

@@ -8,16 +8,12 @@ back like any other benchmark, so shards, few-shot and base-to-novel work unchan
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from scaleprompt.data.datasets import DatasetSplits, classnames_of, read_split_json
+from scaleprompt.data.datasets import DatasetSplits, classnames_of, read_split_json, write_generated
 
 ASSET = Path(__file__).parent / "assets" / "fashion_mnist_subset.npz"
 # Zalando's label order, with names a text encoder can read ("T-shirt/top" -> "t-shirt").
@@ -42,30 +38,14 @@ DEFAULT_ROOT = (
 
 def materialize(root: Path) -> Path:
     """Write the PNG tree + split file under ``root`` (atomically; reused when already complete)."""
-    root = Path(root)
-    if (root / SPLIT_FILE).is_file():
-        return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
-    try:
+
+    def samples():
         with np.load(ASSET, allow_pickle=False) as data:
             images, labels, split = data["images"], data["labels"], data["split"]
-        rows: dict[str, list] = {s: [] for s in SPLITS}
-        for i, (img, label, s) in enumerate(zip(images, labels, split, strict=True)):
-            name = CLASSNAMES[int(label)]
-            rel = f"{name.replace(' ', '_')}/{SPLITS[s]}_{i:05d}.png"
-            (tmp / "images" / rel).parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(img).save(tmp / "images" / rel)
-            rows[SPLITS[s]].append([rel, int(label), name])
-        (tmp / SPLIT_FILE).write_text(json.dumps(rows))
-        try:
-            os.replace(tmp, root)
-        except OSError:  # another process finished first (or root exists but is incomplete)
-            if not (root / SPLIT_FILE).is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return root
+        for img, label, s in zip(images, labels, split, strict=True):
+            yield SPLITS[s], img, int(label), CLASSNAMES[int(label)]
+
+    return write_generated(Path(root), SPLIT_FILE, samples())
 
 
 def load_fashion_mnist(root: Path | None = None) -> DatasetSplits:

@@ -109,6 +109,9 @@ class EvalConfig:
     targets_root: str | None = None  # their root folder (default: data.root)
     batch_size: int = 64
     every_epochs: int = 1  # validation every N epochs (model selection on val only)
+    zero_shot_baseline: bool = (
+        False  # also test zero-shot CLIP (the dataset's template) on the same test sets
+    )
 
     def __post_init__(self) -> None:
         check_types(self, "eval.")

@@ -156,9 +156,10 @@ class Trainer:
         self.clip = load_clip(cfg.model.name, cfg.model.pretrained, cache_dir=cfg.model.cache_dir)
         self.clip.set_grad_checkpointing(cfg.model.grad_checkpointing)
         self.image_size = cfg.data.image_size or self.clip.scaleprompt_info.image_size
+        self.engine = None
+        self.zero_shot = self._zero_shot_baseline() if cfg.eval.zero_shot_baseline else None
         self.method = self._build_method(self.classnames)
         self.trainable = self.method.trainable_parameters()
-        self.engine = None
         self.epochs = cfg.optim.epochs if self.trainable else 0
         if self.trainable:
             self._init_engine()
@@ -185,6 +186,15 @@ class Trainer:
         ):
             args["templates"] = self._templates(self.cfg.data.dataset)
         return build(self.cfg.method.name, self.clip, classnames, **args)
+
+    def _zero_shot_baseline(self) -> dict[str, Any]:
+        """Zero-shot CLIP's test metrics of the setting, before the backbone goes into an engine (ZeRO-3)."""
+        templates = self._templates(self.cfg.data.dataset)
+        self.method = build("zsclip", self.clip, self.classnames, templates=templates).to(self.dist.device)
+        try:
+            return self.test_all()
+        finally:
+            del self.method
 
     def _init_engine(self) -> None:
         import deepspeed
@@ -440,6 +450,8 @@ class Trainer:
             "best_val_epoch": best["epoch"], "history": history, "results": {"last": last},
             "config": cfg.to_dict(),
         }  # fmt: skip
+        if self.zero_shot is not None:
+            results["zero_shot"] = self.zero_shot
         self._export(self.out / "prompts.safetensors")
         if best["prompts"] is not None:
             final = self._prompt_snapshot()
