@@ -166,6 +166,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "results", help="paper-style tables from many runs' results.json", add_help=False
     )
     results.set_defaults(func=None)
+    pretrain = sub.add_parser(
+        "pretrain-microworld",
+        help="pretrain the micro-world CLIP (rebuilds the shipped weights)",
+        add_help=False,
+    )
+    pretrain.set_defaults(func=None)
     predict = sub.add_parser("predict", help="classify images with saved prompts")
     predict.add_argument("prompts", help="a prompt file written by training (prompts.safetensors)")
     predict.add_argument("images", nargs="+", help="image files")
@@ -179,6 +185,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from scaleprompt.engine.results import main as results_main
 
         return results_main(argv[1:])
+    if argv[:1] == ["pretrain-microworld"]:  # so does the pretraining command
+        from scaleprompt.microworld.pretrain import main as pretrain_main
+
+        return pretrain_main(argv[1:])
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logger.setLevel(logging.INFO)

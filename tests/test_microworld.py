@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from pathlib import Path
 
 import numpy as np
 import open_clip
@@ -27,10 +28,10 @@ from scaleprompt.microworld.pretrain import (
 )
 from scaleprompt.microworld.tokenizer import VOCAB, WordTokenizer
 
-# The shipped weights reach about 60+% on the 64 in-distribution classes (chance 1.6%); the dataset shifts are
-# calibrated into 35-50%. A random or wrong backbone stays near chance, so these thresholds catch it.
-SHIPPED_ZERO_SHOT_MIN = 0.55
-SHIFT_RANGE = (0.33, 0.52)
+# The shipped weights reach 95.2% zero-shot top-1 on the 64 in-distribution classes of the fixed set below
+# (chance 1.6%); the dataset shifts are calibrated into 35-50%. A random or wrong backbone stays near chance.
+SHIPPED_ZERO_SHOT_MIN = 0.90
+SHIFT_RANGE = (0.35, 0.50)
 
 
 # --- generator ---------------------------------------------------------------------------------------------------
@@ -192,7 +193,7 @@ def test_shifted_datasets_are_registered_generated_and_calibrated(tmp_path, micr
     again = load_dataset(
         name.lower().replace("microworld", "microworld_"), tmp_path / "b"
     )  # alias, other root
-    assert open(ds.test[5].path, "rb").read() == open(again.test[5].path, "rb").read()
+    assert Path(ds.test[5].path).read_bytes() == Path(again.test[5].path).read_bytes()
     from PIL import Image
 
     images = np.stack([np.asarray(Image.open(d.path).convert("RGB")) for d in ds.test])
@@ -206,10 +207,10 @@ def test_short_base_to_novel_run_on_the_micro_world(tmp_path):
     out = tmp_path / "run"
     launch([sys.executable, "scaleprompt/train.py", "--config", "configs/microworld/provp_ref.yaml",
             f"data.cache_dir={tmp_path / 'shards'}", f"data.root={tmp_path / 'data'}", f"train.output_dir={out}",
-            "optim.epochs=2"], tmp_path)  # fmt: skip
+            "optim.epochs=3"], tmp_path)  # fmt: skip
     result = json.loads((out / "results.json").read_text())
     assert result["backbone"] == "sp-micro-clip" and result["pretrained"] == "microworld"
     zs, last = result["zero_shot"], result["results"]["last"]
     assert zs["base"]["top1"] > 20 and zs["novel"]["top1"] > 20  # 32-way: chance is 3.1%
-    assert last["base"]["top1"] > zs["base"]["top1"], (zs, last)  # 2 epochs of prompts already help on base
+    assert last["base"]["top1"] > zs["base"]["top1"], (zs, last)  # 2 epochs after warm-up already help
     assert (ROOT / "configs" / "microworld" / "provp_ref.yaml").is_file()

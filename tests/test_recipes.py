@@ -179,7 +179,7 @@ def test_demo_recipe():
     )
     assert cfg.method.name == "provp_ref" and cfg.method.args["depth"] is None
     assert cfg.eval.setting == "base2new" and cfg.eval.zero_shot_baseline
-    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.epochs, cfg.optim.batch_size) == ("sgd", 0.1, 5, 32)
+    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.epochs, cfg.optim.batch_size) == ("sgd", 0.1, 10, 32)
     assert cfg.optim.warmup_epochs == 1
     assert cfg.train.output_dir == "runs/demo"
 
