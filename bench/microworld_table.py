@@ -9,6 +9,8 @@ chart of Base / Novel / HM per method and the zero-shot HM as a dashed line.
 
     .venv/bin/python bench/microworld_table.py                       # 9 methods x 3 seeds, about 30-40 minutes
     .venv/bin/python bench/microworld_table.py --methods coop,provp_ref --seeds 1 --datasets MicroWorldSketch
+    .venv/bin/python bench/microworld_table.py --runs runs/bench_crop008 --tag _crop008 \
+        --overrides data.train_crop_min_scale=0.08            # the papers' crop instead of the recipes' 0.5
 
 Not a test: it logs the table and asserts nothing.
 """
@@ -33,13 +35,14 @@ from scaleprompt.plots import grouped_bars  # noqa: E402
 logger = logging.getLogger("bench.microworld_table")
 
 
-def run_one(method: str, dataset: str, seed: int, runs: Path, cache: Path) -> float:
+def run_one(method: str, dataset: str, seed: int, runs: Path, cache: Path, overrides: list[str]) -> float:
     """Train + test one (method, dataset, seed); returns seconds (0 when an earlier bench finished it)."""
     out = runs / dataset / method / f"seed{seed}"
     if (out / "results.json").is_file():
         return 0.0
     cmd = [sys.executable, "scaleprompt/train.py", "--config", f"configs/microworld/{method}.yaml",
-           f"data.dataset={dataset}", f"train.seed={seed}", f"train.output_dir={out}", f"data.cache_dir={cache}"]  # fmt: skip
+           f"data.dataset={dataset}", f"train.seed={seed}", f"train.output_dir={out}", f"data.cache_dir={cache}",
+           *overrides]  # fmt: skip
     env = {
         **os.environ,
         "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu"),
@@ -52,21 +55,23 @@ def run_one(method: str, dataset: str, seed: int, runs: Path, cache: Path) -> fl
     return time.time() - start
 
 
-def write_outputs(runs: Path, out: Path, selection: str) -> str:
+def write_outputs(runs: Path, out: Path, selection: str, tag: str = "") -> str:
     rows = aggregate(load_runs([runs]), selection=selection, metric="top1")
     tables = base2new_tables(rows)
     markdown, csv = to_markdown(tables), to_csv(tables)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "microworld_table.md").write_text(markdown)
-    (out / "microworld_table.csv").write_text(csv)
+    (out / f"microworld_table{tag}.md").write_text(markdown)
+    (out / f"microworld_table{tag}.csv").write_text(csv)
     for dataset in sorted({r.dataset for r in rows}):
         mine = [r for r in rows if r.dataset == dataset]
         zs = next((r for r in mine if r.method == "zsclip"), None)
         grouped_bars(
             [r.method for r in mine],
-            {part: [(r.values[part].mean, r.values[part].std) for r in mine] for part in ("base", "novel", "hm")},
-            out / f"microworld_{dataset}.png", ylabel="top-1 accuracy (%)",
-            title=f"{dataset}: base-to-novel, 16 shots, sp-micro-clip ({selection} epoch), mean ± std over seeds",
+            {label: [(r.values[part].mean, r.values[part].std) for r in mine]
+             for part, label in (("base", "Base"), ("novel", "Novel"), ("hm", "HM"))},
+            out / f"microworld_{dataset}{tag}.png", ylabel="top-1 accuracy (%)",
+            title=f"{dataset}: base-to-novel, 16 shots, sp-micro-clip, {selection} epoch, mean ± std of "
+                  f"{max(r.n for r in mine)} seeds",
             baseline=zs.hm_of_means if zs else None,
         )  # fmt: skip
     return markdown
@@ -80,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "bench_microworld")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     ap.add_argument("--selection", default="last", choices=["last", "best_val"])
+    ap.add_argument("--overrides", nargs="*", default=[], help="key=value for every run (use another --runs)")
+    ap.add_argument("--tag", default="", help="suffix of the output files, e.g. _crop008")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     methods, datasets = args.methods.split(","), args.datasets.split(",")
@@ -91,10 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     for dataset in datasets:
         for method in methods:
             for seed in seeds:
-                seconds = run_one(method, dataset, seed, args.runs, args.runs / "shards")
+                seconds = run_one(method, dataset, seed, args.runs, args.runs / "shards", args.overrides)
                 logger.info("%s %s seed %d: %.0f s (total %.1f min)", dataset, method, seed, seconds,
                             (time.time() - start) / 60)  # fmt: skip
-    markdown = write_outputs(args.runs, args.out, args.selection)
+    markdown = write_outputs(args.runs, args.out, args.selection, args.tag)
     logger.info("%d runs in %.1f min\n%s", len(methods) * len(datasets) * len(seeds), (time.time() - start) / 60,
                 markdown)  # fmt: skip
     return 0

@@ -24,6 +24,14 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, out: Path) -> Path:
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def _position(value: Any, kind: str, categories: Sequence[Any] | None) -> float:
     """Where a value sits on its axis: a category's index, log10 for log axes, else the value."""
     if kind == "categorical":
@@ -78,11 +86,7 @@ def metric_vs_params(trials: Sequence[Mapping[str, Any]], axes: Sequence[Axis], 
     for j in range(len(axes), rows * cols):
         grid[j // cols][j % cols].axis("off")
     fig.suptitle(f"{metric} of {len(trials)} finished trials against each parameter")
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, out)
 
 
 def parallel_coordinates(
@@ -127,11 +131,7 @@ def parallel_coordinates(
     sm = plt.cm.ScalarMappable(cmap=plt_cm, norm=plt.Normalize(lo, hi))
     fig.colorbar(sm, ax=ax, label=metric)
     ax.set_title(f"parallel coordinates of {len(trials)} finished trials")
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, out)
 
 
 def grouped_bars(groups: Sequence[str], series: Mapping[str, Sequence[tuple[float, float]]], out: Path,
@@ -141,14 +141,14 @@ def grouped_bars(groups: Sequence[str], series: Mapping[str, Sequence[tuple[floa
     plt = _pyplot()
     n = len(series)
     width = 0.8 / max(1, n)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(groups) * max(1, n) / 2 + 2), 4.2))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(groups) * max(1, n) + 1.5), 4.4))
     for k, (name, values) in enumerate(series.items()):
         xs = [i - 0.4 + width * (k + 0.5) for i in range(len(groups))]
-        means = [m for m, _ in values]
-        bars = ax.bar(xs, means, width, yerr=[s for _, s in values], capsize=3, label=name, alpha=0.9)
-        for bar, mean in zip(bars, means, strict=True):
-            ax.text(bar.get_x() + bar.get_width() / 2, mean + 0.5, f"{mean:.1f}", ha="center", va="bottom",
-                    fontsize=7, rotation=90)  # fmt: skip
+        means, stds = [m for m, _ in values], [s for _, s in values]
+        bars = ax.bar(xs, means, width, yerr=stds, capsize=2, label=name, alpha=0.9)
+        for bar, mean, std in zip(bars, means, stds, strict=True):  # above the error bar
+            ax.text(bar.get_x() + bar.get_width() / 2, mean + std + 0.8, f"{mean:.1f}", ha="center",
+                    va="bottom", fontsize=6.5, rotation=90)  # fmt: skip
     if baseline is not None:
         ax.axhline(baseline, color="0.3", ls="--", lw=1, label="zero-shot HM")
     ax.set_xticks(range(len(groups)), list(groups), rotation=20)
@@ -157,9 +157,5 @@ def grouped_bars(groups: Sequence[str], series: Mapping[str, Sequence[tuple[floa
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, ncol=min(4, n + (baseline is not None)))
     top = max([m + s for values in series.values() for m, s in values] or [1.0])
-    ax.set_ylim(0, top * 1.18)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    ax.set_ylim(0, top * 1.15 + 5)
+    return _save(plt, fig, out)

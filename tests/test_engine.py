@@ -63,6 +63,8 @@ def test_run_config_errors_name_the_key(tmp_path):
         load_run_config(None, ["optim.lr"])
     with pytest.raises(ConfigError, match="train.precision"):
         load_run_config(None, ["train.precision=fp8"])
+    with pytest.raises(ConfigError, match="data.train_crop_min_scale"):
+        load_run_config(None, ["data.train_crop_min_scale=0"])
     with pytest.raises(SystemExit):
         parse_args(["--config", "x.yaml", "--bogus"])
     args, overrides = parse_args(["--local_rank=1", "--ds", "d.json", "optim.lr=0.1"])

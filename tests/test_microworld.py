@@ -214,3 +214,19 @@ def test_short_base_to_novel_run_on_the_micro_world(tmp_path):
     assert zs["base"]["top1"] > 20 and zs["novel"]["top1"] > 20  # 32-way: chance is 3.1%
     assert last["base"]["top1"] > zs["base"]["top1"], (zs, last)  # 2 epochs after warm-up already help
     assert (ROOT / "configs" / "microworld" / "provp_ref.yaml").is_file()
+
+
+def test_train_crop_min_scale_reaches_the_transform():
+    from torchvision.transforms import RandomResizedCrop
+
+    from scaleprompt.data.transforms import clip_transform
+
+    crops = [
+        t
+        for t in clip_transform(64, train=True, crop_min_scale=0.5).transforms
+        if isinstance(t, RandomResizedCrop)
+    ]
+    assert crops[0].scale == (0.5, 1.0)
+    assert [
+        t.scale for t in clip_transform(64, train=True).transforms if isinstance(t, RandomResizedCrop)
+    ] == [(0.08, 1.0)]

@@ -198,6 +198,7 @@ class ShardLoader:
         batch_size: int = 32,
         train: bool | None = None,
         augment: bool = True,
+        crop_min_scale: float = 0.08,
         image_size: int = 224,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
@@ -214,7 +215,9 @@ class ShardLoader:
         self.train = split == "train" if train is None else train
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.rank, self.world_size = _rank_world(rank, world_size)
-        self.transform = clip_transform(image_size, train=self.train and augment, mean=mean, std=std)
+        self.transform = clip_transform(
+            image_size, train=self.train and augment, mean=mean, std=std, crop_min_scale=crop_min_scale
+        )
         self.shuffle_buffer, self.resampled, self.max_bad = shuffle_buffer, resampled, max_bad_samples
         epoch_samples = epoch_samples or self.src.count
         if self.train and not epoch_samples:

@@ -10,14 +10,20 @@ from torchvision.transforms import InterpolationMode
 
 
 def clip_transform(
-    size: int, *, train: bool, mean: Sequence[float] | None = None, std: Sequence[float] | None = None
+    size: int,
+    *,
+    train: bool,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    crop_min_scale: float = 0.08,
 ) -> T.Compose:
-    """Train: RandomResizedCrop(size, scale=(0.08, 1), bicubic) -> RandomHorizontalFlip -> normalize.
-    Test: Resize(size, bicubic, short side) -> CenterCrop(size) -> normalize. Mean / std default to CLIP's."""
+    """Train: RandomResizedCrop(size, scale=(crop_min_scale, 1), bicubic) -> RandomHorizontalFlip -> normalize
+    (0.08: the papers'). Test: Resize(size, bicubic, short side) -> CenterCrop(size) -> normalize. Mean / std
+    default to CLIP's."""
     normalize = T.Normalize(mean or OPENAI_DATASET_MEAN, std or OPENAI_DATASET_STD)
     if train:
         steps = [
-            T.RandomResizedCrop(size, scale=(0.08, 1.0), interpolation=InterpolationMode.BICUBIC),
+            T.RandomResizedCrop(size, scale=(crop_min_scale, 1.0), interpolation=InterpolationMode.BICUBIC),
             T.RandomHorizontalFlip(),
         ]
     else:

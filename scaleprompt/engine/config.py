@@ -59,6 +59,7 @@ class DataConfig:
     template_set: Literal["coop", "provp"] = "coop"  # hand-crafted templates of fixed-text methods
     image_size: int | None = None  # None = the backbone's
     train_augment: bool = True  # False: train on the test transform (deterministic inputs)
+    train_crop_min_scale: float = 0.08  # RandomResizedCrop's smallest area fraction (0.08: the papers')
     num_workers: int = 2
     shuffle_buffer: int = 1000
     resampled: bool = False
@@ -69,6 +70,8 @@ class DataConfig:
     def __post_init__(self) -> None:
         check_types(self, "data.")
         require(self.num_workers >= 0, "data.num_workers", "must be >= 0")
+        require(0 < self.train_crop_min_scale <= 1, "data.train_crop_min_scale",
+                f"must be in (0, 1], got {self.train_crop_min_scale}")  # fmt: skip
         require(
             self.min_shards >= 1 and self.shard_size >= 1, "data.min_shards", "min_shards, shard_size >= 1"
         )

@@ -274,7 +274,7 @@ class Trainer:
         steps = max(1, count // cfg.optim.batch_size)  # optimizer steps per epoch
         return ShardLoader(
             shards, "train", batch_size=self.micro, train=True, augment=cfg.data.train_augment,
-            shuffle_buffer=cfg.data.shuffle_buffer,
+            crop_min_scale=cfg.data.train_crop_min_scale, shuffle_buffer=cfg.data.shuffle_buffer,
             resampled=cfg.data.resampled, epoch_samples=steps * cfg.optim.batch_size, **kwargs,
         )  # fmt: skip
 
