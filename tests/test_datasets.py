@@ -78,9 +78,11 @@ def test_registry_lists_the_benchmarks_dg_targets_and_embedded_default():
     assert benchmarks == BENCHMARKS
     assert targets == DG_TARGETS
     assert benchmarks[1:] == CROSS_DATASET_TARGETS
-    assert sorted(list_datasets()) == sorted([*benchmarks, *targets, "FashionMNIST"])
+    generated = ["FashionMNIST", "MicroWorld", "MicroWorldSketch", "MicroWorldClutter"]
+    assert sorted(list_datasets()) == sorted([*benchmarks, *targets, *generated])
     for name in list_datasets():
         assert get_dataset(name).eval_only == (name in targets), name
+        assert get_dataset(name).generated == (name in generated), name
 
 
 def test_split_rejects_unknown_split_name():
@@ -528,7 +530,7 @@ DATASET_FOLDERS = [(r[0], r[1]) for r in SPLIT_JSON] + [
 
 
 def test_dataset_folders_cover_every_registered_dataset():
-    assert sorted(n for n, _ in DATASET_FOLDERS) == sorted(n for n in list_datasets() if n != "FashionMNIST")
+    assert sorted(n for n, _ in DATASET_FOLDERS) == sorted(n for n in list_datasets() if not get_dataset(n).generated)
 
 
 @pytest.mark.parametrize("name,directory", DATASET_FOLDERS, ids=[n for n, _ in DATASET_FOLDERS])
