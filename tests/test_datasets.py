@@ -530,7 +530,9 @@ DATASET_FOLDERS = [(r[0], r[1]) for r in SPLIT_JSON] + [
 
 
 def test_dataset_folders_cover_every_registered_dataset():
-    assert sorted(n for n, _ in DATASET_FOLDERS) == sorted(n for n in list_datasets() if not get_dataset(n).generated)
+    assert sorted(n for n, _ in DATASET_FOLDERS) == sorted(
+        n for n in list_datasets() if not get_dataset(n).generated
+    )
 
 
 @pytest.mark.parametrize("name,directory", DATASET_FOLDERS, ids=[n for n, _ in DATASET_FOLDERS])
