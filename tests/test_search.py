@@ -130,13 +130,18 @@ def test_a_killed_driver_resumes_and_completes_the_sweep(tmp_path, colors):
     space = write(tmp_path, "space.yaml", SPACE)
     storage = tmp_path / "search"
     cmd = sweep_cmd(space, storage, colors, tmp_path)
+    # one trial at a time: after the first trial's first report 3 trials are still to run, a wide window to kill in
+    cmd[cmd.index("--max-concurrent") + 1] = "1"
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)  # fmt: skip
     deadline = time.time() + 240
-    while time.time() < deadline and not list(storage.glob("sweep/*/result.json")):
-        time.sleep(0.2)
-    while time.time() < deadline and not any(p.stat().st_size for p in storage.glob("sweep/*/result.json")):
-        time.sleep(0.2)
+    while (
+        time.time() < deadline
+        and proc.poll() is None
+        and not any(p.stat().st_size for p in storage.glob("sweep/*/result.json"))
+    ):
+        time.sleep(0.05)
+    assert proc.poll() is None, "the sweep ended before a trial reported: nothing to kill"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (storage / "sweep" / "trials.csv").exists(), "the driver must die before the sweep ends"
