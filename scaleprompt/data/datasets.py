@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# where generated / shipped datasets are written when no root is given
+CACHE_ROOT = Path(os.environ.get("SCALEPROMPT_CACHE", Path.home() / ".cache" / "scaleprompt"))
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm"}
 
 
@@ -113,7 +116,6 @@ def write_generated(root: Path, split_file: str, samples: Iterable[tuple[str, An
     """Write a generated dataset in CoOp's layout under ``root`` (``images/<class>/<split>_<i>.png`` + the split
     JSON), atomically: a complete tree appears at once or not at all; an existing complete one is reused.
     ``samples`` yields ``(split, uint8 HxWx3 or HxW image, label, classname)``."""
-    import os
     import shutil
     import tempfile
 

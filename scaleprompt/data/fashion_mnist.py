@@ -8,12 +8,17 @@ back like any other benchmark, so shards, few-shot and base-to-novel work unchan
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
-from scaleprompt.data.datasets import DatasetSplits, classnames_of, read_split_json, write_generated
+from scaleprompt.data.datasets import (
+    CACHE_ROOT,
+    DatasetSplits,
+    classnames_of,
+    read_split_json,
+    write_generated,
+)
 
 ASSET = Path(__file__).parent / "assets" / "fashion_mnist_subset.npz"
 # Zalando's label order, with names a text encoder can read ("T-shirt/top" -> "t-shirt").
@@ -31,9 +36,7 @@ CLASSNAMES = [
 ]
 SPLITS = ("train", "val", "test")
 SPLIT_FILE = "split_zhou_FashionMNIST.json"
-DEFAULT_ROOT = (
-    Path(os.environ.get("SCALEPROMPT_CACHE", Path.home() / ".cache" / "scaleprompt")) / "FashionMNIST"
-)
+DEFAULT_ROOT = CACHE_ROOT / "FashionMNIST"
 
 
 def materialize(root: Path) -> Path:

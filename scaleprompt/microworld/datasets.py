@@ -19,17 +19,21 @@ The shifts are calibrated so that the shipped backbone's 64-way zero-shot accura
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
-from scaleprompt.data.datasets import DatasetSplits, classnames_of, read_split_json, write_generated
+from scaleprompt.data.datasets import (
+    CACHE_ROOT,
+    DatasetSplits,
+    classnames_of,
+    read_split_json,
+    write_generated,
+)
 from scaleprompt.microworld import world
 
 PER_CLASS = {"train": 24, "val": 8, "test": 50}
 SPLIT_FILE = "split_microworld.json"
-DEFAULT_ROOT = Path(os.environ.get("SCALEPROMPT_CACHE", Path.home() / ".cache" / "scaleprompt"))
 
 SHIFTS: dict[str, tuple[int, world.WorldStyle]] = {  # name -> (generation seed, style)
     "MicroWorld": (101, world.WorldStyle()),
@@ -70,6 +74,6 @@ def samples(name: str, size: int = 64):
 
 def load_microworld(name: str, root: Path | None = None) -> DatasetSplits:
     """Dataset ``name`` of :data:`SHIFTS`, written under ``root/microworld/name`` on first use."""
-    folder = write_generated(Path(root or DEFAULT_ROOT) / "microworld" / name, SPLIT_FILE, samples(name))
+    folder = write_generated(Path(root or CACHE_ROOT) / "microworld" / name, SPLIT_FILE, samples(name))
     train, val, test = read_split_json(folder / SPLIT_FILE, folder / "images")
     return DatasetSplits(name, folder / "images", train, val, test, classnames_of(train, val, test))
