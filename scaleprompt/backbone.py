@@ -30,6 +30,8 @@ import open_clip
 import torch
 from torch import nn
 
+from scaleprompt.errors import ScalepromptError
+
 logger = logging.getLogger(__name__)
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
@@ -44,7 +46,7 @@ _OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
 _registered = False
 
 
-class BackboneError(ValueError):
+class BackboneError(ScalepromptError, ValueError):
     """A backbone could not be loaded as asked."""
 
 

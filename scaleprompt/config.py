@@ -12,10 +12,12 @@ import typing
 from collections.abc import Mapping
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
+from scaleprompt.errors import ScalepromptError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(ScalepromptError, ValueError):
     """A configuration value or key is invalid. The message names the field."""
 
 

@@ -16,12 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scaleprompt.errors import ScalepromptError
+
 # where generated / shipped datasets are written when no root is given
 CACHE_ROOT = Path(os.environ.get("SCALEPROMPT_CACHE", Path.home() / ".cache" / "scaleprompt"))
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm"}
 
 
-class DatasetError(FileNotFoundError):
+class DatasetError(ScalepromptError, FileNotFoundError):
     """A dataset folder, split file or image is missing or malformed (the message names it)."""
 
 

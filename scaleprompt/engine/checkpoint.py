@@ -23,13 +23,14 @@ import numpy as np
 import torch
 
 from scaleprompt.engine.distributed import barrier
+from scaleprompt.errors import ScalepromptError
 
 logger = logging.getLogger(__name__)
 LATEST = "latest.json"
 COMPLETE = "COMPLETE.json"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(ScalepromptError, RuntimeError):
     """A checkpoint is missing, incomplete, corrupt, or belongs to another run."""
 
 

@@ -57,6 +57,7 @@ from typing import Any, Literal
 
 from scaleprompt.data.datasets import BENCHMARKS, DG_TARGETS
 from scaleprompt.data.protocols import harmonic_mean
+from scaleprompt.errors import ScalepromptError
 
 logger = logging.getLogger("scaleprompt.engine.results")  # not __name__: "__main__" under -m
 
@@ -85,7 +86,7 @@ HM_TOLERANCE = 0.05  # stored hm vs 2BN/(B+N) of the stored top-1 base / novel (
 MISSING = "—"
 
 
-class ResultsError(ValueError):
+class ResultsError(ScalepromptError, ValueError):
     """A results file is not valid JSON or not a ``scaleprompt.run/1`` run. The message names the file."""
 
 

@@ -17,13 +17,14 @@ from safetensors.torch import save_file
 from torch import nn
 
 from scaleprompt.config import to_dict
+from scaleprompt.errors import ScalepromptError
 from scaleprompt.methods.base import PromptMethod
 from scaleprompt.methods.registry import build, make_config
 
 FORMAT = "scaleprompt.prompts/1"
 
 
-class PromptFileError(ValueError):
+class PromptFileError(ScalepromptError, ValueError):
     """A prompt file is missing, corrupt, or does not fit the backbone / method."""
 
 

@@ -1,0 +1,41 @@
+"""The project's own errors and how entry points show them.
+
+Every error scaleprompt raises on purpose derives from :class:`ScalepromptError` and carries a message a user can
+act on: it names the file, config field, shard or class folder at fault. Entry points (``train.py``,
+``tune/ablation.py``, every ``scaleprompt`` subcommand) run through :func:`run_entry_point`, which prints such an
+error as ONE line and exits with code 2; ``--debug`` or ``SCALEPROMPT_DEBUG=1`` shows the traceback instead.
+Anything else (a bug) keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+EXIT_USER_ERROR = 2
+DEBUG_ENV = "SCALEPROMPT_DEBUG"
+
+
+class ScalepromptError(Exception):
+    """Base of the errors scaleprompt raises on purpose (bad config, data, checkpoint, ...)."""
+
+
+def debug_requested(argv: Sequence[str] = ()) -> bool:
+    return "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def run_entry_point(main: Callable[[list[str]], int], argv: Sequence[str] | None, prog: str) -> int:
+    """``main(argv)`` with the project's errors shown as one line (exit code 2), tracebacks behind ``--debug``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = debug_requested(args)
+    args = [a for a in args if a != "--debug"]
+    try:
+        return main(args)
+    except ScalepromptError as exc:
+        if debug:
+            raise
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        sys.stderr.write(f"{prog}: error: {message}\n")
+        sys.stderr.flush()
+        return EXIT_USER_ERROR
