@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -120,7 +119,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Every subcommand: a bad input is one line on stderr and exit code 2 (``--debug``: the traceback)."""
+    from scaleprompt.errors import run_entry_point
+
+    return run_entry_point(_main, argv, prog="scaleprompt")
+
+
+def _main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="scaleprompt", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of input errors")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("methods", help="list methods and their config defaults").set_defaults(func=cmd_methods)
     check = sub.add_parser("check", help="one training step + save/load round trip for every method")
@@ -180,7 +187,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     predict.add_argument("--top-k", type=int, default=3)
     predict.set_defaults(func=cmd_predict)
-    argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["results"]:  # the aggregator has its own parser
         from scaleprompt.engine.results import main as results_main
 

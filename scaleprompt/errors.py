@@ -21,6 +21,12 @@ class ScalepromptError(Exception):
     """Base of the errors scaleprompt raises on purpose (bad config, data, checkpoint, ...)."""
 
 
+def reported_elsewhere(exc: BaseException) -> BaseException:
+    """Mark an error that another rank (rank 0) reports too: entry points of the other ranks stay silent."""
+    exc.scaleprompt_reported_elsewhere = True  # type: ignore[attr-defined]
+    return exc
+
+
 def debug_requested(argv: Sequence[str] = ()) -> bool:
     return "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
 
@@ -35,6 +41,8 @@ def run_entry_point(main: Callable[[list[str]], int], argv: Sequence[str] | None
     except ScalepromptError as exc:
         if debug:
             raise
+        if getattr(exc, "scaleprompt_reported_elsewhere", False):
+            return EXIT_USER_ERROR
         message = " ".join(str(exc).split()) or type(exc).__name__
         sys.stderr.write(f"{prog}: error: {message}\n")
         sys.stderr.flush()

@@ -81,7 +81,12 @@ def load_space(path: str | Path, recipe: str | Path | None, overrides: Sequence[
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"search space not found: {path}")
-    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (yaml.YAMLError, OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not a readable YAML file: {' '.join(str(exc).split())}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a search space is a mapping with metric / mode / params")
     unknown = sorted(set(raw) - {"metric", "mode", "params"})
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {unknown}; valid: metric, mode, params")
@@ -238,7 +243,7 @@ def run_trial(config: dict[str, Any], recipe: str | None, overrides: list[str], 
             saved = tune.Checkpoint.from_directory(str(checkpoint)) if checkpoint else None
             tune.report(metrics, checkpoint=saved)
 
-        Trainer(load_run_config(recipe, run_overrides), ds_config, report=report).fit(resume=resume)
+        Trainer(load_run_config(recipe, run_overrides), ds_config, report=report, resume=resume).fit()
         return
     from ray import train
     from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
@@ -317,9 +322,9 @@ def _train_worker(config: dict[str, Any]) -> None:
         train.report(metrics, checkpoint=upload)
 
     cfg = load_run_config(config["recipe"], config["overrides"])
-    trainer = Trainer(cfg, config["ds_config"], report=report)  # (creates the process group)
+    trainer = Trainer(cfg, config["ds_config"], report=report, resume=checkpoint is not None)  # (process group)
     barrier()
-    trainer.fit(resume=checkpoint is not None)
+    trainer.fit()
 
 
 def init_ray(

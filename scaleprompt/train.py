@@ -6,13 +6,13 @@
     python scaleprompt/train.py --config configs/demo.yaml            # one process
 
 ``--local_rank`` (passed by the deepspeed launcher) is accepted; ``--resume`` continues from the newest complete
-checkpoint in ``train.output_dir``. Every other argument is a ``key=value`` override of the recipe.
+checkpoint in ``train.output_dir``. Every other argument is a ``key=value`` override of the recipe. A bad
+config, dataset or checkpoint is reported in one line with exit code 2 (``--debug`` shows the traceback).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -30,6 +30,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, l
         "--ds", help="DeepSpeed JSON (ds_configs/zero{1,2,3}.json); default: plain data parallel"
     )
     parser.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of configuration / data errors")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args(argv)
     unknown = [a for a in rest if "=" not in a or a.startswith("-")]
@@ -39,20 +40,30 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, l
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args, overrides = parse_args(argv)
-    from scaleprompt.engine.config import load_run_config
-    from scaleprompt.engine.trainer import Trainer
+    from scaleprompt.errors import run_entry_point
 
-    cfg = load_run_config(args.config, overrides)
+    return run_entry_point(_main, argv, prog="train.py")
+
+
+def _main(argv: Sequence[str]) -> int:
+    args, overrides = parse_args(argv)
+    from scaleprompt.engine.config import load_ds_config, load_run_config
+    from scaleprompt.engine.trainer import Trainer
+    from scaleprompt.errors import ScalepromptError, reported_elsewhere
+
     rank = int(os.environ.get("RANK", 0))
+    try:
+        cfg = load_run_config(args.config, overrides)
+        ds_config = load_ds_config(args.ds) if args.ds else None
+    except ScalepromptError as exc:  # every rank parses the same arguments: rank 0 reports it
+        raise (reported_elsewhere(exc) if rank else exc) from None
     logging.basicConfig(
         level=logging.INFO if rank == 0 else logging.WARNING, format=f"%(asctime)s [rank {rank}] %(message)s"
     )
     for noisy in ("DeepSpeed", "deepspeed", "torch.distributed"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    ds_config = json.loads(Path(args.ds).read_text()) if args.ds else None
-    trainer = Trainer(cfg, ds_config, local_rank=args.local_rank)
-    results = trainer.fit(resume=args.resume)
+    trainer = Trainer(cfg, ds_config, local_rank=args.local_rank, resume=args.resume)
+    results = trainer.fit()
     if rank == 0:
         summarize(results)
     return 0
@@ -64,7 +75,7 @@ def summarize(results: dict) -> None:
     if results.get("zero_shot"):
         rows.insert(0, ("zero_shot", results["zero_shot"]))
     for selection, res in rows:
-        label = {"last": "last epoch", "zero_shot": "before training"}.get(
+        label = {"last": "last epoch" if results["epochs"] else "no training", "zero_shot": "before training"}.get(
             selection, f"best validation epoch ({results['best_val_epoch']})"
         )
         method = "zero-shot CLIP" if selection == "zero_shot" else results["method"]

@@ -642,11 +642,26 @@ def test_image_folder_seeded_split(tmp_path):
 def test_image_folder_errors_name_the_folder(tmp_path):
     with pytest.raises(DatasetError, match=f"dataset folder not found: {re.escape(str(tmp_path / 'nope'))}$"):
         load_dataset(f"folder:{tmp_path / 'nope'}")
-    (tmp_path / "empty" / "cls").mkdir(parents=True)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no class folder here")
     with pytest.raises(
         DatasetError, match=f"no class folders with images under {re.escape(str(tmp_path / 'empty'))}$"
     ):
         load_dataset(f"folder:{tmp_path / 'empty'}")
+    (tmp_path / "empty" / "cls").mkdir()  # a class folder without an image is named (not a missing label)
+    with pytest.raises(
+        DatasetError, match=f"class folder {re.escape(str(tmp_path / 'empty' / 'cls'))} holds no"
+    ):
+        load_dataset(f"folder:{tmp_path / 'empty'}")
+    make_image(tmp_path / "split" / "train" / "a" / "1.png")
+    (tmp_path / "split" / "train" / "b").mkdir()
+    with pytest.raises(
+        DatasetError, match=f"class folder {re.escape(str(tmp_path / 'split' / 'train' / 'b'))} holds no"
+    ):
+        load_dataset(f"folder:{tmp_path / 'split'}")
+    (tmp_path / "nothing" / "train").mkdir(parents=True)
+    with pytest.raises(DatasetError, match="no class folders with images under .*nothing/train$"):
+        load_dataset(f"folder:{tmp_path / 'nothing'}")
 
 
 # --- user data: split files ----------------------------------------------------------------------------------

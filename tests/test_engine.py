@@ -78,7 +78,7 @@ def colors(tmp_path_factory):
 
 def run(colors, tmp_path, *extra, resume=False):
     cfg = load_run_config(None, base_overrides(colors, tmp_path / "cache", tmp_path / "out") + list(extra))
-    return Trainer(cfg, json.loads(Path(ROOT / "ds_configs/zero1.json").read_text())).fit(resume=resume)
+    return Trainer(cfg, json.loads(Path(ROOT / "ds_configs/zero1.json").read_text()), resume=resume).fit()
 
 
 def test_fit_writes_results_prompts_and_checkpoints(colors, tmp_path):
@@ -129,7 +129,7 @@ def test_resume_refuses_corrupt_and_foreign_checkpoints(colors, tmp_path):
     run(colors, tmp_path, "method.name=provp", "method.args.n_ctx=2", "optim.epochs=2")
     ckpts = tmp_path / "out" / "checkpoints"
     latest = json.loads((ckpts / "latest.json").read_text())["tag"]
-    with pytest.raises(CheckpointError, match="belongs to another run .*config"):
+    with pytest.raises(CheckpointError, match=r"belongs to another run.*method\.config\.n_ctx: 2 -> 3"):
         run(colors, tmp_path, "method.name=provp", "method.args.n_ctx=3", "optim.epochs=3", resume=True)
     victim = sorted(p for p in (ckpts / latest).rglob("*.pt"))[0]
     victim.write_bytes(victim.read_bytes()[:-10] + b"0123456789")

@@ -451,18 +451,17 @@ def test_main_end_to_end_writes_one_md_and_csv_per_setting(tmp_path, caplog):
     assert sorted(p.name for p in (out / "mpc").iterdir()) == ["results_base2new.csv", "results_base2new.md"]
 
 
-def test_main_errors_name_the_file(tmp_path, caplog):
+def test_main_errors_name_the_file(tmp_path, capsys):
     make_fewshot(tmp_path)
     bad = tmp_path / "broken" / "results.json"
     bad.parent.mkdir()
     bad.write_text("{")
-    with caplog.at_level(logging.ERROR, logger="scaleprompt"):
-        assert main([str(tmp_path), "--out-dir", str(tmp_path / "out")]) == 1
-    assert f"{bad}: not valid JSON" in caplog.text and not (tmp_path / "out").exists()
-    caplog.clear()
-    with caplog.at_level(logging.ERROR, logger="scaleprompt"):  # fewshot runs here have no best_val at all
-        assert main([str(tmp_path / "fewshot"), "--selection", "best_val"]) == 1
-    assert "none of the 13 runs has 'best_val' results" in caplog.text
+    assert main([str(tmp_path), "--out-dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}: not valid JSON" in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+    # fewshot runs here have no best_val at all
+    assert main([str(tmp_path / "fewshot"), "--selection", "best_val"]) == 2
+    assert "none of the 13 runs has 'best_val' results" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([str(tmp_path), "--selection", "best_test"])
 

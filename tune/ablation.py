@@ -18,11 +18,16 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scaleprompt.config import ConfigError  # noqa: E402
+from scaleprompt.errors import run_entry_point  # noqa: E402
 from scaleprompt.search import SearchOptions, run_search  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
+    """A bad space, recipe, flag or DS JSON is one line on stderr and exit code 2 (``--debug``: traceback)."""
+    return run_entry_point(_main, argv, prog="ablation.py")
+
+
+def _main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--space", required=True, help="tune/spaces/<name>.yaml")
     parser.add_argument("--config", help="base recipe (configs/...)")
@@ -41,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--address", default=None, help="join an existing Ray cluster")
     parser.add_argument("--dashboard", action="store_true", help="start the Ray dashboard on 127.0.0.1")
     parser.add_argument("--dashboard-port", type=int, default=8265)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of configuration / data errors")
     parser.add_argument(
         "--workers-per-trial",
         type=int,
@@ -58,19 +64,17 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         parser.error(f"unrecognized arguments: {' '.join(bad)}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    try:
-        options = SearchOptions(
-            num_samples=args.num_samples, max_concurrent=args.max_concurrent, cpus_per_trial=args.cpus_per_trial,
-            gpus_per_trial=args.gpus_per_trial, storage=args.storage, name=args.name, resume=args.resume,
-            address=args.address, dashboard=args.dashboard, seed=args.seed, max_failures=args.max_failures,
-            workers_per_trial=args.workers_per_trial, dashboard_port=args.dashboard_port,
-            optuna_storage=args.optuna_storage,
-        )  # fmt: skip
-        ds_config = json.loads(Path(args.ds).read_text()) if args.ds else None
-        summary = run_search(args.space, args.config, overrides, options, ds_config)
-    except (ConfigError, OSError, json.JSONDecodeError) as exc:  # a bad space, recipe, flag or DS JSON
-        logging.getLogger("scaleprompt").error("ablation: %s", exc)
-        return 2
+    from scaleprompt.engine.config import load_ds_config
+
+    options = SearchOptions(
+        num_samples=args.num_samples, max_concurrent=args.max_concurrent, cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial, storage=args.storage, name=args.name, resume=args.resume,
+        address=args.address, dashboard=args.dashboard, seed=args.seed, max_failures=args.max_failures,
+        workers_per_trial=args.workers_per_trial, dashboard_port=args.dashboard_port,
+        optuna_storage=args.optuna_storage,
+    )  # fmt: skip
+    ds_config = load_ds_config(args.ds) if args.ds else None
+    summary = run_search(args.space, args.config, overrides, options, ds_config)
     logging.getLogger("scaleprompt").info("%s", json.dumps(summary, indent=1, default=str))
     return 0
 

@@ -236,27 +236,47 @@ def sorted_folder_reader(name: str, directory: str, image_dir: str) -> Callable[
     return read
 
 
+def _class_folder_images(folder: Path) -> dict[str, list[Path]]:
+    """Class name -> its images, for every class folder under ``folder``; a class folder without an image is an
+    error naming it (it would otherwise vanish from the labels, or leave a label without images)."""
+    out = {}
+    for c in list_class_folders(folder):
+        images = list_images(folder / c)
+        if not images:
+            raise DatasetError(
+                f"class folder {folder / c} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}); add images "
+                "or remove the folder"
+            )
+        out[c] = images
+    return out
+
+
 def read_image_folder(root: Path, p_train: float = 0.5, p_val: float = 0.2, seed: int = 0) -> DatasetSplits:
     """User data: ``root/{train,val,test}/<class>/*`` or ``root/<class>/*`` (split per class p_train / p_val /
-    rest after a seeded shuffle, like Dassl's ``read_and_split_data``). Labels follow sorted class names."""
+    rest after a seeded shuffle, like Dassl's ``read_and_split_data``). Labels follow sorted class names. Every
+    class folder must hold at least one image."""
     root = require_dir(Path(root), "dataset")
     if (root / "train").is_dir():
-        classes = list_class_folders(root / "train")
-        labels = {c: i for i, c in enumerate(classes)}
+        found = {
+            split: _class_folder_images(root / split) if (root / split).is_dir() else {}
+            for split in ("train", "val", "test")
+        }
+        labels = {c: i for i, c in enumerate(found["train"])}
+        if not labels:
+            raise DatasetError(f"no class folders with images under {root / 'train'}")
         splits = []
-        for split in ("train", "val", "test"):
-            folder = root / split
+        for split, classes in found.items():
             items = []
-            for c in list_class_folders(folder) if folder.is_dir() else []:
+            for c, images in classes.items():
                 if c not in labels:
-                    raise DatasetError(f"class folder {folder / c} does not exist in {root / 'train'}")
-                items += [Datum(str(p), labels[c], c) for p in list_images(folder / c)]
+                    raise DatasetError(f"class folder {root / split / c} does not exist in {root / 'train'}")
+                items += [Datum(str(p), labels[c], c) for p in images]
             splits.append(items)
         return _finish(root.name, root, *splits)
     rng = random.Random(seed)
     train, val, test = [], [], []
-    for label, c in enumerate(list_class_folders(root)):
-        images = [Datum(str(p), label, c) for p in list_images(root / c)]
+    for label, (c, paths) in enumerate(_class_folder_images(root).items()):
+        images = [Datum(str(p), label, c) for p in paths]
         rng.shuffle(images)
         n_train, n_val = round(len(images) * p_train), round(len(images) * p_val)
         train += images[:n_train]
@@ -384,6 +404,17 @@ def get_dataset(name: str) -> DatasetSpec:
     raise DatasetError(
         f"unknown dataset {name!r}; registered: {', '.join(DATASETS)} (or 'folder:' / a split file)"
     )
+
+
+def dataset_display_name(dataset: str) -> str:
+    """Readable name of a dataset spec: the registry name; ``folder:<path>`` and split files are named after their
+    folder / file (``folder:/a/flowers`` -> ``flowers``). Not unique: the shard cache adds a hash of the source."""
+    if dataset.startswith("folder:"):
+        folder = dataset[len("folder:") :]
+        return Path(os.path.abspath(folder)).name or folder
+    if dataset.endswith((".json", ".csv")):
+        return Path(dataset).stem
+    return get_dataset(dataset).name
 
 
 def load_dataset(name: str, root: str | Path | None = None) -> DatasetSplits:

@@ -16,6 +16,21 @@ Two modes:
 
 A sample that cannot be decoded is skipped and counted (``loader.skipped``); past ``max_bad_samples`` per
 worker the run stops with :class:`DataError` naming the sample. A missing local shard is a :class:`DataError`.
+
+Integrity checks, each a :class:`DataError` naming the file, shard or sample:
+
+* a shard folder's ``manifest.json`` must be valid (:func:`~scaleprompt.data.shards.read_manifest`);
+* before the first batch, every shard this rank is responsible for is hashed and compared with its manifest
+  sha256 (once per process: cached by path, size and mtime). Eval: the shards the rank reads. Train: the rank's
+  1/world share of the split, so the ranks together hash every shard once (a mismatch on any rank stops the job);
+* when a shard ends, the samples read from it (undecodable ones included) must equal its manifest count: a
+  damaged tar header ends a tar archive early without an error, this check does not let it pass;
+* labels: ``.cls`` must lie in [0, number of classes of the manifest) and agree with the ``.json`` label;
+* an eval pass over a manifest source reads the whole split: an undecodable sample is an error there (the
+  ``max_bad_samples`` budget applies to training and to sources without a manifest), and a pass that read a
+  different number of samples than the manifest's share of the rank is an error.
+
+Sources without a manifest (patterns, lists, ``pipe:``) get only the label agreement check.
 """
 
 from __future__ import annotations
@@ -37,17 +52,12 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import tarfile_samples
 
-from scaleprompt.data.datasets import DatasetError
-from scaleprompt.data.shards import read_manifest
+from scaleprompt.data.shards import DataError, check_shards, read_manifest  # (DataError: torch-free home)
 from scaleprompt.data.transforms import clip_transform
 
 logger = logging.getLogger(__name__)
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm")
-
-
-class DataError(DatasetError):
-    """Shards are missing, or too many samples could not be decoded."""
 
 
 class Batch(NamedTuple):
@@ -63,6 +73,13 @@ class ShardSource:
     urls: list[str]
     classnames: list[str] | None = None
     count: int | None = None  # samples in the split, when known (manifest)
+    shard_dir: str | None = None  # the folder of the manifest, when there is one
+    entries: tuple[dict, ...] | None = None  # the manifest entry (name, count, sha256) of each url
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """url -> samples in that shard (manifest sources; empty otherwise)."""
+        return {u: e["count"] for u, e in zip(self.urls, self.entries or (), strict=False)}
 
 
 def resolve_source(source: str | Path | Sequence[str], split: str = "train") -> ShardSource:
@@ -73,7 +90,8 @@ def resolve_source(source: str | Path | Sequence[str], split: str = "train") -> 
             raise DataError(f"{source} has no {split!r} split (has {sorted(manifest['splits'])})")
         info = manifest["splits"][split]
         urls = [str(Path(source) / s["name"]) for s in info["shards"]]
-        return _checked(ShardSource(urls, manifest["classnames"], info["count"]))
+        src = ShardSource(urls, manifest["classnames"], info["count"], str(source), tuple(info["shards"]))
+        return _checked(src)
     patterns = [str(source)] if isinstance(source, str | Path) else [str(s) for s in source]
     urls = [u for p in patterns for u in (braceexpand.braceexpand(p) if not p.startswith("pipe:") else [p])]
     return _checked(ShardSource(urls))
@@ -93,15 +111,30 @@ def _checked(src: ShardSource) -> ShardSource:
     return src
 
 
-def decode_sample(sample: dict, transform) -> tuple[torch.Tensor, int, str]:
+def sample_label(sample: dict, num_classes: int | None = None) -> int:
+    """The sample's ``.cls`` label, checked: in [0, num_classes) (when known) and equal to the ``.json`` label.
+    An unreadable ``.cls`` / ``.json`` is an undecodable sample (ValueError); a wrong label is a DataError."""
+    label = int(sample["cls"])
+    meta = json.loads(sample["json"]) if "json" in sample else {}
+    where = f"shard {sample.get('__url__', '?')} sample {sample.get('__key__', '?')}"
+    if label < 0 or (num_classes is not None and label >= num_classes):
+        limit = f"[0, {num_classes}) (the manifest's classes)" if num_classes is not None else ">= 0"
+        raise DataError(f"{where}: label {label} is outside {limit}: the shard is corrupt or was changed")
+    if isinstance(meta, dict) and "label" in meta and meta["label"] != label:
+        raise DataError(
+            f"{where}: .cls label {label} disagrees with its .json label {meta['label']!r}: the shard is "
+            "corrupt or was changed"
+        )
+    return label
+
+
+def decode_sample(sample: dict, transform, num_classes: int | None = None) -> tuple[torch.Tensor, int, str]:
     key = next((k for k in IMAGE_KEYS if k in sample), None)
     if key is None:
         raise ValueError(f"no image in sample (keys: {sorted(k for k in sample if not k.startswith('__'))})")
+    label = sample_label(sample, num_classes)
     with Image.open(io.BytesIO(sample[key])) as img:
         image = transform(img.convert("RGB"))
-    label = int(sample["cls"])
-    if "json" in sample:
-        json.loads(sample["json"])  # metadata must parse too
     return image, label, sample["__key__"]
 
 
@@ -109,8 +142,12 @@ class ShardStream(IterableDataset):
     """The per-worker stream: shards for this rank and worker -> samples -> decoded, transformed batches."""
 
     def __init__(self, urls, *, train, batch_size, transform, rank, world_size, seed, shuffle_buffer,
-                 resampled, max_bad_samples, drop_last, epoch) -> None:  # fmt: skip
+                 resampled, max_bad_samples, drop_last, epoch, counts=None, num_classes=None,
+                 strict=False) -> None:  # fmt: skip
         super().__init__()
+        # url -> manifest sample count (checked when the shard ends); classes for the label range; strict: an
+        # undecodable sample is an error (eval over a manifest)
+        self.counts, self.num_classes, self.strict = dict(counts or {}), num_classes, strict
         self.urls, self.train, self.batch_size, self.transform = list(urls), train, batch_size, transform
         self.rank, self.world_size, self.seed, self.shuffle_buffer = rank, world_size, seed, shuffle_buffer
         self.resampled, self.max_bad, self.drop_last, self.epoch = (
@@ -138,9 +175,25 @@ class ShardStream(IterableDataset):
                 )
             yield mine
 
+    def _shard_samples(self, urls) -> Iterator[dict]:
+        """The samples of ``urls``, shard by shard; a shard that ends after a number of samples other than its
+        manifest count is an error (tar readers take a damaged header for the end of the archive)."""
+        for url in urls:
+            n = 0
+            for sample in tarfile_samples([{"url": url}], handler=_shard_error):
+                n += 1
+                yield sample
+            expected = self.counts.get(url)
+            if expected is not None and n != expected:
+                raise DataError(
+                    f"shard {url} is corrupt or was changed: it ended after {n} samples, its manifest entry "
+                    f"says {expected} (a damaged tar header ends the archive early); delete the shard folder "
+                    "to rebuild it"
+                )
+
     def _samples(self, worker: int, num_workers: int) -> Iterator[dict]:
         for n, shards in enumerate(self._passes(worker, num_workers)):
-            samples = tarfile_samples(({"url": u} for u in shards), handler=_shard_error)
+            samples = self._shard_samples(shards)
             if (
                 self.train and self.shuffle_buffer > 1
             ):  # shuffled within a pass: every pass sees each sample once
@@ -157,10 +210,17 @@ class ShardStream(IterableDataset):
         images, labels, keys = [], [], []
         for sample in samples:
             try:
-                image, label, key = decode_sample(sample, self.transform)
+                image, label, key = decode_sample(sample, self.transform, self.num_classes)
+            except DataError:
+                raise
             except Exception as exc:  # noqa: BLE001 - any failure means an undecodable sample
                 bad += 1
                 where = f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
+                if self.strict:
+                    raise DataError(
+                        f"undecodable sample {where} ({type(exc).__name__}: {exc}): an evaluation over a manifest "
+                        "must read every sample of the split; the shard is corrupt or was changed"
+                    ) from exc
                 logger.warning("skipping undecodable sample %s (%s: %s)", where, type(exc).__name__, exc)
                 if bad > self.max_bad:
                     raise DataError(
@@ -232,6 +292,24 @@ class ShardLoader:
         return self.src.classnames
 
     @property
+    def expected_images(self) -> int | None:
+        """Images an eval pass over all ranks must yield (the manifest's split count); None if unknown / train."""
+        return None if self.train else self.src.count
+
+    def _my_urls(self) -> list[str]:
+        """The shards this rank reads in an eval pass (its share of the split in training)."""
+        return self.src.urls[self.rank :: self.world_size]
+
+    def verify(self) -> None:
+        """Hash this rank's shards against the manifest (cached per process); a mismatch is a DataError."""
+        if self.src.entries is not None and self.src.shard_dir is not None:
+            mine = set(self._my_urls())
+            check_shards(
+                self.src.shard_dir,
+                [e for u, e in zip(self.src.urls, self.src.entries, strict=True) if u in mine],
+            )
+
+    @property
     def skipped(self) -> int:
         """Undecodable samples skipped so far (over this rank's workers)."""
         return sum(self._skipped.values())
@@ -245,10 +323,14 @@ class ShardLoader:
         return math_ceil(self.src.count, self.batch_size * self.world_size)
 
     def _make_iter(self, epoch: int) -> Iterator[Batch]:
+        self.verify()
+        has_manifest = self.src.entries is not None
         stream = ShardStream(
             self.src.urls, train=self.train, batch_size=self.batch_size, transform=self.transform,
             rank=self.rank, world_size=self.world_size, seed=self.seed, shuffle_buffer=self.shuffle_buffer,
             resampled=self.resampled, max_bad_samples=self.max_bad, drop_last=self.train, epoch=epoch,
+            counts=self.src.counts, num_classes=len(self.src.classnames) if has_manifest else None,
+            strict=has_manifest and not self.train,
         )  # fmt: skip
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch * 7919 + self.rank)
         loader = DataLoader(
@@ -259,9 +341,18 @@ class ShardLoader:
 
     def __iter__(self) -> Iterator[Batch]:
         if not self.train:
+            seen = 0
             for batch in self._make_iter(0):
                 self._skipped[batch.worker] = batch.skipped
+                seen += len(batch.keys)
                 yield batch
+            counts = self.src.counts
+            expected = sum(counts[u] for u in self._my_urls()) if counts else None
+            if expected is not None and seen != expected:
+                raise DataError(
+                    f"eval pass of rank {self.rank} over {self.src.shard_dir} read {seen} samples, its shards hold "
+                    f"{expected} per the manifest"
+                )
             return
         if self._stream is None:  # one endless stream per run: epochs are slices of it
             self._stream = self._make_iter(0)

@@ -19,6 +19,7 @@ from scaleprompt.config import check_types, require
 from scaleprompt.data.datasets import (
     CROSS_DATASET_TARGETS,
     DG_TARGETS,
+    DatasetError,
     DatasetSplits,
     Datum,
     classnames_of,
@@ -94,6 +95,11 @@ def apply_protocol(ds: DatasetSplits, protocol: Protocol) -> DatasetSplits:
     else:
         val = fewshot(ds.val, protocol.val_shots, rng) if protocol.shots > 0 else list(ds.val)
     reference = train if train else ds.test  # eval-only datasets: classes come from the test split
+    if protocol.subset != "all" and len({d.label for d in reference}) < 2:
+        raise DatasetError(
+            f"base-to-novel needs at least 2 classes (half base, half novel): {ds.name} has "
+            f"{len({d.label for d in reference})} ({', '.join(ds.classnames) or 'none'})"
+        )
     first, train, val, test = subsample_classes(reference, train, val, ds.test, subset=protocol.subset)
     return replace(ds, train=train, val=val, test=test, classnames=classnames_of(first, train, val, test))
 

@@ -6,6 +6,13 @@ label). The writer is deterministic: the same inputs give byte-identical shards 
 sample order, no timestamps). Shards are written to a temporary name and renamed when complete, so an
 interrupted run never leaves a truncated shard that looks finished; running again skips finished shards and
 writes the rest. ``manifest.json`` (class names, counts, protocol, sha256 per shard) is written last.
+
+One writer per folder: :func:`write_shards` holds a :class:`~scaleprompt.locks.DirLock` on ``<out>/.lock`` while it
+writes; a second writer of the same folder waits for the first, then finds its finished manifest and returns it.
+
+Reading checks the manifest: :func:`read_manifest` refuses a damaged or inconsistent ``manifest.json``
+(:class:`DataError` naming the file) and :func:`check_shards` compares each shard's sha256 with its manifest
+entry, hashing a file once per process (cached by path, size and mtime).
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from PIL import Image
 
 from scaleprompt.data.datasets import DatasetError, DatasetSplits, Datum
 from scaleprompt.data.protocols import Protocol, apply_protocol
+from scaleprompt.locks import DirLock
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +43,12 @@ MANIFEST = "manifest.json"
 PLAN = ".plan.json"
 SPLITS = ("train", "val", "test")
 EXT = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png"}
+LOCK = ".lock"
+
+
+class DataError(DatasetError):
+    """Shards or their manifest are missing, damaged or inconsistent, or too many samples could not be decoded
+    (the message names the file, shard or sample)."""
 
 
 @dataclass(frozen=True)
@@ -101,12 +115,52 @@ def write_shard(job: ShardJob) -> dict:
     return shard_entry(out, len(job.items))
 
 
-def shard_entry(path: Path, count: int) -> dict:
+def _sha256_file(path: str | Path) -> str:
+    """The sha256 of a file (the one place shards are hashed)."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
-    return {"name": path.name, "count": count, "sha256": digest.hexdigest()}
+    return digest.hexdigest()
+
+
+def shard_entry(path: Path, count: int) -> dict:
+    return {"name": path.name, "count": count, "sha256": _sha256_file(path)}
+
+
+# absolute path -> (size, mtime_ns, sha256): a file is hashed once per process until its size or mtime changes
+_SHA_CACHE: dict[str, tuple[int, int, str]] = {}
+
+
+def cached_sha256(path: str | Path) -> str:
+    """``sha256`` of ``path``, remembered in this process by (path, size, mtime_ns)."""
+    key = os.path.abspath(path)
+    st = os.stat(key)
+    hit = _SHA_CACHE.get(key)
+    if hit is not None and hit[:2] == (st.st_size, st.st_mtime_ns):
+        return hit[2]
+    digest = _sha256_file(key)
+    _SHA_CACHE[key] = (
+        st.st_size,
+        st.st_mtime_ns,
+        digest,
+    )  # (the stat from before hashing: a change re-hashes)
+    return digest
+
+
+def check_shards(shard_dir: str | Path, entries: list[dict]) -> None:
+    """Each shard of ``entries`` (manifest entries) exists and has its manifest sha256, else :class:`DataError`."""
+    for entry in entries:
+        path = Path(shard_dir) / entry["name"]
+        if not path.is_file():
+            raise DataError(f"shard not found: {path} (listed in {Path(shard_dir) / MANIFEST})")
+        got = cached_sha256(path)
+        if got != entry["sha256"]:
+            raise DataError(
+                f"shard {path} is corrupt or was changed after it was written: its sha256 {got[:16]}... differs "
+                f"from {entry['sha256'][:16]}... in {Path(shard_dir) / MANIFEST}; delete the shard folder to "
+                "rebuild it"
+            )
 
 
 def plan_shards(
@@ -134,12 +188,35 @@ def write_shards(
     max_image_size: int | None = None,
     overwrite: bool = False,
 ) -> dict:
-    """Write the shards of ``ds`` (after ``protocol``, if given) to ``out_dir``; returns the manifest."""
+    """Write the shards of ``ds`` (after ``protocol``, if given) to ``out_dir``; returns the manifest.
+
+    Holds the folder's lock (``<out_dir>/.lock``) while writing: a concurrent writer of the same folder waits, then
+    returns the manifest the first one finished (nothing is rewritten when the folder is complete)."""
     if shard_size < 1 or min_shards < 1 or processes < 1:
         raise ValueError("shard_size, min_shards and processes must be >= 1")
+    out = Path(out_dir)
+    with DirLock(out / LOCK, f"shard folder {out}").acquire(wait=True):
+        return write_shards_locked(
+            ds, out, protocol, splits=splits, shard_size=shard_size, min_shards=min_shards,
+            processes=processes, max_image_size=max_image_size, overwrite=overwrite,
+        )  # fmt: skip
+
+
+def write_shards_locked(
+    ds: DatasetSplits,
+    out: Path,
+    protocol: Protocol | None,
+    *,
+    splits: tuple[str, ...],
+    shard_size: int,
+    min_shards: int,
+    processes: int,
+    max_image_size: int | None,
+    overwrite: bool,
+) -> dict:
+    """:func:`write_shards` for a caller that already holds ``<out>/.lock``."""
     if protocol is not None:
         ds = apply_protocol(ds, protocol)
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     jobs: list[ShardJob] = []
     layout: dict[str, list[tuple[str, int]]] = {}
@@ -162,7 +239,11 @@ def write_shards(
         "shards": {Path(j.path).name: _fingerprint(j.items) for j in jobs},
     }
     _check_plan(out, plan, overwrite)
-    for stale in out.glob(".*.tmp-*"):  # left by a killed run
+    finished = finished_manifest(out, layout)
+    if finished is not None:  # the same plan, complete (e.g. by a writer this one waited for)
+        logger.info("%s already holds these shards: reusing them", out)
+        return finished
+    for stale in out.glob(".*.tmp-*"):  # left by a killed run (safe: only the lock holder writes here)
         stale.unlink()
     todo = [j for j in jobs if not Path(j.path).exists()]
     done = {Path(j.path).name: shard_entry(Path(j.path), len(j.items)) for j in jobs if Path(j.path).exists()}
@@ -193,6 +274,24 @@ def write_shards(
     logger.info(
         "wrote %d shards (%s) to %s", len(jobs), ", ".join(f"{s}: {len(v)}" for s, v in layout.items()), out
     )
+    return manifest
+
+
+def finished_manifest(out: Path, layout: dict[str, list[tuple[str, int]]] | None = None) -> dict | None:
+    """The manifest of ``out`` if the folder is complete: a valid manifest (of ``layout``: split -> [(shard name,
+    count)], when given) whose shards all exist; else None (damaged manifests are logged). Hashes nothing."""
+    if not (out / MANIFEST).is_file():
+        return None
+    try:
+        manifest = read_manifest(out)
+    except DataError as exc:
+        logger.warning("%s: rewriting it", exc)
+        return None
+    have = {s: [(e["name"], e["count"]) for e in v["shards"]] for s, v in manifest["splits"].items()}
+    if layout is not None and have != layout:
+        return None
+    if not all((out / name).is_file() for shards in have.values() for name, _ in shards):
+        return None
     return manifest
 
 
@@ -243,13 +342,64 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 def read_manifest(shard_dir: str | Path) -> dict:
+    """The folder's ``manifest.json``, checked: valid JSON, the required fields, split counts = shard counts."""
     path = Path(shard_dir) / MANIFEST
     if not path.is_file():
-        raise DatasetError(f"no {MANIFEST} in {shard_dir}: not a finished scaleprompt shard folder")
-    manifest = json.loads(path.read_text())
-    if manifest.get("format") != FORMAT:
-        raise DatasetError(f"{path} is not a scaleprompt shard manifest (format={manifest.get('format')!r})")
+        raise DataError(f"no {MANIFEST} in {shard_dir}: not a finished scaleprompt shard folder")
+    try:
+        manifest = json.loads(path.read_text())
+    except ValueError as exc:  # (UnicodeDecodeError included)
+        raise DataError(
+            f"{path} is damaged (truncated or not JSON: {exc}); delete the shard folder to rebuild it"
+        ) from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise DataError(f"{path} is not a scaleprompt shard manifest (format={found!r})")
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise DataError(
+            f"{path} is damaged or inconsistent: {problem}; delete the shard folder to rebuild it"
+        )
     return manifest
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _manifest_problem(manifest: dict) -> str | None:
+    """What is wrong with a manifest's structure, or None."""
+    names = manifest.get("classnames")
+    if not isinstance(names, list) or not all(isinstance(c, str) for c in names):
+        return "'classnames' is missing or not a list of names"
+    splits = manifest.get("splits")
+    if not isinstance(splits, dict):
+        return "'splits' is missing or not a mapping"
+    for split, info in splits.items():
+        if (
+            not isinstance(info, dict)
+            or not _is_count(info.get("count"))
+            or not isinstance(info.get("shards"), list)
+        ):
+            return f"split {split!r} lacks 'count' or 'shards'"
+        for i, entry in enumerate(info["shards"]):
+            if not (
+                isinstance(entry, dict) and isinstance(entry.get("name"), str) and _is_count(entry.get("count"))
+                and isinstance(entry.get("sha256"), str) and len(entry["sha256"]) == 64
+            ):  # fmt: skip
+                return f"split {split!r} shard #{i} lacks 'name', 'count' or 'sha256'"
+            if entry["name"] != Path(entry["name"]).name or entry["name"] in ("", ".", ".."):
+                return f"split {split!r} shard name {entry['name']!r} is not a file name"
+        total = sum(e["count"] for e in info["shards"])
+        if total != info["count"]:
+            return f"split {split!r} has count {info['count']} but its shards hold {total}"
+        counts = info.get("class_counts")
+        if counts is not None and (
+            not isinstance(counts, list) or len(counts) != len(names) or not all(_is_count(c) for c in counts)
+            or sum(counts) != info["count"]
+        ):  # fmt: skip
+            return f"split {split!r} class_counts do not match its count and {len(names)} classes"
+    return None
 
 
 def verify_shards(shard_dir: str | Path) -> list[str]:
@@ -259,6 +409,6 @@ def verify_shards(shard_dir: str | Path) -> list[str]:
     for split in manifest["splits"].values():
         for entry in split["shards"]:
             path = Path(shard_dir) / entry["name"]
-            if not path.is_file() or shard_entry(path, entry["count"])["sha256"] != entry["sha256"]:
+            if not path.is_file() or _sha256_file(path) != entry["sha256"]:
                 bad.append(entry["name"])
     return bad

@@ -1,11 +1,22 @@
-"""Crash-safe DeepSpeed engine checkpoints.
+"""Crash-safe engine checkpoints that never execute code when loaded.
 
-``engine.save_checkpoint`` writes ``<root>/<tag>/`` (prompts, optimizer, scheduler via client state, RNG and the
-data position), frozen backbone weights excluded. Only after every rank has finished does rank 0 write
-``<tag>/COMPLETE.json`` (sha256 of every file) and then atomically replace ``<root>/latest.json``. A crash at any
-point leaves either the previous checkpoint as ``latest`` or a tag folder without ``COMPLETE.json``, which is never
-loaded (and is removed by the next save). Loading checks the hashes and that the checkpoint belongs to this run
-(method, method config, classes); a mismatch or a corrupt file is a :class:`CheckpointError` naming it.
+One checkpoint is a folder ``<root>/<tag>/`` holding:
+
+* DeepSpeed's files (the prompts, optimizer state and step counters of every rank; frozen backbone excluded);
+  read back with ``torch.load(weights_only=True)`` and an allow-list of the few plain DeepSpeed types they hold
+  (:func:`safe_checkpoint_engine`), so a crafted file is refused, never executed;
+* ``run_state.json``: everything else the run needs to continue and to write the same ``results.json`` (step,
+  data position, history, best epoch, zero-shot numbers, identity, recorded config changes);
+* ``best_prompts.safetensors``: the best-validation prompts so far; ``rng_rank<r>.json``: each rank's RNG states;
+* ``COMPLETE.json``: the sha256 of every file above and the run identity, written last.
+
+A save is atomic as a whole: every rank writes into a fresh hidden folder ``.partial-<tag>-<nonce>``; rank 0 adds
+its files, hashes everything, writes ``COMPLETE.json``, renames the folder to its final name and only then
+atomically replaces ``latest.json``. A complete checkpoint is never rewritten: saving a tag that already exists
+complete picks a new name (``<tag>.1``). A crash at any point leaves the previous checkpoints untouched and at most
+a hidden partial folder, which is never loaded and is removed by the next save. A failed save (disk full) removes
+its partial folder and raises :class:`CheckpointError` on every rank. Rank 0 hashes every rank's files: the
+checkpoint folder must be on a file system all ranks share.
 """
 
 from __future__ import annotations
@@ -16,24 +27,32 @@ import logging
 import os
 import random
 import shutil
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from scaleprompt.engine.distributed import barrier
+from scaleprompt.engine.distributed import broadcast_object, run_everywhere
 from scaleprompt.errors import ScalepromptError
+from scaleprompt.failpoints import failpoint
 
 logger = logging.getLogger(__name__)
 LATEST = "latest.json"
 COMPLETE = "COMPLETE.json"
+STATE = "run_state.json"
+BEST = "best_prompts.safetensors"
+PARTIAL = ".partial-"
+FORMAT = "scaleprompt.checkpoint/2"
 
 
 class CheckpointError(ScalepromptError, RuntimeError):
-    """A checkpoint is missing, incomplete, corrupt, or belongs to another run."""
+    """A checkpoint is missing, incomplete, corrupt, unsafe, or belongs to another run."""
 
 
+# --- small file helpers ------------------------------------------------------------------------------------------
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -42,76 +61,230 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _atomic_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as fh:
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    with open(path, "w") as fh:
         json.dump(data, fh, indent=1, sort_keys=True)
         fh.flush()
         os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
+def atomic_json(path: Path, data: Any) -> None:
+    """Write JSON to ``path`` atomically (temporary file, fsync, rename)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        _write_json(tmp, data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{what} missing: {path}") from None
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{what} is corrupt: {path} ({exc})") from None
+
+
+# --- RNG states as JSON (no pickle) ------------------------------------------------------------------------------
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Python, numpy, torch (and CUDA) RNG states of this process as plain JSON values."""
+    version, words, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": [version, list(words), gauss],
+        "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state().tolist(),
+    }
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
+    version, words, gauss = state["python"]
+    random.setstate((version, tuple(words), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+
+
+# --- weights-only loading of DeepSpeed's files -------------------------------------------------------------------
+def deepspeed_safe_globals() -> list[Any]:
+    """The non-tensor types DeepSpeed (0.19) pickles into its checkpoint files: plain records, no behaviour."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+def safe_torch_load(path: str | Path, map_location: Any = "cpu") -> Any:
+    """``torch.load`` that only rebuilds tensors, plain containers and the allow-listed DeepSpeed records.
+    Anything else (a crafted pickle calling ``os.system``, any class) is refused with a CheckpointError."""
+    import pickle
+
+    try:
+        with torch.serialization.safe_globals(deepspeed_safe_globals()):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"refusing to load {path}: it holds objects outside tensors and plain types ({reason})"
+        ) from None
+    except (RuntimeError, OSError, EOFError, ValueError) as exc:
+        raise CheckpointError(f"cannot read checkpoint file {path}: {exc}") from None
+
+
+def safe_checkpoint_engine(config: Any = None):
+    """A DeepSpeed checkpoint engine whose ``load`` is :func:`safe_torch_load` (saving is unchanged)."""
+    from deepspeed.runtime.checkpoint_engine import TorchCheckpointEngine
+
+    class WeightsOnlyCheckpointEngine(TorchCheckpointEngine):
+        def load(self, path: str, map_location=None):
+            return safe_torch_load(path, map_location=map_location if map_location is not None else "cpu")
+
+    return WeightsOnlyCheckpointEngine(config)
+
+
+# --- the manager -------------------------------------------------------------------------------------------------
+@dataclass
+class Loaded:
+    tag: str
+    state: dict[str, Any]  # run_state.json
+    best_prompts: dict[str, torch.Tensor] | None
+    rng: dict[str, Any] | None  # this rank's RNG states (None if the checkpoint has none for this rank)
 
 
 class CheckpointManager:
-    def __init__(self, root: str | Path, keep: int = 2, is_main: bool = True) -> None:
-        self.root, self.keep, self.is_main = Path(root), keep, is_main
+    def __init__(self, root: str | Path, keep: int = 2, rank: int = 0) -> None:
+        self.root, self.keep, self.rank = Path(root), keep, rank
 
-    def save(self, engine, tag: str, client_state: dict[str, Any]) -> Path:
-        """Save on every rank (collective), then mark complete and point ``latest`` at it."""
-        engine.save_checkpoint(
-            str(self.root),
-            tag=tag,
-            client_state=client_state,
-            save_latest=False,
-            exclude_frozen_parameters=True,
-        )
-        barrier()
-        folder = self.root / tag
-        if self.is_main:
-            files = {str(p.relative_to(folder)): _sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
-            identity = client_state.get("identity")
-            _atomic_json(folder / COMPLETE, {"tag": tag, "files": files, "identity": identity})
-            _atomic_json(self.root / LATEST, {"tag": tag})
-            self._prune(tag)
-        barrier()
-        logger.info("checkpoint %s saved", folder)
-        return folder
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    # saving --------------------------------------------------------------------------------------------------
+    def save(self, engine, tag: str, state: dict[str, Any], best_prompts: dict[str, torch.Tensor] | None,
+             identity: dict[str, Any]) -> Path:  # fmt: skip
+        """Collective: write ``tag`` on every rank, then (rank 0) hash, mark complete, rename, point latest."""
+        partial = self.root / broadcast_object(f"{PARTIAL}{tag}-{uuid.uuid4().hex[:8]}" if self.is_main else None)
+
+        def write_rank_files() -> None:
+            self.root.mkdir(parents=True, exist_ok=True)
+            engine.save_checkpoint(str(self.root), tag=partial.name, client_state={}, save_latest=False,
+                                   exclude_frozen_parameters=True)  # fmt: skip
+            _write_json(partial / f"rng_rank{self.rank}.json", rng_state())
+
+        def complete() -> Path:
+            if not self.is_main:
+                return partial
+            failpoint("checkpoint.files_written")
+            final = self._free_name(tag)
+            if best_prompts:
+                from safetensors.torch import save_file
+
+                save_file({k: v.contiguous() for k, v in best_prompts.items()}, str(partial / BEST))
+            _write_json(partial / STATE, {**state, "format": FORMAT, "tag": final.name})
+            files = {str(p.relative_to(partial)): _sha256(p) for p in sorted(partial.rglob("*")) if p.is_file()}
+            _write_json(partial / COMPLETE, {"tag": final.name, "files": files, "identity": identity})
+            _fsync_dir(partial)
+            failpoint("checkpoint.marked_complete")
+            os.rename(partial, final)
+            _fsync_dir(self.root)
+            failpoint("checkpoint.renamed")
+            atomic_json(self.root / LATEST, {"tag": final.name})
+            failpoint("checkpoint.latest_updated")
+            self._prune(final.name)
+            return final
+
+        try:
+            run_everywhere(write_rank_files)
+            final = broadcast_object(run_everywhere(complete))
+        except Exception as exc:
+            if self.is_main:
+                shutil.rmtree(partial, ignore_errors=True)
+            if isinstance(exc, CheckpointError):
+                raise
+            free = shutil.disk_usage(self.root).free if self.root.exists() else 0
+            raise CheckpointError(
+                f"cannot write checkpoint {tag} to {self.root} ({free / 2**20:.0f} MiB free): "
+                f"{type(exc).__name__}: {exc}; the previous checkpoints are intact"
+            ) from exc
+        logger.info("checkpoint %s saved", final)
+        return Path(final)
+
+    def _free_name(self, tag: str) -> Path:
+        """``<root>/<tag>``, or ``<tag>.<k>`` if a checkpoint of that name exists (never overwritten)."""
+        candidate, k = self.root / tag, 0
+        while candidate.exists():
+            k += 1
+            candidate = self.root / f"{tag}.{k}"
+        return candidate
 
     def _prune(self, newest: str) -> None:
-        complete = sorted(
-            (p for p in self.root.iterdir() if p.is_dir() and (p / COMPLETE).is_file()),
-            key=lambda p: p.stat().st_mtime,
-        )
+        complete = self.complete_tags()
         for old in complete[: -self.keep]:
-            if old.name != newest:
-                shutil.rmtree(old, ignore_errors=True)
-        for partial in (p for p in self.root.iterdir() if p.is_dir() and not (p / COMPLETE).is_file()):
-            shutil.rmtree(partial, ignore_errors=True)  # a save that crashed before completing
+            if old != newest:
+                shutil.rmtree(self.root / old, ignore_errors=True)
+        for p in self.root.iterdir():  # saves that crashed before completing (one writer per run folder)
+            if p.is_dir() and p.name != newest and not (p / COMPLETE).is_file():
+                shutil.rmtree(p, ignore_errors=True)
+
+    # finding and loading ---------------------------------------------------------------------------------------
+    def complete_tags(self) -> list[str]:
+        """Complete checkpoints, oldest first (by the save counter recorded in their state)."""
+        if not self.root.is_dir():
+            return []
+        tags = [p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")
+                and (p / COMPLETE).is_file()]  # fmt: skip
+
+        def order(tag: str) -> tuple[int, int, str]:
+            try:
+                state = json.loads((self.root / tag / STATE).read_text())
+                return int(state.get("save_index", -1)), int(state.get("global_step", -1)), tag
+            except (OSError, ValueError):
+                return -1, -1, tag
+
+        return sorted(tags, key=order)
 
     def latest(self) -> str | None:
-        """The tag of the newest complete checkpoint, verified; None if there is none."""
+        """The tag of the newest complete checkpoint, verified (hashes); None if there is none.
+
+        ``latest.json`` names it. A newer complete checkpoint than the pointer's (a crash between the rename and
+        the pointer update) is preferred; a pointer naming an incomplete or missing checkpoint is an error."""
+        complete = self.complete_tags()
         pointer = self.root / LATEST
-        if not pointer.is_file():
+        named = None
+        if pointer.is_file():
+            try:
+                named = str(json.loads(pointer.read_text())["tag"])
+            except (OSError, ValueError, KeyError, TypeError):
+                logger.warning("%s is unreadable: using the newest complete checkpoint", pointer)
+        if named is not None and named not in complete:
+            self.verify(named)  # raises, naming what is wrong with it
+        if not complete:
             return None
+        tag = complete[-1]
+        if named is not None and named != tag:
+            logger.warning("%s names %s, but %s is newer and complete: resuming from it", pointer, named, tag)
         try:
-            tag = json.loads(pointer.read_text())["tag"]
-        except (ValueError, KeyError) as exc:
-            raise CheckpointError(f"{pointer} is corrupt: {exc}") from exc
-        self.verify(tag)
+            self.verify(tag)
+        except CheckpointError as exc:
+            older = complete[:-1]
+            hint = f"; an older complete checkpoint exists ({older[-1]}): remove {self.root / tag} to resume from it"
+            raise CheckpointError(f"{exc}{hint if older else ''}") from None
         return tag
 
     def verify(self, tag: str) -> None:
@@ -119,7 +292,9 @@ class CheckpointManager:
         marker = folder / COMPLETE
         if not marker.is_file():
             raise CheckpointError(f"checkpoint {folder} is incomplete or missing (no {COMPLETE})")
-        files = json.loads(marker.read_text())["files"]
+        files = _read_json(marker, "checkpoint marker").get("files")
+        if not isinstance(files, dict) or STATE not in files:
+            raise CheckpointError(f"{marker} does not list the checkpoint's files: not a {FORMAT} checkpoint")
         for name, digest in files.items():
             path = folder / name
             if not path.is_file():
@@ -127,17 +302,28 @@ class CheckpointManager:
             if _sha256(path) != digest:
                 raise CheckpointError(f"checkpoint file corrupt (sha256 mismatch): {path}")
 
-    def load(self, engine, tag: str, expect: dict[str, Any]) -> dict[str, Any]:
-        """Load ``tag`` into ``engine``; returns the client state. ``expect`` must match the saved run identity."""
-        self.verify(tag)
-        saved = json.loads((self.root / tag / COMPLETE).read_text()).get("identity")
-        if saved != expect:
-            diff = sorted(k for k in set(expect) | set(saved or {}) if (saved or {}).get(k) != expect.get(k))
-            raise CheckpointError(f"checkpoint {self.root / tag} belongs to another run (differs in: {diff})")
-        path, client_state = engine.load_checkpoint(
-            str(self.root), tag=tag, load_module_strict=False, load_optimizer_states=True,
-            load_lr_scheduler_states=False,
-        )  # fmt: skip
-        if path is None or client_state is None:
-            raise CheckpointError(f"DeepSpeed could not load checkpoint {self.root / tag}")
-        return client_state
+    def read(self, tag: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(run state, identity) of a verified checkpoint, without touching DeepSpeed."""
+        folder = self.root / tag
+        return _read_json(folder / STATE, "checkpoint state"), _read_json(folder / COMPLETE, "marker")["identity"]
+
+    def load(self, engine, tag: str) -> Loaded:
+        """Load ``tag`` into ``engine`` (weights-only) and return our own state, best prompts and RNG."""
+        folder = self.root / tag
+        state, _ = self.read(tag)
+        if engine is not None:
+            engine.checkpoint_engine = safe_checkpoint_engine(getattr(engine, "_config", None))
+            path, _ = engine.load_checkpoint(
+                str(self.root), tag=tag, load_module_strict=False, load_optimizer_states=True,
+                load_lr_scheduler_states=False,
+            )  # fmt: skip
+            if path is None:
+                raise CheckpointError(f"DeepSpeed could not load checkpoint {folder}")
+        best = None
+        if (folder / BEST).is_file():
+            from safetensors.torch import load_file
+
+            best = load_file(str(folder / BEST))
+        rng_file = folder / f"rng_rank{self.rank}.json"
+        rng = _read_json(rng_file, "RNG state") if rng_file.is_file() else None
+        return Loaded(tag, state, best, rng)

@@ -8,6 +8,7 @@ dataclasses validate their values in ``__post_init__`` (errors name the field). 
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -149,6 +150,15 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
+    def __post_init__(self) -> None:
+        from scaleprompt.methods import method_class
+
+        if self.optim.epochs == 0 and method_class(self.method.name).trains:
+            raise ConfigError(
+                f"optim.epochs: 0 trains nothing; {self.method.name} needs >= 1 epoch "
+                "(for zero-shot CLIP use method.name=zsclip or eval.zero_shot_baseline=true)"
+            )
+
     def to_dict(self) -> dict[str, Any]:
         return {k: to_dict(getattr(self, k)) for k in ("model", "method", "data", "optim", "eval", "train")}
 
@@ -161,7 +171,13 @@ def load_run_config(recipe: str | Path | None = None, overrides: Sequence[str] =
         path = Path(recipe)
         if not path.is_file():
             raise ConfigError(f"recipe not found: {path}")
-        layers.append(OmegaConf.create(yaml.safe_load(path.read_text()) or {}))
+        try:
+            recipe_data = yaml.safe_load(path.read_text()) or {}
+        except (yaml.YAMLError, OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: not a readable YAML recipe: {' '.join(str(exc).split())}") from None
+        if not isinstance(recipe_data, dict):
+            raise ConfigError(f"{path}: a recipe is a mapping of sections (model, method, data, ...)")
+        layers.append(OmegaConf.create(recipe_data))
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not key=value")
@@ -186,3 +202,45 @@ def load_run_config(recipe: str | Path | None = None, overrides: Sequence[str] =
         key = getattr(exc, "full_key", None)
         message = str(exc).splitlines()[0]
         raise ConfigError(message if not key or message.startswith(key) else f"{key}: {message}") from None
+
+
+def describe_validation_error(exc: Any, prefix: str = "") -> str:
+    """A pydantic ValidationError (DeepSpeed's config models) as one line: ``field.path: problem (got X)``."""
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(x) for x in err.get("loc", ()))
+        got = f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else ""
+        parts.append(f"{prefix}{where}: {err.get('msg', 'invalid')}{got}")
+    return "; ".join(parts) or str(exc)
+
+
+def check_ds_config(data: Any, source: str) -> dict[str, Any]:
+    """Validate the parts of a DeepSpeed JSON that DeepSpeed would only reject deep inside ``initialize`` with a
+    pydantic traceback (the ZeRO section); returns ``data``. Errors name the file and the field."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: a DeepSpeed config is a JSON object, got {type(data).__name__}")
+    zero = data.get("zero_optimization", {})
+    if not isinstance(zero, dict):
+        raise ConfigError(f"{source}: zero_optimization must be an object, got {zero!r}")
+    from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
+    from pydantic import ValidationError
+
+    try:
+        DeepSpeedZeroConfig(**zero)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {describe_validation_error(exc, 'zero_optimization.')}") from None
+    return data
+
+
+def load_ds_config(path: str | Path) -> dict[str, Any]:
+    """Read and check a DeepSpeed JSON (``--ds``); errors name the file, line or field."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--ds: DeepSpeed config not found: {path}")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--ds: cannot read {path}: {exc}") from None
+    return check_ds_config(data, str(path))

@@ -14,15 +14,20 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
+
+from scaleprompt.errors import reported_elsewhere
 
 if not torch.cuda.is_available():  # before deepspeed is imported: no accelerator probing warnings on CPU
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 logger = logging.getLogger(__name__)
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,41 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def run_on_main(fn: Callable[[], T]) -> T:
+    """``fn()`` on rank 0 only; its result, or the exception it raised, on every rank (so an error on rank 0,
+    e.g. a locked output folder or a bad dataset, stops every rank with the same message instead of leaving the
+    others waiting at the next barrier)."""
+    outcome: tuple[str, Any] = ("ok", None)
+    if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
+        try:
+            outcome = ("ok", fn())
+        except Exception as exc:  # noqa: BLE001 - re-raised on every rank below
+            outcome = ("error", exc)
+    kind, value = broadcast_object(outcome)
+    if kind == "error":
+        if torch.distributed.get_rank() != 0:
+            reported_elsewhere(value)
+        raise value
+    return value
+
+
+def run_everywhere(fn: Callable[[], T]) -> T:
+    """``fn()`` on every rank; if it raised on ANY rank, every rank raises (the first failing rank's error)."""
+    try:
+        outcome: tuple[str, Any] = ("ok", fn())
+    except Exception as exc:  # noqa: BLE001 - re-raised on every rank below
+        outcome = ("error", exc)
+    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        everyone: list[Any] = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(everyone, outcome[0] == "error" and outcome[1] or None)
+        failed = next((e for e in everyone if e is not None), None)
+        if failed is not None and outcome[0] == "ok":
+            raise reported_elsewhere(failed)
+    if outcome[0] == "error":
+        raise outcome[1]
+    return outcome[1]
+
+
 def broadcast_object(obj):
     """Rank 0's ``obj`` on every rank."""
     if not (torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1):
@@ -102,3 +142,4 @@ def broadcast_object(obj):
     box = [obj]
     torch.distributed.broadcast_object_list(box, src=0)
     return box[0]
+

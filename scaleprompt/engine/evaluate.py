@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import Tensor
 
+from scaleprompt.data.shards import DataError
 from scaleprompt.engine.distributed import all_reduce_sum
 
 
@@ -28,10 +29,19 @@ def accuracy_from_counts(correct: Tensor, total: Tensor) -> dict[str, float]:
 
 @torch.no_grad()
 def evaluate(
-    logits_fn: Callable[[Tensor], Tensor], batches: Iterable, num_classes: int, device
+    logits_fn: Callable[[Tensor], Tensor],
+    batches: Iterable,
+    num_classes: int,
+    device,
+    expected_images: int | None = None,
 ) -> dict[str, float]:
     """Accuracy of ``logits_fn`` over ``batches`` of (images, labels, ...); counts are summed over ranks, so
-    every rank returns the accuracy over the whole (rank-split) evaluation set."""
+    every rank returns the accuracy over the whole (rank-split) evaluation set. The result's ``images`` is the
+    number of images evaluated over all ranks; it must equal ``expected_images`` (default: the loader's
+    ``expected_images``, i.e. the manifest count of an eval :class:`~scaleprompt.data.loader.ShardLoader`), else
+    :class:`~scaleprompt.data.shards.DataError` (on every rank: the check follows the all-reduce)."""
+    if expected_images is None:
+        expected_images = getattr(batches, "expected_images", None)
     correct = torch.zeros(num_classes, dtype=torch.long)
     total = torch.zeros(num_classes, dtype=torch.long)
     for batch in batches:
@@ -40,4 +50,12 @@ def evaluate(
         correct += c
         total += t
     counts = all_reduce_sum(torch.stack([correct, total]).to(device)).cpu()
-    return accuracy_from_counts(counts[0], counts[1])
+    result = accuracy_from_counts(counts[0], counts[1])
+    if expected_images is not None and result["images"] != expected_images:
+        source = getattr(getattr(batches, "src", None), "shard_dir", None)
+        raise DataError(
+            f"evaluation read {result['images']} images over all ranks, the split holds {expected_images}"
+            + (f" (manifest of {source})" if source else "")
+            + ": shards are missing samples or were changed"
+        )
+    return result

@@ -706,6 +706,13 @@ def write_tables(rows: Sequence[Row], out_dir: str | Path) -> dict[str, tuple[Pa
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Errors (an unreadable results.json, no rows, an unwritable folder) are one line, exit code 2."""
+    from scaleprompt.errors import run_entry_point
+
+    return run_entry_point(_main, argv, prog="scaleprompt results")
+
+
+def _main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m scaleprompt.engine.results",
         description="Aggregate run results (results.json) over seeds into paper-style markdown / CSV tables.",
@@ -734,11 +741,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs = load_runs(args.runs)
         rows = aggregate(runs, args.selection, args.metric)
     except (ValueError, OSError) as exc:
-        logger.error("error: %s", exc)
-        return 1
+        raise exc if isinstance(exc, ResultsError) else ResultsError(str(exc)) from None
     if not rows:
-        logger.error("error: none of the %d runs has %r results", len(runs), args.selection)
-        return 1
+        raise ResultsError(f"none of the {len(runs)} runs has {args.selection!r} results")
     logger.info("%d runs -> %d rows (selection: %s)", len(runs), len(rows), SELECTION_LABELS[args.selection])
     for setting in SETTINGS:
         if any(r.setting == setting for r in rows):
@@ -747,8 +752,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             written = write_tables(rows, args.out_dir)
         except OSError as exc:
-            logger.error("error: cannot write the tables: %s", exc)
-            return 1
+            raise ResultsError(f"cannot write the tables to {args.out_dir}: {exc}") from None
         for md_path, csv_path in written.values():
             logger.info("wrote %s and %s", md_path, csv_path)
     return 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import json
 import logging
 import math
@@ -26,15 +27,20 @@ from tqdm import tqdm
 
 from scaleprompt.backbone import load_clip
 from scaleprompt.config import ConfigError, to_dict
-from scaleprompt.data.datasets import get_dataset, load_dataset
+from scaleprompt.data.cache import ensure_shards
+from scaleprompt.data.datasets import get_dataset
 from scaleprompt.data.loader import ShardLoader
 from scaleprompt.data.protocols import Protocol, harmonic_mean
-from scaleprompt.data.shards import read_manifest, write_shards
+from scaleprompt.data.shards import read_manifest
 from scaleprompt.data.templates import dataset_template
-from scaleprompt.engine.checkpoint import CheckpointError, CheckpointManager, rng_state, set_rng_state
-from scaleprompt.engine.config import OptimConfig, RunConfig
-from scaleprompt.engine.distributed import DistInfo, barrier, broadcast_object, init_distributed
+from scaleprompt.engine.checkpoint import CheckpointError, CheckpointManager, atomic_json, set_rng_state
+from scaleprompt.engine.config import OptimConfig, RunConfig, describe_validation_error
+from scaleprompt.engine.distributed import DistInfo, barrier, broadcast_object, init_distributed, run_on_main
 from scaleprompt.engine.evaluate import evaluate
+from scaleprompt.engine.identity import compare, run_identity
+from scaleprompt.engine.progress import RunProgress
+from scaleprompt.failpoints import failpoint
+from scaleprompt.locks import DirLock
 from scaleprompt.methods import build, save_prompts
 from scaleprompt.methods.base import FixedTextConfig, PromptMethod
 
@@ -103,18 +109,6 @@ class ShardSet:
     novel: str | None = None  # base-to-novel: shards whose test split holds the novel classes
 
 
-def _ensure_shards(cfg: RunConfig, dist: DistInfo, dataset: str, subset: str, splits: tuple[str, ...]) -> str:
-    protocol = Protocol(shots=cfg.data.shots, seed=cfg.train.seed, subset=subset)
-    out = Path(cfg.data.cache_dir) / f"{dataset_name(dataset)}-{protocol.tag()}-{'-'.join(splits)}"
-    if dist.is_main and not (out / "manifest.json").is_file():
-        ds = load_dataset(dataset, cfg.data.root)
-        write_shards(
-            ds, out, protocol, splits=splits, shard_size=cfg.data.shard_size, min_shards=cfg.data.min_shards
-        )
-    barrier()
-    return str(out)
-
-
 def dataset_name(dataset: str) -> str:
     """Registry name of a dataset spec (``folder:<path>`` and split files are named after their folder/file)."""
     if dataset.startswith("folder:"):
@@ -124,31 +118,88 @@ def dataset_name(dataset: str) -> str:
     return get_dataset(dataset).name
 
 
-def prepare_shards(cfg: RunConfig, dist: DistInfo) -> ShardSet:
+def cached_shards(cfg: RunConfig, dataset: str, root: str | None, protocol: Protocol, splits: tuple[str, ...]) -> str:
+    """The shard folder of ``dataset`` after ``protocol``, written on rank 0 if the cache has none (see
+    :mod:`scaleprompt.data.cache`: keyed by the resolved source, its listing and the protocol)."""
+    def build() -> str:
+        return str(ensure_shards(dataset, root, protocol, splits, cfg.data.cache_dir,
+                                 shard_size=cfg.data.shard_size, min_shards=cfg.data.min_shards))  # fmt: skip
+
+    return run_on_main(build)
+
+
+def prepare_shards(cfg: RunConfig, dist: DistInfo | None = None) -> ShardSet:
+    """The run's shards: given (``data.shards``) or built in the cache (rank 0; every rank gets the folders)."""
     base2new = cfg.eval.setting == "base2new"
     if cfg.data.shards:
         if base2new:
             raise ConfigError("data.shards: base-to-novel builds its base and novel shards itself; unset it")
         return ShardSet(cfg.data.shards)
-    train = _ensure_shards(
-        cfg, dist, cfg.data.dataset, "base" if base2new else "all", ("train", "val", "test")
-    )
-    novel = _ensure_shards(cfg, dist, cfg.data.dataset, "new", ("test",)) if base2new else None
+    protocol = Protocol(shots=cfg.data.shots, seed=cfg.train.seed, subset="base" if base2new else "all")
+    train = cached_shards(cfg, cfg.data.dataset, cfg.data.root, protocol, ("train", "val", "test"))
+    novel = None
+    if base2new:
+        novel_protocol = Protocol(shots=cfg.data.shots, seed=cfg.train.seed, subset="new")
+        novel = cached_shards(cfg, cfg.data.dataset, cfg.data.root, novel_protocol, ("test",))
     return ShardSet(train, novel)
+
+
+def shard_fingerprint(*folders: str | None) -> str:
+    """sha256 over the manifests' class names and shard hashes: the exact data a run trains and tests on."""
+    digest = hashlib.sha256()
+    for folder in folders:
+        if folder is None:
+            continue
+        manifest = read_manifest(folder)
+        digest.update(json.dumps(manifest["classnames"]).encode())
+        for split, info in sorted(manifest["splits"].items()):
+            digest.update(split.encode())
+            for shard in info["shards"]:
+                digest.update(f"{shard['name']}:{shard['count']}:{shard['sha256']}".encode())
+    return digest.hexdigest()
 
 
 # --- the trainer ------------------------------------------------------------------------------------------------
 class Trainer:
+    """One run. ``resume=True`` continues the newest complete checkpoint in ``train.output_dir`` (refused if the
+    run's math or data would differ; a finished run is left as it is). A run holds an exclusive lock on its
+    output folder: a second run on the same folder fails at once, naming the holder."""
+
     def __init__(self, cfg: RunConfig, ds_config: dict[str, Any] | None = None, local_rank: int | None = None,
-                 report: Callable[[dict[str, Any], Path | None], None] | None = None) -> None:  # fmt: skip
+                 report: Callable[[dict[str, Any], Path | None], None] | None = None,
+                 resume: bool = False) -> None:  # fmt: skip
         self.cfg = cfg
         self.ds_base = ds_config
         self.dist = init_distributed(local_rank)
         self.out = Path(cfg.train.output_dir)
         self.report = report  # (metrics, checkpoint folder or None) after each validated epoch (Ray Tune)
+        self._lock: DirLock | None = None
+        run_on_main(self._take_output_dir)
+        try:
+            self._setup(resume)
+        except BaseException:
+            self.close()
+            raise
+
+    def _take_output_dir(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._lock = DirLock(self.out / ".lock", f"train.output_dir {self.out}").acquire(wait=False)
+
+    def close(self) -> None:
+        """Release the output folder (also done by ``fit``)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def _setup(self, resume: bool) -> None:
+        cfg = self.cfg
         torch.manual_seed(cfg.train.seed)
+        self.ckpt = CheckpointManager(self.out / "checkpoints", cfg.train.keep_checkpoints, self.dist.rank)
+        self.resume_from: str | None = run_on_main(lambda: self._checkpoint_to_resume(resume))
+        self.saved_state = None
+        if self.resume_from is not None:
+            self.saved_state = broadcast_object(self.ckpt.read(self.resume_from) if self.dist.is_main else None)
         if self.dist.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
         self.shards = prepare_shards(cfg, self.dist)
         manifest = read_manifest(self.shards.train)
@@ -157,7 +208,15 @@ class Trainer:
         self.clip.set_grad_checkpointing(cfg.model.grad_checkpointing)
         self.image_size = cfg.data.image_size or self.clip.scaleprompt_info.image_size
         self.engine = None
-        self.zero_shot = self._zero_shot_baseline() if cfg.eval.zero_shot_baseline else None
+        self.zero_stage = 0
+        self.micro, self.accumulation = batch_geometry(
+            cfg.optim.batch_size, cfg.optim.micro_batch_size, self.dist.world_size
+        )
+        self.zero_shot = None
+        if self.saved_state is not None and self.saved_state[0].get("zero_shot") is not None:
+            self.zero_shot = self.saved_state[0]["zero_shot"]  # computed before the interruption
+        elif cfg.eval.zero_shot_baseline:
+            self.zero_shot = self._zero_shot_baseline()
         self.method = self._build_method(self.classnames)
         self.trainable = self.method.trainable_parameters()
         self.epochs = cfg.optim.epochs if self.trainable else 0
@@ -165,12 +224,43 @@ class Trainer:
             self._init_engine()
         else:
             self.method.to(self.dist.device)
-        self.ckpt = CheckpointManager(self.out / "checkpoints", cfg.train.keep_checkpoints, self.dist.is_main)
+        self.identity = run_identity(cfg.to_dict(), to_dict(self.method.config), {
+            "world_size": self.dist.world_size, "zero_stage": self.zero_stage, "micro_batch": self.micro,
+            "accumulation": self.accumulation, "classes": self.classnames,
+            "data": shard_fingerprint(self.shards.train, self.shards.novel),
+        })  # fmt: skip
+        self.config_changes: list[dict[str, Any]] = []
+        if self.saved_state is not None:
+            self._check_identity(*self.saved_state)
         self.writer = None
-        if cfg.train.tensorboard and self.dist.is_main:
-            from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(self.out / "tensorboard"))
+    def _checkpoint_to_resume(self, resume: bool) -> str | None:
+        """The checkpoint ``--resume`` continues (None: start fresh); a fresh run never reuses a run's folder."""
+        tag = self.ckpt.latest() if resume else None
+        if resume and tag is None:
+            if any(self.ckpt.root.glob("*")) and (self.out / "results.json").is_file():
+                raise CheckpointError(f"{self.out} holds results but no complete checkpoint to resume from")
+            logger.info("--resume: no checkpoint yet in %s, starting fresh", self.ckpt.root)
+        if not resume and (self.ckpt.complete_tags() or (self.out / "results.json").is_file()):
+            raise ConfigError(
+                f"train.output_dir {self.out} already holds a run (checkpoints / results.json): pass --resume "
+                "to continue it, or choose another train.output_dir"
+            )
+        return tag
+
+    def _check_identity(self, state: dict[str, Any], saved: dict[str, Any]) -> None:
+        refusals, changes = compare(saved, self.identity, state["epoch"])
+        if refusals:
+            raise CheckpointError(
+                f"checkpoint {self.ckpt.root / self.resume_from} belongs to another run; a resume may not change: "
+                + "; ".join(refusals)
+            )
+        self.config_changes = list(state.get("config_changes", []))
+        for change in changes:
+            change.update(epoch=state["epoch"], step=state["global_step"])
+            logger.info("resume: %s %r -> %r from epoch %d (step %d)", change["field"], change["from"],
+                        change["to"], change["epoch"], change["step"])  # fmt: skip
+        self.config_changes += changes
 
     # building -------------------------------------------------------------------------------------------------
     def _templates(self, dataset: str) -> tuple[str, ...]:
@@ -198,12 +288,10 @@ class Trainer:
 
     def _init_engine(self) -> None:
         import deepspeed
+        from pydantic import ValidationError
 
         cfg = self.cfg
-        micro, accumulation = batch_geometry(
-            cfg.optim.batch_size, cfg.optim.micro_batch_size, self.dist.world_size
-        )
-        self.micro, self.accumulation = micro, accumulation
+        micro, accumulation = self.micro, self.accumulation
         ds_cfg = deepspeed_config(
             self.ds_base, micro, accumulation, self.dist.world_size, cfg.train.precision, cfg.optim.grad_clip
         )
@@ -219,9 +307,12 @@ class Trainer:
             optimizer = torch.optim.AdamW(
                 self.trainable, lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay
             )
-        self.engine, self.optimizer, _, _ = deepspeed.initialize(
-            model=self.method, model_parameters=self.trainable, optimizer=optimizer, config=ds_cfg
-        )
+        try:
+            self.engine, self.optimizer, _, _ = deepspeed.initialize(
+                model=self.method, model_parameters=self.trainable, optimizer=optimizer, config=ds_cfg
+            )
+        except ValidationError as exc:  # (checked earlier by check_ds_config; DeepSpeed's own word as a fallback)
+            raise ConfigError(f"DeepSpeed config rejected: {describe_validation_error(exc)}") from None
         if self.zero_stage == 3:
             self._register_external_parameters()
         logger.info(
@@ -330,34 +421,12 @@ class Trainer:
     def _evaluate_target(self, target: str) -> dict[str, float]:
         cfg = self.cfg
         protocol = Protocol(shots=0, seed=cfg.train.seed, subset="all")
-        name = dataset_name(target)
-        out = Path(cfg.data.cache_dir) / f"{name}-{protocol.tag()}-test"
-        if self.dist.is_main and not (out / "manifest.json").is_file():
-            ds = load_dataset(target, cfg.eval.targets_root or cfg.data.root)
-            write_shards(
-                ds,
-                out,
-                protocol,
-                splits=("test",),
-                shard_size=cfg.data.shard_size,
-                min_shards=cfg.data.min_shards,
-            )
-        barrier()
+        out = cached_shards(cfg, target, cfg.eval.targets_root or cfg.data.root, protocol, ("test",))
         names = read_manifest(out)["classnames"]
         with self._on_classes(names, self._templates(target)):
-            return self.evaluate_split(str(out), "test")
+            return self.evaluate_split(out, "test")
 
     # training --------------------------------------------------------------------------------------------------
-    def _identity(self) -> dict[str, Any]:
-        return {
-            "method": self.cfg.method.name,
-            "config": to_dict(self.method.config),
-            "classes": self.classnames,
-        }
-
-    def _client_state(self, loader: ShardLoader, best: dict[str, Any]) -> dict[str, Any]:
-        return {"identity": self._identity(), "data": loader.state_dict(), "rng": rng_state(), "best": best}
-
     def _prompt_snapshot(self) -> dict[str, torch.Tensor]:
         with self._gathered():
             return {k: v.detach().cpu().clone() for k, v in self.method.prompt_state_dict().items()}
@@ -368,97 +437,151 @@ class Trainer:
             for k, v in snapshot.items():
                 params[k].copy_(v.to(params[k].device))
 
-    def fit(self, resume: bool = False) -> dict[str, Any]:
+    def fit(self) -> dict[str, Any]:
+        """Train (or continue), evaluate, write ``results.json`` and the prompt files; returns the results."""
+        try:
+            return self._fit()
+        finally:
+            self.close()
+
+    def _fit(self) -> dict[str, Any]:
         cfg, dist = self.cfg, self.dist
-        start = time.time()
-        history: list[dict[str, Any]] = []
-        best: dict[str, Any] = {"epoch": None, "val": None, "prompts": None}
-        images_seen = 0
-        if self.trainable:
-            loader = self._loader(self.shards.train, "train", train=True)
-            if resume:
-                self._resume(loader, best)
-            steps_per_epoch = len(loader) // self.accumulation
-            bar = tqdm(total=self.epochs * steps_per_epoch, initial=self.engine.global_steps, disable=not dist.is_main,
-                       desc=f"{cfg.method.name}", dynamic_ncols=True)  # fmt: skip
-            while loader.epoch < self.epochs:
-                epoch = loader.epoch
-                lr = lr_at_epoch(epoch, cfg.optim)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
-                self.engine.train()
-                loss_sum, loss_count = 0.0, 0
-                for batch in loader:
-                    out = self.engine(batch.images.to(dist.device), batch.labels.to(dist.device))
-                    self.engine.backward(out.loss)
-                    self.engine.step()
-                    loss_sum, loss_count = loss_sum + out.loss.item(), loss_count + 1
-                    images_seen += len(batch.labels) * dist.world_size
-                    if self.engine.is_gradient_accumulation_boundary():
-                        bar.update(1)
-                        self._log_step(out, batch.labels, lr, images_seen, start)
-                        every = cfg.train.checkpoint_every_steps
-                        if every and self.engine.global_steps % every == 0:
-                            self._save(loader, best)
-                        if self._stop_early():
-                            break
-                if self._stop_early():
-                    break
-                done = loader.epoch
-                metrics = None
-                if cfg.eval.every_epochs and done % cfg.eval.every_epochs == 0 or done == self.epochs:
-                    val = self.evaluate_split(self.shards.train, "val")
-                    train_loss = loss_sum / max(1, loss_count)
-                    history.append({"epoch": done, "val": val, "lr": lr, "train_loss": train_loss})
-                    self._log_scalars({f"val/{k}": v for k, v in val.items()}, done)
-                    if val and (best["val"] is None or val["top1"] > best["val"]["top1"]):
-                        best.update(epoch=done, val=val, prompts=self._prompt_snapshot())
-                    metrics = {
-                        "epoch": done,
-                        "train_loss": train_loss,
-                        **{f"val_{k}": v for k, v in val.items()},
-                    }
-                saved = None
-                if cfg.train.checkpoint_every_epochs and done % cfg.train.checkpoint_every_epochs == 0:
-                    saved = self._save(loader, best)
-                if self.report is not None and metrics is not None:
-                    self.report(metrics, saved)  # (after the checkpoint: a search can attach it)
-            bar.close()
-        train_seconds = time.time() - start
-        results = self._final_results(best, history)
-        results["timing"] = {
-            "train_seconds": train_seconds,
-            "images_per_second": images_seen / train_seconds if images_seen else 0.0,
-        }
-        if dist.is_main:
-            (self.out / "results.json").write_text(json.dumps(results, indent=1))
-            logger.info("results: %s", self.out / "results.json")
-        barrier()
-        return results
+        run = RunProgress.fresh(cfg.to_dict())
+        loaded = None
+        loader = self._loader(self.shards.train, "train", train=True) if self.trainable else None
+        if self.resume_from is not None:
+            loaded = self.ckpt.load(self.engine, self.resume_from)
+            run = RunProgress.restore(loaded.state)
+            run.best_prompts = loaded.best_prompts
+            if loader is not None:
+                loader.load_state_dict(loaded.state["data"])
+            if loaded.rng is not None:
+                set_rng_state(loaded.rng)
+            logger.info("resumed from %s at step %d (epoch %d of %d)", self.resume_from, run.global_step,
+                        run.epoch, self.epochs)  # fmt: skip
+            finished = self._finished_results(run)
+            if finished is not None:
+                return finished
+        if dist.is_main and cfg.train.tensorboard and self.writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.out / "tensorboard"))
+        run.start_session(self.resume_from)
+        if loader is not None and loader.epoch < self.epochs and not self._stop_early():
+            self._train(loader, run)
+        run.end_session()
+        return self._final_results(run)
+
+    def _train(self, loader: ShardLoader, run: RunProgress) -> None:
+        cfg, dist = self.cfg, self.dist
+        steps_per_epoch = len(loader) // self.accumulation
+        bar = tqdm(total=self.epochs * steps_per_epoch, initial=self.engine.global_steps, disable=not dist.is_main,
+                   desc=f"{cfg.method.name}", dynamic_ncols=True)  # fmt: skip
+        while loader.epoch < self.epochs:
+            epoch = loader.epoch
+            lr = lr_at_epoch(epoch, cfg.optim)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            self.engine.train()
+            stopped = False
+            for batch in loader:
+                out = self.engine(batch.images.to(dist.device), batch.labels.to(dist.device))
+                self.engine.backward(out.loss)
+                self.engine.step()
+                run.epoch_loss[0] += out.loss.item()
+                run.epoch_loss[1] += 1
+                run.images_seen += len(batch.labels) * dist.world_size
+                run.session_images += len(batch.labels) * dist.world_size
+                if self.engine.is_gradient_accumulation_boundary():
+                    bar.update(1)
+                    self._log_step(out, batch.labels, lr, run)
+                    every = cfg.train.checkpoint_every_steps
+                    epoch_ends = loader.consumed % len(loader) == 0  # (then saved after validation, once)
+                    if every and self.engine.global_steps % every == 0 and not epoch_ends:
+                        self._save(loader, run)
+                    if self._stop_early():
+                        stopped = True
+                        break
+            done = loader.epoch
+            epoch_complete = loader.consumed % len(loader) == 0
+            metrics = None
+            if epoch_complete and (cfg.eval.every_epochs and done % cfg.eval.every_epochs == 0 or done == self.epochs):
+                val = self.evaluate_split(self.shards.train, "val")
+                train_loss = run.epoch_loss[0] / max(1, run.epoch_loss[1])
+                run.history.append({"epoch": done, "val": val, "lr": lr, "train_loss": train_loss})
+                self._log_scalars({f"val/{k}": v for k, v in val.items()}, done)
+                if val and (run.best_val is None or val["top1"] > run.best_val["top1"]):
+                    run.best_epoch, run.best_val, run.best_prompts = done, val, self._prompt_snapshot()
+                metrics = {"epoch": done, "train_loss": train_loss, **{f"val_{k}": v for k, v in val.items()}}
+            if epoch_complete:
+                run.epoch_loss = [0.0, 0]
+            step_due = bool(cfg.train.checkpoint_every_steps) and (
+                self.engine.global_steps % cfg.train.checkpoint_every_steps == 0
+            )
+            epoch_due = epoch_complete and bool(cfg.train.checkpoint_every_epochs) and (
+                done % cfg.train.checkpoint_every_epochs == 0
+            )
+            last = epoch_complete and done == self.epochs
+            saved = None
+            unsaved = run.global_step != self.engine.global_steps  # (a max_steps stop may have just saved)
+            if unsaved and (step_due or epoch_due or last or stopped):  # the last state is always saved
+                saved = self._save(loader, run)
+            if self.report is not None and metrics is not None:
+                self.report(metrics, saved)  # (after the checkpoint: a search can attach it)
+            if stopped:
+                break
+        bar.close()
 
     def _stop_early(self) -> bool:
         return bool(self.cfg.train.max_steps) and self.engine.global_steps >= self.cfg.train.max_steps
 
-    def _final_results(self, best: dict[str, Any], history: list[dict[str, Any]]) -> dict[str, Any]:
+    def _finished_results(self, run: RunProgress) -> dict[str, Any] | None:
+        """A resumed run with nothing left to train whose results.json came from this checkpoint: a no-op."""
+        nothing_left = not self.trainable or run.epoch >= self.epochs or self._stop_early()
+        path = self.out / "results.json"
+        if not nothing_left or not path.is_file():
+            return None
+        try:
+            results = json.loads(path.read_text())
+        except ValueError:
+            return None
+        if results.get("checkpoint") != self.resume_from or self.config_changes != run.config_changes_at_start:
+            return None
+        logger.info("--resume: the run in %s is already finished (%s, epoch %d); nothing to do", self.out,
+                    self.resume_from, run.epoch)  # fmt: skip
+        return results
+
+    def _final_results(self, run: RunProgress) -> dict[str, Any]:
         cfg = self.cfg
+        failpoint("run.final_evaluation")
         last = {"val": self.evaluate_split(self.shards.train, "val"), **self.test_all()}
         results = {
             "format": RESULTS_FORMAT, "method": cfg.method.name, "dataset": dataset_name(cfg.data.dataset),
             "setting": cfg.eval.setting,
             "shots": cfg.data.shots, "seed": cfg.train.seed, "backbone": cfg.model.name,
             "pretrained": cfg.model.pretrained, "world_size": self.dist.world_size, "epochs": self.epochs,
-            "best_val_epoch": best["epoch"], "history": history, "results": {"last": last},
-            "config": cfg.to_dict(),
+            "steps": self.engine.global_steps if self.engine is not None else 0,
+            "checkpoint": run.last_tag, "best_val_epoch": run.best_epoch, "history": run.history,
+            "results": {"last": last}, "config": cfg.to_dict(), "config_changes": self.config_changes,
         }  # fmt: skip
         if self.zero_shot is not None:
             results["zero_shot"] = self.zero_shot
         self._export(self.out / "prompts.safetensors")
-        if best["prompts"] is not None:
+        if run.best_prompts is not None:
             final = self._prompt_snapshot()
-            self._load_snapshot(best["prompts"])
-            results["results"]["best_val"] = {"val": best["val"], **self.test_all()}
+            self._load_snapshot(run.best_prompts)
+            results["results"]["best_val"] = {"val": run.best_val, **self.test_all()}
             self._export(self.out / "prompts_best_val.safetensors")
             self._load_snapshot(final)
+        results["timing"] = {
+            "train_seconds": run.train_seconds,
+            "images_per_second": run.images_seen / run.train_seconds if run.images_seen else 0.0,
+            "sessions": run.sessions,
+        }
+        if self.dist.is_main:
+            atomic_json(self.out / "results.json", results)
+            logger.info("results: %s", self.out / "results.json")
+        barrier()
         return results
 
     def _export(self, path: Path) -> None:
@@ -467,33 +590,23 @@ class Trainer:
                 save_prompts(self.method, path)
         barrier()
 
-    def _save(self, loader: ShardLoader, best: dict[str, Any]) -> Path:
-        return self.ckpt.save(
-            self.engine, f"step{self.engine.global_steps:08d}", self._client_state(loader, best)
-        )
+    def _save(self, loader: ShardLoader, run: RunProgress) -> Path:
+        run.save_index += 1
+        run.global_step, run.epoch, run.data = self.engine.global_steps, loader.epoch, loader.state_dict()
+        run.zero_shot = self.zero_shot
+        tag = f"step{self.engine.global_steps:08d}"
+        folder = self.ckpt.save(self.engine, tag, run.to_state(self.config_changes), run.best_prompts, self.identity)
+        run.last_tag = folder.name
+        return folder
 
-    def _resume(self, loader: ShardLoader, best: dict[str, Any]) -> None:
-        tag = self.ckpt.latest() if self.dist.is_main else None
-        tag = broadcast_object(tag)
-        if tag is None:
-            if (self.out / "checkpoints").exists() and any((self.out / "checkpoints").iterdir()):
-                raise CheckpointError(f"no complete checkpoint in {self.out / 'checkpoints'} to resume from")
-            logger.info("--resume: no checkpoint yet in %s, starting fresh", self.out / "checkpoints")
-            return
-        state = self.ckpt.load(self.engine, tag, self._identity())
-        loader.load_state_dict(state["data"])
-        set_rng_state(state["rng"])
-        best.update(state["best"])
-        logger.info("resumed from %s at step %d (epoch %d)", tag, self.engine.global_steps, loader.epoch)
-
-    def _log_step(self, out, labels: torch.Tensor, lr: float, images_seen: int, start: float) -> None:
+    def _log_step(self, out, labels: torch.Tensor, lr: float, run: RunProgress) -> None:
         step = self.engine.global_steps
         if step % self.cfg.train.log_every_steps:
             return
         scalars = {
             "train/loss": out.loss.item(),
             "train/lr": lr,
-            "train/images_per_second": images_seen / (time.time() - start),
+            "train/images_per_second": run.session_images / max(1e-9, time.time() - run.session_start),
         }
         scalars.update({f"train/{k}": v.item() for k, v in out.parts.items()})
         scalars["train/accuracy"] = 100.0 * (out.logits.argmax(-1).cpu() == labels).float().mean().item()

@@ -79,6 +79,7 @@ class PromptMethod(nn.Module):
     name: ClassVar[str]
     config_class: ClassVar[type[MethodConfig]]
     frozen_text: ClassVar[bool] = False
+    trains: ClassVar[bool] = True  # False: nothing to train (zero-shot CLIP)
 
     def __init__(self, clip: nn.Module, classnames: Sequence[str], config: MethodConfig) -> None:
         super().__init__()

@@ -18,6 +18,7 @@ class ZSCLIP(PromptMethod):
     name = "zsclip"
     config_class = ZSCLIPConfig
     frozen_text = True
+    trains = False
 
     def image_features(self, images: Tensor) -> Tensor:
         return self.frozen_image_features(images)

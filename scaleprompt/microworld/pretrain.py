@@ -222,6 +222,12 @@ def save_weights(model: nn.Module, out: Path, report: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from scaleprompt.errors import run_entry_point
+
+    return run_entry_point(_main, argv, prog="scaleprompt pretrain-microworld")
+
+
+def _main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="safetensors file to write")
     defaults = PretrainConfig()
