@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import random
+import re
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -139,7 +140,8 @@ def safe_torch_load(path: str | Path, map_location: Any = "cpu") -> Any:
         with torch.serialization.safe_globals(deepspeed_safe_globals()):
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        found = re.search(r"(?:unsupported|Unsupported global:) GLOBAL (\S+)", str(exc))
+        reason = f"it would load {found.group(1)}" if found else type(exc).__name__
         raise CheckpointError(
             f"refusing to load {path}: it holds objects outside tensors and plain types ({reason})"
         ) from None
@@ -218,9 +220,10 @@ class CheckpointManager:
             if isinstance(exc, CheckpointError):
                 raise
             free = shutil.disk_usage(self.root).free if self.root.exists() else 0
+            full = f"the disk is full ({free // 1024} KiB free); " if free < 2**20 else ""
             raise CheckpointError(
-                f"cannot write checkpoint {tag} to {self.root} ({free / 2**20:.0f} MiB free): "
-                f"{type(exc).__name__}: {exc}; the previous checkpoints are intact"
+                f"cannot write checkpoint {tag} to {self.root}: {full}{type(exc).__name__}: {exc}; "
+                "the previous checkpoints are intact"
             ) from exc
         logger.info("checkpoint %s saved", final)
         return Path(final)

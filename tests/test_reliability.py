@@ -1,0 +1,344 @@
+"""Trustworthy runs (issue 11), each reproduction done for real: kills at exact points of a save (failpoints) and
+mid-training, a finished run resumed, a crafted pickle as DeepSpeed's model states, resumes that change the math,
+two runs on one folder, a full disk, and the errors a user meets (one line, exit code 2)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from engine_utils import ROOT, base_overrides, env, launch, make_color_folder
+from safetensors.torch import load_file
+
+from scaleprompt.config import ConfigError
+from scaleprompt.engine.checkpoint import COMPLETE, CheckpointError, _sha256, safe_torch_load
+from scaleprompt.engine.config import load_run_config
+from scaleprompt.engine.trainer import Trainer
+from scaleprompt.locks import DirLock, LockError
+from scaleprompt.train import main as train_main
+
+ZERO1 = json.loads((ROOT / "ds_configs/zero1.json").read_text())
+# UPT has dropout and the crops are random: a resume must restore optimizer, RNG and data position exactly
+UPT = ["method.name=upt", "optim.lr=0.05", "optim.epochs=3", "train.checkpoint_every_steps=1"]
+
+
+@pytest.fixture(scope="module")
+def colors(tmp_path_factory):
+    return make_color_folder(tmp_path_factory.mktemp("colors"), n_train=8, n_val=2, n_test=8)
+
+
+def overrides(colors: Path, tmp: Path, *extra: str, out: Path | None = None) -> list[str]:
+    return base_overrides(colors, tmp / "cache", out or tmp / "out") + list(extra)
+
+
+def fit(colors: Path, tmp: Path, *extra: str, resume: bool = False, out: Path | None = None, report=None) -> dict:
+    cfg = load_run_config(None, overrides(colors, tmp, *extra, out=out))
+    return Trainer(cfg, ZERO1, resume=resume, report=report).fit()
+
+
+def without_timing(results: dict) -> dict:
+    return {k: v for k, v in results.items() if k != "timing"}
+
+
+def tags(out: Path) -> list[str]:
+    return sorted(p.name for p in (out / "checkpoints").iterdir() if p.is_dir())
+
+
+def latest(out: Path) -> str:
+    return json.loads((out / "checkpoints" / "latest.json").read_text())["tag"]
+
+
+# --- checkpoints that always resume ------------------------------------------------------------------------------
+def test_an_epoch_end_step_checkpoint_is_saved_once_and_a_finished_run_resumes_as_a_no_op(colors, tmp_path, caplog):
+    # 2 steps per epoch: the step-4 checkpoint falls on the end of epoch 2 (it used to be saved twice there)
+    first = fit(colors, tmp_path, "method.name=provp", "method.args.n_ctx=2", "optim.epochs=3",
+                "train.checkpoint_every_steps=4")  # fmt: skip
+    out = tmp_path / "out"
+    assert tags(out) == ["step00000004", "step00000006"] and latest(out) == "step00000006"
+    assert first["checkpoint"] == "step00000006" and first["steps"] == 6
+    before = (out / "results.json").read_bytes()
+    with caplog.at_level("INFO", logger="scaleprompt"):
+        again = fit(colors, tmp_path, "method.name=provp", "method.args.n_ctx=2", "optim.epochs=3",
+                    "train.checkpoint_every_steps=4", resume=True)  # fmt: skip
+    assert "already finished" in caplog.text
+    assert again == first and (out / "results.json").read_bytes() == before and tags(out) == ["step00000004",
+                                                                                               "step00000006"]
+
+
+def test_every_kind_of_checkpoint_resumes_to_the_uninterrupted_results(colors, tmp_path):
+    """Mid-epoch, epoch-end and last-epoch checkpoints of one run: each, resumed in a copy of the run folder,
+    reaches the same prompts and the same results.json (timing and the copy's own path aside)."""
+    reference = fit(colors, tmp_path, *UPT, "train.keep_checkpoints=10")
+    out = tmp_path / "out"
+    assert tags(out) == [f"step{i:08d}" for i in range(1, 7)]
+    want = load_file(out / "prompts.safetensors")
+    for tag in ("step00000001", "step00000002", "step00000005"):
+        copy_dir = tmp_path / f"from-{tag}"
+        shutil.copytree(out / "checkpoints" / tag, copy_dir / "checkpoints" / tag)
+        (copy_dir / "checkpoints" / "latest.json").write_text(json.dumps({"tag": tag}))
+        resumed = fit(colors, tmp_path, *UPT, "train.keep_checkpoints=10", out=copy_dir, resume=True)
+        changes, resumed["config_changes"] = resumed["config_changes"], []
+        assert [c["field"] for c in changes] == ["train.output_dir"], changes
+        resumed["config"]["train"]["output_dir"] = str(out)
+        assert without_timing(resumed) == without_timing(reference), tag
+        got = load_file(copy_dir / "prompts.safetensors")
+        assert all(torch.equal(got[k], want[k]) for k in want), tag
+        assert [s["from_checkpoint"] for s in resumed["timing"]["sessions"]] == [None, tag]
+
+
+KILL_POINTS = [
+    "checkpoint.files_written@3",  # DeepSpeed's files are written, nothing is marked complete
+    "checkpoint.marked_complete@3",  # COMPLETE.json written inside the partial folder, not renamed yet
+    "checkpoint.renamed@3",  # the complete folder is in place, latest.json still names the previous one
+    "checkpoint.latest_updated@3",  # latest.json moved, old checkpoints not yet pruned
+    "run.final_evaluation",  # training finished and saved, results.json not written
+]
+
+
+@pytest.fixture(scope="module")
+def launched_reference(colors, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("reference")
+    launch([sys.executable, "scaleprompt/train.py", *overrides(colors, tmp, *UPT)], tmp)
+    return tmp / "out"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", KILL_POINTS)
+def test_a_run_killed_at_any_point_of_a_save_resumes_to_identical_results(colors, tmp_path, launched_reference, point):
+    cmd = [sys.executable, "scaleprompt/train.py", *overrides(colors, tmp_path, *UPT)]
+    killed = subprocess.run(cmd, cwd=ROOT, env={**env(tmp_path), "SCALEPROMPT_FAILPOINT": point},
+                            capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    out = tmp_path / "out"
+    assert not (out / "results.json").exists()
+    launch([*cmd, "--resume"], tmp_path)
+    ref = json.loads((launched_reference / "results.json").read_text())
+    got = json.loads((out / "results.json").read_text())
+    got["config"]["train"]["output_dir"] = ref["config"]["train"]["output_dir"]
+    assert without_timing(got) == without_timing(ref)
+    a, b = load_file(out / "prompts.safetensors"), load_file(launched_reference / "prompts.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in b)
+    assert tags(out) == tags(launched_reference) == ["step00000005", "step00000006"]  # partial folders pruned
+    assert len(got["timing"]["sessions"]) == 2
+
+
+# --- no code execution from files -------------------------------------------------------------------------------
+class _Payload:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_crafted_pickle_in_the_model_states_is_refused_and_executes_nothing(colors, tmp_path):
+    fit(colors, tmp_path, "method.name=provp", "method.args.n_ctx=2", "optim.epochs=1")
+    folder = tmp_path / "out" / "checkpoints" / latest(tmp_path / "out")
+    states = folder / "mp_rank_00_model_states.pt"
+    marker = tmp_path / "pwned"
+    real = safe_torch_load(states)  # (what DeepSpeed wrote loads weights-only)
+    torch.save({**real, "client": _Payload(marker)}, states)
+    complete = json.loads((folder / COMPLETE).read_text())
+    complete["files"][states.name] = _sha256(states)  # whoever can write the folder can fix the hash
+    (folder / COMPLETE).write_text(json.dumps(complete))
+    (tmp_path / "out" / "results.json").unlink()
+    with pytest.raises(CheckpointError, match=r"refusing to load .*mp_rank_00_model_states\.pt.*system"):
+        fit(colors, tmp_path, "method.name=provp", "method.args.n_ctx=2", "optim.epochs=1", resume=True)
+    assert not marker.exists()
+    torch.load(states, weights_only=False)  # the file was armed: a full unpickle runs the command
+    assert marker.exists()
+
+
+# --- resume identity --------------------------------------------------------------------------------------------
+def test_a_resume_that_changes_math_or_data_is_refused_naming_each_difference(colors, tmp_path):
+    base = ["method.name=provp", "method.args.n_ctx=2", "optim.epochs=2"]
+    fit(colors, tmp_path, *base, "train.max_steps=3")  # stopped mid-epoch 2
+    before = {p: p.read_bytes() for p in (tmp_path / "out" / "checkpoints").rglob("*") if p.is_file()}
+    for change, named in (
+        (["optim.lr=0.01", "train.seed=2"], ["optim.lr: 0.002 -> 0.01", "train.seed: 1 -> 2", "run.data"]),
+        (["optim.name=adamw"], ["optim.name: 'sgd' -> 'adamw'"]),
+        (["method.args.n_ctx=4"], ["method.config.n_ctx: 2 -> 4"]),
+        (["data.shots=2"], ["data.shots: 0 -> 2"]),
+        (["model.name=sp-tiny-vit-12"], ["model.name"]),
+        (["optim.epochs=1"], ["optim.epochs: 2 -> 1"]),
+    ):
+        with pytest.raises(CheckpointError, match="belongs to another run") as err:
+            fit(colors, tmp_path, *[o for o in base if o.split("=")[0] not in {c.split("=")[0] for c in change}],
+                *change, resume=True)  # fmt: skip
+        for name in named:
+            assert name in str(err.value), (name, str(err.value))
+    after = {p: p.read_bytes() for p in (tmp_path / "out" / "checkpoints").rglob("*") if p.is_file()}
+    assert after == before, "a refused resume changes nothing"
+    # fields that cannot change the numbers may change; each is recorded with the epoch / step it took effect
+    res = fit(colors, tmp_path, "method.name=provp", "method.args.n_ctx=2", "optim.epochs=3",
+              "train.log_every_steps=7", "eval.batch_size=32", resume=True)  # fmt: skip
+    assert [h["epoch"] for h in res["history"]] == [1, 2, 3] and res["steps"] == 6
+    assert sorted((c["field"], c["from"], c["to"], c["epoch"], c["step"]) for c in res["config_changes"]) == [
+        ("eval.batch_size", 64, 32, 1, 3), ("optim.epochs", 2, 3, 1, 3), ("train.log_every_steps", 1000, 7, 1, 3),
+        ("train.max_steps", 3, 0, 1, 3),
+    ]  # fmt: skip
+
+
+def test_a_fresh_run_never_reuses_a_folder_that_holds_a_run(colors, tmp_path):
+    fit(colors, tmp_path, "method.name=provp", "method.args.n_ctx=2", "optim.epochs=1")
+    results = (tmp_path / "out" / "results.json").read_bytes()
+    with pytest.raises(ConfigError, match="already holds a run .*--resume"):
+        fit(colors, tmp_path, "method.name=provp", "method.args.n_ctx=2", "optim.epochs=1")
+    assert (tmp_path / "out" / "results.json").read_bytes() == results
+
+
+# --- one writer per folder --------------------------------------------------------------------------------------
+def test_a_held_output_folder_is_refused_naming_the_holder(colors, tmp_path):
+    holder = DirLock(tmp_path / "out" / ".lock", "test holder").acquire()
+    try:
+        with pytest.raises(LockError, match=f"in use by pid {os.getpid()} on host {socket.gethostname()}"):
+            fit(colors, tmp_path, "method.name=provp", "method.args.n_ctx=2", "optim.epochs=1")
+    finally:
+        holder.release()
+    fit(colors, tmp_path, "method.name=provp", "method.args.n_ctx=2", "optim.epochs=1")  # free again: runs
+
+
+@pytest.mark.slow
+def test_two_concurrent_runs_on_one_output_folder(colors, tmp_path):
+    cmd = [sys.executable, "scaleprompt/train.py", *overrides(colors, tmp_path, "method.name=coop", "optim.epochs=30")]
+    first = subprocess.Popen(cmd, cwd=ROOT, env=env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True)  # fmt: skip
+    lock = tmp_path / "out" / ".lock"
+    deadline = time.time() + 300
+    while time.time() < deadline and first.poll() is None and not (lock.is_file() and lock.read_text()):
+        time.sleep(0.05)
+    second = subprocess.run(cmd, cwd=ROOT, env=env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert first.poll() is None, "the first run must still be running"
+    assert second.returncode == 2, second.stderr[-3000:]
+    assert f"in use by pid {first.pid} on host {socket.gethostname()}" in second.stderr
+    assert len(second.stderr.strip().splitlines()) == 1, second.stderr
+    assert first.wait(timeout=600) == 0, first.stderr.read()[-3000:]
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [h["epoch"] for h in res["history"]] == list(range(1, 31)) and len(res["timing"]["sessions"]) == 1
+
+
+# --- disk full --------------------------------------------------------------------------------------------------
+@pytest.fixture
+def tiny_disk(tmp_path):
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True,
+                          text=True)  # fmt: skip
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode}): disk-full not tested")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_while_checkpointing_is_a_clear_error_and_loses_nothing(colors, tmp_path, tiny_disk):
+    common = ["method.name=provp", "method.args.n_ctx=2", "optim.epochs=3"]
+    reference = fit(colors, tmp_path, *common, out=tmp_path / "ref")
+    filler = tiny_disk / "filler"
+
+    def fill_the_disk(metrics, checkpoint) -> None:  # after epoch 1's checkpoint is complete
+        if metrics["epoch"] == 1:
+            with open(filler, "wb", buffering=0) as fh:
+                try:
+                    while True:
+                        fh.write(b"\0" * 65536)
+                except OSError:
+                    pass
+
+    out = tiny_disk / "out"
+    with pytest.raises(CheckpointError, match=r"cannot write checkpoint step00000004 to .*the disk is full"):
+        fit(colors, tmp_path, *common, out=out, report=fill_the_disk)
+    assert tags(out) == ["step00000002"] and latest(out) == "step00000002"  # no partial folder left behind
+    filler.unlink()
+    resumed = fit(colors, tmp_path, *common, out=out, resume=True)
+    resumed["config"]["train"]["output_dir"] = reference["config"]["train"]["output_dir"]
+    assert without_timing(resumed) == without_timing(reference)
+
+
+# --- errors a user meets: one line, exit code 2 ------------------------------------------------------------------
+def one_line_error(capsys, argv: list[str]) -> str:
+    """The error of ``train.py argv``: one line on stderr (progress bars aside), exit code 2."""
+    capsys.readouterr()
+    assert train_main(argv) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip() and "it/s]" not in line]
+    assert len(lines) == 1 and lines[0].startswith("train.py: error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_bad_inputs_are_one_line_errors_named_before_any_work(colors, tmp_path, capsys):
+    args = overrides(colors, tmp_path)
+    assert "optim.lrr" in one_line_error(capsys, [*args, "optim.lrr=0.1"])
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"zero_optimization": {"stage": 2,}}')
+    assert f"{broken}: invalid JSON at line 1" in one_line_error(capsys, ["--ds", str(broken), *args])
+    stage7 = tmp_path / "stage7.json"
+    stage7.write_text('{"zero_optimization": {"stage": 7}}')
+    assert f"{stage7}: zero_optimization.stage: Input should be" in one_line_error(capsys, ["--ds", str(stage7), *args])
+    assert "optim.epochs: 0 trains nothing" in one_line_error(capsys, [*args, "optim.epochs=0"])
+    one = make_color_folder(tmp_path / "one", n_train=2, n_val=1, n_test=2)
+    for name in ("green", "blue", "yellow"):
+        for split in ("train", "val", "test"):
+            shutil.rmtree(one / split / name)
+    err = one_line_error(capsys, [*overrides(one, tmp_path / "b2n"), "eval.setting=base2new"])
+    assert "base-to-novel needs at least 2 classes" in err and "one has 1" in err
+    assert not list((tmp_path / "b2n" / "cache").rglob("*.tar")), "rejected before any shard is written"
+    empty = make_color_folder(tmp_path / "empty", n_train=2, n_val=1, n_test=2)
+    for f in (empty / "train" / "blue").iterdir():
+        f.unlink()
+    assert str(empty / "train" / "blue") in one_line_error(capsys, overrides(empty, tmp_path / "e"))
+    with pytest.raises(ConfigError):  # --debug: the traceback
+        train_main([*args, "optim.lrr=0.1", "--debug"])
+
+
+def test_a_launched_run_reports_errors_in_one_line_with_exit_code_2(tmp_path):
+    done = subprocess.run([sys.executable, "scaleprompt/train.py", "data.datset=x"], cwd=ROOT, env=env(tmp_path),
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+        done.stderr.strip()
+    ] and "data.datset" in done.stderr, done.stderr
+    cli = subprocess.run([sys.executable, "-m", "scaleprompt.cli", "shards", "--dataset", f"folder:{tmp_path}/nope",
+                          "--out", str(tmp_path / "s")], cwd=ROOT, env=env(tmp_path), capture_output=True, text=True,
+                         timeout=300)  # fmt: skip
+    assert cli.returncode == 2 and len(cli.stderr.strip().splitlines()) == 1 and "nope" in cli.stderr, cli.stderr
+
+
+# --- the data reproductions, end to end -------------------------------------------------------------------------
+def test_two_datasets_with_one_basename_never_share_shards(tmp_path):
+    a = make_color_folder(tmp_path / "a" / "flowers", n_train=2, n_val=1, n_test=2)
+    b = make_color_folder(tmp_path / "b" / "flowers", n_train=2, n_val=1, n_test=2)
+    for split in ("train", "val", "test"):
+        shutil.rmtree(a / split / "yellow")
+    common = ["method.name=coop", "method.args.n_ctx=2", "optim.epochs=1", "data.min_shards=1"]
+    ra = Trainer(load_run_config(None, overrides(a, tmp_path, *common, out=tmp_path / "ra"))).fit()
+    rb = Trainer(load_run_config(None, overrides(b, tmp_path, *common, out=tmp_path / "rb"))).fit()
+    assert ra["results"]["last"]["test"]["images"] == 6 and rb["results"]["last"]["test"]["images"] == 8
+
+
+def test_a_corrupted_cached_shard_stops_the_next_run_naming_it(colors, tmp_path, capsys):
+    common = ["method.name=coop", "method.args.n_ctx=2", "optim.epochs=1"]
+    fit(colors, tmp_path, *common)
+    test_shard = sorted((tmp_path / "cache").rglob("test-000001.tar"))[0]
+    with tarfile.open(test_shard) as tar:
+        offset = tar.getmembers()[3].offset  # the header of the second sample's image
+    raw = bytearray(test_shard.read_bytes())
+    raw[offset + 100 : offset + 116] = b"\xff" * 16  # mode / uid / gid fields: the header checksum breaks
+    test_shard.write_bytes(bytes(raw))
+    err = one_line_error(capsys, [*overrides(colors, tmp_path, *common, out=tmp_path / "again")])
+    assert test_shard.name in err, err
+
+
+def test_results_record_what_they_were_computed_on(colors, tmp_path):
+    res = fit(colors, tmp_path, "method.name=provp", "method.args.n_ctx=2", "optim.epochs=2")
+    state = json.loads((tmp_path / "out" / "checkpoints" / res["checkpoint"] / "run_state.json").read_text())
+    assert state["history"] == res["history"] and state["epoch"] == 2 and state["global_step"] == res["steps"] == 4
+    assert res["config_changes"] == [] and [s["from_checkpoint"] for s in res["timing"]["sessions"]] == [None]
