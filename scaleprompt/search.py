@@ -322,7 +322,9 @@ def _train_worker(config: dict[str, Any]) -> None:
         train.report(metrics, checkpoint=upload)
 
     cfg = load_run_config(config["recipe"], config["overrides"])
-    trainer = Trainer(cfg, config["ds_config"], report=report, resume=checkpoint is not None)  # (process group)
+    trainer = Trainer(
+        cfg, config["ds_config"], report=report, resume=checkpoint is not None
+    )  # (process group)
     barrier()
     trainer.fit()
 

@@ -75,9 +75,10 @@ def summarize(results: dict) -> None:
     if results.get("zero_shot"):
         rows.insert(0, ("zero_shot", results["zero_shot"]))
     for selection, res in rows:
-        label = {"last": "last epoch" if results["epochs"] else "no training", "zero_shot": "before training"}.get(
-            selection, f"best validation epoch ({results['best_val_epoch']})"
-        )
+        label = {
+            "last": "last epoch" if results["epochs"] else "no training",
+            "zero_shot": "before training",
+        }.get(selection, f"best validation epoch ({results['best_val_epoch']})")
         method = "zero-shot CLIP" if selection == "zero_shot" else results["method"]
         parts = []
         for key in ("val", "test", "base", "novel"):

@@ -458,7 +458,11 @@ def test_main_errors_name_the_file(tmp_path, capsys):
     bad.write_text("{")
     assert main([str(tmp_path), "--out-dir", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert f"{bad}: not valid JSON" in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+    assert (
+        f"{bad}: not valid JSON" in err
+        and len(err.strip().splitlines()) == 1
+        and not (tmp_path / "out").exists()
+    )
     # fewshot runs here have no best_val at all
     assert main([str(tmp_path / "fewshot"), "--selection", "best_val"]) == 2
     assert "none of the 13 runs has 'best_val' results" in capsys.readouterr().err

@@ -342,10 +342,16 @@ class ShardLoader:
     def __iter__(self) -> Iterator[Batch]:
         if not self.train:
             seen = 0
-            for batch in self._make_iter(0):
-                self._skipped[batch.worker] = batch.skipped
-                seen += len(batch.keys)
-                yield batch
+            batches = self._make_iter(0)
+            try:
+                for batch in batches:
+                    self._skipped[batch.worker] = batch.skipped
+                    seen += len(batch.keys)
+                    yield batch
+            finally:  # stop the workers now (after an error or a break), not whenever the iterator is collected
+                shutdown = getattr(batches, "_shutdown_workers", None)
+                if shutdown is not None:
+                    shutdown()
             counts = self.src.counts
             expected = sum(counts[u] for u in self._my_urls()) if counts else None
             if expected is not None and seen != expected:

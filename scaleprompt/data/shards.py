@@ -140,11 +140,8 @@ def cached_sha256(path: str | Path) -> str:
     if hit is not None and hit[:2] == (st.st_size, st.st_mtime_ns):
         return hit[2]
     digest = _sha256_file(key)
-    _SHA_CACHE[key] = (
-        st.st_size,
-        st.st_mtime_ns,
-        digest,
-    )  # (the stat from before hashing: a change re-hashes)
+    # (keyed by the stat from BEFORE hashing: a file changed while it was hashed is hashed again next time)
+    _SHA_CACHE[key] = (st.st_size, st.st_mtime_ns, digest)
     return digest
 
 
@@ -192,8 +189,7 @@ def write_shards(
 
     Holds the folder's lock (``<out_dir>/.lock``) while writing: a concurrent writer of the same folder waits, then
     returns the manifest the first one finished (nothing is rewritten when the folder is complete)."""
-    if shard_size < 1 or min_shards < 1 or processes < 1:
-        raise ValueError("shard_size, min_shards and processes must be >= 1")
+    _check_sizes(shard_size, min_shards, processes)
     out = Path(out_dir)
     with DirLock(out / LOCK, f"shard folder {out}").acquire(wait=True):
         return write_shards_locked(
@@ -215,6 +211,7 @@ def write_shards_locked(
     overwrite: bool,
 ) -> dict:
     """:func:`write_shards` for a caller that already holds ``<out>/.lock``."""
+    _check_sizes(shard_size, min_shards, processes)
     if protocol is not None:
         ds = apply_protocol(ds, protocol)
     out.mkdir(parents=True, exist_ok=True)
@@ -275,6 +272,11 @@ def write_shards_locked(
         "wrote %d shards (%s) to %s", len(jobs), ", ".join(f"{s}: {len(v)}" for s, v in layout.items()), out
     )
     return manifest
+
+
+def _check_sizes(shard_size: int, min_shards: int, processes: int) -> None:
+    if shard_size < 1 or min_shards < 1 or processes < 1:
+        raise ValueError("shard_size, min_shards and processes must be >= 1")
 
 
 def finished_manifest(out: Path, layout: dict[str, list[tuple[str, int]]] | None = None) -> dict | None:

@@ -181,7 +181,9 @@ class CheckpointManager:
     def save(self, engine, tag: str, state: dict[str, Any], best_prompts: dict[str, torch.Tensor] | None,
              identity: dict[str, Any]) -> Path:  # fmt: skip
         """Collective: write ``tag`` on every rank, then (rank 0) hash, mark complete, rename, point latest."""
-        partial = self.root / broadcast_object(f"{PARTIAL}{tag}-{uuid.uuid4().hex[:8]}" if self.is_main else None)
+        partial = self.root / broadcast_object(
+            f"{PARTIAL}{tag}-{uuid.uuid4().hex[:8]}" if self.is_main else None
+        )
 
         def write_rank_files() -> None:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -199,7 +201,9 @@ class CheckpointManager:
 
                 save_file({k: v.contiguous() for k, v in best_prompts.items()}, str(partial / BEST))
             _write_json(partial / STATE, {**state, "format": FORMAT, "tag": final.name})
-            files = {str(p.relative_to(partial)): _sha256(p) for p in sorted(partial.rglob("*")) if p.is_file()}
+            files = {
+                str(p.relative_to(partial)): _sha256(p) for p in sorted(partial.rglob("*")) if p.is_file()
+            }
             _write_json(partial / COMPLETE, {"tag": final.name, "files": files, "identity": identity})
             _fsync_dir(partial)
             failpoint("checkpoint.marked_complete")
@@ -308,7 +312,9 @@ class CheckpointManager:
     def read(self, tag: str) -> tuple[dict[str, Any], dict[str, Any]]:
         """(run state, identity) of a verified checkpoint, without touching DeepSpeed."""
         folder = self.root / tag
-        return _read_json(folder / STATE, "checkpoint state"), _read_json(folder / COMPLETE, "marker")["identity"]
+        return _read_json(folder / STATE, "checkpoint state"), _read_json(folder / COMPLETE, "marker")[
+            "identity"
+        ]
 
     def load(self, engine, tag: str) -> Loaded:
         """Load ``tag`` into ``engine`` (weights-only) and return our own state, best prompts and RNG."""

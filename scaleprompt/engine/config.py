@@ -153,6 +153,11 @@ class RunConfig:
     def __post_init__(self) -> None:
         from scaleprompt.methods import method_class
 
+        if self.method.args.get("class_specific") and self.eval.setting != "fewshot":
+            raise ConfigError(
+                f"method.args.class_specific: a class-specific context cannot move to other classes, so it cannot "
+                f"be tested in eval.setting={self.eval.setting} (use the fewshot setting)"
+            )
         if self.optim.epochs == 0 and method_class(self.method.name).trains:
             raise ConfigError(
                 f"optim.epochs: 0 trains nothing; {self.method.name} needs >= 1 epoch "
@@ -240,7 +245,9 @@ def load_ds_config(path: str | Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+        raise ConfigError(
+            f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"--ds: cannot read {path}: {exc}") from None
     return check_ds_config(data, str(path))

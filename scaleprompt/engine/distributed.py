@@ -142,4 +142,3 @@ def broadcast_object(obj):
     box = [obj]
     torch.distributed.broadcast_object_list(box, src=0)
     return box[0]
-

@@ -33,7 +33,9 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def run_identity(config: dict[str, Any], method_config: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+def run_identity(
+    config: dict[str, Any], method_config: dict[str, Any], extra: dict[str, Any]
+) -> dict[str, Any]:
     """The identity of a run: its config (``RunConfig.to_dict()``) with ``method.args`` replaced by the method's
     RESOLVED config (defaults filled in, so ``n_ctx=4`` given or defaulted is the same run), flattened, plus
     ``extra`` facts decided at run time (world size, ZeRO stage, micro batch, class names, shard content)."""

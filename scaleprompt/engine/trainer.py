@@ -28,7 +28,7 @@ from tqdm import tqdm
 from scaleprompt.backbone import load_clip
 from scaleprompt.config import ConfigError, to_dict
 from scaleprompt.data.cache import ensure_shards
-from scaleprompt.data.datasets import get_dataset
+from scaleprompt.data.datasets import dataset_display_name
 from scaleprompt.data.loader import ShardLoader
 from scaleprompt.data.protocols import Protocol, harmonic_mean
 from scaleprompt.data.shards import read_manifest
@@ -109,18 +109,12 @@ class ShardSet:
     novel: str | None = None  # base-to-novel: shards whose test split holds the novel classes
 
 
-def dataset_name(dataset: str) -> str:
-    """Registry name of a dataset spec (``folder:<path>`` and split files are named after their folder/file)."""
-    if dataset.startswith("folder:"):
-        return Path(dataset[len("folder:") :]).name
-    if dataset.endswith((".json", ".csv")):
-        return Path(dataset).stem
-    return get_dataset(dataset).name
-
-
-def cached_shards(cfg: RunConfig, dataset: str, root: str | None, protocol: Protocol, splits: tuple[str, ...]) -> str:
+def cached_shards(
+    cfg: RunConfig, dataset: str, root: str | None, protocol: Protocol, splits: tuple[str, ...]
+) -> str:
     """The shard folder of ``dataset`` after ``protocol``, written on rank 0 if the cache has none (see
     :mod:`scaleprompt.data.cache`: keyed by the resolved source, its listing and the protocol)."""
+
     def build() -> str:
         return str(ensure_shards(dataset, root, protocol, splits, cfg.data.cache_dir,
                                  shard_size=cfg.data.shard_size, min_shards=cfg.data.min_shards))  # fmt: skip
@@ -198,7 +192,9 @@ class Trainer:
         self.resume_from: str | None = run_on_main(lambda: self._checkpoint_to_resume(resume))
         self.saved_state = None
         if self.resume_from is not None:
-            self.saved_state = broadcast_object(self.ckpt.read(self.resume_from) if self.dist.is_main else None)
+            self.saved_state = broadcast_object(
+                self.ckpt.read(self.resume_from) if self.dist.is_main else None
+            )
         if self.dist.is_main:
             (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
         self.shards = prepare_shards(cfg, self.dist)
@@ -264,7 +260,7 @@ class Trainer:
 
     # building -------------------------------------------------------------------------------------------------
     def _templates(self, dataset: str) -> tuple[str, ...]:
-        return (dataset_template(dataset_name(dataset), self.cfg.data.template_set),)
+        return (dataset_template(dataset_display_name(dataset), self.cfg.data.template_set),)
 
     def _build_method(self, classnames: list[str]) -> PromptMethod:
         from scaleprompt.methods import method_class
@@ -311,7 +307,9 @@ class Trainer:
             self.engine, self.optimizer, _, _ = deepspeed.initialize(
                 model=self.method, model_parameters=self.trainable, optimizer=optimizer, config=ds_cfg
             )
-        except ValidationError as exc:  # (checked earlier by check_ds_config; DeepSpeed's own word as a fallback)
+        except (
+            ValidationError
+        ) as exc:  # (checked earlier by check_ds_config; DeepSpeed's own word as a fallback)
             raise ConfigError(f"DeepSpeed config rejected: {describe_validation_error(exc)}") from None
         if self.zero_stage == 3:
             self._register_external_parameters()
@@ -415,7 +413,7 @@ class Trainer:
         if setting == "transfer":
             out["targets"] = {}
             for target in self.cfg.eval.targets:
-                out["targets"][dataset_name(target)] = self._evaluate_target(target)
+                out["targets"][dataset_display_name(target)] = self._evaluate_target(target)
         return out
 
     def _evaluate_target(self, target: str) -> dict[str, float]:
@@ -505,7 +503,9 @@ class Trainer:
             done = loader.epoch
             epoch_complete = loader.consumed % len(loader) == 0
             metrics = None
-            if epoch_complete and (cfg.eval.every_epochs and done % cfg.eval.every_epochs == 0 or done == self.epochs):
+            if epoch_complete and (
+                cfg.eval.every_epochs and done % cfg.eval.every_epochs == 0 or done == self.epochs
+            ):
                 val = self.evaluate_split(self.shards.train, "val")
                 train_loss = run.epoch_loss[0] / max(1, run.epoch_loss[1])
                 run.history.append({"epoch": done, "val": val, "lr": lr, "train_loss": train_loss})
@@ -518,8 +518,10 @@ class Trainer:
             step_due = bool(cfg.train.checkpoint_every_steps) and (
                 self.engine.global_steps % cfg.train.checkpoint_every_steps == 0
             )
-            epoch_due = epoch_complete and bool(cfg.train.checkpoint_every_epochs) and (
-                done % cfg.train.checkpoint_every_epochs == 0
+            epoch_due = (
+                epoch_complete
+                and bool(cfg.train.checkpoint_every_epochs)
+                and (done % cfg.train.checkpoint_every_epochs == 0)
             )
             last = epoch_complete and done == self.epochs
             saved = None
@@ -545,7 +547,10 @@ class Trainer:
             results = json.loads(path.read_text())
         except ValueError:
             return None
-        if results.get("checkpoint") != self.resume_from or self.config_changes != run.config_changes_at_start:
+        if (
+            results.get("checkpoint") != self.resume_from
+            or self.config_changes != run.config_changes_at_start
+        ):
             return None
         logger.info("--resume: the run in %s is already finished (%s, epoch %d); nothing to do", self.out,
                     self.resume_from, run.epoch)  # fmt: skip
@@ -556,7 +561,7 @@ class Trainer:
         failpoint("run.final_evaluation")
         last = {"val": self.evaluate_split(self.shards.train, "val"), **self.test_all()}
         results = {
-            "format": RESULTS_FORMAT, "method": cfg.method.name, "dataset": dataset_name(cfg.data.dataset),
+            "format": RESULTS_FORMAT, "method": cfg.method.name, "dataset": dataset_display_name(cfg.data.dataset),
             "setting": cfg.eval.setting,
             "shots": cfg.data.shots, "seed": cfg.train.seed, "backbone": cfg.model.name,
             "pretrained": cfg.model.pretrained, "world_size": self.dist.world_size, "epochs": self.epochs,
@@ -595,7 +600,9 @@ class Trainer:
         run.global_step, run.epoch, run.data = self.engine.global_steps, loader.epoch, loader.state_dict()
         run.zero_shot = self.zero_shot
         tag = f"step{self.engine.global_steps:08d}"
-        folder = self.ckpt.save(self.engine, tag, run.to_state(self.config_changes), run.best_prompts, self.identity)
+        folder = self.ckpt.save(
+            self.engine, tag, run.to_state(self.config_changes), run.best_prompts, self.identity
+        )
         run.last_tag = folder.name
         return folder
 

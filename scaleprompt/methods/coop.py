@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from scaleprompt.config import require
+from scaleprompt.config import ConfigError, require
 from scaleprompt.methods.base import MethodConfig, PromptMethod, normal_prompts
 from scaleprompt.methods.prompts import ClassPosition, ClassPromptTable
 
@@ -58,7 +58,10 @@ class CoOp(PromptMethod):
 
     def set_classnames(self, classnames: Sequence[str]) -> None:
         if self.config.class_specific:
-            raise ValueError("class-specific CoOp context belongs to its training classes: it cannot move")
+            raise ConfigError(
+                "method.args.class_specific: class-specific CoOp context belongs to its training classes: it "
+                "cannot move to other classes (base-to-novel, transfer)"
+            )
         super().set_classnames(classnames)
 
     def image_features(self, images: Tensor) -> Tensor:

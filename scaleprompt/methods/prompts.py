@@ -13,6 +13,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from scaleprompt.config import ConfigError
 from scaleprompt.encoders import PromptedTextEncoder, splice
 
 ClassPosition = Literal["end", "middle", "front"]
@@ -40,7 +41,7 @@ class ClassPromptTable(nn.Module):
         needed = text.tokenize(texts, context_length=4096).argmax(-1) + 1  # untruncated lengths
         too_long = [(t, int(k)) for t, k in zip(texts, needed.tolist(), strict=True) if k > ids.shape[1]]
         if too_long:
-            raise ValueError(
+            raise ConfigError(
                 f"class prompt {too_long[0][0]!r} needs {too_long[0][1]} tokens but the text encoder's context "
                 f"holds {ids.shape[1]} ({len(too_long)} prompts too long): shorten n_ctx or the class names"
             )
