@@ -360,7 +360,8 @@ def test_a_corrupted_cached_shard_stops_the_next_run_naming_it(colors, tmp_path,
     raw[offset + 100 : offset + 116] = b"\xff" * 16  # mode / uid / gid fields: the header checksum breaks
     test_shard.write_bytes(bytes(raw))
     err = one_line_error(capsys, [*overrides(colors, tmp_path, *common, out=tmp_path / "again")])
-    assert test_shard.name in err, err
+    assert test_shard.name in err and "corrupt" in err, err
+    assert not (tmp_path / "again" / "checkpoints").exists(), "refused before training"
 
 
 def test_results_record_what_they_were_computed_on(colors, tmp_path):

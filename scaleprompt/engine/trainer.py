@@ -31,7 +31,7 @@ from scaleprompt.data.cache import ensure_shards
 from scaleprompt.data.datasets import dataset_display_name
 from scaleprompt.data.loader import ShardLoader
 from scaleprompt.data.protocols import Protocol, harmonic_mean
-from scaleprompt.data.shards import read_manifest
+from scaleprompt.data.shards import check_shards, read_manifest
 from scaleprompt.data.templates import dataset_template
 from scaleprompt.engine.checkpoint import CheckpointError, CheckpointManager, atomic_json, set_rng_state
 from scaleprompt.engine.config import OptimConfig, RunConfig, describe_validation_error
@@ -198,6 +198,7 @@ class Trainer:
         if self.dist.is_main:
             (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
         self.shards = prepare_shards(cfg, self.dist)
+        run_on_main(self._check_eval_shards)
         manifest = read_manifest(self.shards.train)
         self.classnames = manifest["classnames"]
         self.clip = load_clip(cfg.model.name, cfg.model.pretrained, cache_dir=cfg.model.cache_dir)
@@ -229,6 +230,15 @@ class Trainer:
         if self.saved_state is not None:
             self._check_identity(*self.saved_state)
         self.writer = None
+
+    def _check_eval_shards(self) -> None:
+        """The val / test shards' sha256 before any training (a corrupt test shard found after hours of training
+        would waste them); train shards are checked by the loader at first use, each rank its own share."""
+        for folder in (self.shards.train, self.shards.novel):
+            if folder is not None:
+                manifest = read_manifest(folder)
+                for split in ("val", "test"):
+                    check_shards(folder, manifest["splits"].get(split, {}).get("shards", []))
 
     def _checkpoint_to_resume(self, resume: bool) -> str | None:
         """The checkpoint ``--resume`` continues (None: start fresh); a fresh run never reuses a run's folder."""
