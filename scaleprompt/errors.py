@@ -21,6 +21,21 @@ class ScalepromptError(Exception):
     """Base of the errors scaleprompt raises on purpose (bad config, data, checkpoint, ...)."""
 
 
+class OutputError(ScalepromptError):
+    """A result, prompt file or output folder cannot be written (the message names the path and the reason)."""
+
+
+def one_line(exc: BaseException) -> str:
+    """The message of ``exc`` on one line. An error re-raised from a DataLoader worker carries the worker's
+    traceback in its message: only the original error's own message is kept."""
+    text = str(exc)
+    if "Original Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        prefix = f"{type(exc).__name__}: "
+        text = last.split(prefix, 1)[1] if prefix in last else last
+    return " ".join(text.split()) or type(exc).__name__
+
+
 def reported_elsewhere(exc: BaseException) -> BaseException:
     """Mark an error that another rank (rank 0) reports too: entry points of the other ranks stay silent."""
     exc.scaleprompt_reported_elsewhere = True  # type: ignore[attr-defined]
@@ -43,7 +58,6 @@ def run_entry_point(main: Callable[[list[str]], int], argv: Sequence[str] | None
             raise
         if getattr(exc, "scaleprompt_reported_elsewhere", False):
             return EXIT_USER_ERROR
-        message = " ".join(str(exc).split()) or type(exc).__name__
-        sys.stderr.write(f"{prog}: error: {message}\n")
+        sys.stderr.write(f"{prog}: error: {one_line(exc)}\n")
         sys.stderr.flush()
         return EXIT_USER_ERROR

@@ -1,13 +1,16 @@
 """Exclusive directory locks: one writer per run folder or shard folder.
 
 :class:`DirLock` holds an ``flock`` on a lock file for as long as the process keeps it (the kernel drops it when
-the process dies, even by SIGKILL, so a crashed run never leaves a stale lock). The holder writes its pid, host
-and start time into the file, so a second process that finds the lock taken can name who holds it. ``flock`` is
+the process dies, even by SIGKILL, so a crashed run never leaves a stale lock). Forked children (DataLoader
+workers) drop their inherited copy of the descriptor at once, so a worker that outlives a killed run does not keep
+its lock. The holder writes its pid, host and start time into the file, so a second process that finds the lock
+taken can name who holds it. ``flock`` is
 reliable on local file systems; on network file systems it depends on the server (NFSv4 and Lustre support it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -21,6 +24,20 @@ from types import TracebackType
 from scaleprompt.errors import ScalepromptError
 
 logger = logging.getLogger(__name__)
+
+
+_HELD: set[int] = set()  # descriptors of the locks this process holds
+
+
+def _drop_inherited_locks() -> None:
+    """In a forked child: close the inherited lock descriptors WITHOUT unlocking (the locks are the parent's)."""
+    for fd in list(_HELD):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_drop_inherited_locks)
 
 
 class LockError(ScalepromptError):
@@ -69,10 +86,12 @@ class DirLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
         self._fd = fd
+        _HELD.add(fd)
         return self
 
     def release(self) -> None:
         if self._fd is not None:
+            _HELD.discard(self._fd)
             os.ftruncate(self._fd, 0)
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)

@@ -20,7 +20,7 @@ def per_image_cosine_logits(image_features: Tensor, text_features: Tensor, logit
 
 
 def reformation_loss(prompted: Tensor, frozen: Tensor, tau: float = 1.0) -> Tensor:
-    """ProVP-Ref's contrastive feature re-formation (spec section 2).
+    """ProVP-Ref's contrastive feature re-formation.
 
     ``CE((f_p @ f_c^T) / tau, arange(B))`` with ``f_p`` / ``f_c`` the L2-normalized prompted and frozen image
     features ``[B, E]`` of the same augmented images: each prompted feature must pick its own frozen feature

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-# Every service a test starts listens on loopback only (see shared/spec/stack.md).
+# Every service a test starts listens on loopback only (Ray, gloo and the process-group rendezvous are kept on 127.0.0.1).
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from engine_utils import ROOT, base_overrides, env, launch, make_color_folder
+from engine_utils import ROOT, base_overrides, deepspeed_cmd, env, launch, make_color_folder
 from safetensors.torch import load_file
 
 from scaleprompt.config import ConfigError
@@ -110,6 +110,7 @@ def test_every_kind_of_checkpoint_resumes_to_the_uninterrupted_results(colors, t
 
 
 KILL_POINTS = [
+    "checkpoint.deepspeed_file@5",  # inside DeepSpeed's save: 3rd save, its model states written, optimizer not
     "checkpoint.files_written@3",  # DeepSpeed's files are written, nothing is marked complete
     "checkpoint.marked_complete@3",  # COMPLETE.json written inside the partial folder, not renamed yet
     "checkpoint.renamed@3",  # the complete folder is in place, latest.json still names the previous one
@@ -136,7 +137,7 @@ def test_a_run_killed_at_any_point_of_a_save_resumes_to_identical_results(
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     out = tmp_path / "out"
     assert not (out / "results.json").exists()
-    launch([*cmd, "--resume"], tmp_path)
+    launch([*cmd, "--resume"], tmp_path / "resume")  # (a fresh rendezvous file)
     ref = json.loads((launched_reference / "results.json").read_text())
     got = json.loads((out / "results.json").read_text())
     assert without_timing(got, like=ref) == without_timing(ref)
@@ -144,6 +145,29 @@ def test_a_run_killed_at_any_point_of_a_save_resumes_to_identical_results(
     assert all(torch.equal(a[k], b[k]) for k in b)
     assert tags(out) == tags(launched_reference) == ["step00000005", "step00000006"]  # partial folders pruned
     assert len(got["timing"]["sessions"]) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [2, 3])
+def test_two_ranks_killed_during_a_save_resume_to_identical_results(colors, tmp_path, stage):
+    """The deepspeed launcher, 2 processes: rank 0 dies between writing every rank's files and marking the save
+    complete (the launcher then stops rank 1); the resumed job matches an uninterrupted one."""
+    args = ["--ds", f"ds_configs/zero{stage}.json"]
+    ref = tmp_path / "ref"
+    launch(deepspeed_cmd(2, "scaleprompt/train.py", *args, *overrides(colors, tmp_path, *UPT, out=ref)), ref)
+    out = tmp_path / "out"
+    cmd = deepspeed_cmd(2, "scaleprompt/train.py", *args, *overrides(colors, tmp_path, *UPT, out=out))
+    killed = subprocess.run(cmd, cwd=ROOT, env={**env(out), "SCALEPROMPT_FAILPOINT": "checkpoint.marked_complete@4"},
+                            capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert killed.returncode != 0 and not (out / "results.json").exists(), killed.stderr[-3000:]
+    assert latest(out) == "step00000003" and any(
+        p.name.startswith(".partial-") for p in (out / "checkpoints").iterdir()
+    )
+    launch([*cmd, "--resume"], tmp_path / "resume")  # (a fresh rendezvous file)
+    got, want = json.loads((out / "results.json").read_text()), json.loads((ref / "results.json").read_text())
+    assert got["world_size"] == 2 and without_timing(got, like=want) == without_timing(want)
+    a, b = load_file(out / "prompts.safetensors"), load_file(ref / "prompts.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in b)
 
 
 # --- no code execution from files -------------------------------------------------------------------------------
@@ -220,6 +244,27 @@ def test_a_held_output_folder_is_refused_naming_the_holder(colors, tmp_path):
     finally:
         holder.release()
     fit(colors, tmp_path, "method.name=provp", "method.args.n_ctx=2", "optim.epochs=1")  # free again: runs
+
+
+def test_a_killed_holder_frees_its_lock_even_if_a_forked_worker_lives_on(tmp_path):
+    """A DataLoader worker is a forked child holding a copy of the lock's descriptor; it must not keep the
+    folder locked after its run was SIGKILLed."""
+    script = (
+        "import os, signal, sys, time\n"
+        "from scaleprompt.locks import DirLock\n"
+        f"DirLock({str(tmp_path / '.lock')!r}, 'x').acquire()\n"
+        "child = os.fork()\n"
+        "if child == 0:\n    os.close(1); os.close(2); time.sleep(60); os._exit(0)\n"
+        "print(child, flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env(tmp_path), capture_output=True, text=True)
+    child = int(done.stdout.split()[0])
+    try:
+        assert done.returncode == -signal.SIGKILL and os.path.exists(f"/proc/{child}"), "the worker lives on"
+        DirLock(tmp_path / ".lock", "x").acquire(wait=False).release()  # free at once
+    finally:
+        os.kill(child, signal.SIGKILL)
 
 
 @pytest.mark.slow

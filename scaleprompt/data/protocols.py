@@ -1,4 +1,4 @@
-"""Data protocols as pure functions (spec section 5): Dassl-identical few-shot sampling, validation shots,
+"""Data protocols as pure functions: Dassl-identical few-shot sampling, validation shots,
 base / novel class subsets with relabelling, and the evaluation sets of cross-dataset and DG transfer.
 
 Few-shot sampling reproduces Dassl's ``generate_fewshot_dataset`` call for call: a ``random.Random(seed)`` gives

@@ -1,4 +1,4 @@
-"""Hand-crafted class templates for fixed text classifiers (spec section 0).
+"""Hand-crafted class templates for fixed text classifiers.
 
 Two sets ship: ``"coop"`` (CoOp / CoCoOp / MaPLe / UPT releases, the default) and ``"provp"`` (the ProVP release,
 which reorders some of them). Keys are the dataset registry names.

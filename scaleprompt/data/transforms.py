@@ -1,4 +1,4 @@
-"""CLIP image transforms (spec section 0)."""
+"""CLIP image transforms."""
 
 from __future__ import annotations
 

@@ -150,10 +150,15 @@ def safe_torch_load(path: str | Path, map_location: Any = "cpu") -> Any:
 
 
 def safe_checkpoint_engine(config: Any = None):
-    """A DeepSpeed checkpoint engine whose ``load`` is :func:`safe_torch_load` (saving is unchanged)."""
+    """A DeepSpeed checkpoint engine whose ``load`` is :func:`safe_torch_load` (saving is DeepSpeed's, with a
+    crash point after each file for the tests: a save killed between two of DeepSpeed's own files)."""
     from deepspeed.runtime.checkpoint_engine import TorchCheckpointEngine
 
     class WeightsOnlyCheckpointEngine(TorchCheckpointEngine):
+        def save(self, state_dict, path: str):
+            super().save(state_dict, path)
+            failpoint("checkpoint.deepspeed_file")
+
         def load(self, path: str, map_location=None):
             return safe_torch_load(path, map_location=map_location if map_location is not None else "cpu")
 

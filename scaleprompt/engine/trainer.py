@@ -33,12 +33,19 @@ from scaleprompt.data.loader import ShardLoader
 from scaleprompt.data.protocols import Protocol, harmonic_mean
 from scaleprompt.data.shards import check_shards, read_manifest
 from scaleprompt.data.templates import dataset_template
-from scaleprompt.engine.checkpoint import CheckpointError, CheckpointManager, atomic_json, set_rng_state
+from scaleprompt.engine.checkpoint import (
+    CheckpointError,
+    CheckpointManager,
+    atomic_json,
+    safe_checkpoint_engine,
+    set_rng_state,
+)
 from scaleprompt.engine.config import OptimConfig, RunConfig, describe_validation_error
 from scaleprompt.engine.distributed import DistInfo, barrier, broadcast_object, init_distributed, run_on_main
 from scaleprompt.engine.evaluate import evaluate
 from scaleprompt.engine.identity import compare, run_identity
 from scaleprompt.engine.progress import RunProgress
+from scaleprompt.errors import OutputError
 from scaleprompt.failpoints import failpoint
 from scaleprompt.locks import DirLock
 from scaleprompt.methods import build, save_prompts
@@ -153,6 +160,20 @@ def shard_fingerprint(*folders: str | None) -> str:
     return digest.hexdigest()
 
 
+@contextlib.contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """An OSError while writing ``path`` (disk full, permissions) as a one-line OutputError naming it."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (OSError, SafetensorError) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        raise OutputError(
+            f"cannot write {path}: {reason}; the checkpoints are intact (free space, then --resume)"
+        ) from None
+
+
 # --- the trainer ------------------------------------------------------------------------------------------------
 class Trainer:
     """One run. ``resume=True`` continues the newest complete checkpoint in ``train.output_dir`` (refused if the
@@ -176,7 +197,10 @@ class Trainer:
             raise
 
     def _take_output_dir(self) -> None:
-        self.out.mkdir(parents=True, exist_ok=True)
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"train.output_dir: cannot create {self.out}: {exc.strerror or exc}") from None
         self._lock = DirLock(self.out / ".lock", f"train.output_dir {self.out}").acquire(wait=False)
 
     def close(self) -> None:
@@ -196,7 +220,8 @@ class Trainer:
                 self.ckpt.read(self.resume_from) if self.dist.is_main else None
             )
         if self.dist.is_main:
-            (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+            with writing(self.out / "config.json"):
+                atomic_json(self.out / "config.json", cfg.to_dict())
         self.shards = prepare_shards(cfg, self.dist)
         run_on_main(self._check_eval_shards)
         manifest = read_manifest(self.shards.train)
@@ -321,6 +346,7 @@ class Trainer:
             ValidationError
         ) as exc:  # (checked earlier by check_ds_config; DeepSpeed's own word as a fallback)
             raise ConfigError(f"DeepSpeed config rejected: {describe_validation_error(exc)}") from None
+        self.engine.checkpoint_engine = safe_checkpoint_engine(getattr(self.engine, "_config", None))
         if self.zero_stage == 3:
             self._register_external_parameters()
         logger.info(
@@ -594,7 +620,8 @@ class Trainer:
             "sessions": run.sessions,
         }
         if self.dist.is_main:
-            atomic_json(self.out / "results.json", results)
+            with writing(self.out / "results.json"):
+                atomic_json(self.out / "results.json", results)
             logger.info("results: %s", self.out / "results.json")
         barrier()
         return results
@@ -602,7 +629,8 @@ class Trainer:
     def _export(self, path: Path) -> None:
         with self._gathered():
             if self.dist.is_main:
-                save_prompts(self.method, path)
+                with writing(path):
+                    save_prompts(self.method, path)
         barrier()
 
     def _save(self, loader: ShardLoader, run: RunProgress) -> Path:

@@ -1,4 +1,4 @@
-"""CoCoOp: CoOp context + a meta-net that shifts it per image (Zhou et al., CVPR 2022; spec section 4).
+"""CoCoOp: CoOp context + a meta-net that shifts it per image (Zhou et al., CVPR 2022).
 
 Released behaviour matched: 4 context tokens from "a photo of a"; meta-net
 ``Linear(E, E // 16) -> ReLU -> Linear(E // 16, Dt)`` on the L2-normalized image feature, its output added to

@@ -1,4 +1,4 @@
-"""CoOp: learned text context, frozen image encoder (Zhou et al., IJCV 2022; spec section 4).
+"""CoOp: learned text context, frozen image encoder (Zhou et al., IJCV 2022).
 
 Released behaviour matched: N = 16 context vectors N(0, 0.02) shared by all classes (``class_specific`` gives
 one context per class), or initialised from the embeddings of ``ctx_init`` (N = its token count);

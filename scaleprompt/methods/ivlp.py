@@ -1,4 +1,4 @@
-"""IVLP: independent deep prompts on both towers (baseline of the MaPLe paper; spec section 4).
+"""IVLP: independent deep prompts on both towers (baseline of the MaPLe paper).
 
 Text: the full template ``"a photo of a {classname}."``; the embeddings at positions 1..2 ("a photo") are learned,
 initialised from those words; text blocks 1..text_depth-1 each replace tokens 1..2 with fresh learned vectors

@@ -1,4 +1,4 @@
-"""MaPLe: multi-modal prompt learning with text-to-vision coupling (Khattak et al., CVPR 2023; spec section 4).
+"""MaPLe: multi-modal prompt learning with text-to-vision coupling (Khattak et al., CVPR 2023).
 
 Text as IVLP: positions 1..2 of ``"a photo of a {classname}."`` learned (from "a photo"); blocks 1..J-1 replace
 tokens 1..2 with learned vectors N(0, 0.02). The visual prompt of block l is ``Linear_l(Dt -> Dv)`` of the text

@@ -1,4 +1,4 @@
-"""ProVP and ProVP-Ref (Xu et al., IJCV 2024; spec sections 1-2).
+"""ProVP and ProVP-Ref (Xu et al., IJCV 2024).
 
 ProVP: one N-token prompt per vision block, ``[CLS, prompts, patches]`` after ``ln_pre``; block i >= 1 gets
 ``alpha * O_{i-1} + (1 - alpha) * P_i`` (the previous block's prompt OUTPUTS mixed in). Init Xavier-uniform with

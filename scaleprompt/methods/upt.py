@@ -1,4 +1,4 @@
-"""UPT: one shared prompt, transformed, split into text and visual prompts (Zang et al., 2022; spec section 3).
+"""UPT: one shared prompt, transformed, split into text and visual prompts (Zang et al., 2022).
 
 ``U in R^{2n x Dt}`` ~ N(0, 0.02). A small transformer layer (width Dt, ``heads``, feed-forward ``ff_dim``
 (default Dt), ReLU, dropout 0.1; residual attention with post-norm, then a pre-norm feed-forward residual)

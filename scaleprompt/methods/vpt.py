@@ -1,4 +1,4 @@
-"""VPT-deep over CLIP's image tower with a fixed text classifier (Jia et al., ECCV 2022; spec section 4).
+"""VPT-deep over CLIP's image tower with a fixed text classifier (Jia et al., ECCV 2022).
 
 Per-block prompts N(0, 0.02); block 0 inserts them, later blocks REPLACE the previous prompt outputs with fresh
 parameters. Two released layouts (``layout``):

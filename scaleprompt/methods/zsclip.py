@@ -1,4 +1,4 @@
-"""Zero-shot CLIP: hand-crafted template(s), no trainable parameters (spec section 4)."""
+"""Zero-shot CLIP: hand-crafted template(s), no trainable parameters."""
 
 from __future__ import annotations
 
