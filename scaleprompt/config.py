@@ -10,6 +10,7 @@ import dataclasses
 import types
 import typing
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 from scaleprompt.errors import ScalepromptError
@@ -117,3 +118,20 @@ def require(cond: bool, field: str, message: str) -> None:
     """Raise a ConfigError naming ``field`` unless ``cond`` holds."""
     if not cond:
         raise ConfigError(f"{field}: {message}")
+
+
+def read_yaml_mapping(path: str | Path, what: str, expected: str) -> dict[str, Any]:
+    """A YAML file that must hold a mapping (a recipe, a search space); every problem is a ConfigError naming the
+    file (``what``: "recipe", "search space"; ``expected``: what the mapping holds)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (yaml.YAMLError, OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not a readable YAML {what}: {' '.join(str(exc).split())}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a {what} is a mapping of {expected}")
+    return data

@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import yaml
 
-from scaleprompt.config import ConfigError, check_types, require
+from scaleprompt.config import ConfigError, check_types, read_yaml_mapping, require
 from scaleprompt.engine.config import RunConfig, load_run_config
 
 logger = logging.getLogger(__name__)
@@ -79,14 +79,7 @@ class SearchSpace:
 def load_space(path: str | Path, recipe: str | Path | None, overrides: Sequence[str] = ()) -> SearchSpace:
     """Read and validate a space file against the recipe (every parameter value is tried in a run config)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"search space not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except (yaml.YAMLError, OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not a readable YAML file: {' '.join(str(exc).split())}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a search space is a mapping with metric / mode / params")
+    raw = read_yaml_mapping(path, "search space", "metric / mode / params")
     unknown = sorted(set(raw) - {"metric", "mode", "params"})
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {unknown}; valid: metric, mode, params")

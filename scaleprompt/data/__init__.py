@@ -11,8 +11,9 @@ from typing import Any
 _EXPORTS = {
     "scaleprompt.data.datasets": [
         "BENCHMARKS", "CROSS_DATASET_TARGETS", "DG_TARGETS", "DatasetError", "DatasetSplits", "Datum",
-        "get_dataset", "list_datasets", "load_dataset",
+        "dataset_display_name", "get_dataset", "list_datasets", "load_dataset",
     ],
+    "scaleprompt.data.cache": ["ensure_shards"],
     "scaleprompt.data.loader": ["Batch", "DataError", "ShardLoader"],
     "scaleprompt.data.protocols": ["Protocol", "apply_protocol", "fewshot", "harmonic_mean", "subsample_classes"],
     "scaleprompt.data.shards": ["read_manifest", "verify_shards", "write_shards"],

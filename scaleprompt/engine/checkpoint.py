@@ -250,8 +250,8 @@ class CheckpointManager:
         for old in complete[: -self.keep]:
             if old != newest:
                 shutil.rmtree(self.root / old, ignore_errors=True)
-        for p in self.root.iterdir():  # saves that crashed before completing (one writer per run folder)
-            if p.is_dir() and p.name != newest and not (p / COMPLETE).is_file():
+        for p in self.root.iterdir():  # saves that crashed before their rename (one writer per run folder)
+            if p.is_dir() and p.name != newest and (p.name.startswith(PARTIAL) or not (p / COMPLETE).is_file()):
                 shutil.rmtree(p, ignore_errors=True)
 
     # finding and loading ---------------------------------------------------------------------------------------

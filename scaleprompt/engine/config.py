@@ -15,11 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from scaleprompt.config import ConfigError, check_types, require, to_dict
+from scaleprompt.config import ConfigError, check_types, read_yaml_mapping, require, to_dict
 
 logger = logging.getLogger(__name__)
 
@@ -173,15 +172,7 @@ def load_run_config(recipe: str | Path | None = None, overrides: Sequence[str] =
     base = OmegaConf.structured(RunConfig)
     layers = [base]
     if recipe is not None:
-        path = Path(recipe)
-        if not path.is_file():
-            raise ConfigError(f"recipe not found: {path}")
-        try:
-            recipe_data = yaml.safe_load(path.read_text()) or {}
-        except (yaml.YAMLError, OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: not a readable YAML recipe: {' '.join(str(exc).split())}") from None
-        if not isinstance(recipe_data, dict):
-            raise ConfigError(f"{path}: a recipe is a mapping of sections (model, method, data, ...)")
+        recipe_data = read_yaml_mapping(recipe, "recipe", "sections (model, method, data, ...)")
         layers.append(OmegaConf.create(recipe_data))
     for item in overrides:
         if "=" not in item:

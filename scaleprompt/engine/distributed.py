@@ -24,6 +24,8 @@ from scaleprompt.errors import reported_elsewhere
 
 if not torch.cuda.is_available():  # before deepspeed is imported: no accelerator probing warnings on CPU
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    # deepspeed's op builders import torch's extension tools, which warn that no CUDA runtime exists: noise here
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
 logger = logging.getLogger(__name__)
 LOOPBACK = ("127.0.0.1", "localhost", "::1")

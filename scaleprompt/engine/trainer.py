@@ -1,11 +1,17 @@
 """The one training loop (used by ``train.py`` and by ``tune/`` trials).
 
-``Trainer(cfg, ds_config).fit()`` builds the frozen backbone and the method, writes / finds the shards, wraps the
-method in a DeepSpeed engine (ZeRO 1/2/3, fp32 / bf16 / fp16) with a client torch optimizer over the prompt
-parameters only, trains with the releases' schedule (constant warm-up epoch(s), then cosine over the epochs,
-stepped per epoch), validates every ``eval.every_epochs``, checkpoints crash-safely, and evaluates the last and the
-best-validation prompts on the test split(s) of the setting. Results go to ``<output_dir>/results.json``; the
-trained prompts to ``<output_dir>/prompts.safetensors`` (and ``prompts_best_val.safetensors``).
+``Trainer(cfg, ds_config, resume=False).fit()`` locks ``train.output_dir`` (one run per folder), finds or writes
+the shards (rank 0; the cache is keyed by the dataset's source and listing), checks the val / test shards, builds
+the frozen backbone and the method, wraps the method in a DeepSpeed engine (ZeRO 1/2/3, fp32 / bf16 / fp16) with a
+client torch optimizer over the prompt parameters only, trains with the releases' schedule (constant warm-up
+epoch(s), then cosine over the epochs, stepped per epoch), validates every ``eval.every_epochs``, checkpoints
+atomically (see :mod:`scaleprompt.engine.checkpoint`), and evaluates the last and the best-validation prompts on the
+test split(s) of the setting. Results go to ``<output_dir>/results.json``; the trained prompts to
+``<output_dir>/prompts.safetensors`` (and ``prompts_best_val.safetensors``).
+
+``resume=True`` continues the newest complete checkpoint: refused, naming each difference, if the math or the
+data would change (:mod:`scaleprompt.engine.identity`); a no-op on a finished run; the run's history and best
+prompts come from the checkpoint (:mod:`scaleprompt.engine.progress`), so the results match an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -219,9 +225,6 @@ class Trainer:
             self.saved_state = broadcast_object(
                 self.ckpt.read(self.resume_from) if self.dist.is_main else None
             )
-        if self.dist.is_main:
-            with writing(self.out / "config.json"):
-                atomic_json(self.out / "config.json", cfg.to_dict())
         self.shards = prepare_shards(cfg, self.dist)
         run_on_main(self._check_eval_shards)
         manifest = read_manifest(self.shards.train)
@@ -254,6 +257,9 @@ class Trainer:
         self.config_changes: list[dict[str, Any]] = []
         if self.saved_state is not None:
             self._check_identity(*self.saved_state)
+        if self.dist.is_main:  # (after the identity check: a refused resume changes nothing)
+            with writing(self.out / "config.json"):
+                atomic_json(self.out / "config.json", cfg.to_dict())
         self.writer = None
 
     def _check_eval_shards(self) -> None:
