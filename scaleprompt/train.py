@@ -71,7 +71,7 @@ def _main(argv: Sequence[str]) -> int:
 
 def summarize(results: dict) -> None:
     log = logging.getLogger("scaleprompt")
-    rows = list(results["results"].items())
+    rows = [(k, results["results"][k]) for k in ("last", "best_val") if k in results["results"]]
     if results.get("zero_shot"):
         rows.insert(0, ("zero_shot", results["zero_shot"]))
     for selection, res in rows:
