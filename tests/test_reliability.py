@@ -423,3 +423,6 @@ def test_results_record_what_they_were_computed_on(colors, tmp_path):
         and state["global_step"] == res["steps"] == 4
     )
     assert res["config_changes"] == [] and [s["from_checkpoint"] for s in res["timing"]["sessions"]] == [None]
+    cache = tmp_path / "cache" / res["data"]["shards"]["train"]
+    assert (cache / "manifest.json").is_file() and res["data"]["shards"]["train"].startswith("colors0-full-seed1-all")
+    assert len(res["data"]["fingerprint"]) == 64

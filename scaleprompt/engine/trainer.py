@@ -608,7 +608,8 @@ class Trainer:
             "shots": cfg.data.shots, "seed": cfg.train.seed, "backbone": cfg.model.name,
             "pretrained": cfg.model.pretrained, "world_size": self.dist.world_size, "epochs": self.epochs,
             "steps": self.engine.global_steps if self.engine is not None else 0,
-            "checkpoint": run.last_tag, "best_val_epoch": run.best_epoch, "history": run.history,
+            "checkpoint": run.last_tag, "data": self._data_record(), "best_val_epoch": run.best_epoch,
+            "history": run.history,
             "results": {"last": last}, "config": cfg.to_dict(), "config_changes": self.config_changes,
         }  # fmt: skip
         if self.zero_shot is not None:
@@ -631,6 +632,15 @@ class Trainer:
             logger.info("results: %s", self.out / "results.json")
         barrier()
         return results
+
+    def _data_record(self) -> dict[str, Any]:
+        """What the numbers were computed on: the shard folders (named by their cache key) and a fingerprint of
+        their manifests (class names + every shard's sha256)."""
+        folders = {"train": self.shards.train, "novel": self.shards.novel}
+        return {
+            "shards": {k: Path(v).name for k, v in folders.items() if v is not None},
+            "fingerprint": self.identity["run.data"],
+        }
 
     def _export(self, path: Path) -> None:
         with self._gathered():
