@@ -424,5 +424,5 @@ def test_results_record_what_they_were_computed_on(colors, tmp_path):
     )
     assert res["config_changes"] == [] and [s["from_checkpoint"] for s in res["timing"]["sessions"]] == [None]
     cache = tmp_path / "cache" / res["data"]["shards"]["train"]
-    assert (cache / "manifest.json").is_file() and res["data"]["shards"]["train"].startswith("colors0-full-seed1-all")
+    assert (cache / "manifest.json").is_file() and res["data"]["shards"]["train"].startswith(f"{colors.name}-full-seed1-all")
     assert len(res["data"]["fingerprint"]) == 64
