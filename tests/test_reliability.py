@@ -76,6 +76,8 @@ def test_an_epoch_end_step_checkpoint_is_saved_once_and_a_finished_run_resumes_a
     out = tmp_path / "out"
     assert tags(out) == ["step00000004", "step00000006"] and latest(out) == "step00000006"
     assert first["checkpoint"] == "step00000006" and first["steps"] == 6
+    state = json.loads((out / "checkpoints" / "step00000004" / "run_state.json").read_text())
+    assert [h["epoch"] for h in state["history"]] == [1, 2], "saved after epoch 2's validation"
     before = (out / "results.json").read_bytes()
     with caplog.at_level("INFO", logger="scaleprompt"):
         again = fit(colors, tmp_path, "method.name=provp", "method.args.n_ctx=2", "optim.epochs=3",
