@@ -348,9 +348,7 @@ class Trainer:
             self.engine, self.optimizer, _, _ = deepspeed.initialize(
                 model=self.method, model_parameters=self.trainable, optimizer=optimizer, config=ds_cfg
             )
-        except (
-            ValidationError
-        ) as exc:  # (checked earlier by check_ds_config; DeepSpeed's own word as a fallback)
+        except ValidationError as exc:  # (load_ds_config checked the ZeRO section; this is the fallback)
             raise ConfigError(f"DeepSpeed config rejected: {describe_validation_error(exc)}") from None
         self.engine.checkpoint_engine = safe_checkpoint_engine(getattr(self.engine, "_config", None))
         if self.zero_stage == 3:
