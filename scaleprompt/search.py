@@ -403,16 +403,13 @@ def run_search(space_path: str | Path, recipe: str | Path | None, overrides: Seq
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
-    from scaleprompt.engine.distributed import DistInfo
-    from scaleprompt.engine.trainer import prepare_shards
+    from scaleprompt.engine.run import build_setting
 
     opts = options or SearchOptions()
     recipe = str(Path(recipe).resolve()) if recipe else None
     space = load_space(space_path, recipe, overrides)
     base = load_run_config(recipe, overrides)
-    import torch
-
-    prepare_shards(base, DistInfo(0, 1, 0, torch.device("cpu")))  # once, before trials share the cache
+    build_setting(base)  # every shard folder once, before the trials share the cache
     init_ray(opts.address, opts.dashboard, port=opts.dashboard_port)
     name = opts.name or f"{space.name}-{base.method.name}"
     storage = Path(opts.storage).resolve()

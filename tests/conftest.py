@@ -20,7 +20,7 @@ CLASSNAMES = ["cat", "dog", "golden_retriever", "airplane", "sea turtle"]
 
 @pytest.fixture(scope="session")
 def clip12():
-    """12-block tiny CLIP (vision width 48, text width 32): every spec default depth fits."""
+    """12-block tiny CLIP (vision width 48, text width 32): every published default depth fits."""
     torch.manual_seed(0)
     return load_clip("sp-tiny-vit-12")
 

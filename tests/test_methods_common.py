@@ -1,4 +1,4 @@
-"""Behaviour every registered method must have (spec defaults on the 12-block tiny CLIP)."""
+"""Behaviour every registered method must have (published defaults on the 12-block tiny CLIP)."""
 
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ def test_save_load_reproduces_logits(method, images, tmp_path, clip12):
         expected = method.logits(images)
     torch.manual_seed(999)  # a different init must not leak into the loaded method
     loaded = load_prompts(path, clip12).eval()
-    assert type(loaded) is type(method) and loaded.config == method.config
+    assert type(loaded) is type(method) and loaded.effective_config() == method.effective_config()
     with torch.no_grad():
         assert torch.equal(loaded.logits(images), expected)
     assert list(tmp_path.iterdir()) == [path], "atomic save left temporary files behind"

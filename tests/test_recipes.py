@@ -1,4 +1,4 @@
-"""The recipes in configs/ load, validate, match the spec's official numbers and take a backbone override."""
+"""The recipes in configs/ load, validate, match the official numbers (docs/methods.md#recipes) and take a backbone override."""
 
 from __future__ import annotations
 
@@ -145,6 +145,9 @@ def test_upt_recipes():
     cfg = load("upt/base2new.yaml")
     assert cfg.method.args["n_ctx"] == 4
     assert (cfg.optim.lr, cfg.optim.batch_size, cfg.optim.epochs) == (0.002, 32, 200)
+    # the published UPT numbers come from the release's per-token transform (the paper's: variant=attention)
+    upt = sorted((CONFIGS / "upt").glob("*.yaml"))
+    assert upt and all(load(f"upt/{p.name}").method.args["variant"] == "per_token" for p in upt)
     assert load("upt/base2new_imagenet.yaml").optim.epochs == 50
 
 

@@ -251,7 +251,11 @@ class CheckpointManager:
             if old != newest:
                 shutil.rmtree(self.root / old, ignore_errors=True)
         for p in self.root.iterdir():  # saves that crashed before their rename (one writer per run folder)
-            if p.is_dir() and p.name != newest and (p.name.startswith(PARTIAL) or not (p / COMPLETE).is_file()):
+            if (
+                p.is_dir()
+                and p.name != newest
+                and (p.name.startswith(PARTIAL) or not (p / COMPLETE).is_file())
+            ):
                 shutil.rmtree(p, ignore_errors=True)
 
     # finding and loading ---------------------------------------------------------------------------------------

@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import json
 import logging
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +31,9 @@ from tqdm import tqdm
 
 from scaleprompt.backbone import load_clip
 from scaleprompt.config import ConfigError, to_dict
-from scaleprompt.data.cache import ensure_shards
 from scaleprompt.data.datasets import dataset_display_name
 from scaleprompt.data.loader import ShardLoader
-from scaleprompt.data.protocols import Protocol, harmonic_mean
 from scaleprompt.data.shards import check_shards, read_manifest
-from scaleprompt.data.templates import dataset_template
 from scaleprompt.engine.checkpoint import (
     CheckpointError,
     CheckpointManager,
@@ -47,15 +42,16 @@ from scaleprompt.engine.checkpoint import (
     set_rng_state,
 )
 from scaleprompt.engine.config import OptimConfig, RunConfig, describe_validation_error
-from scaleprompt.engine.distributed import DistInfo, barrier, broadcast_object, init_distributed, run_on_main
+from scaleprompt.engine.distributed import barrier, broadcast_object, init_distributed, run_on_main
 from scaleprompt.engine.evaluate import evaluate
 from scaleprompt.engine.identity import compare, run_identity
 from scaleprompt.engine.progress import RunProgress
+from scaleprompt.engine.run import EvalSet, build_method, build_setting, describe_data, training_fingerprint
 from scaleprompt.errors import OutputError
 from scaleprompt.failpoints import failpoint
 from scaleprompt.locks import DirLock
 from scaleprompt.methods import build, save_prompts
-from scaleprompt.methods.base import FixedTextConfig, PromptMethod
+from scaleprompt.methods.base import PromptMethod
 
 logger = logging.getLogger(__name__)
 RESULTS_FORMAT = "scaleprompt.run/1"
@@ -114,56 +110,6 @@ def deepspeed_config(
     cfg.setdefault("steps_per_print", 10**9)
     cfg.setdefault("zero_allow_untested_optimizer", True)  # torch SGD / AdamW over the prompts
     return cfg
-
-
-@dataclass
-class ShardSet:
-    train: str  # shards for train / val / test of the training classes
-    novel: str | None = None  # base-to-novel: shards whose test split holds the novel classes
-
-
-def cached_shards(
-    cfg: RunConfig, dataset: str, root: str | None, protocol: Protocol, splits: tuple[str, ...]
-) -> str:
-    """The shard folder of ``dataset`` after ``protocol``, written on rank 0 if the cache has none (see
-    :mod:`scaleprompt.data.cache`: keyed by the resolved source, its listing and the protocol)."""
-
-    def build() -> str:
-        return str(ensure_shards(dataset, root, protocol, splits, cfg.data.cache_dir,
-                                 shard_size=cfg.data.shard_size, min_shards=cfg.data.min_shards))  # fmt: skip
-
-    return run_on_main(build)
-
-
-def prepare_shards(cfg: RunConfig, dist: DistInfo | None = None) -> ShardSet:
-    """The run's shards: given (``data.shards``) or built in the cache (rank 0; every rank gets the folders)."""
-    base2new = cfg.eval.setting == "base2new"
-    if cfg.data.shards:
-        if base2new:
-            raise ConfigError("data.shards: base-to-novel builds its base and novel shards itself; unset it")
-        return ShardSet(cfg.data.shards)
-    protocol = Protocol(shots=cfg.data.shots, seed=cfg.train.seed, subset="base" if base2new else "all")
-    train = cached_shards(cfg, cfg.data.dataset, cfg.data.root, protocol, ("train", "val", "test"))
-    novel = None
-    if base2new:
-        novel_protocol = Protocol(shots=cfg.data.shots, seed=cfg.train.seed, subset="new")
-        novel = cached_shards(cfg, cfg.data.dataset, cfg.data.root, novel_protocol, ("test",))
-    return ShardSet(train, novel)
-
-
-def shard_fingerprint(*folders: str | None) -> str:
-    """sha256 over the manifests' class names and shard hashes: the exact data a run trains and tests on."""
-    digest = hashlib.sha256()
-    for folder in folders:
-        if folder is None:
-            continue
-        manifest = read_manifest(folder)
-        digest.update(json.dumps(manifest["classnames"]).encode())
-        for split, info in sorted(manifest["splits"].items()):
-            digest.update(split.encode())
-            for shard in info["shards"]:
-                digest.update(f"{shard['name']}:{shard['count']}:{shard['sha256']}".encode())
-    return digest.hexdigest()
 
 
 @contextlib.contextmanager
@@ -225,10 +171,9 @@ class Trainer:
             self.saved_state = broadcast_object(
                 self.ckpt.read(self.resume_from) if self.dist.is_main else None
             )
-        self.shards = prepare_shards(cfg, self.dist)
+        self.setting = build_setting(cfg)  # (rank 0 finds or writes every shard folder of the setting)
         run_on_main(self._check_eval_shards)
-        manifest = read_manifest(self.shards.train)
-        self.classnames = manifest["classnames"]
+        self.classnames = list(self.setting.classnames)
         self.clip = load_clip(cfg.model.name, cfg.model.pretrained, cache_dir=cfg.model.cache_dir)
         self.clip.set_grad_checkpointing(cfg.model.grad_checkpointing)
         self.image_size = cfg.data.image_size or self.clip.scaleprompt_info.image_size
@@ -238,11 +183,12 @@ class Trainer:
             cfg.optim.batch_size, cfg.optim.micro_batch_size, self.dist.world_size
         )
         self.zero_shot = None
+        self.method: PromptMethod | None = None
         if self.saved_state is not None and self.saved_state[0].get("zero_shot") is not None:
             self.zero_shot = self.saved_state[0]["zero_shot"]  # computed before the interruption
         elif cfg.eval.zero_shot_baseline:
             self.zero_shot = self._zero_shot_baseline()
-        self.method = self._build_method(self.classnames)
+        self.method = build_method(cfg, self.clip, self.setting)
         self.trainable = self.method.trainable_parameters()
         self.epochs = cfg.optim.epochs if self.trainable else 0
         if self.trainable:
@@ -252,7 +198,7 @@ class Trainer:
         self.identity = run_identity(cfg.to_dict(), to_dict(self.method.config), {
             "world_size": self.dist.world_size, "zero_stage": self.zero_stage, "micro_batch": self.micro,
             "accumulation": self.accumulation, "classes": self.classnames,
-            "data": shard_fingerprint(self.shards.train, self.shards.novel),
+            "data": training_fingerprint(self.setting),
         })  # fmt: skip
         self.config_changes: list[dict[str, Any]] = []
         if self.saved_state is not None:
@@ -265,11 +211,10 @@ class Trainer:
     def _check_eval_shards(self) -> None:
         """The val / test shards' sha256 before any training (a corrupt test shard found after hours of training
         would waste them); train shards are checked by the loader at first use, each rank its own share."""
-        for folder in (self.shards.train, self.shards.novel):
-            if folder is not None:
-                manifest = read_manifest(folder)
-                for split in ("val", "test"):
-                    check_shards(folder, manifest["splits"].get(split, {}).get("shards", []))
+        for folder in self.setting.folders.values():
+            manifest = read_manifest(folder)
+            for split in ("val", "test"):
+                check_shards(folder, manifest["splits"].get(split, {}).get("shards", []))
 
     def _checkpoint_to_resume(self, resume: bool) -> str | None:
         """The checkpoint ``--resume`` continues (None: start fresh); a fresh run never reuses a run's folder."""
@@ -300,28 +245,10 @@ class Trainer:
         self.config_changes += changes
 
     # building -------------------------------------------------------------------------------------------------
-    def _templates(self, dataset: str) -> tuple[str, ...]:
-        return (dataset_template(dataset_display_name(dataset), self.cfg.data.template_set),)
-
-    def _build_method(self, classnames: list[str]) -> PromptMethod:
-        from scaleprompt.methods import method_class
-
-        args = dict(self.cfg.method.args)
-        if (
-            issubclass(method_class(self.cfg.method.name).config_class, FixedTextConfig)
-            and "templates" not in args
-        ):
-            args["templates"] = self._templates(self.cfg.data.dataset)
-        return build(self.cfg.method.name, self.clip, classnames, **args)
-
     def _zero_shot_baseline(self) -> dict[str, Any]:
         """Zero-shot CLIP's test metrics of the setting, before the backbone goes into an engine (ZeRO-3)."""
-        templates = self._templates(self.cfg.data.dataset)
-        self.method = build("zsclip", self.clip, self.classnames, templates=templates).to(self.dist.device)
-        try:
-            return self.test_all()
-        finally:
-            del self.method
+        zero_shot = build("zsclip", self.clip, self.classnames, dataset_templates=self.setting.templates)
+        return self.test_all(zero_shot.to(self.dist.device))
 
     def _init_engine(self) -> None:
         import deepspeed
@@ -408,61 +335,40 @@ class Trainer:
         )  # fmt: skip
 
     # evaluation ------------------------------------------------------------------------------------------------
-    def evaluate_split(self, shards: str, split: str) -> dict[str, float]:
+    def evaluate_split(self, shards: str, split: str, method: PromptMethod | None = None) -> dict[str, float]:
+        """Accuracy of ``method`` (default: the trained one, through its engine) on one split of a shard folder."""
         manifest = read_manifest(shards)
         if split not in manifest["splits"] or manifest["splits"][split]["count"] == 0:
             return {}
-        module = self._forward_module()
+        module = self._forward_module() if method is None or method is self.method else method
         module.eval()
-        result = evaluate(
-            module, self._loader(shards, split, train=False), len(manifest["classnames"]), self.dist.device
-        )
-        return result
+        loader = self._loader(shards, split, train=False)
+        return evaluate(module, loader, len(manifest["classnames"]), self.dist.device)
 
-    def _on_classes(self, classnames: list[str], templates: tuple[str, ...] | None = None):
-        """Context: the method temporarily evaluates another class set (novel classes, a transfer dataset)."""
-        method = self.method
-
-        @contextlib.contextmanager
-        def swap() -> Iterator[None]:
-            old_names, old_templates = method.classnames, getattr(method.config, "templates", None)
+    @contextlib.contextmanager
+    def _on_classes(self, method: PromptMethod, test_set: EvalSet) -> Iterator[None]:
+        """``method`` classifies ``test_set``'s classes (with its templates, for methods that take them), then the
+        training classes again. ZeRO-3 parameters are gathered for the text-side rebuild."""
+        setting = self.setting
+        if test_set.classnames == setting.classnames and test_set.templates == setting.templates:
+            yield
+            return
+        with self._gathered():
+            method.set_classnames(test_set.classnames, test_set.templates)
+        try:
+            yield
+        finally:
             with self._gathered():
-                if templates is not None and old_templates is not None:
-                    method.config.templates = templates
-                method.set_classnames(classnames)
-            try:
-                yield
-            finally:
-                with self._gathered():
-                    if templates is not None and old_templates is not None:
-                        method.config.templates = old_templates
-                    method.set_classnames(old_names)
+                method.set_classnames(setting.classnames, setting.templates)
 
-        return swap()
-
-    def test_all(self) -> dict[str, Any]:
-        """The setting's test metrics for the current prompts."""
-        setting = self.cfg.eval.setting
-        if setting == "base2new":
-            base = self.evaluate_split(self.shards.train, "test")
-            novel_names = read_manifest(self.shards.novel)["classnames"]
-            with self._on_classes(novel_names):
-                novel = self.evaluate_split(self.shards.novel, "test")
-            return {"base": base, "novel": novel, "hm": harmonic_mean(base["top1"], novel["top1"])}
-        out: dict[str, Any] = {"test": self.evaluate_split(self.shards.train, "test")}
-        if setting == "transfer":
-            out["targets"] = {}
-            for target in self.cfg.eval.targets:
-                out["targets"][dataset_display_name(target)] = self._evaluate_target(target)
-        return out
-
-    def _evaluate_target(self, target: str) -> dict[str, float]:
-        cfg = self.cfg
-        protocol = Protocol(shots=0, seed=cfg.train.seed, subset="all")
-        out = cached_shards(cfg, target, cfg.eval.targets_root or cfg.data.root, protocol, ("test",))
-        names = read_manifest(out)["classnames"]
-        with self._on_classes(names, self._templates(target)):
-            return self.evaluate_split(out, "test")
+    def test_all(self, method: PromptMethod | None = None) -> dict[str, Any]:
+        """The setting's test metrics for ``method`` (default: the trained prompts as they are now)."""
+        method = method if method is not None else self.method
+        metrics = {}
+        for test_set in self.setting.test_sets:
+            with self._on_classes(method, test_set):
+                metrics[test_set.name] = self.evaluate_split(test_set.shards, "test", method)
+        return self.setting.combine(metrics)
 
     # training --------------------------------------------------------------------------------------------------
     def _prompt_snapshot(self) -> dict[str, torch.Tensor]:
@@ -486,7 +392,7 @@ class Trainer:
         cfg, dist = self.cfg, self.dist
         run = RunProgress.fresh(cfg.to_dict())
         loaded = None
-        loader = self._loader(self.shards.train, "train", train=True) if self.trainable else None
+        loader = self._loader(self.setting.train, "train", train=True) if self.trainable else None
         if self.resume_from is not None:
             loaded = self.ckpt.load(self.engine, self.resume_from)
             run = RunProgress.restore(loaded.state)
@@ -546,7 +452,7 @@ class Trainer:
             if epoch_complete and (
                 cfg.eval.every_epochs and done % cfg.eval.every_epochs == 0 or done == self.epochs
             ):
-                val = self.evaluate_split(self.shards.train, "val")
+                val = self.evaluate_split(self.setting.train, "val")
                 train_loss = run.epoch_loss[0] / max(1, run.epoch_loss[1])
                 run.history.append({"epoch": done, "val": val, "lr": lr, "train_loss": train_loss})
                 self._log_scalars({f"val/{k}": v for k, v in val.items()}, done)
@@ -599,14 +505,14 @@ class Trainer:
     def _final_results(self, run: RunProgress) -> dict[str, Any]:
         cfg = self.cfg
         failpoint("run.final_evaluation")
-        last = {"val": self.evaluate_split(self.shards.train, "val"), **self.test_all()}
+        last = {"val": self.evaluate_split(self.setting.train, "val"), **self.test_all()}
         results = {
             "format": RESULTS_FORMAT, "method": cfg.method.name, "dataset": dataset_display_name(cfg.data.dataset),
             "setting": cfg.eval.setting,
             "shots": cfg.data.shots, "seed": cfg.train.seed, "backbone": cfg.model.name,
             "pretrained": cfg.model.pretrained, "world_size": self.dist.world_size, "epochs": self.epochs,
             "steps": self.engine.global_steps if self.engine is not None else 0,
-            "checkpoint": run.last_tag, "data": self._data_record(), "best_val_epoch": run.best_epoch,
+            "checkpoint": run.last_tag, "data": describe_data(self.setting), "best_val_epoch": run.best_epoch,
             "history": run.history,
             "results": {"last": last}, "config": cfg.to_dict(), "config_changes": self.config_changes,
         }  # fmt: skip
@@ -630,15 +536,6 @@ class Trainer:
             logger.info("results: %s", self.out / "results.json")
         barrier()
         return results
-
-    def _data_record(self) -> dict[str, Any]:
-        """What the numbers were computed on: the shard folders (named by their cache key) and a fingerprint of
-        their manifests (class names + every shard's sha256)."""
-        folders = {"train": self.shards.train, "novel": self.shards.novel}
-        return {
-            "shards": {k: Path(v).name for k, v in folders.items() if v is not None},
-            "fingerprint": self.identity["run.data"],
-        }
 
     def _export(self, path: Path) -> None:
         with self._gathered():

@@ -31,11 +31,16 @@ class MethodConfig:
 class FixedTextConfig(MethodConfig):
     """Methods whose classifier is the frozen text encoder over hand-crafted templates."""
 
-    # One template = the papers' setting; several = a prompt ensemble (mean of normalized text features).
-    templates: tuple[str, ...] = (DEFAULT_TEMPLATE,)
+    # The template rule: None = the dataset's hand-crafted template (the engine passes it per dataset, also to
+    # transfer targets; without a dataset "a photo of a {}."); set = these templates on every dataset (a recipe
+    # override, or a method that fixes its template). One template = the papers' setting; several = a prompt
+    # ensemble (mean of normalized text features).
+    templates: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.templates is None:
+            return
         require(len(self.templates) > 0, "templates", "needs at least one template")
         for t in self.templates:
             require(
@@ -87,6 +92,7 @@ class PromptMethod(nn.Module):
             raise TypeError(f"{self.name} needs a {self.config_class.__name__}, got {type(config).__name__}")
         self.config = config
         self.classnames = clean_classnames(classnames)
+        self.templates = self._templates_for(None)
         self.clip = clip
         clip.requires_grad_(False)
         self.vision = PromptedVisionEncoder(clip)
@@ -127,9 +133,32 @@ class PromptMethod(nn.Module):
         """``logits`` without labels, the :class:`LossOutput` with them (the engine calls this)."""
         return self.logits(images) if labels is None else self.loss(images, labels)
 
-    def set_classnames(self, classnames: Sequence[str]) -> None:
-        """Move the trained prompts to another class set (novel classes, transfer datasets)."""
+    def _templates_for(self, dataset_templates: Sequence[str] | None) -> tuple[str, ...] | None:
+        """The hand-crafted templates this method uses on a dataset (None for methods with learned text)."""
+        if not isinstance(self.config, FixedTextConfig):
+            return None
+        return tuple(self.config.templates or dataset_templates or (DEFAULT_TEMPLATE,))
+
+    def effective_config(self) -> MethodConfig:
+        """The config with the templates actually in use (what a prompt file records)."""
+        if isinstance(self.config, FixedTextConfig):
+            return dataclasses.replace(self.config, templates=self.templates)
+        return self.config
+
+    def use_dataset_templates(self, dataset_templates: Sequence[str] | None) -> None:
+        """The hand-crafted template(s) of the dataset being classified; only a fixed-text method whose config
+        leaves ``templates`` unset uses them (the template rule of :class:`FixedTextConfig`)."""
+        self.templates = self._templates_for(dataset_templates)
+        self._text_cache = None
+
+    def set_classnames(
+        self, classnames: Sequence[str], dataset_templates: Sequence[str] | None = None
+    ) -> None:
+        """Move the trained prompts to another class set (novel classes, transfer datasets), with that dataset's
+        template(s) for the methods that take them."""
         self.classnames = clean_classnames(classnames)
+        if dataset_templates is not None:
+            self.templates = self._templates_for(dataset_templates)
         self._text_cache = None
         for module in self.modules():
             if isinstance(module, ClassPromptTable):

@@ -56,13 +56,15 @@ class CoOp(PromptMethod):
         self.ctx, prefix, n = init_context(self, config.n_ctx, config.ctx_init, config.init_std, copies)
         self.table = ClassPromptTable(self.text, self.classnames, prefix, n, config.class_position)
 
-    def set_classnames(self, classnames: Sequence[str]) -> None:
+    def set_classnames(
+        self, classnames: Sequence[str], dataset_templates: Sequence[str] | None = None
+    ) -> None:
         if self.config.class_specific:
             raise ConfigError(
                 "method.args.class_specific: class-specific CoOp context belongs to its training classes: it "
                 "cannot move to other classes (base-to-novel, transfer)"
             )
-        super().set_classnames(classnames)
+        super().set_classnames(classnames, dataset_templates)
 
     def image_features(self, images: Tensor) -> Tensor:
         return self.frozen_image_features(images)

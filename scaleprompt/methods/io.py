@@ -48,7 +48,7 @@ def prompt_metadata(method: PromptMethod) -> dict[str, str]:
     return {
         "format": FORMAT,
         "method": method.name,
-        "config": json.dumps(to_dict(method.config)),
+        "config": json.dumps(to_dict(method.effective_config())),  # (the templates in use, resolved)
         "classnames": json.dumps(method.classnames),
         "backbone": json.dumps(asdict(info) if info is not None else None),
     }

@@ -74,7 +74,7 @@ class ProVP(PromptMethod):
         return self.vision(images, self.prompts, self.plan)
 
     def compute_text_features(self) -> Tensor:
-        return self.template_features(self.config.templates)
+        return self.template_features(self.templates)
 
 
 class ProVPRef(ProVP):

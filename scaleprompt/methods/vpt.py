@@ -20,7 +20,13 @@ from torch import Tensor, nn
 
 from scaleprompt.config import require
 from scaleprompt.encoders import VisualPlan
-from scaleprompt.methods.base import FixedTextConfig, PromptMethod, check_depth, normal_prompts
+from scaleprompt.methods.base import (
+    DEFAULT_TEMPLATE,
+    FixedTextConfig,
+    PromptMethod,
+    check_depth,
+    normal_prompts,
+)
 
 LAYOUTS = {
     "upt": VisualPlan(position="after_cls", stage="after_ln_pre"),
@@ -37,6 +43,8 @@ class VPTDeepConfig(FixedTextConfig):
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
+        if self.layout == "maple" and self.templates is None:
+            self.templates = (DEFAULT_TEMPLATE,)  # the MaPLe release's VPT always uses "a photo of a {}."
         super().__post_init__()
         if self.n_ctx is None:
             self.n_ctx = DEFAULT_N[self.layout]
@@ -62,4 +70,4 @@ class VPTDeep(PromptMethod):
         return self.vision(images, self.prompts, self.plan)
 
     def compute_text_features(self) -> Tensor:
-        return self.template_features(self.config.templates)
+        return self.template_features(self.templates)

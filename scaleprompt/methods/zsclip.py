@@ -24,4 +24,4 @@ class ZSCLIP(PromptMethod):
         return self.frozen_image_features(images)
 
     def compute_text_features(self) -> Tensor:
-        return self.template_features(self.config.templates)
+        return self.template_features(self.templates)

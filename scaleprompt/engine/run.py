@@ -1,0 +1,173 @@
+"""Run assembly: from a :class:`RunConfig` to the parts of a run, with no training logic.
+
+* :func:`cached_shards` is THE shard-cache function (training data, novel classes, transfer targets, the search):
+  rank 0 finds or writes the folder (keyed by source + listing + protocol, see :mod:`scaleprompt.data.cache`) and
+  every rank gets its path.
+* :func:`build_setting` turns ``eval.setting`` into an evaluation setting: the training shards plus the test sets
+  the prompts are judged on, each with its own class names and the dataset's hand-crafted template(s), and how the
+  per-set accuracies combine (:class:`FewShot`: test; :class:`BaseToNovel`: base, novel, HM; :class:`Transfer`:
+  source test + every target).
+* :func:`build_method` builds the method for the setting's training classes. The template rule is the method's
+  (:class:`~scaleprompt.methods.base.FixedTextConfig`): a fixed-text method whose config leaves ``templates``
+  unset takes each dataset's template (the training dataset's, then each transfer target's); a recipe's
+  ``templates`` or a method that fixes its own (VPT-deep's MaPLe layout) is used on every dataset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from scaleprompt.config import ConfigError
+from scaleprompt.data.cache import ensure_shards
+from scaleprompt.data.datasets import dataset_display_name
+from scaleprompt.data.protocols import Protocol, harmonic_mean
+from scaleprompt.data.shards import read_manifest
+from scaleprompt.data.templates import dataset_template
+from scaleprompt.engine.config import RunConfig
+from scaleprompt.engine.distributed import run_on_main
+from scaleprompt.methods import build
+from scaleprompt.methods.base import PromptMethod
+
+Metrics = dict[str, float]
+
+
+def cached_shards(
+    cfg: RunConfig, dataset: str, root: str | None, protocol: Protocol, splits: tuple[str, ...]
+) -> str:
+    """The shard folder of ``dataset`` after ``protocol`` (written by rank 0 if the cache has none)."""
+
+    def build_folder() -> str:
+        return str(ensure_shards(dataset, root, protocol, splits, cfg.data.cache_dir,
+                                 shard_size=cfg.data.shard_size, min_shards=cfg.data.min_shards))  # fmt: skip
+
+    return run_on_main(build_folder)
+
+
+def dataset_templates(cfg: RunConfig, dataset: str) -> tuple[str, ...]:
+    """The hand-crafted template of ``dataset`` in the recipe's template set."""
+    return (dataset_template(dataset_display_name(dataset), cfg.data.template_set),)
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """One set the prompts are tested on: a shard folder's test split, its classes and its template(s)."""
+
+    name: str  # "test", "base", "novel", or a transfer target's display name
+    shards: str
+    classnames: tuple[str, ...]
+    templates: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class EvalSetting:
+    """The shards a run trains and validates on, the sets it is tested on, and how their metrics combine."""
+
+    kind: ClassVar[str]
+    train: str  # shard folder with the train / val / test splits of the training classes
+    classnames: tuple[str, ...]
+    templates: tuple[str, ...]  # the training dataset's template(s)
+    test_sets: tuple[EvalSet, ...]
+
+    def combine(self, metrics: Mapping[str, Metrics]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @property
+    def folders(self) -> dict[str, str]:
+        """Every shard folder of the setting by role (for the data fingerprint and results.json)."""
+        out = {"train": self.train}
+        out.update({t.name: t.shards for t in self.test_sets if t.shards != self.train})
+        return out
+
+
+class FewShot(EvalSetting):
+    kind = "fewshot"
+
+    def combine(self, metrics: Mapping[str, Metrics]) -> dict[str, Any]:
+        return {"test": metrics["test"]}
+
+
+class BaseToNovel(EvalSetting):
+    """Train on the base half of the classes; test the same prompts on base and on novel classes."""
+
+    kind = "base2new"
+
+    def combine(self, metrics: Mapping[str, Metrics]) -> dict[str, Any]:
+        base, novel = metrics["base"], metrics["novel"]
+        return {"base": base, "novel": novel, "hm": harmonic_mean(base["top1"], novel["top1"])}
+
+
+class Transfer(EvalSetting):
+    """Cross-dataset / domain generalization: the source's test set, then every target with its own classes."""
+
+    kind = "transfer"
+
+    def combine(self, metrics: Mapping[str, Metrics]) -> dict[str, Any]:
+        return {"test": metrics["test"], "targets": {t.name: metrics[t.name] for t in self.test_sets[1:]}}
+
+
+def _test_set(name: str, folder: str, templates: tuple[str, ...]) -> EvalSet:
+    return EvalSet(name, folder, tuple(read_manifest(folder)["classnames"]), templates)
+
+
+def build_setting(cfg: RunConfig) -> EvalSetting:
+    """Find or write every shard folder of the run's setting (rank 0) and describe its test sets."""
+    setting = cfg.eval.setting
+    templates = dataset_templates(cfg, cfg.data.dataset)
+    if cfg.data.shards and setting == "base2new":
+        raise ConfigError("data.shards: base-to-novel builds its base and novel shards itself; unset it")
+    subset = "base" if setting == "base2new" else "all"
+    protocol = Protocol(shots=cfg.data.shots, seed=cfg.train.seed, subset=subset)
+    train = cfg.data.shards or cached_shards(
+        cfg, cfg.data.dataset, cfg.data.root, protocol, ("train", "val", "test")
+    )
+    classnames = tuple(read_manifest(train)["classnames"])
+    if setting == "base2new":
+        novel_protocol = Protocol(shots=cfg.data.shots, seed=cfg.train.seed, subset="new")
+        novel = cached_shards(cfg, cfg.data.dataset, cfg.data.root, novel_protocol, ("test",))
+        tests = (_test_set("base", train, templates), _test_set("novel", novel, templates))
+        return BaseToNovel(train, classnames, templates, tests)
+    source = _test_set("test", train, templates)
+    if setting == "fewshot":
+        return FewShot(train, classnames, templates, (source,))
+    targets = []
+    for target in cfg.eval.targets:  # every target's classes and template, all shards written before training
+        protocol = Protocol(shots=0, seed=cfg.train.seed, subset="all")
+        folder = cached_shards(cfg, target, cfg.eval.targets_root or cfg.data.root, protocol, ("test",))
+        targets.append(_test_set(dataset_display_name(target), folder, dataset_templates(cfg, target)))
+    return Transfer(train, classnames, templates, (source, *targets))
+
+
+def build_method(cfg: RunConfig, clip: Any, setting: EvalSetting) -> PromptMethod:
+    """The recipe's method over the frozen backbone, for the setting's training classes and template(s)."""
+    return build(cfg.method.name, clip, list(setting.classnames), dataset_templates=setting.templates,
+                 **cfg.method.args)  # fmt: skip
+
+
+def shard_fingerprint(folders: Mapping[str, str]) -> str:
+    """sha256 over the manifests' class names and shard hashes: the exact data a run trains and tests on."""
+    digest = hashlib.sha256()
+    for role, folder in sorted(folders.items()):
+        manifest = read_manifest(folder)
+        digest.update(role.encode() + json.dumps(manifest["classnames"]).encode())
+        for split, info in sorted(manifest["splits"].items()):
+            digest.update(split.encode())
+            for shard in info["shards"]:
+                digest.update(f"{shard['name']}:{shard['count']}:{shard['sha256']}".encode())
+    return digest.hexdigest()
+
+
+def training_fingerprint(setting: EvalSetting) -> str:
+    """The fingerprint of the data the prompts are TRAINED on (part of a run's identity for ``--resume``; test
+    sets such as transfer targets may change on a resume)."""
+    return shard_fingerprint({"train": setting.train})
+
+
+def describe_data(setting: EvalSetting) -> dict[str, Any]:
+    """What results were computed on: shard folder names (named by their cache key) and the data fingerprint."""
+    return {"shards": {k: Path(v).name for k, v in setting.folders.items()},
+            "fingerprint": shard_fingerprint(setting.folders)}  # fmt: skip
