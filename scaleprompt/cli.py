@@ -5,6 +5,8 @@
   SGD step on random images, saves and reloads the prompts, and prints a table.
 * ``scaleprompt inspect FILE``: the method, config, classes and backbone stored in a prompt file.
 * ``scaleprompt predict PROMPTS IMAGE...``: classify images with trained prompts.
+* ``scaleprompt convert --method NAME --official FILE --classnames a,b,c --out prompts.safetensors [key=value ...]``:
+  an official release's checkpoint as a prompt file (docs/porting.md).
 * ``scaleprompt results RUNS... [--selection best_val]``: paper-style tables (markdown + CSV) from runs.
 * ``scaleprompt shards --dataset NAME --root DIR --out DIR [--shots K --seed S --subset base]``: write a dataset
   (after a protocol) as WebDataset shards + manifest; ``scaleprompt datasets`` lists the registered datasets.
@@ -118,6 +120,25 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    from scaleprompt.backbone import load_clip
+    from scaleprompt.methods.convert import convert_official_file, parse_method_args, read_classnames
+
+    classnames = read_classnames(args.classnames, args.classnames_file)
+    method_args = parse_method_args(args.args)
+    clip = load_clip(args.model, args.pretrained)
+    done = convert_official_file(
+        args.official, args.out, args.method, clip, classnames, dataset=args.dataset, **method_args
+    )
+    for ours, official in done.mapping.items():
+        logger.info("%-32s <- %s", ours, official)
+    logger.info(
+        "%s (epoch %s) -> %s: %s over %s, %d classes; %d frozen official tensors ignored",
+        args.official, done.checkpoint.epoch, args.out, args.method, args.model, len(classnames), len(done.ignored),
+    )  # fmt: skip
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Every subcommand: a bad input is one line on stderr and exit code 2 (``--debug``: the traceback)."""
     from scaleprompt.errors import run_entry_point
@@ -187,6 +208,29 @@ def _main(argv: list[str]) -> int:
     )
     predict.add_argument("--top-k", type=int, default=3)
     predict.set_defaults(func=cmd_predict)
+    convert = sub.add_parser("convert", help="turn an official release's checkpoint into a prompt file")
+    convert.add_argument(
+        "--method", required=True, help="coop, cocoop, ivlp, maple, vpt_deep, upt, provp, provp_ref"
+    )
+    convert.add_argument(
+        "--official", required=True, help="the release's model.pth.tar-<epoch> / model-best.pth.tar"
+    )
+    names = convert.add_mutually_exclusive_group(required=True)
+    names.add_argument("--classnames", help="comma-separated class names, in the training label order")
+    names.add_argument("--classnames-file", help="a file with one class name per line")
+    convert.add_argument("--model", default="ViT-B-16", help="open_clip model name (default: ViT-B-16)")
+    convert.add_argument(
+        "--pretrained", default="openai", help="weights recorded in the file (default: openai)"
+    )
+    convert.add_argument(
+        "--dataset",
+        help="the run's dataset: vpt_deep (UPT layout) and provp(_ref) get the release's template for it",
+    )
+    convert.add_argument("--out", required=True, help="the prompt file to write (.safetensors)")
+    convert.add_argument(
+        "args", nargs="*", metavar="key=value", help="method config fields, e.g. templates=[...]"
+    )
+    convert.set_defaults(func=cmd_convert)
     if argv[:1] == ["results"]:  # the aggregator has its own parser
         from scaleprompt.engine.results import main as results_main
 

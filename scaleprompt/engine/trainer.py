@@ -417,68 +417,81 @@ class Trainer:
         return self._final_results(run)
 
     def _train(self, loader: ShardLoader, run: RunProgress) -> None:
-        cfg, dist = self.cfg, self.dist
-        steps_per_epoch = len(loader) // self.accumulation
-        bar = tqdm(total=self.epochs * steps_per_epoch, initial=self.engine.global_steps, disable=not dist.is_main,
-                   desc=f"{cfg.method.name}", dynamic_ncols=True)  # fmt: skip
+        """The loop: per epoch set the lr, run the micro-steps (DeepSpeed steps the optimizer at accumulation
+        boundaries), then validate, checkpoint and report."""
+        bar = tqdm(total=self.epochs * (len(loader) // self.accumulation), initial=self.engine.global_steps,
+                   disable=not self.dist.is_main, desc=self.cfg.method.name, dynamic_ncols=True)  # fmt: skip
         while loader.epoch < self.epochs:
-            epoch = loader.epoch
-            lr = lr_at_epoch(epoch, cfg.optim)
+            lr = lr_at_epoch(loader.epoch, self.cfg.optim)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             self.engine.train()
-            stopped = False
             for batch in loader:
-                out = self.engine(batch.images.to(dist.device), batch.labels.to(dist.device))
-                self.engine.backward(out.loss)
-                self.engine.step()
-                run.epoch_loss[0] += out.loss.item()
-                run.epoch_loss[1] += 1
-                run.images_seen += len(batch.labels) * dist.world_size
-                run.session_images += len(batch.labels) * dist.world_size
-                if self.engine.is_gradient_accumulation_boundary():
-                    bar.update(1)
-                    self._log_step(out, batch.labels, lr, run)
-                    every = cfg.train.checkpoint_every_steps
-                    epoch_ends = loader.consumed % len(loader) == 0  # (then saved after validation, once)
-                    if every and self.engine.global_steps % every == 0 and not epoch_ends:
-                        self._save(loader, run)
-                    if self._stop_early():
-                        stopped = True
-                        break
-            done = loader.epoch
-            epoch_complete = loader.consumed % len(loader) == 0
-            metrics = None
-            if epoch_complete and (
-                cfg.eval.every_epochs and done % cfg.eval.every_epochs == 0 or done == self.epochs
-            ):
-                val = self.evaluate_split(self.setting.train, "val")
-                train_loss = run.epoch_loss[0] / max(1, run.epoch_loss[1])
-                run.history.append({"epoch": done, "val": val, "lr": lr, "train_loss": train_loss})
-                self._log_scalars({f"val/{k}": v for k, v in val.items()}, done)
-                if val and (run.best_val is None or val["top1"] > run.best_val["top1"]):
-                    run.best_epoch, run.best_val, run.best_prompts = done, val, self._prompt_snapshot()
-                metrics = {"epoch": done, "train_loss": train_loss, **{f"val_{k}": v for k, v in val.items()}}
-            if epoch_complete:
+                out = self._micro_step(batch, run)
+                if not self.engine.is_gradient_accumulation_boundary():
+                    continue
+                bar.update(1)
+                self._log_step(out, batch.labels, lr, run)
+                if self._stop_early():
+                    break
+                if self._step_checkpoint_due(loader):
+                    self._save(loader, run)
+            epoch_done = loader.consumed % len(loader) == 0
+            metrics = (
+                self._validate(run, loader.epoch, lr)
+                if epoch_done and self._validation_due(loader.epoch)
+                else None
+            )
+            if epoch_done:
                 run.epoch_loss = [0.0, 0]
-            step_due = bool(cfg.train.checkpoint_every_steps) and (
-                self.engine.global_steps % cfg.train.checkpoint_every_steps == 0
-            )
-            epoch_due = (
-                epoch_complete
-                and bool(cfg.train.checkpoint_every_epochs)
-                and (done % cfg.train.checkpoint_every_epochs == 0)
-            )
-            last = epoch_complete and done == self.epochs
-            saved = None
-            unsaved = run.global_step != self.engine.global_steps  # (a max_steps stop may have just saved)
-            if unsaved and (step_due or epoch_due or last or stopped):  # the last state is always saved
-                saved = self._save(loader, run)
+            saved = self._save(loader, run) if self._checkpoint_due(run, loader, epoch_done) else None
             if self.report is not None and metrics is not None:
                 self.report(metrics, saved)  # (after the checkpoint: a search can attach it)
-            if stopped:
+            if self._stop_early():
                 break
         bar.close()
+
+    def _micro_step(self, batch, run: RunProgress):
+        out = self.engine(batch.images.to(self.dist.device), batch.labels.to(self.dist.device))
+        self.engine.backward(out.loss)
+        self.engine.step()
+        images = len(batch.labels) * self.dist.world_size
+        run.epoch_loss = [run.epoch_loss[0] + out.loss.item(), run.epoch_loss[1] + 1]
+        run.images_seen, run.session_images = run.images_seen + images, run.session_images + images
+        return out
+
+    def _validate(self, run: RunProgress, epoch: int, lr: float) -> dict[str, float]:
+        """Validation accuracy after ``epoch``; the best epoch (on val, never on test) keeps its prompts."""
+        val = self.evaluate_split(self.setting.train, "val")
+        train_loss = run.epoch_loss[0] / max(1, run.epoch_loss[1])
+        run.history.append({"epoch": epoch, "val": val, "lr": lr, "train_loss": train_loss})
+        self._log_scalars({f"val/{k}": v for k, v in val.items()}, epoch)
+        if val and (run.best_val is None or val["top1"] > run.best_val["top1"]):
+            run.best_epoch, run.best_val, run.best_prompts = epoch, val, self._prompt_snapshot()
+        return {"epoch": epoch, "train_loss": train_loss, **{f"val_{k}": v for k, v in val.items()}}
+
+    def _validation_due(self, epoch: int) -> bool:
+        every = self.cfg.eval.every_epochs
+        return bool(every) and epoch % every == 0 or epoch == self.epochs
+
+    def _step_checkpoint_due(self, loader: ShardLoader) -> bool:
+        """A mid-epoch step checkpoint (one that falls on an epoch end is saved once, after validation)."""
+        every = self.cfg.train.checkpoint_every_steps
+        epoch_end = loader.consumed % len(loader) == 0
+        return bool(every) and self.engine.global_steps % every == 0 and not epoch_end
+
+    def _checkpoint_due(self, run: RunProgress, loader: ShardLoader, epoch_done: bool) -> bool:
+        """After an epoch (or a max_steps stop): a step or epoch checkpoint is due, or this is the last state."""
+        if run.global_step == self.engine.global_steps:  # saved at this step already
+            return False
+        every_steps, every_epochs = (
+            self.cfg.train.checkpoint_every_steps,
+            self.cfg.train.checkpoint_every_epochs,
+        )
+        step_due = bool(every_steps) and self.engine.global_steps % every_steps == 0
+        epoch_due = epoch_done and (bool(every_epochs) and loader.epoch % every_epochs == 0)
+        last = epoch_done and loader.epoch == self.epochs
+        return step_due or epoch_due or last or self._stop_early()
 
     def _stop_early(self) -> bool:
         return bool(self.cfg.train.max_steps) and self.engine.global_steps >= self.cfg.train.max_steps

@@ -54,11 +54,13 @@ def prompt_metadata(method: PromptMethod) -> dict[str, str]:
     }
 
 
-def save_prompts(method: PromptMethod, path: str | Path) -> Path:
-    """Write the method's trained tensors + config to ``path`` (a ``.safetensors`` file)."""
+def save_prompts(method: PromptMethod, path: str | Path, extra_metadata: dict[str, str] | None = None) -> Path:
+    """Write the method's trained tensors + config to ``path`` (a ``.safetensors`` file); ``extra_metadata``
+    adds string entries (e.g. where converted prompts came from)."""
     path = Path(path)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in method.prompt_state_dict().items()}
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=prompt_metadata(method)))
+    metadata = {**prompt_metadata(method), **(extra_metadata or {})}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
     return path
 
 
