@@ -232,7 +232,7 @@ def _main(argv: list[str]) -> int:
     )
     convert.set_defaults(func=cmd_convert)
     if argv[:1] == ["results"]:  # the aggregator has its own parser
-        from scaleprompt.engine.results import main as results_main
+        from scaleprompt.report.tables import main as results_main
 
         return results_main(argv[1:])
     if argv[:1] == ["pretrain-microworld"]:  # so does the pretraining command

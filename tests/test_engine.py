@@ -84,7 +84,7 @@ def run(colors, tmp_path, *extra, resume=False):
 def test_fit_writes_results_prompts_and_checkpoints(colors, tmp_path):
     res = run(colors, tmp_path, "method.name=upt", "optim.lr=0.05", "optim.epochs=3")
     out = tmp_path / "out"
-    assert res["format"] == "scaleprompt.run/1" and res["setting"] == "fewshot" and res["world_size"] == 1
+    assert res["format"] == "scaleprompt.run/2" and res["setting"] == "fewshot" and res["world_size"] == 1
     assert [h["epoch"] for h in res["history"]] == [1, 2, 3]
     assert res["history"][-1]["train_loss"] < res["history"][0]["train_loss"]
     assert set(res["results"]) == {"last", "best_val"} and 1 <= res["best_val_epoch"] <= 3

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from scaleprompt.engine.results import (
+from scaleprompt.report.tables import (
     ResultsError,
     Stat,
     aggregate,
@@ -341,7 +341,7 @@ def test_transfer_table(tmp_path):
 
 
 def test_format_cell_and_empty_tables():
-    from scaleprompt.engine.results import Cell
+    from scaleprompt.report.tables import Cell
 
     assert format_cell(Cell(82.0, 2.0, 3)) == "82.00 ± 2.00"
     assert format_cell(Cell(86.004, None, 2)) == "86.00" and format_cell(Cell()) == "—"
@@ -377,7 +377,7 @@ def _good() -> dict:
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
-        (lambda d: d.update(format="scaleprompt.run/2"), "format is 'scaleprompt.run/2'"),
+        (lambda d: d.update(format="scaleprompt.run/9"), "format is 'scaleprompt.run/9'"),
         (lambda d: d.pop("format"), "format is None"),
         (lambda d: d.pop("method"), "'method' must be a non-empty string"),
         (lambda d: d.update(setting="zeroshot"), "'setting' must be one of"),
@@ -473,7 +473,7 @@ def test_main_errors_name_the_file(tmp_path, capsys):
 def test_module_runs_as_a_script(tmp_path):
     make_transfer(tmp_path / "runs")
     result = subprocess.run(
-        [sys.executable, "-m", "scaleprompt.engine.results", str(tmp_path / "runs"), "--out-dir", str(tmp_path)],
+        [sys.executable, "-m", "scaleprompt.report.tables", str(tmp_path / "runs"), "--out-dir", str(tmp_path)],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr

@@ -19,10 +19,10 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from scaleprompt.config import ConfigError, check_types, read_yaml_mapping, require, to_dict
+from scaleprompt.report.schema import Setting  # (one definition: the results schema)
 
 logger = logging.getLogger(__name__)
 
-Setting = Literal["fewshot", "base2new", "transfer"]
 Precision = Literal["fp32", "bf16", "fp16"]
 
 

@@ -52,9 +52,9 @@ from scaleprompt.failpoints import failpoint
 from scaleprompt.locks import DirLock
 from scaleprompt.methods import build, save_prompts
 from scaleprompt.methods.base import PromptMethod
+from scaleprompt.report.schema import RunResult, SelectionResult
 
 logger = logging.getLogger(__name__)
-RESULTS_FORMAT = "scaleprompt.run/1"
 
 
 # --- pure pieces ------------------------------------------------------------------------------------------------
@@ -516,39 +516,39 @@ class Trainer:
         return results
 
     def _final_results(self, run: RunProgress) -> dict[str, Any]:
+        """Test the last and the best-validation prompts, export both, write ``results.json`` (a RunResult)."""
         cfg = self.cfg
         failpoint("run.final_evaluation")
-        last = {"val": self.evaluate_split(self.setting.train, "val"), **self.test_all()}
-        results = {
-            "format": RESULTS_FORMAT, "method": cfg.method.name, "dataset": dataset_display_name(cfg.data.dataset),
-            "setting": cfg.eval.setting,
-            "shots": cfg.data.shots, "seed": cfg.train.seed, "backbone": cfg.model.name,
-            "pretrained": cfg.model.pretrained, "world_size": self.dist.world_size, "epochs": self.epochs,
-            "steps": self.engine.global_steps if self.engine is not None else 0,
-            "checkpoint": run.last_tag, "data": describe_data(self.setting), "best_val_epoch": run.best_epoch,
-            "history": run.history,
-            "results": {"last": last}, "config": cfg.to_dict(), "config_changes": self.config_changes,
-        }  # fmt: skip
-        if self.zero_shot is not None:
-            results["zero_shot"] = self.zero_shot
+        selections = {"last": {"val": self.evaluate_split(self.setting.train, "val"), **self.test_all()}}
         self._export(self.out / "prompts.safetensors")
         if run.best_prompts is not None:
             final = self._prompt_snapshot()
             self._load_snapshot(run.best_prompts)
-            results["results"]["best_val"] = {"val": run.best_val, **self.test_all()}
+            selections["best_val"] = {"val": run.best_val, **self.test_all()}
             self._export(self.out / "prompts_best_val.safetensors")
             self._load_snapshot(final)
-        results["timing"] = {
-            "train_seconds": run.train_seconds,
-            "images_per_second": run.images_seen / run.train_seconds if run.images_seen else 0.0,
-            "sessions": run.sessions,
-        }
+        setting, where = cfg.eval.setting, f"the results of {self.out}"
+        result = RunResult(
+            method=cfg.method.name, dataset=dataset_display_name(cfg.data.dataset), setting=setting,
+            shots=cfg.data.shots, seed=cfg.train.seed, backbone=cfg.model.name, pretrained=cfg.model.pretrained,
+            results={k: SelectionResult.parse(v, setting, f"results.{k}", where) for k, v in selections.items()},
+            world_size=self.dist.world_size, epochs=self.epochs,
+            steps=self.engine.global_steps if self.engine is not None else 0, checkpoint=run.last_tag,
+            data=describe_data(self.setting), best_val_epoch=run.best_epoch, history=run.history,
+            zero_shot=SelectionResult.parse(self.zero_shot, setting, "zero_shot", where) if self.zero_shot else None,
+            config=cfg.to_dict(), config_changes=self.config_changes,
+            timing={
+                "train_seconds": run.train_seconds,
+                "images_per_second": run.images_seen / run.train_seconds if run.images_seen else 0.0,
+                "sessions": run.sessions,
+            },
+        ).to_dict()  # fmt: skip
         if self.dist.is_main:
             with writing(self.out / "results.json"):
-                atomic_json(self.out / "results.json", results)
+                atomic_json(self.out / "results.json", result)
             logger.info("results: %s", self.out / "results.json")
         barrier()
-        return results
+        return result
 
     def _export(self, path: Path) -> None:
         with self._gathered():

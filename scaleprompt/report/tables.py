@@ -1,8 +1,9 @@
 """Run results -> paper-style tables: mean ± std over seeds, as markdown and CSV.
 
-Every training run writes one ``<output_dir>/results.json`` in the format ``scaleprompt.run/1``::
+Every training run writes one ``<output_dir>/results.json`` (:class:`~scaleprompt.report.schema.RunResult`,
+validated on load by the schema)::
 
-    {"format": "scaleprompt.run/1", "method": "provp_ref", "dataset": "OxfordPets", "setting": "base2new",
+    {"format": "scaleprompt.run/2", "method": "provp_ref", "dataset": "OxfordPets", "setting": "base2new",
      "shots": 16, "seed": 1, "backbone": "ViT-B-16", "pretrained": "openai", ...,
      "results": {"last": {...}, "best_val": {...}}, "config": {...}, "timing": {...}}
 
@@ -19,7 +20,7 @@ Pipeline (every step a pure function)::
     tables = make_tables(rows, "base2new")                  # or base2new_tables / fewshot_tables / transfer_tables
     to_markdown(tables), to_csv(tables)
 
-CLI: ``python -m scaleprompt.engine.results RUNS... [--selection last|best_val] [--metric top1|mean_per_class]
+CLI: ``scaleprompt results RUNS...`` or ``python -m scaleprompt.report.tables RUNS... [--selection last|best_val] [--metric top1|mean_per_class]
 [--out-dir DIR]`` writes ``results_<setting>.md`` and ``.csv`` per setting present and logs the markdown.
 
 Conventions (also written under every table):
@@ -48,7 +49,6 @@ import glob
 import io
 import json
 import logging
-import math
 import statistics
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -57,19 +57,15 @@ from typing import Any, Literal
 
 from scaleprompt.data.datasets import BENCHMARKS, DG_TARGETS
 from scaleprompt.data.protocols import harmonic_mean
-from scaleprompt.errors import ScalepromptError
+from scaleprompt.report.schema import METRICS, SELECTIONS, ResultsError, RunResult
 
-logger = logging.getLogger("scaleprompt.engine.results")  # not __name__: "__main__" under -m
+logger = logging.getLogger("scaleprompt.report.tables")  # not __name__: "__main__" under -m
 
-Setting = Literal["fewshot", "base2new", "transfer"]
 Selection = Literal["last", "best_val"]
 Metric = Literal["top1", "mean_per_class"]
 
-RUN_FORMAT = "scaleprompt.run/1"
 RESULTS_FILE = "results.json"
-SETTINGS: tuple[str, ...] = ("base2new", "fewshot", "transfer")
-SELECTIONS: tuple[str, ...] = ("last", "best_val")
-METRICS: tuple[str, ...] = ("top1", "mean_per_class")
+SETTINGS: tuple[str, ...] = ("base2new", "fewshot", "transfer")  # the order of the tables
 SELECTION_LABELS = {"last": "last epoch", "best_val": "best validation epoch"}
 METRIC_LABELS = {"top1": "top-1 accuracy (%)", "mean_per_class": "mean per-class accuracy (%)"}
 SETTING_TITLES = {
@@ -77,8 +73,6 @@ SETTING_TITLES = {
     "fewshot": "Few-shot classification",
     "transfer": "Transfer from a source dataset to targets",
 }
-# splits every selection must hold (besides the optional "val"), per setting
-REQUIRED_SPLITS = {"fewshot": ("test",), "base2new": ("base", "novel"), "transfer": ("test",)}
 # row / column order of the papers; names not listed follow, alphabetically
 METHOD_ORDER = ("zsclip", "coop", "cocoop", "vpt_deep", "ivlp", "maple", "upt", "provp", "provp_ref")
 DATASET_ORDER = (*BENCHMARKS, *DG_TARGETS)
@@ -86,78 +80,13 @@ HM_TOLERANCE = 0.05  # stored hm vs 2BN/(B+N) of the stored top-1 base / novel (
 MISSING = "—"
 
 
-class ResultsError(ScalepromptError, ValueError):
-    """A results file is not valid JSON or not a ``scaleprompt.run/1`` run. The message names the file."""
-
-
 # ----------------------------------------------------------------------------------------------- loading
 
 
-def _is_number(x: Any) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _check_split(value: Any, where: str, source: str) -> None:
-    if not isinstance(value, Mapping):
-        raise ResultsError(
-            f"{source}: {where} must be an object with 'top1' and 'mean_per_class', got {value!r}"
-        )
-    for metric in METRICS:
-        x = value.get(metric)
-        if not _is_number(x) or not 0 <= x <= 100:
-            raise ResultsError(f"{source}: {where}.{metric} must be a percentage in [0, 100], got {x!r}")
-
-
-def _check_selection(value: Any, setting: str, where: str, source: str) -> None:
-    if not isinstance(value, Mapping):
-        raise ResultsError(f"{source}: {where} must be an object, got {value!r}")
-    if value.get("val") is not None:
-        _check_split(value["val"], f"{where}.val", source)
-    for split in REQUIRED_SPLITS[setting]:
-        if split not in value:
-            raise ResultsError(f"{source}: {where} has no {split!r} (a {setting} run reports {split})")
-        _check_split(value[split], f"{where}.{split}", source)
-    if setting == "base2new":
-        hm = value.get("hm")
-        if not _is_number(hm) or not 0 <= hm <= 100:
-            raise ResultsError(f"{source}: {where}.hm must be a percentage in [0, 100], got {hm!r}")
-    if setting == "transfer":
-        targets = value.get("targets")
-        if not isinstance(targets, Mapping) or not targets:
-            raise ResultsError(f"{source}: {where}.targets must be a non-empty object {{dataset: split}}")
-        for name, split in targets.items():
-            _check_split(split, f"{where}.targets.{name}", source)
-
-
 def validate_run(data: Any, source: str | Path) -> dict[str, Any]:
-    """Check that ``data`` is a ``scaleprompt.run/1`` run; return it. Errors are :class:`ResultsError`
-    messages that start with ``source`` (the file)."""
-    src = str(source)
-    if not isinstance(data, dict):
-        raise ResultsError(
-            f"{src}: not a scaleprompt run file (expected a JSON object, got {type(data).__name__})"
-        )
-    fmt = data.get("format")
-    if fmt != RUN_FORMAT:
-        raise ResultsError(f"{src}: not a scaleprompt run file: format is {fmt!r}, expected {RUN_FORMAT!r}")
-    for key in ("method", "dataset", "backbone"):
-        if not isinstance(data.get(key), str) or not data[key]:
-            raise ResultsError(f"{src}: {key!r} must be a non-empty string, got {data.get(key)!r}")
-    if data.get("setting") not in SETTINGS:
-        raise ResultsError(f"{src}: 'setting' must be one of {list(SETTINGS)}, got {data.get('setting')!r}")
-    for key in ("shots", "seed"):
-        if not isinstance(data.get(key), int) or isinstance(data[key], bool):
-            raise ResultsError(f"{src}: {key!r} must be an integer, got {data.get(key)!r}")
-    if data.get("pretrained") is not None and not isinstance(data["pretrained"], str):
-        raise ResultsError(f"{src}: 'pretrained' must be a string or null, got {data['pretrained']!r}")
-    results = data.get("results")
-    if not isinstance(results, Mapping):
-        raise ResultsError(f"{src}: 'results' must be an object with 'last' (and optionally 'best_val')")
-    if results.get("last") is None:
-        raise ResultsError(f"{src}: results has no 'last' (last-epoch) results")
-    for selection in SELECTIONS:
-        if results.get(selection) is not None:
-            _check_selection(results[selection], data["setting"], f"results.{selection}", src)
+    """Check that ``data`` is a scaleprompt run (:meth:`RunResult.from_dict`); return it. Errors are
+    :class:`ResultsError` messages that start with ``source`` (the file)."""
+    RunResult.from_dict(data, source)
     return data
 
 
@@ -198,7 +127,7 @@ def load_runs(paths: str | Path | Iterable[str | Path]) -> list[dict[str, Any]]:
 
     Returns the validated run dicts in argument order (files sorted within a directory / pattern; a file reached
     twice is read once), each with ``"_path"`` set to the file it came from. A file that is not valid JSON or
-    not a ``scaleprompt.run/1`` run raises :class:`ResultsError` (a ``ValueError``) naming the file; a path or
+    not a scaleprompt run raises :class:`ResultsError` (a ``ValueError``) naming the file; a path or
     pattern that yields no file raises ``FileNotFoundError``.
     """
     items = [paths] if isinstance(paths, str | Path) else list(paths)
@@ -714,7 +643,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m scaleprompt.engine.results",
+        prog="scaleprompt results",
         description="Aggregate run results (results.json) over seeds into paper-style markdown / CSV tables.",
     )
     parser.add_argument(
