@@ -160,8 +160,8 @@ def bench_backbone(args: argparse.Namespace, backbone: str) -> str:
     batch = args.tiny_batch if tiny else args.vit_batch
     warmup, iters = (args.tiny_warmup, args.tiny_iters) if tiny else (args.vit_warmup, args.vit_iters)
     t0 = time.perf_counter()
-    clip = load_clip(backbone, None)
-    info = clip.scaleprompt_info
+    loaded = load_clip(backbone, None)
+    clip, info = loaded.model, loaded.info
     size, blocks = info.image_size, min(info.vision_layers, info.text_layers)
     logger.info(
         "%s: built in %.1f s (random init), %d px, %d vision / %d text blocks",
@@ -176,7 +176,7 @@ def bench_backbone(args: argparse.Namespace, backbone: str) -> str:
             batches[b] = make_batch(gen, b, size, len(classnames))
         return batches[b]
 
-    zs = build("zsclip", clip, classnames)
+    zs = build("zsclip", loaded, classnames)
     text = zs.text_features()  # cached [C, E]: the zero-shot classifier of the frozen forward
     items: list[Item] = []
     notes: list[str] = []
@@ -198,7 +198,7 @@ def bench_backbone(args: argparse.Namespace, backbone: str) -> str:
         if overrides:
             logger.info("%s: %s with overrides %s (%d blocks per tower)", backbone, name, overrides, blocks)
             notes.append(f"{name} with {', '.join(f'{k}={v}' for k, v in overrides.items())}")
-        method = build(name, clip, classnames, **overrides)
+        method = build(name, loaded, classnames, **overrides)
         trainable = sum(p.numel() for p in method.trainable_parameters())
         items.append(Item(name, "step", b, train_step(method, images, labels, args.lr), trainable))
     frozen = {

@@ -1,19 +1,22 @@
-"""Load a frozen open_clip CLIP backbone.
+"""Load a frozen open_clip CLIP backbone; the models scaleprompt knows by name.
 
-``load_clip(model_name, pretrained)`` accepts:
+``load_clip(model_name, pretrained)`` returns a :class:`Backbone`: the open_clip CLIP (``.model``, both towers frozen
+with ``requires_grad_(False)`` and in eval mode), its tokenizer (``.tokenizer``) and what it is (``.info``, a
+:class:`BackboneInfo`, recorded in prompt files). ``pretrained`` accepts:
 
-* ``pretrained=None`` (or ``"none"``): random initialisation, fully offline;
+* ``None`` (or ``"none"``): random initialisation, fully offline;
 * an open_clip pretrained tag (``"openai"``, ``"laion2b_s34b_b79k"``, ...): open_clip resolves and downloads it;
 * a local checkpoint file (``.safetensors``, ``.pt``/``.pth``/``.bin`` state dicts read with
   ``torch.load(weights_only=True)``, or an OpenAI TorchScript archive); open_clip-format and OpenAI-format state
   dicts both load;
-* a tag of weights shipped with the package (:data:`SHIPPED_WEIGHTS`): ``load_clip("sp-micro-clip", "microworld")``
+* a tag of weights registered with the model (:func:`register_model`): ``load_clip("sp-micro-clip", "microworld")``
   is the micro-world CLIP pretrained on the CPU (``scaleprompt.microworld``), offline;
 * ``model_name="hf-hub:org/repo"``: open_clip loads config and weights from the hub (``pretrained`` is ignored).
 
-Both towers are frozen (``requires_grad_(False)``) and put in eval mode. The tiny configurations shipped in
-``scaleprompt/model_configs`` are registered with open_clip by :func:`register_model_configs`, which
-:func:`load_clip` calls, so ``load_clip("sp-tiny-vit")`` works on a CPU in seconds with no download.
+:func:`register_model` adds a model by name: its open_clip config (registered with open_clip), weights files by
+tag, and its tokenizer. scaleprompt's own models are registered at the end of this module through that same
+function: the tiny ``sp-tiny-vit`` / ``sp-tiny-vit-12`` (a CPU builds them in seconds, no download) and the
+micro-world CLIP ``sp-micro-clip`` with its shipped weights and word tokenizer.
 """
 
 from __future__ import annotations
@@ -22,8 +25,8 @@ import contextlib
 import logging
 import warnings
 import zipfile
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import open_clip
@@ -31,32 +34,82 @@ import torch
 from torch import nn
 
 from scaleprompt.errors import ScalepromptError
+from scaleprompt.microworld.tokenizer import WordTokenizer
 
 logger = logging.getLogger(__name__)
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 MODEL_WEIGHTS_DIR = Path(__file__).parent / "model_weights"
-# Weights shipped with the package, loaded offline by name: (model name, pretrained tag) -> file.
-SHIPPED_WEIGHTS: dict[tuple[str, str], Path] = {
-    ("sp-micro-clip", "microworld"): MODEL_WEIGHTS_DIR / "sp-micro-clip-microworld.safetensors",
-}
 # Keys that OpenAI's released state dicts carry besides the weights.
 _OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
 
-_registered = False
+# A tokenizer as open_clip's: ``tokenizer(texts, context_length=None)`` -> int64 ids ``[N, context_length]``.
+Tokenizer = Callable[..., torch.Tensor]
 
 
 class BackboneError(ScalepromptError, ValueError):
     """A backbone could not be loaded as asked."""
 
 
-def register_model_configs() -> list[str]:
-    """Register scaleprompt's tiny model configs with open_clip (idempotent). Returns their names."""
-    global _registered
-    if not _registered:
-        open_clip.add_model_config(MODEL_CONFIG_DIR)
-        _registered = True
-    return sorted(p.stem for p in MODEL_CONFIG_DIR.glob("*.json"))
+# --- the model registry ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model registered with :func:`register_model`."""
+
+    name: str
+    config: Path | None = None  # the open_clip model-config JSON (None: a model open_clip knows already)
+    weights: Mapping[str, Path] = field(default_factory=dict)  # pretrained tag -> local weights file
+    tokenizer: Callable[..., Tokenizer] | None = None  # tokenizer(context_length=n); None: open_clip's
+
+
+_MODELS: dict[str, ModelSpec] = {}
+
+
+def register_model(
+    name: str,
+    config: str | Path | None = None,
+    *,
+    weights: Mapping[str, str | Path] | None = None,
+    tokenizer: Callable[..., Tokenizer] | None = None,
+) -> ModelSpec:
+    """Make ``load_clip(name, ...)`` know a model (how an extension adds one; scaleprompt's own models use it too).
+
+    ``config``: an open_clip model-config JSON file named ``<name>.json``, registered with open_clip (None: a model
+    open_clip already knows, e.g. ``"ViT-B-16"``, to add weights or a tokenizer to it). ``weights``: pretrained tag
+    -> local weights file, loaded offline by ``load_clip(name, tag)``. ``tokenizer``: called as
+    ``tokenizer(context_length=n)`` with the text tower's context length, it returns the model's tokenizer (None:
+    open_clip's tokenizer for the model). Registering a name twice with other settings is an error."""
+    config_path = None if config is None else Path(config)
+    if config_path is not None:
+        if config_path.suffix != ".json" or not config_path.is_file():
+            raise BackboneError(f"model {name!r}: config {config_path} is not a JSON file")
+        if config_path.stem != name:
+            raise BackboneError(
+                f"model {name!r}: open_clip names a model after its config file, got {config_path.name}"
+            )
+    elif name not in open_clip.list_models():
+        raise BackboneError(f"model {name!r} is unknown to open_clip: register it with its config file")
+    spec = ModelSpec(name, config_path, {tag: Path(f) for tag, f in (weights or {}).items()}, tokenizer)
+    if name in _MODELS:
+        if _MODELS[name] != spec:
+            raise BackboneError(f"model {name!r} is already registered with other settings: {_MODELS[name]}")
+        return _MODELS[name]
+    if config_path is not None:
+        open_clip.add_model_config(config_path)
+    _MODELS[name] = spec
+    return spec
+
+
+def registered_models() -> list[str]:
+    """Names of the models registered with :func:`register_model` (open_clip's own are not listed)."""
+    return list(_MODELS)
+
+
+def model_spec(name: str) -> ModelSpec:
+    try:
+        return _MODELS[name]
+    except KeyError:
+        raise BackboneError(f"model {name!r} is not registered; registered: {', '.join(_MODELS)}") from None
 
 
 @dataclass(frozen=True)
@@ -74,6 +127,23 @@ class BackboneInfo:
     text_layers: int
     embed_dim: int
     init_seed: int | None = None  # the seed of a random initialisation (pretrained=None)
+
+
+@dataclass(frozen=True, eq=False)
+class Backbone:
+    """A frozen open_clip CLIP with its tokenizer and description: what :func:`load_clip` returns.
+
+    ``info`` is None only for a bare model wrapped by :meth:`of` (prompt files then record no backbone)."""
+
+    model: nn.Module  # the open_clip CLIP, frozen, eval mode
+    tokenizer: Tokenizer
+    info: BackboneInfo | None = None
+
+    @classmethod
+    def of(cls, clip: Backbone | nn.Module) -> Backbone:
+        """``clip`` if it is a Backbone; a bare open_clip CLIP (not built by :func:`load_clip`) gets CLIP's BPE
+        tokenizer and no info."""
+        return clip if isinstance(clip, Backbone) else cls(clip, open_clip.SimpleTokenizer())
 
 
 def _is_torchscript_archive(path: Path) -> bool:
@@ -151,19 +221,19 @@ def load_clip(
     precision: str = "fp32",
     cache_dir: str | None = None,
     init_seed: int = 0,
-) -> nn.Module:
-    """Build an open_clip CLIP, load its weights, freeze it. See the module docstring for ``pretrained``.
+) -> Backbone:
+    """Build an open_clip CLIP, load its weights, freeze it; with its tokenizer and info. See the module docstring
+    for ``pretrained``.
 
     A random initialisation (``pretrained=None``) is drawn from ``init_seed`` without touching the global RNG,
     so the same random backbone can be rebuilt later (prompt files record the seed)."""
-    register_model_configs()
     pretrained = None if pretrained in (None, "", "none") else pretrained
     tag = pretrained
-    if pretrained is not None and (model_name, pretrained) in SHIPPED_WEIGHTS:
-        pretrained = str(SHIPPED_WEIGHTS[(model_name, pretrained)])
+    registered = _MODELS.get(model_name)
+    if pretrained is not None and registered is not None and pretrained in registered.weights:
+        pretrained = str(registered.weights[pretrained])
         if not Path(pretrained).is_file():
-            raise BackboneError(f"the shipped weights of {model_name} ({tag}) are missing: {pretrained}; "
-                                "rebuild them with python -m scaleprompt.microworld.pretrain --out <that file>")  # fmt: skip
+            raise BackboneError(f"the weights {tag!r} registered for {model_name} are missing: {pretrained}")
     local_file = pretrained is not None and (
         Path(pretrained).exists() or "/" in pretrained or "\\" in pretrained
     )
@@ -186,20 +256,17 @@ def load_clip(
             )
     if not hasattr(model, "visual") or not hasattr(model.visual, "conv1"):
         raise BackboneError(f"{model_name}: scaleprompt needs a ViT image tower (conv1 + class token)")
-    model.scaleprompt_info = backbone_info(model, model_name, tag, init_seed if pretrained is None else None)
-    model.scaleprompt_tokenizer = tokenizer_for(model_name, cache_dir)
+    info = backbone_info(model, model_name, tag, init_seed if pretrained is None else None)
     logger.info("loaded backbone %s (pretrained=%s)", model_name, tag)
-    return freeze(model)
+    return Backbone(freeze(model), tokenizer_for(model_name, cache_dir), info)
 
 
-def tokenizer_for(model_name: str, cache_dir: str | None = None):
-    """The model's tokenizer: the micro-world's word tokenizer for ``sp-micro-*`` models, else open_clip's."""
-    if model_name.startswith("sp-micro-"):
-        from scaleprompt.microworld.tokenizer import WordTokenizer
-
-        return WordTokenizer(
-            context_length=open_clip.get_model_config(model_name)["text_cfg"]["context_length"]
-        )
+def tokenizer_for(model_name: str, cache_dir: str | None = None) -> Tokenizer:
+    """The model's tokenizer: the one registered with it (:func:`register_model`), else open_clip's."""
+    registered = _MODELS.get(model_name)
+    if registered is not None and registered.tokenizer is not None:
+        context_length = open_clip.get_model_config(model_name)["text_cfg"]["context_length"]
+        return registered.tokenizer(context_length=context_length)
     with _quiet_open_clip():
         return open_clip.get_tokenizer(model_name, cache_dir=cache_dir)
 
@@ -253,3 +320,14 @@ def backbone_info(
         embed_dim=visual.output_dim,
         init_seed=init_seed,
     )
+
+
+# --- scaleprompt's own models, registered like an extension's ----------------------------------------------------
+register_model("sp-tiny-vit", MODEL_CONFIG_DIR / "sp-tiny-vit.json")
+register_model("sp-tiny-vit-12", MODEL_CONFIG_DIR / "sp-tiny-vit-12.json")
+register_model(  # the micro-world CLIP (scaleprompt.microworld): its shipped weights and word-level vocabulary
+    "sp-micro-clip",
+    MODEL_CONFIG_DIR / "sp-micro-clip.json",
+    weights={"microworld": MODEL_WEIGHTS_DIR / "sp-micro-clip-microworld.safetensors"},
+    tokenizer=WordTokenizer,
+)

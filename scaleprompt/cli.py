@@ -44,8 +44,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     from scaleprompt.methods import build, list_methods, load_prompts, save_prompts
 
     torch.manual_seed(args.seed)
-    clip = load_clip(args.model, args.pretrained)
-    size = clip.scaleprompt_info.image_size
+    backbone = load_clip(args.model, args.pretrained)
+    size = backbone.info.image_size
     images = torch.randn(args.batch_size, 3, size, size)
     labels = torch.arange(args.batch_size) % len(CHECK_CLASSES)
     logger.info(
@@ -54,7 +54,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     failures = 0
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.methods or list_methods():
-            method = build(name, clip, CHECK_CLASSES)
+            method = build(name, backbone, CHECK_CLASSES)
             params = method.trainable_parameters()
             opt = torch.optim.SGD(params, lr=1e-3) if params else None
             start = time.perf_counter()
@@ -65,7 +65,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             step_ms = 1000 * (time.perf_counter() - start)
             path = save_prompts(method.eval(), Path(tmp) / f"{name}.safetensors")
             with torch.no_grad():
-                same = torch.equal(load_prompts(path, clip).eval().logits(images), method.logits(images))
+                same = torch.equal(load_prompts(path, backbone).eval().logits(images), method.logits(images))
             failures += not same
             parts = " ".join(f"{k}={v.item():.4f}" for k, v in out.parts.items())
             n = sum(p.numel() for p in params)
@@ -126,9 +126,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     classnames = read_classnames(args.classnames, args.classnames_file)
     method_args = parse_method_args(args.args)
-    clip = load_clip(args.model, args.pretrained)
+    backbone = load_clip(args.model, args.pretrained)
     done = convert_official_file(
-        args.official, args.out, args.method, clip, classnames, dataset=args.dataset, **method_args
+        args.official, args.out, args.method, backbone, classnames, dataset=args.dataset, **method_args
     )
     for ours, official in done.mapping.items():
         logger.info("%-32s <- %s", ours, official)

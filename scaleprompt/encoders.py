@@ -31,7 +31,7 @@ from open_clip.transformer import text_global_pool
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from scaleprompt.backbone import text_tower
+from scaleprompt.backbone import Tokenizer, text_tower
 
 Position = Literal["after_cls", "append"]
 Stage = Literal["before_ln_pre", "after_ln_pre"]
@@ -151,12 +151,12 @@ class PromptedVisionEncoder(nn.Module):
 class PromptedTextEncoder(nn.Module):
     """CLIP's text tower with prompt insertion. Owns no parameters."""
 
-    def __init__(self, clip: nn.Module) -> None:
+    def __init__(self, clip: nn.Module, tokenizer: Tokenizer | None = None) -> None:
+        """``tokenizer``: the backbone's (``Backbone.tokenizer``); None = CLIP's BPE tokenizer."""
         super().__init__()
         self._clip = (clip,)
         _check_batch_first(text_tower(clip).transformer)
-        # load_clip attaches the backbone's own tokenizer; a bare open_clip model gets CLIP's BPE tokenizer.
-        self._tokenizer = getattr(clip, "scaleprompt_tokenizer", None) or open_clip.SimpleTokenizer()
+        self.tokenizer = tokenizer if tokenizer is not None else open_clip.SimpleTokenizer()
 
     @property
     def tower(self) -> nn.Module:
@@ -180,7 +180,7 @@ class PromptedTextEncoder(nn.Module):
 
     def tokenize(self, texts: Sequence[str], context_length: int | None = None) -> Tensor:
         """Token ids ``[S, T]`` with the backbone's tokenizer and (by default) its context length."""
-        ids = self._tokenizer(list(texts), context_length=context_length or self.context_length)
+        ids = self.tokenizer(list(texts), context_length=context_length or self.context_length)
         return ids.to(self.tower.token_embedding.weight.device)
 
     @torch.no_grad()

@@ -27,12 +27,12 @@ class Predictor:
             raise PromptFileError(
                 f"{prompts} does not record its backbone; build the method with load_prompts()"
             )
-        self.clip = load_clip(
+        self.backbone = load_clip(
             backbone["model_name"], pretrained or backbone["pretrained"], device=device,
             init_seed=backbone.get("init_seed") or 0,
         )  # fmt: skip
-        self.method = load_prompts(prompts, self.clip, classnames).to(device).eval()
-        info = self.clip.scaleprompt_info
+        self.method = load_prompts(prompts, self.backbone, classnames).to(device).eval()
+        info = self.backbone.info
         self.transform = clip_transform(info.image_size, train=False, mean=info.mean, std=info.std)
         self.device = device
 

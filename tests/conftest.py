@@ -19,17 +19,29 @@ CLASSNAMES = ["cat", "dog", "golden_retriever", "airplane", "sea turtle"]
 
 
 @pytest.fixture(scope="session")
-def clip12():
+def backbone12():
     """12-block tiny CLIP (vision width 48, text width 32): every published default depth fits."""
     torch.manual_seed(0)
     return load_clip("sp-tiny-vit-12")
 
 
 @pytest.fixture(scope="session")
-def clip2():
+def clip12(backbone12):
+    """The open_clip model of ``backbone12``."""
+    return backbone12.model
+
+
+@pytest.fixture(scope="session")
+def backbone2():
     """2-block tiny CLIP (vision width 96, text width 64, context 16)."""
     torch.manual_seed(1)
     return load_clip("sp-tiny-vit")
+
+
+@pytest.fixture(scope="session")
+def clip2(backbone2):
+    """The open_clip model of ``backbone2``."""
+    return backbone2.model
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import open_clip
@@ -9,25 +10,76 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from scaleprompt import backbone as backbone_module
 from scaleprompt import methods
-from scaleprompt.backbone import BackboneError, load_clip, register_model_configs
+from scaleprompt.backbone import (
+    Backbone,
+    BackboneError,
+    load_clip,
+    model_spec,
+    register_model,
+    registered_models,
+)
 from scaleprompt.encoders import PromptedTextEncoder, PromptedVisionEncoder, VisualPlan
 
 from conftest import CLASSNAMES
 
 
-def test_tiny_configs_are_registered_with_open_clip():
-    names = register_model_configs()
-    assert {"sp-tiny-vit", "sp-tiny-vit-12"} <= set(names) <= set(open_clip.list_models())
+def test_own_models_are_registered_and_known_to_open_clip():
+    names = registered_models()
+    assert {"sp-tiny-vit", "sp-tiny-vit-12", "sp-micro-clip"} <= set(names) <= set(open_clip.list_models())
+    assert set(model_spec("sp-micro-clip").weights) == {"microworld"}
 
 
-def test_backbone_is_frozen_and_stays_in_eval(clip12):
+def test_load_clip_returns_a_backbone_and_leaves_the_model_alone(backbone12, clip12):
+    assert isinstance(backbone12, Backbone) and backbone12.model is clip12
+    assert not any(name.startswith("scaleprompt") for name in vars(clip12))  # no attributes bolted on
+    assert isinstance(backbone12.tokenizer, open_clip.SimpleTokenizer)
+    assert backbone12.info.model_name == "sp-tiny-vit-12" and backbone12.info.init_seed == 0
+
+
+def test_backbone_is_frozen_and_stays_in_eval(backbone12, clip12):
     assert not any(p.requires_grad for p in clip12.parameters())
     assert not clip12.training
-    method = methods.build("coop", clip12, CLASSNAMES, n_ctx=4).train()
+    method = methods.build("coop", backbone12, CLASSNAMES, n_ctx=4).train()
     assert method.training and not clip12.training and not any(m.training for m in clip12.modules())
-    info = clip12.scaleprompt_info
+    assert method.clip is clip12 and method.backbone_info is backbone12.info
+    info = backbone12.info
     assert (info.vision_layers, info.text_layers, info.vision_width, info.text_width) == (12, 12, 48, 32)
+
+
+def test_a_bare_open_clip_model_builds_with_clip_tokenizer_and_no_info(backbone12, clip12, images):
+    bare = methods.build("coop", clip12, CLASSNAMES, n_ctx=4)
+    assert bare.backbone_info is None and isinstance(bare.text.tokenizer, open_clip.SimpleTokenizer)
+    loaded = methods.build("coop", backbone12, CLASSNAMES, n_ctx=4)
+    loaded.load_state_dict(bare.state_dict())
+    assert torch.equal(bare.logits(images), loaded.logits(images))
+
+
+def test_an_extension_registers_a_model_with_weights_and_tokenizer(tmp_path, clip2, images, monkeypatch):
+    """register_model is how the micro-world's model is registered, and how a user's is."""
+    monkeypatch.setattr(backbone_module, "_MODELS", dict(backbone_module._MODELS))  # (this test's entry only)
+    config = tmp_path / "my-tiny-clip.json"
+    config.write_text(json.dumps(open_clip.get_model_config("sp-tiny-vit")))
+    save_file(dict(clip2.state_dict()), str(tmp_path / "w.safetensors"))
+    calls = []
+
+    def tokenizer(context_length):
+        calls.append(context_length)
+        return open_clip.SimpleTokenizer(context_length=context_length)
+
+    register_model("my-tiny-clip", config, weights={"mine": tmp_path / "w.safetensors"}, tokenizer=tokenizer)
+    backbone = load_clip("my-tiny-clip", "mine")
+    assert calls == [16] and backbone.info.pretrained == "mine"
+    assert torch.equal(backbone.model.encode_image(images), clip2.encode_image(images))
+    assert "my-tiny-clip" in registered_models()
+    with pytest.raises(BackboneError, match="already registered"):
+        register_model("my-tiny-clip", config)  # other settings under the same name
+    with pytest.raises(BackboneError, match="names a model after its config file"):
+        register_model("other-name", config)
+    (tmp_path / "w.safetensors").unlink()
+    with pytest.raises(BackboneError, match="registered for my-tiny-clip are missing"):
+        load_clip("my-tiny-clip", "mine")
 
 
 def test_vision_encoder_without_prompts_is_clip(clip2, images):
@@ -111,7 +163,7 @@ def test_load_local_open_clip_and_openai_format_files(tmp_path, clip2, images):
         torch.jit.script(clip2).save(str(tmp_path / "openai_jit.pt"))
     expected = clip2.encode_image(images)
     for name in ("w.safetensors", "w.pt", "openai.pt", "openai_jit.pt"):
-        model = load_clip("sp-tiny-vit", str(tmp_path / name))
+        model = load_clip("sp-tiny-vit", str(tmp_path / name)).model
         assert not any(p.requires_grad for p in model.parameters()) and not model.training
         assert torch.equal(model.encode_image(images), expected), name
 

@@ -10,12 +10,15 @@ from __future__ import annotations
 import csv
 import json
 import re
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from scaleprompt.data import datasets as datasets_module
 from scaleprompt.data import fashion_mnist
 from scaleprompt.data.datasets import (
     BENCHMARKS,
@@ -27,6 +30,7 @@ from scaleprompt.data.datasets import (
     get_dataset,
     list_datasets,
     load_dataset,
+    register_dataset,
 )
 from scaleprompt.data.shards import write_shards
 
@@ -83,6 +87,42 @@ def test_registry_lists_the_benchmarks_dg_targets_and_embedded_default():
     for name in list_datasets():
         assert get_dataset(name).eval_only == (name in targets), name
         assert get_dataset(name).generated == (name in generated), name
+
+
+def test_an_extension_registers_a_dataset(tmp_path, monkeypatch):
+    """register_dataset is how the built-in datasets (the micro-world's too) are registered, and a user's."""
+    monkeypatch.setattr(
+        datasets_module, "DATASETS", dict(datasets_module.DATASETS)
+    )  # (this test's entry only)
+    ds = DatasetSplits("MyData", tmp_path, test=[Datum(str(tmp_path / "a.png"), 0, "a")], classnames=["a"])
+    roots = []
+    spec = register_dataset(
+        "MyData", lambda root: roots.append(root) or ds, aliases=("My_Data",), eval_only=True
+    )
+    assert spec.aliases == ("my_data",) and get_dataset("my_data") is spec and "MyData" in list_datasets()
+    assert load_dataset("MY_DATA", tmp_path) is ds and roots == [tmp_path.absolute()]
+    with pytest.raises(DatasetError, match="needs the root folder"):
+        load_dataset("MyData")
+    for name, aliases in (("mydata", ()), ("Other", ("pets",))):
+        with pytest.raises(ValueError, match="already names a registered dataset"):
+            register_dataset(name, spec.reader, aliases=aliases)
+
+
+def test_the_registries_import_without_a_cycle_or_torch():
+    """The data layer (shard-writer processes import it) stays torch-free; the micro-world's datasets are
+    registered by scaleprompt.data.datasets, which the micro-world's modules never import."""
+    code = (
+        "import sys; import scaleprompt.data.datasets as d, scaleprompt.data.shards; "
+        "assert 'torch' not in sys.modules, 'torch'; assert d.get_dataset('microworld_clutter').generated; "
+        "assert not [m for m in sys.modules if m.startswith('scaleprompt.backbone')]"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    for module in (
+        "scaleprompt.microworld.datasets",
+        "scaleprompt.data.fashion_mnist",
+        "scaleprompt.backbone",
+    ):
+        subprocess.run([sys.executable, "-c", f"import {module}"], check=True)  # each one first: no cycle
 
 
 def test_split_rejects_unknown_split_name():

@@ -6,7 +6,15 @@ import pytest
 import torch
 
 from scaleprompt import methods
-from scaleprompt.methods import PromptFileError, load_prompts, save_prompts
+from scaleprompt.methods import (
+    FeatureMethod,
+    FixedTextMethod,
+    PromptFileError,
+    PromptMethod,
+    load_prompts,
+    save_prompts,
+)
+from scaleprompt.methods.base import MethodConfig
 
 from conftest import CLASSNAMES
 
@@ -18,13 +26,53 @@ def test_registry_lists_all_nine_methods():
 
 
 @pytest.fixture(params=ALL)
-def method(request, clip12):
+def method(request, backbone12):
     torch.manual_seed(7)
-    return methods.build(request.param, clip12, CLASSNAMES)
+    return methods.build(request.param, backbone12, CLASSNAMES)
 
 
 def test_logits_shape(method, images):
     assert method.logits(images).shape == (len(images), len(CLASSNAMES))
+
+
+def test_the_contract_is_logits_and_loss_and_the_feature_split_is_honest(method, images):
+    """Every method implements logits (and loss); the image / text split is offered only by the methods that
+    have it (FeatureMethod), and there it computes the same logits. Nothing raises from an inherited method."""
+    assert isinstance(method, PromptMethod) and not type(method).__abstractmethods__
+    if method.name == "cocoop":  # per-image text features: no one text side for all images
+        assert not isinstance(method, FeatureMethod)
+        assert not hasattr(method, "text_features") and not hasattr(method, "image_features")
+        return
+    assert isinstance(method, FeatureMethod)
+    assert isinstance(method, FixedTextMethod) == (
+        method.name in ("zsclip", "vpt_deep", "provp", "provp_ref")
+    )
+    method.eval()
+    with torch.no_grad():
+        image_features, text_features = method.image_features(images), method.text_features()
+        assert image_features.shape == (len(images), 32) and text_features.shape == (len(CLASSNAMES), 32)
+        torch.testing.assert_close(
+            method.logits_from(image_features), method.logits(images), rtol=0, atol=1e-6
+        )
+
+
+def test_a_method_without_logits_cannot_be_built(backbone12):
+    class NoLogits(PromptMethod):
+        name, config_class = "no_logits", MethodConfig
+
+    class NoTextFeatures(FeatureMethod):
+        name, config_class = "no_text", MethodConfig
+
+        def image_features(self, images):
+            return self.frozen_image_features(images)
+
+    for cls in (NoLogits, NoTextFeatures):
+        with pytest.raises(TypeError, match="abstract"):
+            cls(backbone12, CLASSNAMES, MethodConfig())
+    with pytest.raises(TypeError, match="FixedTextConfig"):
+
+        class WrongConfig(FixedTextMethod):
+            name, config_class = "wrong", MethodConfig
 
 
 def test_only_prompts_require_grad(method):
@@ -70,7 +118,7 @@ def test_optimizer_step_changes_prompts_and_nothing_else(method, images, labels)
             assert torch.equal(value, before[name]), f"frozen tensor {name} changed"
 
 
-def test_save_load_reproduces_logits(method, images, tmp_path, clip12):
+def test_save_load_reproduces_logits(method, images, tmp_path, backbone12):
     method.eval()
     path = save_prompts(method, tmp_path / f"{method.name}.safetensors")
     with torch.no_grad():
@@ -79,18 +127,18 @@ def test_save_load_reproduces_logits(method, images, tmp_path, clip12):
         save_prompts(method, path)
         expected = method.logits(images)
     torch.manual_seed(999)  # a different init must not leak into the loaded method
-    loaded = load_prompts(path, clip12).eval()
+    loaded = load_prompts(path, backbone12).eval()
     assert type(loaded) is type(method) and loaded.effective_config() == method.effective_config()
     with torch.no_grad():
         assert torch.equal(loaded.logits(images), expected)
     assert list(tmp_path.iterdir()) == [path], "atomic save left temporary files behind"
 
 
-def test_load_rejects_wrong_backbone(tmp_path, clip12, clip2):
-    method = methods.build("provp", clip12, CLASSNAMES)
+def test_load_rejects_wrong_backbone(tmp_path, backbone12, backbone2):
+    method = methods.build("provp", backbone12, CLASSNAMES)
     path = save_prompts(method, tmp_path / "p.safetensors")
     with pytest.raises(PromptFileError, match="vision_width"):
-        load_prompts(path, clip2)
+        load_prompts(path, backbone2)
 
 
 def test_load_rejects_missing_corrupt_and_foreign_files(tmp_path, clip12):
@@ -132,13 +180,13 @@ def test_frozen_text_features_are_computed_once(clip12, images):
     assert "_text_cache" not in method.state_dict(), "cached text features must be a non-persistent buffer"
 
 
-def test_set_classnames_moves_prompts_to_other_classes(method, images, clip12):
+def test_set_classnames_moves_prompts_to_other_classes(method, images, backbone12):
     """Prompts evaluated on new classes equal a method built for those classes with the same prompts."""
     if method.name == "coop":
-        method = methods.build("coop", clip12, CLASSNAMES, n_ctx=4)
+        method = methods.build("coop", backbone12, CLASSNAMES, n_ctx=4)
     method.eval()
     novel = ["lighthouse", "red fox", "tram"]
-    fresh = methods.build(method.name, clip12, novel, config=method.config).eval()
+    fresh = methods.build(method.name, backbone12, novel, config=method.config).eval()
     fresh.load_state_dict(method.state_dict())
     method.logits(images)  # fill any cache for the old classes first
     method.set_classnames(novel)

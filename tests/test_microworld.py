@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from engine_utils import ROOT, launch
 
-from scaleprompt.backbone import SHIPPED_WEIGHTS, BackboneError, load_clip
+from scaleprompt.backbone import BackboneError, load_clip, model_spec
 from scaleprompt.data.datasets import load_dataset
 from scaleprompt.losses import multi_positive_clip_loss
 from scaleprompt.microworld import datasets as mwd
@@ -114,11 +114,9 @@ def test_word_tokenizer():
         world.sample_scenes(np.random.default_rng(0), 2000, everything), np.random.default_rng(1)
     )
     assert tok.unk not in tok(texts + world.class_names())  # every caption word is in the vocabulary
-    cfg = open_clip.get_model_config("sp-micro-clip") if "sp-micro-clip" in open_clip.list_models() else None
-    if cfg is None:
-        load_clip("sp-tiny-vit")  # registers the configs
-        cfg = open_clip.get_model_config("sp-micro-clip")
+    cfg = open_clip.get_model_config("sp-micro-clip")  # registered by scaleprompt.backbone
     assert cfg["text_cfg"]["vocab_size"] == len(VOCAB)
+    assert model_spec("sp-micro-clip").tokenizer is WordTokenizer
 
 
 # --- pretraining ---------------------------------------------------------------------------------------------------
@@ -142,7 +140,7 @@ def test_pretraining_is_reproducible(tmp_path):
     for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert torch.equal(x, y), name
     assert not torch.equal(a.state_dict()["text_projection"], open_clip.create_model("sp-micro-clip").state_dict()["text_projection"])  # fmt: skip
-    loaded = load_clip("sp-micro-clip", str(tmp_path / "w.safetensors"))
+    loaded = load_clip("sp-micro-clip", str(tmp_path / "w.safetensors")).model
     assert torch.equal(loaded.state_dict()["visual.proj"], a.state_dict()["visual.proj"])
     assert (
         json.loads((tmp_path / "w.json").read_text())["vocab_sha256_16"]
@@ -158,19 +156,19 @@ def micro():
 
 
 def test_shipped_backbone_loads_offline_by_name_and_knows_the_world(micro):
-    path = SHIPPED_WEIGHTS[("sp-micro-clip", "microworld")]
+    path = model_spec("sp-micro-clip").weights["microworld"]
     assert path.stat().st_size <= 20 * 2**20
     from safetensors import safe_open
 
     with safe_open(str(path), "pt") as fh:
         meta = json.loads(fh.metadata()["scaleprompt"])
     assert meta["vocab_sha256_16"] == vocab_hash(), "the shipped weights were trained with another vocabulary"
-    assert micro.scaleprompt_info.pretrained == "microworld"
-    assert isinstance(micro.scaleprompt_tokenizer, WordTokenizer)
+    assert micro.info.pretrained == "microworld"
+    assert isinstance(micro.tokenizer, WordTokenizer) and micro.tokenizer.context_length == 24
     images, labels = fixed_test_set(
         per_class=20
     )  # the fixed, seeded set (pretraining evaluates on per_class=50)
-    acc = zero_shot_accuracy(micro, micro.scaleprompt_tokenizer, images, labels)
+    acc = zero_shot_accuracy(micro.model, micro.tokenizer, images, labels)
     assert acc >= SHIPPED_ZERO_SHOT_MIN, f"zero-shot top-1 {acc:.3f}"
     with pytest.raises(BackboneError, match="unknown model name"):
         load_clip("sp-micro-clipp", "microworld")
@@ -198,7 +196,7 @@ def test_shifted_datasets_are_registered_generated_and_calibrated(tmp_path, micr
 
     images = np.stack([np.asarray(Image.open(d.path).convert("RGB")) for d in ds.test])
     labels = np.array([world.class_names().index(d.classname) for d in ds.test])
-    acc = zero_shot_accuracy(micro, micro.scaleprompt_tokenizer, images, labels)
+    acc = zero_shot_accuracy(micro.model, micro.tokenizer, images, labels)
     assert SHIFT_RANGE[0] <= acc <= SHIFT_RANGE[1], f"{name}: zero-shot {acc:.3f}"
 
 

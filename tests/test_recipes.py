@@ -222,8 +222,8 @@ def test_recipe_methods_build_on_a_12_block_tower(clip12):
 
 
 def test_microworld_methods_build_on_the_micro_backbone():
-    clip = load_clip("sp-micro-clip")  # (random init: the architecture is what matters here)
+    backbone = load_clip("sp-micro-clip")  # (random init: the architecture is what matters here)
     for path in [CONFIGS / "demo.yaml", *sorted((CONFIGS / "microworld").glob("*.yaml"))]:
         cfg = load_run_config(path)
-        model = methods.build(cfg.method.name, clip, ["red circle", "blue heart"], **cfg.method.args)
+        model = methods.build(cfg.method.name, backbone, ["red circle", "blue heart"], **cfg.method.args)
         assert model.loss(torch.randn(2, 3, 64, 64), torch.tensor([0, 1])).loss.isfinite(), path

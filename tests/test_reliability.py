@@ -285,7 +285,9 @@ def test_two_concurrent_runs_on_one_output_folder(colors, tmp_path):
     deadline = time.time() + 300
     while time.time() < deadline and first.poll() is None and not (lock.is_file() and lock.read_text()):
         time.sleep(0.05)
-    second = subprocess.run(cmd, cwd=ROOT, env=env(tmp_path / "b"), capture_output=True, text=True, timeout=600)
+    second = subprocess.run(
+        cmd, cwd=ROOT, env=env(tmp_path / "b"), capture_output=True, text=True, timeout=600
+    )
     assert first.poll() is None, "the first run must still be running"
     assert second.returncode == 2, second.stderr[-3000:]
     assert f"in use by pid {first.pid} on host {socket.gethostname()}" in second.stderr
@@ -426,5 +428,7 @@ def test_results_record_what_they_were_computed_on(colors, tmp_path):
     )
     assert res["config_changes"] == [] and [s["from_checkpoint"] for s in res["timing"]["sessions"]] == [None]
     cache = tmp_path / "cache" / res["data"]["shards"]["train"]
-    assert (cache / "manifest.json").is_file() and res["data"]["shards"]["train"].startswith(f"{colors.name}-full-seed1-all")
+    assert (cache / "manifest.json").is_file() and res["data"]["shards"]["train"].startswith(
+        f"{colors.name}-full-seed1-all"
+    )
     assert len(res["data"]["fingerprint"]) == 64

@@ -48,21 +48,21 @@ def setting_of(templates: tuple[str, ...]) -> FewShot:
         ),
     ],
 )
-def test_the_template_rule(clip12, tmp_path, method, args, on_pets, on_satellite):
+def test_the_template_rule(backbone12, tmp_path, method, args, on_pets, on_satellite):
     cfg = load_run_config(None, [f"method.name={method}", *args])
-    model = build_method(cfg, clip12, setting_of(PETS))
+    model = build_method(cfg, backbone12, setting_of(PETS))
     assert model.templates == on_pets
     path = save_prompts(model, tmp_path / "p.safetensors")  # the file records the templates in use
-    assert load_prompts(path, clip12).templates == on_pets
+    assert load_prompts(path, backbone12).templates == on_pets
     model.set_classnames(["forest", "river"], SATELLITE)  # a transfer target (EuroSAT-like)
     assert model.templates == on_satellite
     model.set_classnames(["cat", "dog"], PETS)
     assert model.templates == on_pets
 
 
-def test_learned_text_methods_have_no_templates(clip12):
+def test_learned_text_methods_have_no_templates(backbone12):
     model = build_method(
-        load_run_config(None, ["method.name=coop", "method.args.n_ctx=2"]), clip12, setting_of(PETS)
+        load_run_config(None, ["method.name=coop", "method.args.n_ctx=2"]), backbone12, setting_of(PETS)
     )
     assert model.templates is None
 

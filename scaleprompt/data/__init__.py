@@ -10,9 +10,10 @@ from typing import Any
 
 _EXPORTS = {
     "scaleprompt.data.datasets": [
-        "BENCHMARKS", "CROSS_DATASET_TARGETS", "DG_TARGETS", "DatasetError", "DatasetSplits", "Datum",
-        "dataset_display_name", "get_dataset", "list_datasets", "load_dataset",
+        "BENCHMARKS", "CROSS_DATASET_TARGETS", "DG_TARGETS", "dataset_display_name", "get_dataset", "list_datasets",
+        "load_dataset", "register_dataset",
     ],
+    "scaleprompt.data.layout": ["DatasetError", "DatasetSplits", "Datum"],
     "scaleprompt.data.cache": ["ensure_shards"],
     "scaleprompt.data.loader": ["Batch", "DataError", "ShardLoader"],
     "scaleprompt.data.protocols": ["Protocol", "apply_protocol", "fewshot", "harmonic_mean", "subsample_classes"],

@@ -1,4 +1,5 @@
-"""Dataset registry: the 11 benchmarks, the 4 domain-generalization targets, user data, the embedded default.
+"""Dataset registry: the 11 benchmarks, the 4 domain-generalization targets, user data, the embedded default and
+the micro-world's datasets, every one registered through :func:`register_dataset` (as an extension adds its own).
 
 Each reader takes the folder that holds the datasets (Dassl's ``DATASET.ROOT``) in the layout of the CoOp
 instructions and returns :class:`DatasetSplits` of :class:`Datum` (absolute path, label, class name). Images are
@@ -8,82 +9,26 @@ listed in sorted order (the releases list directories in file-system order; sort
 from __future__ import annotations
 
 import csv
-import json
 import os
 import random
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
 
-from scaleprompt.errors import ScalepromptError
+from scaleprompt.data.fashion_mnist import load_fashion_mnist
+from scaleprompt.data.layout import (
+    DatasetError,
+    DatasetSplits,
+    Datum,
+    classnames_of,
+    read_split_json,
+    require_dir,
+    require_file,
+)
+from scaleprompt.microworld.datasets import load_microworld
 
-# where generated / shipped datasets are written when no root is given
-CACHE_ROOT = Path(os.environ.get("SCALEPROMPT_CACHE", Path.home() / ".cache" / "scaleprompt"))
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm"}
-
-
-class DatasetError(ScalepromptError, FileNotFoundError):
-    """A dataset folder, split file or image is missing or malformed (the message names it)."""
-
-
-@dataclass(frozen=True)
-class Datum:
-    path: str  # absolute path of the image
-    label: int
-    classname: str
-
-
-@dataclass
-class DatasetSplits:
-    name: str
-    image_root: Path  # paths in shard metadata are stored relative to this
-    train: list[Datum] = field(default_factory=list)
-    val: list[Datum] = field(default_factory=list)
-    test: list[Datum] = field(default_factory=list)
-    classnames: list[str] = field(default_factory=list)  # index = label
-    val_from_train: bool = (
-        False  # no official val split: the protocol draws val shots from unused train images
-    )
-
-    def split(self, name: str) -> list[Datum]:
-        if name not in ("train", "val", "test"):
-            raise ValueError(f"unknown split {name!r}: train, val or test")
-        return getattr(self, name)
-
-    def counts(self) -> dict[str, int]:
-        return {s: len(self.split(s)) for s in ("train", "val", "test")}
-
-
-def classnames_of(*splits: list[Datum]) -> list[str]:
-    """Label -> class name over the splits (Dassl's ``get_lab2cname``); labels must be 0..C-1 and consistent."""
-    mapping: dict[int, str] = {}
-    for items in splits:
-        for d in items:
-            if mapping.setdefault(d.label, d.classname) != d.classname:
-                raise DatasetError(
-                    f"label {d.label} has two class names: {mapping[d.label]!r} and {d.classname!r}"
-                )
-    if not mapping:
-        return []
-    if min(mapping) < 0:
-        raise DatasetError(f"negative label {min(mapping)} (labels must be 0..C-1)")
-    missing = sorted(set(range(max(mapping) + 1)) - set(mapping))
-    if missing:
-        raise DatasetError(f"labels {missing[:10]} have no image in any split")
-    return [mapping[i] for i in range(len(mapping))]
-
-
-def require_dir(path: Path, what: str) -> Path:
-    if not path.is_dir():
-        raise DatasetError(f"{what} folder not found: {path}")
-    return path
-
-
-def require_file(path: Path, what: str) -> Path:
-    if not path.is_file():
-        raise DatasetError(f"{what} not found: {path}")
-    return path
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -101,51 +46,6 @@ def _finish(name: str, image_root: Path, train, val, test, val_from_train: bool 
 
 
 # --- readers --------------------------------------------------------------------------------------------------
-def read_split_json(split_file: Path, image_root: Path) -> tuple[list[Datum], list[Datum], list[Datum]]:
-    """``{"train"|"val"|"test": [[relpath, label, classname], ...]}`` (CoOp's ``split_zhou_*.json``)."""
-    require_file(split_file, "split file")
-    try:
-        data = json.loads(split_file.read_text())
-        out = []
-        for split in ("train", "val", "test"):
-            out.append([Datum(str(image_root / p), int(y), str(c)) for p, y, c in data.get(split, [])])
-    except (ValueError, TypeError, AttributeError) as exc:
-        raise DatasetError(f"split file {split_file} is malformed: {exc}") from exc
-    return out[0], out[1], out[2]
-
-
-def write_generated(root: Path, split_file: str, samples: Iterable[tuple[str, Any, int, str]]) -> Path:
-    """Write a generated dataset in CoOp's layout under ``root`` (``images/<class>/<split>_<i>.png`` + the split
-    JSON), atomically: a complete tree appears at once or not at all; an existing complete one is reused.
-    ``samples`` yields ``(split, uint8 HxWx3 or HxW image, label, classname)``."""
-    import shutil
-    import tempfile
-
-    from PIL import Image
-
-    root = Path(root)
-    if (root / split_file).is_file():
-        return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
-    try:
-        rows: dict[str, list] = {s: [] for s in ("train", "val", "test")}
-        for i, (split, image, label, name) in enumerate(samples):
-            rel = f"{name.replace(' ', '_')}/{split}_{i:05d}.png"
-            (tmp / "images" / rel).parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(image).save(tmp / "images" / rel)
-            rows[split].append([rel, int(label), name])
-        (tmp / split_file).write_text(json.dumps(rows))
-        try:
-            os.replace(tmp, root)
-        except OSError:  # another process finished first (or root exists but is incomplete)
-            if not (root / split_file).is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return root
-
-
 def split_json_reader(
     name: str, directory: str, image_dir: str, split_file: str
 ) -> Callable[[Path], DatasetSplits]:
@@ -312,78 +212,86 @@ def read_split_file(split_file: Path, image_root: Path | None = None) -> Dataset
 @dataclass(frozen=True)
 class DatasetSpec:
     name: str
-    reader: Callable[[Path], DatasetSplits]
+    reader: Callable[[Path | None], DatasetSplits]  # root -> splits (root None: a generated dataset, no root)
     aliases: tuple[str, ...] = ()
     eval_only: bool = False  # DG targets: a test split only
     generated: bool = False  # shipped or generated: no root folder needed (written under the cache or root)
 
 
-def _json(name: str, directory: str, image_dir: str, split: str, *aliases: str) -> DatasetSpec:
-    return DatasetSpec(name, split_json_reader(name, directory, image_dir, split), aliases)
+DATASETS: dict[str, DatasetSpec] = {}
 
 
-def _embedded(root: Path | None) -> DatasetSplits:
-    from scaleprompt.data.fashion_mnist import load_fashion_mnist  # (imports this module: load lazily)
+def register_dataset(
+    name: str,
+    reader: Callable[[Path | None], DatasetSplits],
+    *,
+    aliases: tuple[str, ...] = (),
+    eval_only: bool = False,
+    generated: bool = False,
+) -> DatasetSpec:
+    """Make ``load_dataset(name, root)`` (and a recipe's ``data.dataset``) read a dataset; how an extension adds
+    one, and how the built-in datasets below are registered.
 
+    ``reader(root)`` returns its :class:`DatasetSplits`; ``root`` is the folder that holds the datasets, None for
+    a ``generated`` dataset loaded without one (write it under ``scaleprompt.data.layout.CACHE_ROOT``). ``aliases``:
+    other names it is found by (case-insensitive). ``eval_only``: a test split only (domain-generalization targets)."""
+    aliases = tuple(a.lower() for a in aliases)
+    taken = {key for spec in DATASETS.values() for key in (spec.name.lower(), *spec.aliases)}
+    clash = sorted({name.lower(), *aliases} & taken)
+    if clash:
+        raise ValueError(f"dataset {name!r}: {', '.join(clash)} already names a registered dataset")
+    spec = DatasetSpec(name, reader, aliases, eval_only, generated)
+    DATASETS[name] = spec
+    return spec
+
+
+# --- the built-in datasets, registered like an extension's ------------------------------------------------------
+def _json(name: str, directory: str, image_dir: str, split: str, *aliases: str) -> None:
+    register_dataset(name, split_json_reader(name, directory, image_dir, split), aliases=aliases)
+
+
+def _fashion_mnist(root: Path | None) -> DatasetSplits:
     return load_fashion_mnist(Path(root) / "fashion_mnist" if root else None)
 
 
-def _microworld(name: str) -> Callable[[Path | None], DatasetSplits]:
-    def read(root: Path | None) -> DatasetSplits:
-        from scaleprompt.microworld.datasets import load_microworld  # (imports this module: load lazily)
-
-        return load_microworld(name, root)
-
-    return read
-
-
-DATASETS: dict[str, DatasetSpec] = {
-    spec.name: spec
-    for spec in (
-        DatasetSpec("ImageNet", read_imagenet, ("imagenet",)),
-        _json(
-            "Caltech101", "caltech-101", "101_ObjectCategories", "split_zhou_Caltech101.json", "caltech101"
-        ),
-        _json("OxfordPets", "oxford_pets", "images", "split_zhou_OxfordPets.json", "oxford_pets", "pets"),
-        _json("StanfordCars", "stanford_cars", "", "split_zhou_StanfordCars.json", "stanford_cars", "cars"),
-        _json(
-            "OxfordFlowers", "oxford_flowers", "jpg", "split_zhou_OxfordFlowers.json", "flowers102", "flowers"
-        ),
-        _json("Food101", "food-101", "images", "split_zhou_Food101.json", "food101"),
-        DatasetSpec("FGVCAircraft", read_fgvc_aircraft, ("fgvc_aircraft", "aircraft")),
-        _json("SUN397", "sun397", "SUN397", "split_zhou_SUN397.json", "sun397"),
-        _json("DescribableTextures", "dtd", "images", "split_zhou_DescribableTextures.json", "dtd"),
-        _json("EuroSAT", "eurosat", "2750", "split_zhou_EuroSAT.json", "eurosat"),
-        _json("UCF101", "ucf101", "UCF-101-midframes", "split_zhou_UCF101.json", "ucf101"),
-        DatasetSpec("ImageNetV2", read_imagenetv2, ("imagenetv2", "imagenet_v2"), eval_only=True),
-        DatasetSpec(
-            "ImageNetSketch",
-            sorted_folder_reader("ImageNetSketch", "imagenet-sketch", "images"),
-            ("imagenet_sketch",),
-            eval_only=True,
-        ),
-        DatasetSpec(
-            "ImageNetA",
-            sorted_folder_reader("ImageNetA", "imagenet-adversarial", "imagenet-a"),
-            ("imagenet_a",),
-            eval_only=True,
-        ),
-        DatasetSpec(
-            "ImageNetR",
-            sorted_folder_reader("ImageNetR", "imagenet-rendition", "imagenet-r"),
-            ("imagenet_r",),
-            eval_only=True,
-        ),
-        DatasetSpec("FashionMNIST", _embedded, ("fashion_mnist", "embedded"), generated=True),
-        DatasetSpec("MicroWorld", _microworld("MicroWorld"), ("microworld",), generated=True),
-        DatasetSpec(
-            "MicroWorldSketch", _microworld("MicroWorldSketch"), ("microworld_sketch",), generated=True
-        ),
-        DatasetSpec(
-            "MicroWorldClutter", _microworld("MicroWorldClutter"), ("microworld_clutter",), generated=True
-        ),
+register_dataset("ImageNet", read_imagenet, aliases=("imagenet",))
+_json("Caltech101", "caltech-101", "101_ObjectCategories", "split_zhou_Caltech101.json", "caltech101")
+_json("OxfordPets", "oxford_pets", "images", "split_zhou_OxfordPets.json", "oxford_pets", "pets")
+_json("StanfordCars", "stanford_cars", "", "split_zhou_StanfordCars.json", "stanford_cars", "cars")
+_json("OxfordFlowers", "oxford_flowers", "jpg", "split_zhou_OxfordFlowers.json", "flowers102", "flowers")
+_json("Food101", "food-101", "images", "split_zhou_Food101.json", "food101")
+register_dataset("FGVCAircraft", read_fgvc_aircraft, aliases=("fgvc_aircraft", "aircraft"))
+_json("SUN397", "sun397", "SUN397", "split_zhou_SUN397.json", "sun397")
+_json("DescribableTextures", "dtd", "images", "split_zhou_DescribableTextures.json", "dtd")
+_json("EuroSAT", "eurosat", "2750", "split_zhou_EuroSAT.json", "eurosat")
+_json("UCF101", "ucf101", "UCF-101-midframes", "split_zhou_UCF101.json", "ucf101")
+register_dataset("ImageNetV2", read_imagenetv2, aliases=("imagenetv2", "imagenet_v2"), eval_only=True)
+for _name, _directory, _images, _alias in (
+    ("ImageNetSketch", "imagenet-sketch", "images", "imagenet_sketch"),
+    ("ImageNetA", "imagenet-adversarial", "imagenet-a", "imagenet_a"),
+    ("ImageNetR", "imagenet-rendition", "imagenet-r", "imagenet_r"),
+):
+    register_dataset(
+        _name, sorted_folder_reader(_name, _directory, _images), aliases=(_alias,), eval_only=True
     )
-}
+register_dataset("FashionMNIST", _fashion_mnist, aliases=("fashion_mnist", "embedded"), generated=True)
+# the micro-world's downstream datasets (scaleprompt.microworld.datasets)
+register_dataset(
+    "MicroWorld", partial(load_microworld, "MicroWorld"), aliases=("microworld",), generated=True
+)
+register_dataset(
+    "MicroWorldSketch",
+    partial(load_microworld, "MicroWorldSketch"),
+    aliases=("microworld_sketch",),
+    generated=True,
+)
+register_dataset(
+    "MicroWorldClutter",
+    partial(load_microworld, "MicroWorldClutter"),
+    aliases=("microworld_clutter",),
+    generated=True,
+)
+
 BENCHMARKS = [
     "ImageNet", "Caltech101", "OxfordPets", "StanfordCars", "OxfordFlowers", "Food101",
     "FGVCAircraft", "SUN397", "DescribableTextures", "EuroSAT", "UCF101",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scaleprompt.data.datasets import (
+from scaleprompt.data.layout import (
     CACHE_ROOT,
     DatasetSplits,
     classnames_of,

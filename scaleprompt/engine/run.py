@@ -8,7 +8,7 @@
   per-set accuracies combine (:class:`FewShot`: test; :class:`BaseToNovel`: base, novel, HM; :class:`Transfer`:
   source test + every target).
 * :func:`build_method` builds the method for the setting's training classes. The template rule is the method's
-  (:class:`~scaleprompt.methods.base.FixedTextConfig`): a fixed-text method whose config leaves ``templates``
+  (:class:`~scaleprompt.methods.base.FixedTextMethod`): a fixed-text method whose config leaves ``templates``
   unset takes each dataset's template (the training dataset's, then each transfer target's); a recipe's
   ``templates`` or a method that fixes its own (VPT-deep's MaPLe layout) is used on every dataset.
 """
@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from scaleprompt.backbone import Backbone
 from scaleprompt.config import ConfigError
 from scaleprompt.data.cache import ensure_shards
 from scaleprompt.data.datasets import dataset_display_name
@@ -142,9 +143,9 @@ def build_setting(cfg: RunConfig) -> EvalSetting:
     return Transfer(train, classnames, templates, (source, *targets))
 
 
-def build_method(cfg: RunConfig, clip: Any, setting: EvalSetting) -> PromptMethod:
+def build_method(cfg: RunConfig, backbone: Backbone, setting: EvalSetting) -> PromptMethod:
     """The recipe's method over the frozen backbone, for the setting's training classes and template(s)."""
-    return build(cfg.method.name, clip, list(setting.classnames), dataset_templates=setting.templates,
+    return build(cfg.method.name, backbone, list(setting.classnames), dataset_templates=setting.templates,
                  **cfg.method.args)  # fmt: skip
 
 

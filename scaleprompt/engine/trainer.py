@@ -174,9 +174,9 @@ class Trainer:
         self.setting = build_setting(cfg)  # (rank 0 finds or writes every shard folder of the setting)
         run_on_main(self._check_eval_shards)
         self.classnames = list(self.setting.classnames)
-        self.clip = load_clip(cfg.model.name, cfg.model.pretrained, cache_dir=cfg.model.cache_dir)
-        self.clip.set_grad_checkpointing(cfg.model.grad_checkpointing)
-        self.image_size = cfg.data.image_size or self.clip.scaleprompt_info.image_size
+        self.backbone = load_clip(cfg.model.name, cfg.model.pretrained, cache_dir=cfg.model.cache_dir)
+        self.backbone.model.set_grad_checkpointing(cfg.model.grad_checkpointing)
+        self.image_size = cfg.data.image_size or self.backbone.info.image_size
         self.engine = None
         self.zero_stage = 0
         self.micro, self.accumulation = batch_geometry(
@@ -188,14 +188,14 @@ class Trainer:
             self.zero_shot = self.saved_state[0]["zero_shot"]  # computed before the interruption
         elif cfg.eval.zero_shot_baseline:
             self.zero_shot = self._zero_shot_baseline()
-        self.method = build_method(cfg, self.clip, self.setting)
+        self.method = build_method(cfg, self.backbone, self.setting)
         self.trainable = self.method.trainable_parameters()
         self.epochs = cfg.optim.epochs if self.trainable else 0
         if self.trainable:
             self._init_engine()
         else:
             self.method.to(self.dist.device)
-        self.identity = run_identity(cfg.to_dict(), to_dict(self.method.config), {
+        self.identity = run_identity(cfg.to_dict(), to_dict(self.method.effective_config()), {
             "world_size": self.dist.world_size, "zero_stage": self.zero_stage, "micro_batch": self.micro,
             "accumulation": self.accumulation, "classes": self.classnames,
             "data": training_fingerprint(self.setting),
@@ -247,7 +247,7 @@ class Trainer:
     # building -------------------------------------------------------------------------------------------------
     def _zero_shot_baseline(self) -> dict[str, Any]:
         """Zero-shot CLIP's test metrics of the setting, before the backbone goes into an engine (ZeRO-3)."""
-        zero_shot = build("zsclip", self.clip, self.classnames, dataset_templates=self.setting.templates)
+        zero_shot = build("zsclip", self.backbone, self.classnames, dataset_templates=self.setting.templates)
         return self.test_all(zero_shot.to(self.dist.device))
 
     def _init_engine(self) -> None:
@@ -318,7 +318,7 @@ class Trainer:
 
     def _loader(self, shards: str, split: str, train: bool) -> ShardLoader:
         cfg = self.cfg
-        info = self.clip.scaleprompt_info
+        info = self.backbone.info
         kwargs = dict(
             image_size=self.image_size, mean=info.mean, std=info.std, num_workers=cfg.data.num_workers,
             max_bad_samples=cfg.data.max_bad_samples, seed=cfg.train.seed, rank=self.dist.rank,

@@ -1,8 +1,11 @@
-"""The interface every prompt method implements, and what the methods share."""
+"""The contract every prompt method implements (:class:`PromptMethod`: ``logits`` and ``loss``), the optional split
+into image and text features (:class:`FeatureMethod`), fixed hand-crafted text (:class:`FixedTextMethod`), and
+what the methods share."""
 
 from __future__ import annotations
 
 import dataclasses
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
@@ -11,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from scaleprompt.backbone import Backbone
 from scaleprompt.config import ConfigError, check_types, require
 from scaleprompt.encoders import PromptedTextEncoder, PromptedVisionEncoder
 from scaleprompt.losses import cosine_logits
@@ -73,56 +77,42 @@ def clean_classnames(classnames: Sequence[str]) -> list[str]:
     return names
 
 
-class PromptMethod(nn.Module):
-    """A prompt method over a frozen open_clip CLIP.
+class PromptMethod(nn.Module, ABC):
+    """A prompt method over a frozen open_clip CLIP: what the engine, the evaluation and the predictor use.
 
-    Subclasses set ``name`` and ``config_class``, create their prompt parameters in ``__init__`` and implement
-    ``image_features`` and ``compute_text_features``. Methods whose text side is frozen set
-    ``frozen_text = True``: their class text features are computed once and cached in a non-persistent buffer.
+    The contract is :meth:`logits` (``[B, C]`` class logits of images) and :meth:`loss` (default: cross-entropy of
+    the logits). Subclasses set ``name`` and ``config_class`` and create their prompt parameters in ``__init__``.
+    Methods whose classifier splits into image features and one set of class text features derive from
+    :class:`FeatureMethod`; those whose text side is hand-crafted templates from :class:`FixedTextMethod`.
+
+    ``backbone``: a :class:`~scaleprompt.backbone.Backbone` (from ``load_clip``), or a bare open_clip CLIP (CLIP's BPE
+    tokenizer, and prompt files record no backbone). ``self.clip`` is the frozen open_clip model.
     """
 
     name: ClassVar[str]
     config_class: ClassVar[type[MethodConfig]]
-    frozen_text: ClassVar[bool] = False
     trains: ClassVar[bool] = True  # False: nothing to train (zero-shot CLIP)
 
-    def __init__(self, clip: nn.Module, classnames: Sequence[str], config: MethodConfig) -> None:
+    def __init__(
+        self, backbone: Backbone | nn.Module, classnames: Sequence[str], config: MethodConfig
+    ) -> None:
         super().__init__()
         if not isinstance(config, self.config_class):
             raise TypeError(f"{self.name} needs a {self.config_class.__name__}, got {type(config).__name__}")
+        backbone = Backbone.of(backbone)
         self.config = config
         self.classnames = clean_classnames(classnames)
-        self.templates = self._templates_for(None)
-        self.clip = clip
-        clip.requires_grad_(False)
-        self.vision = PromptedVisionEncoder(clip)
-        self.text = PromptedTextEncoder(clip)
-        self.register_buffer("_text_cache", None, persistent=False)
+        self.templates: tuple[str, ...] | None = None  # the hand-crafted templates in use (FixedTextMethod)
+        self.backbone_info = backbone.info
+        self.clip = backbone.model
+        self.clip.requires_grad_(False)
+        self.vision = PromptedVisionEncoder(self.clip)
+        self.text = PromptedTextEncoder(self.clip, backbone.tokenizer)
 
-    # --- the interface -------------------------------------------------------------------------------------
-    def image_features(self, images: Tensor) -> Tensor:
-        """Prompted image features ``[B, E]``."""
-        raise NotImplementedError
-
-    def compute_text_features(self) -> Tensor:
-        """Class text features ``[C, E]``."""
-        raise NotImplementedError
-
-    def text_features(self) -> Tensor:
-        if not self.frozen_text:
-            return self.compute_text_features()
-        if self._text_cache is None:
-            with torch.no_grad():
-                self._text_cache = self.compute_text_features().detach()
-        return self._text_cache
-
+    # --- the contract --------------------------------------------------------------------------------------
+    @abstractmethod
     def logits(self, images: Tensor) -> Tensor:
         """``[B, C]`` class logits."""
-        return self.logits_from(self.image_features(images))
-
-    def logits_from(self, image_features: Tensor) -> Tensor:
-        """``[B, C]`` logits of already computed image features against the class text features."""
-        return cosine_logits(image_features, self.text_features(), self.clip.logit_scale)
 
     def loss(self, images: Tensor, labels: Tensor) -> LossOutput:
         logits = self.logits(images)
@@ -133,23 +123,18 @@ class PromptMethod(nn.Module):
         """``logits`` without labels, the :class:`LossOutput` with them (the engine calls this)."""
         return self.logits(images) if labels is None else self.loss(images, labels)
 
-    def _templates_for(self, dataset_templates: Sequence[str] | None) -> tuple[str, ...] | None:
-        """The hand-crafted templates this method uses on a dataset (None for methods with learned text)."""
-        if not isinstance(self.config, FixedTextConfig):
-            return None
-        return tuple(self.config.templates or dataset_templates or (DEFAULT_TEMPLATE,))
+    @property
+    def backbone(self) -> Backbone:
+        """The frozen backbone the method runs on (its model, tokenizer and info)."""
+        return Backbone(self.clip, self.text.tokenizer, self.backbone_info)
 
     def effective_config(self) -> MethodConfig:
-        """The config with the templates actually in use (what a prompt file records)."""
-        if isinstance(self.config, FixedTextConfig):
-            return dataclasses.replace(self.config, templates=self.templates)
+        """The config as a prompt file records it (:class:`FixedTextMethod`: with the templates in use)."""
         return self.config
 
     def use_dataset_templates(self, dataset_templates: Sequence[str] | None) -> None:
-        """The hand-crafted template(s) of the dataset being classified; only a fixed-text method whose config
-        leaves ``templates`` unset uses them (the template rule of :class:`FixedTextConfig`)."""
-        self.templates = self._templates_for(dataset_templates)
-        self._text_cache = None
+        """The hand-crafted template(s) of the dataset being classified. Only a :class:`FixedTextMethod` uses
+        them; methods with learned text have none."""
 
     def set_classnames(
         self, classnames: Sequence[str], dataset_templates: Sequence[str] | None = None
@@ -158,8 +143,7 @@ class PromptMethod(nn.Module):
         template(s) for the methods that take them."""
         self.classnames = clean_classnames(classnames)
         if dataset_templates is not None:
-            self.templates = self._templates_for(dataset_templates)
-        self._text_cache = None
+            self.use_dataset_templates(dataset_templates)
         for module in self.modules():
             if isinstance(module, ClassPromptTable):
                 module.rebuild(self.text, self.classnames)
@@ -176,14 +160,6 @@ class PromptMethod(nn.Module):
     def prompt_state_dict(self) -> dict[str, Tensor]:
         """The trained tensors only, by name (never a backbone weight)."""
         return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
-
-    def template_features(self, templates: Sequence[str]) -> Tensor:
-        """Frozen class features ``[C, E]`` from hand-crafted templates (mean of normalized if several)."""
-        feats = []
-        for template in templates:
-            f = self.text.encode_texts([template.format(c) for c in self.classnames])  # [C, E]
-            feats.append(F.normalize(f, dim=-1) if len(templates) > 1 else f)
-        return torch.stack(feats).mean(0)  # [C, E]
 
     def frozen_image_features(self, images: Tensor) -> Tensor:
         """Un-prompted CLIP image features ``[B, E]`` under no_grad."""
@@ -205,6 +181,95 @@ class PromptMethod(nn.Module):
     @classmethod
     def describe_config(cls) -> dict[str, Any]:
         return {f.name: f.default for f in dataclasses.fields(cls.config_class)}
+
+
+class FeatureMethod(PromptMethod):
+    """A method whose classifier compares image features ``[B, E]`` with ONE set of class text features ``[C, E]``
+    shared by every image: ``logits = logit_scale.exp() * normalize(image) @ normalize(text).T``.
+
+    Subclasses implement :meth:`image_features` and :meth:`compute_text_features`. With ``frozen_text = True`` the
+    class text features are computed once and cached in a non-persistent buffer (until the classes change).
+    """
+
+    frozen_text: ClassVar[bool] = False
+
+    def __init__(
+        self, backbone: Backbone | nn.Module, classnames: Sequence[str], config: MethodConfig
+    ) -> None:
+        super().__init__(backbone, classnames, config)
+        self.register_buffer("_text_cache", None, persistent=False)
+
+    @abstractmethod
+    def image_features(self, images: Tensor) -> Tensor:
+        """Prompted image features ``[B, E]``."""
+
+    @abstractmethod
+    def compute_text_features(self) -> Tensor:
+        """Class text features ``[C, E]``."""
+
+    def text_features(self) -> Tensor:
+        """Class text features ``[C, E]`` (cached when the text side is frozen)."""
+        if not self.frozen_text:
+            return self.compute_text_features()
+        if self._text_cache is None:
+            with torch.no_grad():
+                self._text_cache = self.compute_text_features().detach()
+        return self._text_cache
+
+    def logits_from(self, image_features: Tensor) -> Tensor:
+        """``[B, C]`` logits of already computed image features against the class text features."""
+        return cosine_logits(image_features, self.text_features(), self.clip.logit_scale)
+
+    def logits(self, images: Tensor) -> Tensor:
+        return self.logits_from(self.image_features(images))
+
+    def set_classnames(
+        self, classnames: Sequence[str], dataset_templates: Sequence[str] | None = None
+    ) -> None:
+        super().set_classnames(classnames, dataset_templates)
+        self._text_cache = None
+
+
+class FixedTextMethod(FeatureMethod):
+    """A :class:`FeatureMethod` whose class text features are the frozen text encoder over hand-crafted templates
+    (the template rule of :class:`FixedTextConfig`); its config class derives from :class:`FixedTextConfig`."""
+
+    frozen_text = True
+    config: FixedTextConfig
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        config_class = cls.__dict__.get("config_class")
+        if config_class is not None and not issubclass(config_class, FixedTextConfig):
+            raise TypeError(f"{cls.__name__}.config_class must derive from FixedTextConfig")
+
+    def __init__(
+        self, backbone: Backbone | nn.Module, classnames: Sequence[str], config: MethodConfig
+    ) -> None:
+        super().__init__(backbone, classnames, config)
+        self.templates = self._templates_for(None)
+
+    def compute_text_features(self) -> Tensor:
+        return self.template_features(self.templates)
+
+    def template_features(self, templates: Sequence[str]) -> Tensor:
+        """Frozen class features ``[C, E]`` from hand-crafted templates (mean of normalized if several)."""
+        feats = []
+        for template in templates:
+            f = self.text.encode_texts([template.format(c) for c in self.classnames])  # [C, E]
+            feats.append(F.normalize(f, dim=-1) if len(templates) > 1 else f)
+        return torch.stack(feats).mean(0)  # [C, E]
+
+    def _templates_for(self, dataset_templates: Sequence[str] | None) -> tuple[str, ...]:
+        return tuple(self.config.templates or dataset_templates or (DEFAULT_TEMPLATE,))
+
+    def effective_config(self) -> FixedTextConfig:
+        return dataclasses.replace(self.config, templates=self.templates)
+
+    def use_dataset_templates(self, dataset_templates: Sequence[str] | None) -> None:
+        """A config that leaves ``templates`` unset takes the dataset's template(s) (the template rule)."""
+        self.templates = self._templates_for(dataset_templates)
+        self._text_cache = None
 
 
 def normal_prompts(*shape: int, std: float = 0.02) -> nn.Parameter:

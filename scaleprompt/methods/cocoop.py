@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from scaleprompt.backbone import Backbone
 from scaleprompt.config import require
 from scaleprompt.encoders import splice
 from scaleprompt.losses import per_image_cosine_logits
@@ -39,21 +40,23 @@ class CoCoOpConfig(MethodConfig):
 
 
 class CoCoOp(PromptMethod):
+    """Not a :class:`FeatureMethod`: every image has its own class text features (:meth:`per_image_text_features`
+    of its frozen CLIP image features), so the classifier does not split into one text side for all images."""
+
     name = "cocoop"
     config_class = CoCoOpConfig
 
-    def __init__(self, clip: nn.Module, classnames: Sequence[str], config: CoCoOpConfig) -> None:
-        super().__init__(clip, classnames, config)
+    def __init__(
+        self, backbone: Backbone | nn.Module, classnames: Sequence[str], config: CoCoOpConfig
+    ) -> None:
+        super().__init__(backbone, classnames, config)
         self.ctx, prefix, n = init_context(self, config.n_ctx, config.ctx_init, config.init_std)
         self.table = ClassPromptTable(self.text, self.classnames, prefix, n)
-        embed_dim = clip.visual.output_dim
+        embed_dim = self.clip.visual.output_dim
         hidden = max(1, embed_dim // config.meta_reduction)
         self.meta_net = nn.Sequential(
             nn.Linear(embed_dim, hidden), nn.ReLU(), nn.Linear(hidden, self.text.width)
         )
-
-    def image_features(self, images: Tensor) -> Tensor:
-        return self.frozen_image_features(images)
 
     def per_image_text_features(self, image_features: Tensor) -> Tensor:
         """``[B, C, E]``: the C class prompts of every image, with the image's meta-net shift."""
@@ -73,9 +76,6 @@ class CoCoOp(PromptMethod):
             out.append(feats.view(b, n_cls, -1))  # [b, C, E]
         return torch.cat(out)  # [B, C, E]
 
-    def compute_text_features(self) -> Tensor:
-        raise RuntimeError("CoCoOp's text features depend on the image: use per_image_text_features")
-
     def logits(self, images: Tensor) -> Tensor:
-        img = self.image_features(images)
+        img = self.frozen_image_features(images)  # [B, E]
         return per_image_cosine_logits(img, self.per_image_text_features(img), self.clip.logit_scale)

@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from scaleprompt.backbone import Backbone
 from scaleprompt.config import ConfigError
 from scaleprompt.encoders import PromptedTextEncoder, PromptedVisionEncoder
 from scaleprompt.errors import OutputError
@@ -568,13 +569,13 @@ def release_templates(method: str, config: Mapping[str, Any], dataset: str) -> t
 def convert_official_checkpoint(
     path: str | Path,
     method: str,
-    clip: nn.Module,
+    backbone: Backbone | nn.Module,
     classnames: Sequence[str],
     *,
     dataset: str | None = None,
     **method_args: Any,
 ) -> Conversion:
-    """Convert an official checkpoint into ``method`` on ``clip`` for ``classnames`` (see the module docstring).
+    """Convert an official checkpoint into ``method`` on ``backbone`` for ``classnames`` (see the module docstring).
 
     ``method_args`` set config fields; fields the file determines (``n_ctx``, depths, layout, ...) are inferred
     from it unless given, and a given value that does not fit the file is an error naming the tensor.
@@ -587,8 +588,9 @@ def convert_official_checkpoint(
         )
     checkpoint = read_official_checkpoint(path)
     src = _Source(checkpoint, method)
-    text = PromptedTextEncoder(clip)
-    towers = _Towers(PromptedVisionEncoder(clip).num_blocks, text.num_blocks, text)
+    backbone = Backbone.of(backbone)
+    text = PromptedTextEncoder(backbone.model, backbone.tokenizer)
+    towers = _Towers(PromptedVisionEncoder(backbone.model).num_blocks, text.num_blocks, text)
     plan = MAPPERS[method](src, method_args, towers)
     unexpected, ignored = src.leftovers()
     if unexpected:
@@ -604,7 +606,7 @@ def convert_official_checkpoint(
         templates = release_templates(method, config, dataset)
         if templates is not None:
             config["templates"] = templates
-    model = build(method, clip, classnames, **config)
+    model = build(method, backbone, classnames, **config)
     _load(model, plan, src)
     model.eval()
     return Conversion(
@@ -644,28 +646,30 @@ def _load(model: PromptMethod, plan: _Plan, src: _Source) -> None:
 def convert_official(
     path: str | Path,
     method: str,
-    clip: nn.Module,
+    backbone: Backbone | nn.Module,
     classnames: Sequence[str],
     *,
     dataset: str | None = None,
     **method_args: Any,
 ) -> PromptMethod:
     """The scaleprompt ``method`` (eval mode) holding the prompts of an official checkpoint."""
-    return convert_official_checkpoint(path, method, clip, classnames, dataset=dataset, **method_args).method
+    return convert_official_checkpoint(
+        path, method, backbone, classnames, dataset=dataset, **method_args
+    ).method
 
 
 def convert_official_file(
     path: str | Path,
     out: str | Path,
     method: str,
-    clip: nn.Module,
+    backbone: Backbone | nn.Module,
     classnames: Sequence[str],
     *,
     dataset: str | None = None,
     **method_args: Any,
 ) -> Conversion:
     """Convert an official checkpoint and write the prompt file ``out`` (loadable with ``load_prompts``)."""
-    done = convert_official_checkpoint(path, method, clip, classnames, dataset=dataset, **method_args)
+    done = convert_official_checkpoint(path, method, backbone, classnames, dataset=dataset, **method_args)
     out = Path(out)
     try:
         save_prompts(done.method, out, {"converted_from": json.dumps(done.provenance())})

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from scaleprompt.backbone import Backbone
 from scaleprompt.config import ConfigError, require
-from scaleprompt.methods.base import MethodConfig, PromptMethod, normal_prompts
+from scaleprompt.methods.base import FeatureMethod, MethodConfig, PromptMethod, normal_prompts
 from scaleprompt.methods.prompts import ClassPosition, ClassPromptTable
 
 
@@ -46,12 +47,12 @@ def init_context(
     return normal_prompts(*shape, std=std), " ".join(["X"] * n_ctx), n_ctx
 
 
-class CoOp(PromptMethod):
+class CoOp(FeatureMethod):
     name = "coop"
     config_class = CoOpConfig
 
-    def __init__(self, clip: nn.Module, classnames: Sequence[str], config: CoOpConfig) -> None:
-        super().__init__(clip, classnames, config)
+    def __init__(self, backbone: Backbone | nn.Module, classnames: Sequence[str], config: CoOpConfig) -> None:
+        super().__init__(backbone, classnames, config)
         copies = len(self.classnames) if config.class_specific else 0
         self.ctx, prefix, n = init_context(self, config.n_ctx, config.ctx_init, config.init_std, copies)
         self.table = ClassPromptTable(self.text, self.classnames, prefix, n, config.class_position)

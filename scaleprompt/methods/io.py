@@ -16,6 +16,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from scaleprompt.backbone import Backbone
 from scaleprompt.config import to_dict
 from scaleprompt.errors import ScalepromptError
 from scaleprompt.methods.base import PromptMethod
@@ -44,7 +45,7 @@ def atomic_write(path: Path, write: Any) -> None:
 
 
 def prompt_metadata(method: PromptMethod) -> dict[str, str]:
-    info = getattr(method.clip, "scaleprompt_info", None)
+    info = method.backbone_info
     return {
         "format": FORMAT,
         "method": method.name,
@@ -54,7 +55,9 @@ def prompt_metadata(method: PromptMethod) -> dict[str, str]:
     }
 
 
-def save_prompts(method: PromptMethod, path: str | Path, extra_metadata: dict[str, str] | None = None) -> Path:
+def save_prompts(
+    method: PromptMethod, path: str | Path, extra_metadata: dict[str, str] | None = None
+) -> Path:
     """Write the method's trained tensors + config to ``path`` (a ``.safetensors`` file); ``extra_metadata``
     adds string entries (e.g. where converted prompts came from)."""
     path = Path(path)
@@ -80,15 +83,17 @@ def read_prompt_file(path: str | Path) -> tuple[dict[str, str], dict[str, torch.
 
 
 def load_prompts(
-    path: str | Path, clip_model: nn.Module, classnames: Sequence[str] | None = None
+    path: str | Path, backbone: Backbone | nn.Module, classnames: Sequence[str] | None = None
 ) -> PromptMethod:
-    """Rebuild the saved method on ``clip_model`` and load its trained tensors (strict: names and shapes).
+    """Rebuild the saved method on ``backbone`` (``load_clip``'s, or a bare open_clip CLIP, which is not checked
+    against the file's backbone) and load its trained tensors (strict: names and shapes).
 
     ``classnames`` defaults to the saved ones; pass others to evaluate the same prompts on new classes
     (methods whose prompts do not depend on the class count)."""
     meta, tensors = read_prompt_file(path)
     saved_backbone = json.loads(meta.get("backbone", "null"))
-    info = getattr(clip_model, "scaleprompt_info", None)
+    backbone = Backbone.of(backbone)
+    info = backbone.info
     if saved_backbone and info is not None:
         for key in ("vision_width", "vision_layers", "text_width", "text_layers", "embed_dim"):
             if saved_backbone.get(key) != getattr(info, key):
@@ -98,7 +103,7 @@ def load_prompts(
                 )
     config = make_config(meta["method"], json.loads(meta["config"]))
     names = list(classnames) if classnames is not None else json.loads(meta["classnames"])
-    method = build(meta["method"], clip_model, names, config=config)
+    method = build(meta["method"], backbone, names, config=config)
     own = dict(method.named_parameters())
     expected = set(method.prompt_state_dict())
     missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)

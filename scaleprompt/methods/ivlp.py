@@ -13,9 +13,10 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from scaleprompt.backbone import Backbone
 from scaleprompt.config import require
 from scaleprompt.encoders import VisualPlan
-from scaleprompt.methods.base import MethodConfig, PromptMethod, check_depth, normal_prompts
+from scaleprompt.methods.base import FeatureMethod, MethodConfig, PromptMethod, check_depth, normal_prompts
 from scaleprompt.methods.prompts import ClassPromptTable
 
 APPENDED = VisualPlan(position="append", stage="before_ln_pre", mix="replace")
@@ -54,12 +55,12 @@ def template_context(
     return ctx, ClassPromptTable(method.text, method.classnames, words, n_ctx)
 
 
-class IVLP(PromptMethod):
+class IVLP(FeatureMethod):
     name = "ivlp"
     config_class = IVLPConfig
 
-    def __init__(self, clip: nn.Module, classnames: Sequence[str], config: IVLPConfig) -> None:
-        super().__init__(clip, classnames, config)
+    def __init__(self, backbone: Backbone | nn.Module, classnames: Sequence[str], config: IVLPConfig) -> None:
+        super().__init__(backbone, classnames, config)
         t_depth = check_depth(config.text_depth, self.text.num_blocks, "text_depth")
         v_depth = check_depth(config.vision_depth, self.vision.num_blocks, "vision_depth")
         self.ctx, self.table = template_context(self, config.text_n_ctx, config.ctx_init, config.init_std)

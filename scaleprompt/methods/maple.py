@@ -17,9 +17,10 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from scaleprompt.backbone import Backbone
 from scaleprompt.config import ConfigError, require
 from scaleprompt.encoders import VisualPlan
-from scaleprompt.methods.base import MethodConfig, PromptMethod, normal_prompts
+from scaleprompt.methods.base import FeatureMethod, MethodConfig, normal_prompts
 from scaleprompt.methods.ivlp import template_context
 
 APPENDED = VisualPlan(position="append", stage="before_ln_pre", mix="replace")
@@ -39,12 +40,14 @@ class MaPLeConfig(MethodConfig):
         require(self.init_std > 0, "init_std", f"must be > 0, got {self.init_std}")
 
 
-class MaPLe(PromptMethod):
+class MaPLe(FeatureMethod):
     name = "maple"
     config_class = MaPLeConfig
 
-    def __init__(self, clip: nn.Module, classnames: Sequence[str], config: MaPLeConfig) -> None:
-        super().__init__(clip, classnames, config)
+    def __init__(
+        self, backbone: Backbone | nn.Module, classnames: Sequence[str], config: MaPLeConfig
+    ) -> None:
+        super().__init__(backbone, classnames, config)
         blocks = min(self.text.num_blocks, self.vision.num_blocks)
         if config.prompt_depth > blocks:
             raise ConfigError(

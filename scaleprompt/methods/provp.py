@@ -21,10 +21,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from scaleprompt.backbone import Backbone
 from scaleprompt.config import require
 from scaleprompt.encoders import VisualPlan
 from scaleprompt.losses import reformation_loss
-from scaleprompt.methods.base import FixedTextConfig, LossOutput, PromptMethod, check_depth
+from scaleprompt.methods.base import FixedTextConfig, FixedTextMethod, LossOutput, check_depth
 
 
 @dataclass
@@ -53,13 +54,14 @@ class ProVPRefConfig(ProVPConfig):
         require(self.tau > 0.0, "tau", f"must be > 0, got {self.tau}")
 
 
-class ProVP(PromptMethod):
+class ProVP(FixedTextMethod):
     name = "provp"
     config_class = ProVPConfig
-    frozen_text = True
 
-    def __init__(self, clip: nn.Module, classnames: Sequence[str], config: ProVPConfig) -> None:
-        super().__init__(clip, classnames, config)
+    def __init__(
+        self, backbone: Backbone | nn.Module, classnames: Sequence[str], config: ProVPConfig
+    ) -> None:
+        super().__init__(backbone, classnames, config)
         depth = check_depth(config.depth, self.vision.num_blocks, "depth")
         p = config.init_patch_size or self.vision.patch_size
         bound = math.sqrt(6.0 / (3 * p * p + self.vision.width))
@@ -72,9 +74,6 @@ class ProVP(PromptMethod):
 
     def image_features(self, images: Tensor) -> Tensor:
         return self.vision(images, self.prompts, self.plan)
-
-    def compute_text_features(self) -> Tensor:
-        return self.template_features(self.templates)
 
 
 class ProVPRef(ProVP):

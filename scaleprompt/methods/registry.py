@@ -7,6 +7,7 @@ from typing import Any
 
 from torch import nn
 
+from scaleprompt.backbone import Backbone
 from scaleprompt.config import ConfigError, from_dict
 from scaleprompt.methods.base import MethodConfig, PromptMethod
 from scaleprompt.methods.cocoop import CoCoOp
@@ -40,20 +41,21 @@ def make_config(name: str, values: Mapping[str, Any] | None = None, **overrides:
     return from_dict(method_class(name).config_class, {**dict(values or {}), **overrides}, where=name)
 
 
-def build(name: str, clip_model: nn.Module, classnames: Sequence[str], *,
+def build(name: str, backbone: Backbone | nn.Module, classnames: Sequence[str], *,
           dataset_templates: Sequence[str] | None = None, **overrides: Any) -> PromptMethod:  # fmt: skip
-    """Build method ``name`` over a frozen open_clip CLIP for ``classnames``; ``overrides`` set config fields.
+    """Build method ``name`` over a frozen backbone (``load_clip``'s :class:`~scaleprompt.backbone.Backbone`, or a
+    bare open_clip CLIP) for ``classnames``; ``overrides`` set config fields.
 
     A ``config=`` keyword may pass a ready config instead. ``dataset_templates``: the dataset's hand-crafted
     template(s), used by fixed-text methods whose config leaves ``templates`` unset (the template rule of
-    :class:`~scaleprompt.methods.base.FixedTextConfig`).
+    :class:`~scaleprompt.methods.base.FixedTextMethod`; other methods ignore them).
     """
     config = overrides.pop("config", None)
     if config is None:
         config = make_config(name, **overrides)
     elif overrides:
         raise ConfigError("pass either config= or field overrides, not both")
-    method = method_class(name)(clip_model, classnames, config)
+    method = method_class(name)(backbone, classnames, config)
     if dataset_templates is not None:
         method.use_dataset_templates(dataset_templates)
     return method

@@ -28,10 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from scaleprompt.backbone import Backbone
 from scaleprompt.config import ConfigError, require
 from scaleprompt.encoders import VisualPlan
 from scaleprompt.losses import cosine_logits
-from scaleprompt.methods.base import MethodConfig, PromptMethod, normal_prompts
+from scaleprompt.methods.base import FeatureMethod, MethodConfig, normal_prompts
 from scaleprompt.methods.prompts import ClassPromptTable
 
 Variant = Literal["attention", "per_token", "mlp"]
@@ -93,12 +94,12 @@ class UnifiedLayer(nn.Module):
         return x + self.drop2(self.linear2(self.drop(F.relu(self.linear1(self.norm2(x))))))
 
 
-class UPT(PromptMethod):
+class UPT(FeatureMethod):
     name = "upt"
     config_class = UPTConfig
 
-    def __init__(self, clip: nn.Module, classnames: Sequence[str], config: UPTConfig) -> None:
-        super().__init__(clip, classnames, config)
+    def __init__(self, backbone: Backbone | nn.Module, classnames: Sequence[str], config: UPTConfig) -> None:
+        super().__init__(backbone, classnames, config)
         dt, dv, n = self.text.width, self.vision.width, config.n_ctx
         if dt % config.num_heads:
             raise ConfigError(f"num_heads={config.num_heads} does not divide the text width {dt}")
@@ -125,15 +126,24 @@ class UPT(PromptMethod):
         n = self.config.n_ctx
         return out[:, :n], self.visual_proj(out[:, n:])
 
-    def image_features(self, images: Tensor, visual: Tensor | None = None) -> Tensor:
-        visual = self.split_prompts()[1] if visual is None else visual
+    def encode_image(self, images: Tensor, visual: Tensor) -> Tensor:
+        """Image features ``[B, E]`` with the visual prompts ``[G, n, Dv]`` of :meth:`split_prompts`."""
         return self.vision(images, list(visual), AFTER_CLS)
 
-    def compute_text_features(self, text_ctx: Tensor | None = None) -> Tensor:
-        text_ctx = self.split_prompts()[0] if text_ctx is None else text_ctx
+    def encode_text(self, text_ctx: Tensor) -> Tensor:
+        """Class text features ``[C, E]`` with the text context ``[G, n, Dt]`` of :meth:`split_prompts`."""
         return self.text(self.table.assemble(text_ctx[0]), self.table.ids, deep=list(text_ctx[1:]))  # [C, E]
 
+    def image_features(self, images: Tensor) -> Tensor:
+        return self.encode_image(images, self.split_prompts()[1])
+
+    def compute_text_features(self) -> Tensor:
+        return self.encode_text(self.split_prompts()[0])
+
     def logits(self, images: Tensor) -> Tensor:
+        """Both towers from ONE pass of the transform (one dropout mask in training, as in the paper);
+        :meth:`image_features` and :meth:`text_features` each run their own pass."""
         text_ctx, visual = self.split_prompts()
-        img = self.image_features(images, visual)
-        return cosine_logits(img, self.compute_text_features(text_ctx), self.clip.logit_scale)
+        return cosine_logits(
+            self.encode_image(images, visual), self.encode_text(text_ctx), self.clip.logit_scale
+        )

@@ -18,12 +18,13 @@ from typing import Literal
 
 from torch import Tensor, nn
 
+from scaleprompt.backbone import Backbone
 from scaleprompt.config import require
 from scaleprompt.encoders import VisualPlan
 from scaleprompt.methods.base import (
     DEFAULT_TEMPLATE,
     FixedTextConfig,
-    PromptMethod,
+    FixedTextMethod,
     check_depth,
     normal_prompts,
 )
@@ -53,13 +54,14 @@ class VPTDeepConfig(FixedTextConfig):
         require(self.init_std > 0, "init_std", f"must be > 0, got {self.init_std}")
 
 
-class VPTDeep(PromptMethod):
+class VPTDeep(FixedTextMethod):
     name = "vpt_deep"
     config_class = VPTDeepConfig
-    frozen_text = True
 
-    def __init__(self, clip: nn.Module, classnames: Sequence[str], config: VPTDeepConfig) -> None:
-        super().__init__(clip, classnames, config)
+    def __init__(
+        self, backbone: Backbone | nn.Module, classnames: Sequence[str], config: VPTDeepConfig
+    ) -> None:
+        super().__init__(backbone, classnames, config)
         depth = check_depth(config.depth, self.vision.num_blocks, "depth")
         self.prompts = normal_prompts(
             depth, config.n_ctx, self.vision.width, std=config.init_std
@@ -68,6 +70,3 @@ class VPTDeep(PromptMethod):
 
     def image_features(self, images: Tensor) -> Tensor:
         return self.vision(images, self.prompts, self.plan)
-
-    def compute_text_features(self) -> Tensor:
-        return self.template_features(self.templates)

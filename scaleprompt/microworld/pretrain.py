@@ -24,10 +24,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import open_clip
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from scaleprompt.backbone import model_spec
 from scaleprompt.config import check_types, require
 from scaleprompt.losses import multi_positive_clip_loss
 from scaleprompt.microworld import world
@@ -145,17 +147,13 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 def pretrain(cfg: PretrainConfig, out: Path | None = None) -> tuple[nn.Module, dict]:
     """Train ``sp-micro-clip`` from a seeded random init; write safetensors to ``out``. Returns model, report."""
-    import open_clip
-
-    from scaleprompt.backbone import register_model_configs
-
-    register_model_configs()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    spec = model_spec(MODEL)  # registered by scaleprompt.backbone: open_clip knows its config
     torch.manual_seed(cfg.seed)
     model = open_clip.create_model(MODEL, pretrained=None)
     model.train()
-    tokenizer = WordTokenizer(context_length=model.context_length)
+    tokenizer = spec.tokenizer(context_length=model.context_length)
     size = model.visual.image_size
     size = size[0] if isinstance(size, tuple | list) else int(size)
     test_images, test_labels = fixed_test_set(cfg.eval_per_class, size=size)
