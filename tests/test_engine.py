@@ -13,7 +13,8 @@ from engine_utils import ROOT, base_overrides, make_color_folder
 from scaleprompt.config import ConfigError
 from scaleprompt.engine.checkpoint import CheckpointError
 from scaleprompt.engine.config import OptimConfig, load_run_config
-from scaleprompt.engine.trainer import Trainer, batch_geometry, deepspeed_config, lr_at_epoch
+from scaleprompt.engine.model import deepspeed_config
+from scaleprompt.engine.trainer import Trainer, batch_geometry, lr_at_epoch
 from scaleprompt.train import parse_args
 
 
@@ -106,7 +107,8 @@ def test_fit_writes_results_prompts_and_checkpoints(colors, tmp_path):
 
 def test_base_to_novel_and_transfer_settings(colors, tmp_path):
     b2n = run(colors, tmp_path / "b2n", "method.name=coop", "method.args.n_ctx=4", "eval.setting=base2new",
-              "optim.epochs=1", "optim.lr=0.01")  # fmt: skip
+              "optim.epochs=1", "optim.lr=0.01", "eval.zero_shot_baseline=true")  # fmt: skip
+    assert set(b2n["zero_shot"]) == {"base", "novel", "hm"} and b2n["zero_shot"]["novel"]["images"] == 16
     last = b2n["results"]["last"]
     assert last["base"]["images"] == 16 and last["novel"]["images"] == 16
     assert last["hm"] == pytest.approx(

@@ -1,14 +1,21 @@
-"""Evaluation: top-1 and mean per-class accuracy, reduced across ranks; base / novel / HM."""
+"""Evaluation: top-1 and mean per-class accuracy reduced across ranks, and the :class:`Evaluator` of a setting's test
+sets (base / novel / HM, transfer targets)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
-from scaleprompt.data.shards import DataError
+from scaleprompt.data.shards import DataError, read_manifest
 from scaleprompt.engine.distributed import all_reduce_sum
+
+if TYPE_CHECKING:
+    from scaleprompt.engine.model import PromptEngine
+    from scaleprompt.engine.run import EvalSet, EvalSetting
 
 
 def class_counts(logits: Tensor, labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
@@ -59,3 +66,46 @@ def evaluate(
             + ": shards are missing samples or were changed"
         )
     return result
+
+
+class Evaluator:
+    """Tests prompts on an evaluation setting: each of its sets with its own classes and templates (for the
+    methods that take them), then the training classes again; metrics combined as the setting says.
+
+    ``loader(shards, split)`` makes the evaluation loader of one split (exact pass, test transform)."""
+
+    def __init__(self, setting: EvalSetting, loader: Callable[[str, str], Iterable], device) -> None:
+        self.setting, self.loader, self.device = setting, loader, device
+
+    def split(self, model: PromptEngine, shards: str, split: str) -> dict[str, float]:
+        """Accuracy of ``model`` on one split of a shard folder ({} if the folder has no such split)."""
+        manifest = read_manifest(shards)
+        if split not in manifest["splits"] or manifest["splits"][split]["count"] == 0:
+            return {}
+        module = model.module
+        module.eval()
+        return evaluate(module, self.loader(shards, split), len(manifest["classnames"]), self.device)
+
+    @contextlib.contextmanager
+    def on_classes(self, model: PromptEngine, test_set: EvalSet) -> Iterator[None]:
+        """``model`` classifies ``test_set``'s classes, then the training classes again (ZeRO-3 parameters are
+        gathered for the rebuild of the text side)."""
+        setting, method = self.setting, model.method
+        if test_set.classnames == setting.classnames and test_set.templates == setting.templates:
+            yield
+            return
+        with model.gathered():
+            method.set_classnames(test_set.classnames, test_set.templates)
+        try:
+            yield
+        finally:
+            with model.gathered():
+                method.set_classnames(setting.classnames, setting.templates)
+
+    def test_all(self, model: PromptEngine) -> dict[str, Any]:
+        """The setting's test metrics of ``model`` as it is now."""
+        metrics = {}
+        for test_set in self.setting.test_sets:
+            with self.on_classes(model, test_set):
+                metrics[test_set.name] = self.split(model, test_set.shards, "test")
+        return self.setting.combine(metrics)

@@ -16,13 +16,11 @@ prompts come from the checkpoint (:mod:`scaleprompt.engine.progress`), so the re
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,20 +36,19 @@ from scaleprompt.engine.checkpoint import (
     CheckpointError,
     CheckpointManager,
     atomic_json,
-    safe_checkpoint_engine,
     set_rng_state,
 )
-from scaleprompt.engine.config import OptimConfig, RunConfig, describe_validation_error
+from scaleprompt.engine.config import OptimConfig, RunConfig
 from scaleprompt.engine.distributed import barrier, broadcast_object, init_distributed, run_on_main
-from scaleprompt.engine.evaluate import evaluate
+from scaleprompt.engine.evaluate import Evaluator
 from scaleprompt.engine.identity import compare, run_identity
+from scaleprompt.engine.model import PromptEngine, writing
 from scaleprompt.engine.progress import RunProgress
-from scaleprompt.engine.run import EvalSet, build_method, build_setting, describe_data, training_fingerprint
+from scaleprompt.engine.run import build_method, build_setting, describe_data, training_fingerprint
 from scaleprompt.errors import OutputError
 from scaleprompt.failpoints import failpoint
 from scaleprompt.locks import DirLock
-from scaleprompt.methods import build, save_prompts
-from scaleprompt.methods.base import PromptMethod
+from scaleprompt.methods import build
 from scaleprompt.report.schema import RunResult, SelectionResult
 
 logger = logging.getLogger(__name__)
@@ -78,52 +75,6 @@ def batch_geometry(global_batch: int, micro_batch: int | None, world_size: int) 
             "x an integer number of accumulation steps"
         )
     return micro_batch, accumulation
-
-
-def deepspeed_config(
-    base: dict[str, Any] | None,
-    micro: int,
-    accumulation: int,
-    world: int,
-    precision: str,
-    grad_clip: float = 0.0,
-) -> dict:
-    """The DS JSON with the batch geometry, clipping and precision of this run (the recipe wins; changes are
-    logged). Clipping is always written: DeepSpeed's own default is 1.0, the releases do not clip."""
-    cfg = copy.deepcopy(base or {"zero_optimization": {"stage": 0}})
-    wanted = {
-        "train_batch_size": micro * accumulation * world,
-        "train_micro_batch_size_per_gpu": micro,
-        "gradient_accumulation_steps": accumulation,
-        "gradient_clipping": grad_clip,
-    }
-    for key, value in wanted.items():
-        if key in cfg and cfg[key] != value:
-            logger.info(
-                "DeepSpeed %s: %s in the JSON, %s from the recipe (recipe wins)", key, cfg[key], value
-            )
-        cfg[key] = value
-    cfg.setdefault("bf16", {})["enabled"] = precision == "bf16"
-    cfg.setdefault("fp16", {})["enabled"] = precision == "fp16"
-    cfg.pop("optimizer", None)  # the client optimizer holds only the prompts
-    cfg.pop("scheduler", None)  # the per-epoch schedule is ours
-    cfg.setdefault("steps_per_print", 10**9)
-    cfg.setdefault("zero_allow_untested_optimizer", True)  # torch SGD / AdamW over the prompts
-    return cfg
-
-
-@contextlib.contextmanager
-def writing(path: Path) -> Iterator[None]:
-    """An OSError while writing ``path`` (disk full, permissions) as a one-line OutputError naming it."""
-    from safetensors import SafetensorError
-
-    try:
-        yield
-    except (OSError, SafetensorError) as exc:
-        reason = getattr(exc, "strerror", None) or exc
-        raise OutputError(
-            f"cannot write {path}: {reason}; the checkpoints are intact (free space, then --resume)"
-        ) from None
 
 
 # --- the trainer ------------------------------------------------------------------------------------------------
@@ -182,19 +133,23 @@ class Trainer:
         self.micro, self.accumulation = batch_geometry(
             cfg.optim.batch_size, cfg.optim.micro_batch_size, self.dist.world_size
         )
+        self.evaluator = Evaluator(
+            self.setting, lambda shards, split: self._loader(shards, split, train=False), self.dist.device
+        )
         self.zero_shot = None
-        self.method: PromptMethod | None = None
         if self.saved_state is not None and self.saved_state[0].get("zero_shot") is not None:
             self.zero_shot = self.saved_state[0]["zero_shot"]  # computed before the interruption
         elif cfg.eval.zero_shot_baseline:
             self.zero_shot = self._zero_shot_baseline()
         self.method = build_method(cfg, self.backbone, self.setting)
-        self.trainable = self.method.trainable_parameters()
+        self.model = PromptEngine(self.method, cfg, self.ds_base, self.dist, self.micro, self.accumulation)
+        self.engine, self.optimizer, self.zero_stage = (
+            self.model.engine,
+            self.model.optimizer,
+            self.model.zero_stage,
+        )
+        self.trainable = self.model.trainable
         self.epochs = cfg.optim.epochs if self.trainable else 0
-        if self.trainable:
-            self._init_engine()
-        else:
-            self.method.to(self.dist.device)
         self.identity = run_identity(cfg.to_dict(), to_dict(self.method.effective_config()), {
             "world_size": self.dist.world_size, "zero_stage": self.zero_stage, "micro_batch": self.micro,
             "accumulation": self.accumulation, "classes": self.classnames,
@@ -248,73 +203,10 @@ class Trainer:
     def _zero_shot_baseline(self) -> dict[str, Any]:
         """Zero-shot CLIP's test metrics of the setting, before the backbone goes into an engine (ZeRO-3)."""
         zero_shot = build("zsclip", self.backbone, self.classnames, dataset_templates=self.setting.templates)
-        return self.test_all(zero_shot.to(self.dist.device))
-
-    def _init_engine(self) -> None:
-        import deepspeed
-        from pydantic import ValidationError
-
-        cfg = self.cfg
-        micro, accumulation = self.micro, self.accumulation
-        ds_cfg = deepspeed_config(
-            self.ds_base, micro, accumulation, self.dist.world_size, cfg.train.precision, cfg.optim.grad_clip
-        )
-        self.zero_stage = ds_cfg.get("zero_optimization", {}).get("stage", 0)
-        if cfg.optim.name == "sgd":
-            optimizer = torch.optim.SGD(
-                self.trainable,
-                lr=cfg.optim.lr,
-                momentum=cfg.optim.momentum,
-                weight_decay=cfg.optim.weight_decay,
-            )
-        else:
-            optimizer = torch.optim.AdamW(
-                self.trainable, lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay
-            )
-        try:
-            self.engine, self.optimizer, _, _ = deepspeed.initialize(
-                model=self.method, model_parameters=self.trainable, optimizer=optimizer, config=ds_cfg
-            )
-        except ValidationError as exc:  # (load_ds_config checked the ZeRO section; this is the fallback)
-            raise ConfigError(f"DeepSpeed config rejected: {describe_validation_error(exc)}") from None
-        self.engine.checkpoint_engine = safe_checkpoint_engine(getattr(self.engine, "_config", None))
-        if self.zero_stage == 3:
-            self._register_external_parameters()
-        logger.info(
-            "DeepSpeed ZeRO-%d, %s, micro batch %d x accumulation %d x world %d = %d; %d trainable values",
-            self.zero_stage, cfg.train.precision, micro, accumulation, self.dist.world_size, cfg.optim.batch_size,
-            sum(p.numel() for p in self.trainable),
-        )  # fmt: skip
-
-    def _register_external_parameters(self) -> None:
-        """ZeRO-3 gathers a module's parameters when its forward runs; the encoders read a few frozen tensors
-        directly (class / positional embeddings, projections, logit scale), so they are registered."""
-        import deepspeed
-
-        register_external_parameter = deepspeed.zero.register_external_parameter
-        m = self.method
-        visual, text = m.vision.visual, m.text.tower
-        for p in (visual.class_embedding, visual.positional_embedding, visual.proj):
-            if isinstance(p, torch.nn.Parameter):
-                register_external_parameter(m.vision, p)
-        for p in (text.positional_embedding, text.text_projection):
-            if isinstance(p, torch.nn.Parameter):
-                register_external_parameter(m.text, p)
-        register_external_parameter(m, m.clip.logit_scale)
-
-    @contextlib.contextmanager
-    def _gathered(self) -> Iterator[None]:
-        """Outside the engine's forward, ZeRO-3 parameters must be gathered explicitly."""
-        if self.engine is not None and self.zero_stage == 3:
-            import deepspeed
-
-            with deepspeed.zero.GatheredParameters(list(self.method.parameters())):
-                yield
-        else:
-            yield
-
-    def _forward_module(self):
-        return self.engine if self.engine is not None else self.method
+        model = PromptEngine(
+            zero_shot, self.cfg, None, self.dist, self.micro, self.accumulation
+        )  # (no engine)
+        return self.evaluator.test_all(model)
 
     def _loader(self, shards: str, split: str, train: bool) -> ShardLoader:
         cfg = self.cfg
@@ -334,53 +226,7 @@ class Trainer:
             resampled=cfg.data.resampled, epoch_samples=steps * cfg.optim.batch_size, **kwargs,
         )  # fmt: skip
 
-    # evaluation ------------------------------------------------------------------------------------------------
-    def evaluate_split(self, shards: str, split: str, method: PromptMethod | None = None) -> dict[str, float]:
-        """Accuracy of ``method`` (default: the trained one, through its engine) on one split of a shard folder."""
-        manifest = read_manifest(shards)
-        if split not in manifest["splits"] or manifest["splits"][split]["count"] == 0:
-            return {}
-        module = self._forward_module() if method is None or method is self.method else method
-        module.eval()
-        loader = self._loader(shards, split, train=False)
-        return evaluate(module, loader, len(manifest["classnames"]), self.dist.device)
-
-    @contextlib.contextmanager
-    def _on_classes(self, method: PromptMethod, test_set: EvalSet) -> Iterator[None]:
-        """``method`` classifies ``test_set``'s classes (with its templates, for methods that take them), then the
-        training classes again. ZeRO-3 parameters are gathered for the text-side rebuild."""
-        setting = self.setting
-        if test_set.classnames == setting.classnames and test_set.templates == setting.templates:
-            yield
-            return
-        with self._gathered():
-            method.set_classnames(test_set.classnames, test_set.templates)
-        try:
-            yield
-        finally:
-            with self._gathered():
-                method.set_classnames(setting.classnames, setting.templates)
-
-    def test_all(self, method: PromptMethod | None = None) -> dict[str, Any]:
-        """The setting's test metrics for ``method`` (default: the trained prompts as they are now)."""
-        method = method if method is not None else self.method
-        metrics = {}
-        for test_set in self.setting.test_sets:
-            with self._on_classes(method, test_set):
-                metrics[test_set.name] = self.evaluate_split(test_set.shards, "test", method)
-        return self.setting.combine(metrics)
-
     # training --------------------------------------------------------------------------------------------------
-    def _prompt_snapshot(self) -> dict[str, torch.Tensor]:
-        with self._gathered():
-            return {k: v.detach().cpu().clone() for k, v in self.method.prompt_state_dict().items()}
-
-    def _load_snapshot(self, snapshot: dict[str, torch.Tensor]) -> None:
-        params = dict(self.method.named_parameters())
-        with self._gathered(), torch.no_grad():
-            for k, v in snapshot.items():
-                params[k].copy_(v.to(params[k].device))
-
     def fit(self) -> dict[str, Any]:
         """Train (or continue), evaluate, write ``results.json`` and the prompt files; returns the results."""
         try:
@@ -462,12 +308,12 @@ class Trainer:
 
     def _validate(self, run: RunProgress, epoch: int, lr: float) -> dict[str, float]:
         """Validation accuracy after ``epoch``; the best epoch (on val, never on test) keeps its prompts."""
-        val = self.evaluate_split(self.setting.train, "val")
+        val = self.evaluator.split(self.model, self.setting.train, "val")
         train_loss = run.epoch_loss[0] / max(1, run.epoch_loss[1])
         run.history.append({"epoch": epoch, "val": val, "lr": lr, "train_loss": train_loss})
         self._log_scalars({f"val/{k}": v for k, v in val.items()}, epoch)
         if val and (run.best_val is None or val["top1"] > run.best_val["top1"]):
-            run.best_epoch, run.best_val, run.best_prompts = epoch, val, self._prompt_snapshot()
+            run.best_epoch, run.best_val, run.best_prompts = epoch, val, self.model.snapshot()
         return {"epoch": epoch, "train_loss": train_loss, **{f"val_{k}": v for k, v in val.items()}}
 
     def _validation_due(self, epoch: int) -> bool:
@@ -519,14 +365,19 @@ class Trainer:
         """Test the last and the best-validation prompts, export both, write ``results.json`` (a RunResult)."""
         cfg = self.cfg
         failpoint("run.final_evaluation")
-        selections = {"last": {"val": self.evaluate_split(self.setting.train, "val"), **self.test_all()}}
-        self._export(self.out / "prompts.safetensors")
+        selections = {
+            "last": {
+                "val": self.evaluator.split(self.model, self.setting.train, "val"),
+                **self.evaluator.test_all(self.model),
+            }
+        }
+        self.model.export(self.out / "prompts.safetensors")
         if run.best_prompts is not None:
-            final = self._prompt_snapshot()
-            self._load_snapshot(run.best_prompts)
-            selections["best_val"] = {"val": run.best_val, **self.test_all()}
-            self._export(self.out / "prompts_best_val.safetensors")
-            self._load_snapshot(final)
+            final = self.model.snapshot()
+            self.model.load_snapshot(run.best_prompts)
+            selections["best_val"] = {"val": run.best_val, **self.evaluator.test_all(self.model)}
+            self.model.export(self.out / "prompts_best_val.safetensors")
+            self.model.load_snapshot(final)
         setting, where = cfg.eval.setting, f"the results of {self.out}"
         result = RunResult(
             method=cfg.method.name, dataset=dataset_display_name(cfg.data.dataset), setting=setting,
@@ -549,13 +400,6 @@ class Trainer:
             logger.info("results: %s", self.out / "results.json")
         barrier()
         return result
-
-    def _export(self, path: Path) -> None:
-        with self._gathered():
-            if self.dist.is_main:
-                with writing(path):
-                    save_prompts(self.method, path)
-        barrier()
 
     def _save(self, loader: ShardLoader, run: RunProgress) -> Path:
         run.save_index += 1
