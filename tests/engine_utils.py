@@ -63,3 +63,14 @@ def deepspeed_cmd(nproc: int, script: str, *args: str) -> list[str]:
 
 def results(out: Path) -> dict:
     return json.loads((out / "results.json").read_text())
+
+
+class ArmedPickle:
+    """Pickles into a call of ``os.system("touch <marker>")``: a loader that unpickles arbitrary objects creates
+    the marker file; a safe one refuses the file and the marker stays absent."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)

@@ -9,13 +9,13 @@ that the prompt file computes the same logits as the method whose parameters wer
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
+from engine_utils import ArmedPickle
 
 from scaleprompt import methods
 from scaleprompt.cli import main
@@ -314,19 +314,11 @@ def test_upt_converts_to_the_release_variant_unless_told_otherwise(clip12, image
 
 
 # --- refusals and errors that name the problem -------------------------------------------------------------------
-class _Payload:
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
-
-
 def test_a_crafted_pickle_is_refused_and_executes_nothing(clip12, tmp_path):
     marker = tmp_path / "pwned"
     ref = methods.build("coop", clip12, CLASSNAMES, n_ctx=4)
     path = tmp_path / "model.pth.tar-5"
-    torch.save({"state_dict": official_coop(ref, clip12), "epoch": 5, "optimizer": _Payload(marker)}, path)
+    torch.save({"state_dict": official_coop(ref, clip12), "epoch": 5, "optimizer": ArmedPickle(marker)}, path)
     with pytest.raises(OfficialCheckpointError, match=r"refusing to load .*model\.pth\.tar-5.*system"):
         convert_official(path, "coop", clip12, CLASSNAMES)
     assert not marker.exists()
@@ -432,7 +424,8 @@ def test_convert_command_writes_a_prompt_file(clip12, images, tmp_path):
 def test_convert_command_reports_a_refused_file_on_one_line(clip12, tmp_path, capsys):
     path = tmp_path / "model.pth.tar-5"
     torch.save(
-        {"state_dict": {"ctx": torch.zeros(4, 32)}, "epoch": 1, "scheduler": _Payload(tmp_path / "m")}, path
+        {"state_dict": {"ctx": torch.zeros(4, 32)}, "epoch": 1, "scheduler": ArmedPickle(tmp_path / "m")},
+        path,
     )
     rc = main(["convert", "--method", "coop", "--official", str(path), "--classnames", "cat,dog",
                "--model", "sp-tiny-vit-12", "--pretrained", "none", "--out", str(tmp_path / "x.safetensors")])  # fmt: skip

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from engine_utils import ROOT, base_overrides, deepspeed_cmd, env, launch, make_color_folder
+from engine_utils import ROOT, ArmedPickle, base_overrides, deepspeed_cmd, env, launch, make_color_folder
 from safetensors.torch import load_file
 
 from scaleprompt.config import ConfigError
@@ -173,21 +173,13 @@ def test_two_ranks_killed_during_a_save_resume_to_identical_results(colors, tmp_
 
 
 # --- no code execution from files -------------------------------------------------------------------------------
-class _Payload:
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
-
-
 def test_a_crafted_pickle_in_the_model_states_is_refused_and_executes_nothing(colors, tmp_path):
     fit(colors, tmp_path, "method.name=provp", "method.args.n_ctx=2", "optim.epochs=1")
     folder = tmp_path / "out" / "checkpoints" / latest(tmp_path / "out")
     states = folder / "mp_rank_00_model_states.pt"
     marker = tmp_path / "pwned"
     real = safe_torch_load(states)  # (what DeepSpeed wrote loads weights-only)
-    torch.save({**real, "client": _Payload(marker)}, states)
+    torch.save({**real, "client": ArmedPickle(marker)}, states)
     complete = json.loads((folder / COMPLETE).read_text())
     complete["files"][states.name] = _sha256(states)  # whoever can write the folder can fix the hash
     (folder / COMPLETE).write_text(json.dumps(complete))

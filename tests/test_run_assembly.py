@@ -9,7 +9,7 @@ import pytest
 from engine_utils import ROOT, base_overrides, make_color_folder
 
 from scaleprompt.engine.config import load_run_config
-from scaleprompt.engine.run import BaseToNovel, EvalSet, FewShot, Transfer, build_method
+from scaleprompt.engine.run import BaseToNovel, EvalSet, FewShot, Transfer, build_method, build_setting
 from scaleprompt.engine.trainer import Trainer
 from scaleprompt.methods import load_prompts, save_prompts
 
@@ -82,14 +82,30 @@ def test_settings_combine_their_test_sets():
     assert transfer.folders == {"train": "a", "EuroSAT": "e"}
 
 
+def split_file(colors: Path, path: Path) -> Path:
+    """A CoOp-format split file over a ``make_color_folder`` tree (named after a registered dataset: its template)."""
+    rows = {s: [[str(p.relative_to(colors)), i, p.parent.name] for i, c in enumerate(sorted(p.name for p in (colors / s).iterdir()))
+                for p in sorted((colors / s / c).iterdir())] for s in ("train", "val", "test")}  # fmt: skip
+    path.write_text(json.dumps(rows))
+    return path
+
+
+def test_a_transfer_target_is_tested_with_its_own_template(tmp_path):
+    colors = make_color_folder(tmp_path / "colors", n_train=2, n_val=1, n_test=2)
+    target = split_file(colors, tmp_path / "EuroSAT.json")
+    cfg = load_run_config(None, [*base_overrides(colors, tmp_path / "cache", tmp_path / "out"), "data.min_shards=1",
+                                 "eval.setting=transfer", f"eval.targets=[{target}]", f"eval.targets_root={colors}"])  # fmt: skip
+    setting = build_setting(cfg)
+    assert isinstance(setting, Transfer) and setting.templates == PHOTO
+    assert [(t.name, t.templates) for t in setting.test_sets] == [("test", PHOTO), ("EuroSAT", SATELLITE)]
+    assert setting.test_sets[1].classnames == ("blue", "green", "red", "yellow")
+
+
 def test_a_run_on_a_dataset_with_its_own_template_trains_and_predicts_with_it(tmp_path):
     """A split file named OxfordPets.json is classified with the pets template; the exported prompts carry it, so
     the Predictor reproduces the reported test accuracy."""
     colors = make_color_folder(tmp_path / "colors", n_train=4, n_val=2, n_test=4)
-    rows = {s: [[str(p.relative_to(colors)), i, p.parent.name] for i, c in enumerate(sorted(p.name for p in (colors / s).iterdir()))
-                for p in sorted((colors / s / c).iterdir())] for s in ("train", "val", "test")}  # fmt: skip
-    split = tmp_path / "OxfordPets.json"
-    split.write_text(json.dumps(rows))
+    split = split_file(colors, tmp_path / "OxfordPets.json")
     overrides = base_overrides(colors, tmp_path / "cache", tmp_path / "out")
     overrides = [o for o in overrides if not o.startswith("data.dataset=")] + [
         f"data.dataset={split}", f"data.root={colors}", "method.name=provp", "method.args.n_ctx=2",

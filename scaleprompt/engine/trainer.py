@@ -128,8 +128,6 @@ class Trainer:
         self.backbone = load_clip(cfg.model.name, cfg.model.pretrained, cache_dir=cfg.model.cache_dir)
         self.backbone.model.set_grad_checkpointing(cfg.model.grad_checkpointing)
         self.image_size = cfg.data.image_size or self.backbone.info.image_size
-        self.engine = None
-        self.zero_stage = 0
         self.micro, self.accumulation = batch_geometry(
             cfg.optim.batch_size, cfg.optim.micro_batch_size, self.dist.world_size
         )
