@@ -8,6 +8,7 @@
 * ``scaleprompt convert --method NAME --official FILE --classnames a,b,c --out prompts.safetensors [key=value ...]``:
   an official release's checkpoint as a prompt file (docs/porting.md).
 * ``scaleprompt results RUNS... [--selection best_val]``: paper-style tables (markdown + CSV) from runs.
+* ``scaleprompt tune --space FILE --config RECIPE ... [key=value ...]``: an ablation sweep (= ``tune/ablation.py``).
 * ``scaleprompt shards --dataset NAME --root DIR --out DIR [--shots K --seed S --subset base]``: write a dataset
   (after a protocol) as WebDataset shards + manifest; ``scaleprompt datasets`` lists the registered datasets.
 """
@@ -194,6 +195,10 @@ def _main(argv: list[str]) -> int:
         "results", help="paper-style tables from many runs' results.json", add_help=False
     )
     results.set_defaults(func=None)
+    tune = sub.add_parser(
+        "tune", help="an ablation sweep (Ray Tune + Optuna); = tune/ablation.py", add_help=False
+    )
+    tune.set_defaults(func=None)
     pretrain = sub.add_parser(
         "pretrain-microworld",
         help="pretrain the micro-world CLIP (rebuilds the shipped weights)",
@@ -235,6 +240,10 @@ def _main(argv: list[str]) -> int:
         from scaleprompt.report.tables import main as results_main
 
         return results_main(argv[1:])
+    if argv[:1] == ["tune"]:  # so does the sweep driver
+        from scaleprompt.search.cli import main as tune_main
+
+        return tune_main(argv[1:], prog="scaleprompt tune")
     if argv[:1] == ["pretrain-microworld"]:  # so does the pretraining command
         from scaleprompt.microworld.pretrain import main as pretrain_main
 

@@ -9,12 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 from engine_utils import ROOT, base_overrides, make_color_folder
+from safetensors.torch import load_file
 
 from scaleprompt.config import ConfigError
 from scaleprompt.engine.checkpoint import CheckpointError
 from scaleprompt.engine.config import OptimConfig, load_run_config
 from scaleprompt.engine.model import deepspeed_config
 from scaleprompt.engine.trainer import Trainer, batch_geometry, lr_at_epoch
+from scaleprompt.report.schema import RunResult
 from scaleprompt.train import parse_args
 
 
@@ -153,8 +155,6 @@ def test_resume_continues_where_it_stopped(colors, tmp_path):
         == "step00000003"
     )
     resumed = run(colors, tmp_path / "b", *common, resume=True)
-    from safetensors.torch import load_file
-
     a = load_file(tmp_path / "a" / "out" / "prompts.safetensors")["prompts"]
     b = load_file(tmp_path / "b" / "out" / "prompts.safetensors")["prompts"]
     torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
@@ -162,12 +162,44 @@ def test_resume_continues_where_it_stopped(colors, tmp_path):
 
 
 def test_report_callback_gets_validation_metrics_and_the_epoch_checkpoint(colors, tmp_path):
-    """The hook a search trial uses: metrics per validated epoch, after that epoch's checkpoint is complete."""
+    """The hook a search trial uses: metrics per validated epoch, after that epoch's checkpoint is complete; the
+    last one, marked final, only after results.json and the prompts are written."""
     cfg = load_run_config(None, base_overrides(colors, tmp_path / "cache", tmp_path / "out") + [
         "method.name=provp", "method.args.n_ctx=2", "optim.epochs=2"])  # fmt: skip
     calls = []
-    trainer = Trainer(cfg, None, report=lambda metrics, ckpt: calls.append((metrics, ckpt)))
-    trainer.fit()
-    assert [m["epoch"] for m, _ in calls] == [1, 2]
-    assert all({"val_top1", "val_mean_per_class", "train_loss"} <= set(m) for m, _ in calls)
-    assert all(c is not None and (c / "COMPLETE.json").is_file() for _, c in calls)
+    out = tmp_path / "out"
+
+    def report(metrics, ckpt):
+        files = (out / "results.json").is_file(), (out / "prompts.safetensors").is_file()
+        calls.append((metrics, ckpt, files))
+
+    results = Trainer(cfg, None, report=report).fit()
+    assert [(m["epoch"], m.get("final", False)) for m, _, _ in calls] == [(1, False), (2, True)]
+    assert [files for _, _, files in calls] == [(False, False), (True, True)]
+    assert all({"val_top1", "val_mean_per_class", "train_loss", "epochs"} <= set(m) for m, _, _ in calls)
+    assert all(c is not None and (c / "COMPLETE.json").is_file() for _, c, _ in calls)
+    assert (
+        calls[1][0]["val_top1"] == results["history"][-1]["val"]["top1"] and results["stopped_early"] is None
+    )
+
+
+def test_finish_evaluates_the_newest_checkpoint_as_stopped_early(colors, tmp_path):
+    """What a search does with a trial its scheduler stopped: resume=True + finish=reason trains nothing more and
+    writes results.json from the newest checkpoint, labelled with its epoch; the prompts are that epoch's."""
+    overrides = base_overrides(colors, tmp_path / "cache", tmp_path / "out") + [
+        "method.name=provp", "method.args.n_ctx=2", "optim.epochs=1"]  # fmt: skip
+    first = Trainer(load_run_config(None, overrides)).fit()  # the state of a trial killed after its epoch 1
+    saved = load_file(tmp_path / "out" / "prompts.safetensors")["prompts"]
+    (tmp_path / "out" / "results.json").unlink()
+    (tmp_path / "out" / "prompts.safetensors").unlink()
+    cfg = load_run_config(None, [*overrides, "optim.epochs=3"])  # a 3-epoch schedule: only finish stops it
+    results = Trainer(
+        cfg, None, resume=True, finish="stopped early by the ASHA scheduler after epoch 1"
+    ).fit()
+    assert results["stopped_early"] == {"epoch": 1, "of": 3, "reason": "stopped early by the ASHA scheduler after "
+                                        "epoch 1"}  # fmt: skip
+    assert [h["epoch"] for h in results["history"]] == [1] and results["steps"] == first["steps"]
+    torch.testing.assert_close(
+        load_file(tmp_path / "out" / "prompts.safetensors")["prompts"], saved, rtol=0, atol=0
+    )
+    RunResult.from_dict(json.loads((tmp_path / "out" / "results.json").read_text()), "results.json")

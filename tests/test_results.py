@@ -350,6 +350,217 @@ def test_format_cell_and_empty_tables():
         make_tables([], "zeroshot")
 
 
+# ------------------------------------------------------------------------------------------- variants
+
+
+def sweep_run(seed: int, *overrides: str, method: str = "provp_ref", stopped: int | None = None, base=80.0):
+    """A base-to-novel OxfordPets run whose ``config`` is a real ``RunConfig.to_dict()`` (``key=value`` overrides);
+    ``stopped``: a search trial stopped early by its scheduler after that many epochs."""
+    from scaleprompt.engine.config import load_run_config
+
+    data = run_json(method, "OxfordPets", seed, "base2new", b2n_result(base, 70))
+    data["config"] = load_run_config(
+        None, [f"method.name={method}", "eval.setting=base2new", f"train.seed={seed}", *overrides]
+    ).to_dict()
+    if stopped is not None:
+        data["stopped_early"] = {"epoch": stopped, "of": 10, "reason": "asha"}
+    return data
+
+
+def write_sweep(root: Path, *runs: dict) -> list[Path]:
+    """Each run in its own folder (trial0, trial1, ...): runs may share a seed."""
+    return [write_run(root / f"trial{i}", data) for i, data in enumerate(runs)]
+
+
+def test_same_seed_different_depth_are_two_variant_rows(tmp_path):
+    write_sweep(
+        tmp_path,
+        sweep_run(0, "method.args.depth=2", base=80),
+        sweep_run(0, "method.args.depth=4", base=84),
+    )
+    rows = aggregate(load_runs(tmp_path))  # no "two runs ... with seed 0"
+    assert [(r.label, r.variant, r.seeds, r.values["base"].mean) for r in rows] == [
+        ("provp_ref (depth=2)", "depth=2", (0,), 80.0),
+        ("provp_ref (depth=4)", "depth=4", (0,), 84.0),
+    ]
+    tables = base2new_tables(rows)
+    markdown, text = to_markdown(tables), to_csv(tables)
+    assert md_row(markdown, "provp_ref (depth=2)")[4] == "80.00 ± 0.00"
+    assert md_row(markdown, "provp_ref (depth=4)")[4] == "84.00 ± 0.00"
+    assert "a variant — runs of this method" in markdown  # the note under the table
+    got = list(csv.DictReader(io.StringIO(text)))
+    assert [(r["method"], r["variant"], r["OxfordPets Base mean"]) for r in got] == [
+        ("provp_ref", "depth=2", "80.0000"),
+        ("provp_ref", "depth=4", "84.0000"),
+    ]
+    assert list(got[0])[:8] == [
+        "setting", "selection", "metric", "backbone", "pretrained", "shots", "method", "variant",
+    ]  # fmt: skip
+
+
+def test_different_seeds_and_lr_are_not_averaged_together(tmp_path):
+    # the silent-averaging bug: seeds 1 and 2 of DIFFERENT learning rates used to make one row of 2 seeds
+    write_sweep(tmp_path, sweep_run(1, "optim.lr=0.05", base=80), sweep_run(2, "optim.lr=0.002", base=90))
+    rows = aggregate(load_runs(tmp_path))
+    assert [(r.label, r.n, r.values["base"]) for r in rows] == [
+        ("provp_ref (lr=0.002)", 1, Stat(90.0, 0.0, 1)),
+        ("provp_ref (lr=0.05)", 1, Stat(80.0, 0.0, 1)),
+    ]
+
+
+def test_sweep_label_has_every_differing_field_compactly(tmp_path):
+    write_sweep(
+        tmp_path,
+        sweep_run(0, "method.args.depth=2", "optim.lr=0.05"),
+        sweep_run(0, "method.args.depth=2", "optim.lr=0.0123456"),
+        sweep_run(0, "method.args.depth=10", "optim.lr=0.05"),
+        sweep_run(1, "method.args.depth=10", "optim.lr=0.05"),
+    )
+    rows = aggregate(load_runs(tmp_path))
+    assert [(r.label, r.seeds) for r in rows] == [  # natural order: depth 2 before 10
+        ("provp_ref (depth=2, lr=0.01235)", (0,)),  # 4 significant digits
+        ("provp_ref (depth=2, lr=0.05)", (0,)),
+        ("provp_ref (depth=10, lr=0.05)", (0, 1)),
+    ]
+    markdown = to_markdown(base2new_tables(rows))
+    assert md_row(markdown, "provp_ref (depth=10, lr=0.05)")[-1] == "2"
+
+
+def test_variant_labels_stay_distinct(tmp_path):
+    # values equal to 4 significant digits: every digit is shown
+    write_sweep(tmp_path / "a", sweep_run(0, "optim.lr=0.0123451"), sweep_run(0, "optim.lr=0.0123454"))
+    assert [r.variant for r in aggregate(load_runs(tmp_path / "a"))] == ["lr=0.0123451", "lr=0.0123454"]
+    # two differing fields with one last component: the whole dotted keys
+    runs = []
+    for seed, lr in ((0, 0.05), (1, 0.5)):
+        data = run_json("coop", "OxfordPets", seed, "base2new", b2n_result(80, 70))
+        data["config"] = {"optim": {"lr": lr}, "eval": {"lr": lr * 2}, "train": {"seed": seed}}
+        runs.append(data)
+    write_sweep(tmp_path / "b", *runs)
+    assert [r.variant for r in aggregate(load_runs(tmp_path / "b"))] == [
+        "optim.lr=0.05, eval.lr=0.1",
+        "optim.lr=0.5, eval.lr=1",
+    ]
+
+
+def test_runs_differing_only_in_ignored_fields_are_one_row(tmp_path):
+    write_sweep(
+        tmp_path,
+        sweep_run(1, "train.output_dir=runs/a", "train.log_every_steps=5", "data.root=/data", base=80),
+        sweep_run(
+            2, "train.output_dir=runs/b", "eval.batch_size=256", "train.checkpoint_every_epochs=3", base=82
+        ),
+        # the method's default given explicitly is the same configuration as the default left out
+        sweep_run(3, "train.output_dir=runs/c", "method.args.n_ctx=50", base=84),
+    )
+    (row,) = aggregate(load_runs(tmp_path))
+    assert (row.label, row.variant, row.seeds, row.values["base"]) == (
+        "provp_ref",
+        "",
+        (1, 2, 3),
+        Stat(82, 2, 3),
+    )
+    tables = base2new_tables([row])
+    markdown, text = to_markdown(tables), to_csv(tables)
+    assert md_row(markdown, "provp_ref")[-1] == "3"
+    assert "variant" not in markdown and "variant" not in text.splitlines()[0]  # today's tables, unchanged
+
+
+def test_ignored_fields_are_explicit():
+    from scaleprompt.report.tables import VARIANT_IGNORED, ignored_fields
+
+    assert ignored_fields("last") == VARIANT_IGNORED
+    assert set(VARIANT_IGNORED) == {
+        "train.seed", "train.output_dir", "train.log_every_steps", "train.tensorboard",
+        "train.checkpoint_every_epochs", "train.checkpoint_every_steps", "train.keep_checkpoints",
+        "eval.every_epochs", "eval.batch_size", "eval.zero_shot_baseline", "eval.targets", "eval.targets_root",
+        "data.cache_dir", "data.root", "data.shards", "data.max_bad_samples", "model.cache_dir",
+        "model.grad_checkpointing",
+    }  # fmt: skip
+    # optim.epochs and train.max_steps may change on resume, but they change what was trained
+    assert "optim.epochs" not in VARIANT_IGNORED and "train.max_steps" not in VARIANT_IGNORED
+    assert ignored_fields("best_val") == VARIANT_IGNORED - {"eval.every_epochs"}
+
+
+def test_epochs_and_validation_frequency(tmp_path):
+    write_sweep(tmp_path / "a", sweep_run(1, "optim.epochs=5"), sweep_run(2, "optim.epochs=10"))
+    assert [r.variant for r in aggregate(load_runs(tmp_path / "a"))] == ["epochs=5", "epochs=10"]
+    # eval.every_epochs cannot change the last epoch, but can change the best validation epoch
+    runs = [sweep_run(1, "eval.every_epochs=1"), sweep_run(2, "eval.every_epochs=2")]
+    for data in runs:
+        data["results"]["best_val"] = b2n_result(81, 71)
+    write_sweep(tmp_path / "b", *runs)
+    assert [r.variant for r in aggregate(load_runs(tmp_path / "b"), selection="last")] == [""]
+    assert [r.variant for r in aggregate(load_runs(tmp_path / "b"), selection="best_val")] == [
+        "every_epochs=1",
+        "every_epochs=2",
+    ]
+
+
+def test_stopped_early_run_is_its_own_variant(tmp_path):
+    write_sweep(
+        tmp_path,
+        sweep_run(1, "optim.lr=0.05", base=80),
+        sweep_run(2, "optim.lr=0.05", base=82),
+        sweep_run(3, "optim.lr=0.05", stopped=1, base=50),
+    )
+    rows = aggregate(load_runs(tmp_path))
+    assert [(r.label, r.seeds, r.values["base"].mean) for r in rows] == [
+        ("provp_ref", (1, 2), 81.0),
+        ("provp_ref (stopped at epoch 1)", (3,), 50.0),
+    ]
+    # with a config difference too
+    write_sweep(tmp_path / "more", sweep_run(4, "optim.lr=0.5"), sweep_run(5, "optim.lr=0.5", stopped=2))
+    rows = aggregate(load_runs(tmp_path))
+    assert [(r.label, r.seeds) for r in rows] == [
+        ("provp_ref (lr=0.05)", (1, 2)),
+        ("provp_ref (lr=0.05; stopped at epoch 1)", (3,)),
+        ("provp_ref (lr=0.5)", (4,)),
+        ("provp_ref (lr=0.5; stopped at epoch 2)", (5,)),
+    ]
+    markdown = to_markdown(base2new_tables(rows))
+    assert md_row(markdown, "provp_ref (lr=0.05; stopped at epoch 1)")[4] == "50.00 ± 0.00"
+    assert "stopped early by its scheduler" in markdown
+    # absent and null stopped_early are both a finished run
+    finished = sweep_run(6, "optim.lr=0.5") | {"stopped_early": None}
+    write_run(tmp_path / "more" / "null", finished)
+    assert aggregate(load_runs(tmp_path / "more"))[0].seeds == (4, 6)
+
+
+def test_same_seed_duplicate_within_a_variant_still_raises(tmp_path):
+    a, b, _ = write_sweep(
+        tmp_path,
+        sweep_run(0, "method.args.depth=2", "train.output_dir=runs/a"),
+        sweep_run(0, "method.args.depth=2", "train.output_dir=runs/b"),  # differs only in an ignored field
+        sweep_run(0, "method.args.depth=4"),
+    )
+    with pytest.raises(ResultsError, match=r"provp_ref \(depth=2\) on OxfordPets .* with seed 0") as err:
+        aggregate(load_runs(tmp_path))
+    assert str(a) in str(err.value) and str(b) in str(err.value)
+
+
+def test_variants_in_fewshot_and_transfer_tables(tmp_path):
+    for seed, lr, v in ((1, 0.05, 80), (2, 0.05, 82), (1, 0.5, 60)):
+        data = run_json("coop", "OxfordPets", seed, "fewshot", {"test": split(v)})
+        data["config"] = {"optim": {"lr": lr}, "train": {"seed": seed}}
+        write_run(tmp_path / "fs" / f"lr{lr}", data)
+    markdown = to_markdown(fewshot_tables(aggregate(load_runs(tmp_path / "fs"))))
+    assert md_row(markdown, "coop (lr=0.05)")[1:] == ["81.00 ± 1.41", "81.00", "2"]
+    assert md_row(markdown, "coop (lr=0.5)")[1:] == ["60.00 ± 0.00", "60.00", "1"]
+    for seed, stopped in ((1, None), (2, {"epoch": 3, "reason": "asha"})):
+        last = {"test": split(70 + seed), "targets": {"ImageNetV2": split(60 + seed)}}
+        data = run_json("coop", "ImageNet", seed, "transfer", last) | {"stopped_early": stopped}
+        write_run(tmp_path / "tr", data)
+    tables = transfer_tables(aggregate(load_runs(tmp_path / "tr")))
+    markdown = to_markdown(tables)
+    assert md_row(markdown, "coop")[1:3] == ["71.00 ± 0.00", "61.00 ± 0.00"]
+    assert md_row(markdown, "coop (stopped at epoch 3)")[1:3] == ["72.00 ± 0.00", "62.00 ± 0.00"]
+    assert [(r["method"], r["variant"]) for r in csv.DictReader(io.StringIO(to_csv(tables)))] == [
+        ("coop", ""),
+        ("coop", "stopped at epoch 3"),
+    ]
+
+
 # ------------------------------------------------------------------------------------------- loading errors
 
 

@@ -1,4 +1,6 @@
-"""Ablation search: real Ray Tune + Optuna sweeps of the training engine on CPU (loopback only)."""
+"""Ablation search: space files and the pre-flight (fast), and real Ray Tune + Optuna sweeps of the engine on CPU
+(loopback only): shipped spaces on the micro-world recipes, fail-fast errors, a killed trial retried, a killed
+driver resumed, the dashboard and multi-worker DeepSpeed trials."""
 
 from __future__ import annotations
 
@@ -16,7 +18,10 @@ import pytest
 from engine_utils import ROOT, base_overrides, env, launch, make_color_folder
 
 from scaleprompt.config import ConfigError
-from scaleprompt.search import load_space
+from scaleprompt.engine.config import load_run_config
+from scaleprompt.methods import list_methods
+from scaleprompt.search.report import TrialRecord, choose_best, write_best_recipe
+from scaleprompt.search.space import SpaceError, check_space, load_space
 
 SPACE = """
 metric: val_top1
@@ -25,6 +30,12 @@ params:
   method.args.n_ctx: {type: categorical, values: [2, 4]}
   optim.lr: {type: loguniform, low: 0.001, high: 0.1}
 """
+SPACES = ROOT / "tune" / "spaces"
+MICRO = ROOT / "configs" / "microworld"
+NAMES = ["a class"]
+TEMPLATES = ["a photo of a {}."]
+# micro-world sweeps in minutes: 4 shots of the 32 base classes (4 steps per epoch), 2 epochs
+MICRO_FAST = ["data.shots=4", "optim.epochs=2", "data.num_workers=0", "train.log_every_steps=1000"]
 
 
 @pytest.fixture(scope="module")
@@ -43,29 +54,138 @@ def write(tmp: Path, name: str, text: str) -> Path:
     return path
 
 
-def test_space_parameters_are_validated_against_the_configs(tmp_path, colors):
+# --- spaces and the pre-flight ----------------------------------------------------------------------------------
+def test_space_files_are_validated(tmp_path):
+    for text, match in [
+        ("params:\n  optim.lr: {type: float, low: 0.3, high: 0.2}\n", "high"),
+        ("params:\n  method.args.depth: {type: int, low: 1, high: towers}\n", "vision_blocks"),
+        ("params:\n  optim.lr: {type: float, low: 0.0, high: blocks}\n", "needs type int"),
+        ("params:\n  optim.lr: {type: loguniform, low: 0, high: 1}\n", "low > 0"),
+        ("params: {}\n", "no params"),
+        ("metric: val_top1\nparms: {}\n", "unknown key"),
+    ]:
+        with pytest.raises(SpaceError, match=match):
+            load_space(write(tmp_path, "s.yaml", text))
+
+
+def test_preflight_names_unknown_keys_and_methods(tmp_path, colors):
     base = overrides(colors, tmp_path)
-    bad = write(tmp_path, "bad.yaml", "params:\n  method.args.n_ctxx: {type: categorical, values: [2]}\n")
-    with pytest.raises(ConfigError, match="method.args.n_ctxx"):
-        load_space(bad, None, base)
-    bad = write(tmp_path, "bad2.yaml", "params:\n  optim.lrr: {type: float, low: 0.1, high: 0.2}\n")
-    with pytest.raises(ConfigError, match="optim.lrr"):
-        load_space(bad, None, base)
-    bad = write(tmp_path, "bad3.yaml", "params:\n  optim.lr: {type: float, low: 0.3, high: 0.2}\n")
-    with pytest.raises(ConfigError, match="high"):
-        load_space(bad, None, base)
-    bad = write(tmp_path, "bad4.yaml", "params:\n  method.name: {type: categorical, values: [coop, upt]}\n"
-                "  method.args.lam: {type: float, low: 0, high: 1}\n")  # fmt: skip
-    with pytest.raises(ConfigError, match="no method of the space .* has 'lam'"):
-        load_space(bad, None, base)
-    for shipped in sorted((ROOT / "tune" / "spaces").glob("*.yaml")):
-        recipe = ROOT / "configs" / ("upt" if "upt" in shipped.stem else "provp_ref") / "base2new.yaml"
-        assert load_space(shipped, recipe).params, shipped
+    for text, match in [
+        ("params:\n  method.args.n_ctxx: {type: categorical, values: [2]}\n", "method.args.n_ctxx"),
+        ("params:\n  optim.lrr: {type: float, low: 0.1, high: 0.2}\n", "optim.lrr"),
+        ("params:\n  method.name: {type: categorical, values: [coop, upt]}\n"
+         "  method.args.lam: {type: float, low: 0, high: 1}\n", "no method of the space .* has 'lam'"),
+        ("params:\n  method.name: {type: categorical, values: [coop, nosuch]}\n", "nosuch"),
+    ]:  # fmt: skip
+        with pytest.raises(ConfigError, match=match):
+            check_space(load_space(write(tmp_path, "s.yaml", text)), None, base, NAMES, TEMPLATES)
 
 
-def sweep_cmd(space: Path, storage: Path, colors: Path, tmp: Path, *extra: str) -> list[str]:
-    return [sys.executable, "tune/ablation.py", "--space", str(space), "--num-samples", "4", "--max-concurrent", "2",
-            "--storage", str(storage), "--name", "sweep", *extra, *overrides(colors, tmp)]  # fmt: skip
+def test_preflight_builds_the_extremes_on_the_real_backbone(tmp_path, colors):
+    """sp-tiny-vit has 2 blocks per tower: depth 5 cannot be built, and the error names the parameter, the range
+    and the limit; a backbone bound resolves to the backbone's own size."""
+    base = overrides(colors, tmp_path)
+    space = load_space(
+        write(tmp_path, "s.yaml", "params:\n  method.args.depth: {type: int, low: 1, high: 5}\n")
+    )
+    with pytest.raises(SpaceError) as err:
+        check_space(space, None, base, NAMES, TEMPLATES)
+    assert "'method.args.depth' (range [1, 5] (int))" in str(err.value)
+    assert "larger than the 2 blocks" in str(err.value) and "high: vision_blocks" in str(err.value)
+    space = load_space(write(tmp_path, "s.yaml", "params:\n  method.args.depth: {type: int, low: 1, "
+                                                 "high: vision_blocks}\n"))  # fmt: skip
+    assert check_space(space, None, base, NAMES, TEMPLATES).params["method.args.depth"].high == 2
+    # a text context that cannot hold the prompt: CoOp's 40 context tokens on a 16-token text tower
+    space = load_space(write(tmp_path, "s.yaml", "params:\n  method.args.n_ctx: {type: categorical, "
+                                                 "values: [4, 40]}\n"))  # fmt: skip
+    with pytest.raises(SpaceError, match="n_ctx=40"):
+        check_space(space, None, [*base, "method.name=coop"], NAMES, TEMPLATES)
+    # an empty bounded range: low above the backbone's size
+    space = load_space(write(tmp_path, "s.yaml", "params:\n  method.args.depth: {type: int, low: 3, "
+                                                 "high: vision_blocks}\n"))  # fmt: skip
+    with pytest.raises(SpaceError, match="empty on sp-tiny-vit"):
+        check_space(space, None, base, NAMES, TEMPLATES)
+
+
+def shipped_pairs() -> list[tuple[Path, Path]]:
+    """Every shipped space with every shipped recipe of its method (a space searching ``method.name``: with the
+    micro-world and base-to-novel recipe of each method it samples)."""
+    pairs = []
+    for space_path in sorted(SPACES.glob("*.yaml")):
+        space = load_space(space_path)
+        searched = "method.name" in space.params
+        # a space not searching method.name is named after its method: <method>.yaml or <method>_<what>.yaml
+        own = [m for m in list_methods() if space_path.stem == m or space_path.stem.startswith(f"{m}_")]
+        methods = space.params["method.name"].values if searched else [max(own, key=len)]
+        for recipe in sorted(ROOT.glob("configs/**/*.yaml")):
+            if load_run_config(recipe).method.name in methods and (
+                not searched or recipe.parent == MICRO or recipe.name == "base2new.yaml"
+            ):
+                pairs.append((space_path, recipe))
+    return pairs
+
+
+@pytest.mark.parametrize("space_path", sorted(SPACES.glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_spaces_fit_every_micro_world_recipe(space_path):
+    for space, recipe in shipped_pairs():
+        if space == space_path and recipe.parent == MICRO:
+            check_space(load_space(space), recipe, [], NAMES, TEMPLATES)
+
+
+@pytest.mark.slow
+def test_shipped_spaces_fit_every_shipped_recipe():
+    """The official recipes (ViT-B/16 structures, no weights) too: 9 provp_ref, 9 upt recipes and the methods
+    space on the base recipe of each method it samples."""
+    pairs, structures = shipped_pairs(), {}
+    assert len(pairs) > 20
+    for space, recipe in pairs:
+        check_space(load_space(space), recipe, [], NAMES, TEMPLATES, structures)
+
+
+def record(trial_id: str, metrics: dict, **params) -> TrialRecord:
+    return TrialRecord(trial_id, params, metrics, Path("/nowhere") / trial_id)
+
+
+def test_best_trial_is_chosen_among_finished_trials_on_validation():
+    finished = record("a", {"epoch": 3, "final": True, "val_top1": 70.0}, lr=0.1)
+    better_but_stopped = record("b", {"epoch": 1, "val_top1": 90.0}, lr=0.2)
+    failed = record("c", {"failed": "ConfigError: x", "val_top1": float("nan")}, lr=0.3)
+    finished_best = record("d", {"epoch": 3, "final": True, "val_top1": 75.0}, lr=0.4)
+    tie = record("e", {"epoch": 3, "final": True, "val_top1": 75.0}, lr=0.5)
+    trials = [finished, better_but_stopped, failed, finished_best, tie]
+    assert [t.status for t in trials] == ["finished", "stopped early at epoch 1", "failed: ConfigError: x",
+                                          "finished", "finished"]  # fmt: skip
+    assert choose_best(trials, "val_top1", "max") is finished_best  # (the earlier of a tie)
+    assert choose_best(trials, "val_top1", "min") is finished
+    assert choose_best([better_but_stopped, failed], "val_top1", "max") is None
+
+
+def test_best_recipe_keeps_the_base_schedule_and_names_its_sweep(tmp_path):
+    space = load_space(SPACES / "provp_ref.yaml")
+    best = record(
+        "t1", {"epoch": 2, "final": True, "val_top1": 61.0}, **{"method.args.depth": 2, "optim.lr": 0.05}
+    )
+    recipe = str(MICRO / "provp_ref.yaml")
+    path = write_best_recipe(recipe, ["optim.epochs=2", "data.shots=4"], space, best, tmp_path)
+    cfg = load_run_config(path)
+    assert cfg.optim.epochs == 10 and cfg.data.shots == 4  # the recipe's schedule; the other override kept
+    assert cfg.method.args["depth"] == 2 and cfg.optim.lr == 0.05 and cfg.method.args["n_ctx"] == 8
+    text = path.read_text()
+    assert (
+        f"# sweep: {tmp_path}" in text
+        and "dropped (its shortened schedule" in text
+        and "optim.epochs=2" in text
+    )
+    path = write_best_recipe(recipe, ["optim.epochs=2"], space, best, tmp_path, keep_schedule=True)
+    assert load_run_config(path).optim.epochs == 2
+
+
+# --- real sweeps ------------------------------------------------------------------------------------------------
+def sweep_cmd(space: Path, storage: Path, *extra: str, recipe: Path | None = None, samples: int = 3,
+              concurrent: int = 2) -> list[str]:  # fmt: skip
+    config = ["--config", str(recipe)] if recipe else []
+    return [sys.executable, "tune/ablation.py", "--space", str(space), *config, "--num-samples", str(samples),
+            "--max-concurrent", str(concurrent), "--storage", str(storage), "--name", "sweep", *extra]  # fmt: skip
 
 
 def rows(storage: Path) -> list[dict]:
@@ -73,65 +193,155 @@ def rows(storage: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
+def check_trial_runs(trials: list[dict], tensorboard: bool = True) -> None:
+    """Every finished / stopped trial has a train.py run folder: results.json, prompts, TensorBoard."""
+    for trial in trials:
+        assert trial["status"] == "finished" or trial["status"].startswith("stopped early at epoch"), trial
+        run = Path(trial["trial_dir"]) / "run"
+        result = json.loads((run / "results.json").read_text())
+        assert (run / "prompts.safetensors").is_file()
+        assert any((run / "tensorboard").glob("events.*")) == tensorboard
+        stopped = result.get("stopped_early")
+        if trial["status"] == "finished":
+            assert stopped is None and result["history"][-1]["epoch"] == result["epochs"]
+        else:
+            assert stopped["epoch"] == int(trial["epoch"]) < result["epochs"] and "ASHA" in stopped["reason"]
+            assert result["history"][-1]["epoch"] == stopped["epoch"]
+        last = result["results"]["last"]  # (the CSV's test numbers are the trial's results.json)
+        split = "hm" if "hm" in last else "test"
+        assert (last[split] if split == "hm" else last[split]["top1"]) == pytest.approx(
+            float(trial[f"test_{split}"])
+        )
+
+
 @pytest.mark.slow
-def test_sweep_of_4_trials_2_at_a_time_writes_a_best_recipe_that_trains(tmp_path, colors):
-    space = write(tmp_path, "space.yaml", SPACE)
-    study_db = tmp_path / "optuna.db"
-    start = time.time()
-    launch(
-        sweep_cmd(space, tmp_path / "search", colors, tmp_path, "--optuna-storage", str(study_db)), tmp_path
+def test_shipped_provp_ref_space_on_the_micro_world_and_its_best_recipe_trains(tmp_path):
+    storage = tmp_path / "search"
+    cache = f"data.cache_dir={tmp_path / 'cache'}"
+    log = launch([*sweep_cmd(SPACES / "provp_ref.yaml", storage, recipe=MICRO / "provp_ref.yaml"), *MICRO_FAST,
+                  cache], tmp_path)  # fmt: skip
+    trials = rows(storage)
+    assert len(trials) == 3
+    check_trial_runs(trials)
+    text = log.stderr
+    for trial in trials:  # a progress line per event
+        assert f"trial {trial['trial_id']} started" in text and f"trial {trial['trial_id']} epoch 1/2" in text
+    summary = json.loads((storage / "sweep" / "summary.json").read_text())
+    finished = [t for t in trials if t["status"] == "finished"]
+    assert summary["best_metric"] == max(float(t["val_top1"]) for t in finished)
+    assert summary["finished"] == len(finished) and summary["failed"] == 0
+    report = (storage / "sweep" / "report.md").read_text()
+    assert "### method.args.depth" in report and f"{summary['best_metric']:.2f}" in report
+    assert {Path(p).name for p in summary["plots"]} >= {
+        "slice.png",
+        "timeline.png",
+        "intermediate_values.png",
+    }
+    # the searcher's own study: finished trials COMPLETE, stopped ones PRUNED (with their last value)
+    study = optuna.load_study(study_name="sweep", storage=f"sqlite:///{storage / 'sweep' / 'optuna.db'}")
+    states = sorted(t.state.name for t in study.trials)
+    assert states == sorted("COMPLETE" if t["status"] == "finished" else "PRUNED" for t in trials)
+    assert all(t.intermediate_values for t in study.trials if t.state.name == "PRUNED")
+    assert sorted(t.params["method/args/depth"] for t in study.trials) == sorted(
+        int(t["param.method.args.depth"]) for t in trials
     )
-    assert time.time() - start < 180
-    trials = rows(tmp_path / "search")
-    assert len(trials) == 4 and all(t["status"] == "ok" for t in trials)
-    summary = json.loads((tmp_path / "search" / "sweep" / "summary.json").read_text())
-    assert set(summary["best_params"]) == {"method.args.n_ctx", "optim.lr"}
-    assert summary["best_metric"] == max(float(t["val_top1"]) for t in trials)
-    assert sorted(Path(p).name for p in summary["plots"]) == [
-        "metric_vs_params.png",
-        "parallel_coordinates.png",
-    ]
-    assert all(Path(p).read_bytes()[:4] == b"\x89PNG" for p in summary["plots"])
-    # the sqlite study (what optuna-dashboard shows) holds the same 4 trials and parameters as the CSV
-    study = optuna.load_study(study_name="sweep", storage=f"sqlite:///{study_db}")
-    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert len(done) == 4
-    # (Tune parameter names cannot hold dots: the study names them method__args__n_ctx)
-    assert sorted(t.params["method__args__n_ctx"] for t in done) == sorted(
-        int(t["param.method.args.n_ctx"]) for t in trials
-    )
+    # the best recipe: base recipe + best params, the recipe's full schedule; it trains with train.py
     recipe = Path(summary["best_recipe"])
+    cfg = load_run_config(recipe)
+    assert cfg.optim.epochs == 10 and cfg.method.args["depth"] == summary["best_params"]["method.args.depth"]
     out = tmp_path / "best-run"
     launch([sys.executable, "scaleprompt/train.py", "--config", str(recipe), f"train.output_dir={out}",
-            "optim.epochs=1"], tmp_path / "best")  # fmt: skip
-    result = json.loads((out / "results.json").read_text())
-    assert result["config"]["method"]["args"]["n_ctx"] == summary["best_params"]["method.args.n_ctx"]
-    assert result["config"]["optim"]["lr"] == pytest.approx(summary["best_params"]["optim.lr"])
+            "train.max_steps=2"], tmp_path / "best")  # fmt: skip
+    assert json.loads((out / "results.json").read_text())["epochs"] == 10
 
 
 @pytest.mark.slow
-def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path, colors):
-    # depth 5 passes the static checks but the 2-block backbone refuses it when the trial builds the method:
-    # that trial raises (a real error) and the others finish
-    space = write(tmp_path, "space.yaml", SPACE.replace("method.args.n_ctx", "method.args.depth").replace(
-        "values: [2, 4]", "values: [1, 5]"))  # fmt: skip
-    launch(
-        sweep_cmd(space, tmp_path / "search", colors, tmp_path, "--max-failures", "0", "--seed", "3"),
-        tmp_path,
+def test_shipped_upt_space_on_the_micro_world_then_results_and_predict_on_trials(tmp_path):
+    storage = tmp_path / "search"
+    launch([*sweep_cmd(SPACES / "upt.yaml", storage, "--quiet", recipe=MICRO / "upt.yaml"), *MICRO_FAST,
+            f"data.cache_dir={tmp_path / 'cache'}"], tmp_path)  # fmt: skip
+    trials = rows(storage)
+    assert len(trials) == 3
+    check_trial_runs(trials)
+    scaleprompt = str(Path(sys.executable).parent / "scaleprompt")
+    table = launch([scaleprompt, "results", str(storage / "sweep")], tmp_path).stderr
+    assert table.count("| upt (") == 3, table  # one row per trial: a variant each, never averaged
+    image = next((tmp_path / "cache").rglob("*.tar"))  # any shard: predict needs image files
+    import tarfile
+
+    with tarfile.open(image) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith((".png", ".jpg", ".jpeg")))
+        (tmp_path / ("img" + Path(member.name).suffix)).write_bytes(tar.extractfile(member).read())
+    prompts = Path(trials[0]["trial_dir"]) / "run" / "prompts.safetensors"
+    out = launch([scaleprompt, "predict", str(prompts), str(tmp_path / ("img" + Path(member.name).suffix))],
+                 tmp_path)  # fmt: skip
+    assert "img" in out.stderr + out.stdout
+
+
+def test_an_impossible_range_exits_2_before_any_trial(tmp_path):
+    space = write(tmp_path, "space.yaml", "params:\n  method.args.depth: {type: int, low: 1, high: 12}\n")
+    start = time.time()
+    done = subprocess.run(sweep_cmd(space, tmp_path / "search", recipe=MICRO / "provp_ref.yaml"), cwd=ROOT,
+                          env=env(tmp_path), capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert time.time() - start < 60
+    assert done.returncode == 2, done.stderr[-2000:]
+    line = done.stderr.strip().splitlines()[-1]
+    assert line.startswith("tune/ablation.py: error: search parameter 'method.args.depth' (range [1, 12]")
+    assert "larger than the 4 blocks" in line
+    assert not (tmp_path / "search" / "sweep").exists() and "Ray" not in done.stderr
+
+
+@pytest.mark.slow
+def test_deterministic_errors_fail_the_trial_once_and_the_sweep(tmp_path, colors):
+    """Trials that raise the project's own error (an unknown dataset, found only when the trial builds its data)
+    are failed at once, not retried, and a sweep in which none finished exits 2 naming the error."""
+    space = write(tmp_path, "space.yaml", "params:\n  data.dataset: {type: categorical, values: [NoSuchSet]}\n"
+                  "  optim.lr: {type: loguniform, low: 0.001, high: 0.1}\n")  # fmt: skip
+    done = subprocess.run([*sweep_cmd(space, tmp_path / "search", "--max-failures", "3"), *overrides(colors, tmp_path)],
+                          cwd=ROOT, env=env(tmp_path), capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert (
+        "no trial of the sweep finished (3 failed: 3 x DatasetError: unknown dataset 'NoSuchSet'"
+        in done.stderr
     )
+    assert "retrying" not in done.stderr
     trials = rows(tmp_path / "search")
-    assert len(trials) == 4
-    by_depth = {(t["param.method.args.depth"], t["status"]) for t in trials}
-    assert by_depth == {("1", "ok"), ("5", "error")}, trials
+    assert [t["status"][:36] for t in trials] == ["failed: DatasetError: unknown datase"] * 3
+    assert all(t["training_iteration"] == "1" for t in trials)  # one attempt each
+    assert "## Failures" in (tmp_path / "search" / "sweep" / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_killed_trial_is_retried_from_its_checkpoint_and_the_sweep_finishes(tmp_path, colors):
+    """The trial's worker process SIGKILLs itself once its epoch-2 checkpoint is complete (before reporting it):
+    Tune retries the trial, which resumes from the newest complete checkpoint and finishes epoch 3."""
+    space = write(tmp_path, "space.yaml", SPACE)
+    storage = tmp_path / "search"
+    cmd = [
+        *sweep_cmd(space, storage, samples=1, concurrent=1),
+        *overrides(colors, tmp_path),
+        "optim.epochs=3",
+    ]
+    run_env = {**env(tmp_path), "SCALEPROMPT_FAILPOINT": "checkpoint.latest_updated@2"}
+    done = subprocess.run(cmd, cwd=ROOT, env=run_env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "infrastructure fault" in done.stderr and "retrying from its last checkpoint" in done.stderr
+    (trial,) = rows(storage)
+    assert trial["status"] == "finished"
+    result = json.loads((Path(trial["trial_dir"]) / "run" / "results.json").read_text())
+    assert [h["epoch"] for h in result["history"]] == [1, 2, 3]
+    sessions = result["timing"]["sessions"]
+    assert (
+        len(sessions) == 2 and sessions[1]["from_checkpoint"].startswith("step") and sessions[1]["epoch"] == 2
+    )
 
 
 @pytest.mark.slow
 def test_a_killed_driver_resumes_and_completes_the_sweep(tmp_path, colors):
     space = write(tmp_path, "space.yaml", SPACE)
     storage = tmp_path / "search"
-    cmd = sweep_cmd(space, storage, colors, tmp_path)
     # one trial at a time: after the first trial's first report 3 trials are still to run, a wide window to kill in
-    cmd[cmd.index("--max-concurrent") + 1] = "1"
+    cmd = [*sweep_cmd(space, storage, samples=4, concurrent=1), *overrides(colors, tmp_path)]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)  # fmt: skip
     deadline = time.time() + 240
@@ -147,9 +357,12 @@ def test_a_killed_driver_resumes_and_completes_the_sweep(tmp_path, colors):
     assert not (storage / "sweep" / "trials.csv").exists(), "the driver must die before the sweep ends"
     ray = str(Path(sys.executable).parent / "ray")  # the killed driver's local cluster may outlive it
     subprocess.run([ray, "stop", "--force"], env=env(tmp_path), capture_output=True, check=False, timeout=120)
+    again = subprocess.run(cmd, cwd=ROOT, env=env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert again.returncode == 2 and "already holds a sweep: pass --resume" in again.stderr
     launch([*cmd, "--resume"], tmp_path / "resume")
     trials = rows(storage)
-    assert len(trials) == 4 and all(t["status"] == "ok" for t in trials), trials
+    assert len(trials) == 4 and all(t["status"] != "failed" for t in trials), trials
+    check_trial_runs(trials, tensorboard=False)  # (the sweep's overrides turn TensorBoard off)
 
 
 LOOPBACK = {"0100007F", "00000000000000000000000001000000", "0000000000000000FFFF00000100007F"}
@@ -183,11 +396,9 @@ def test_dashboard_and_multi_worker_deepspeed_trials_listen_on_loopback_only(tmp
     space = write(tmp_path, "space.yaml", SPACE)
     storage = tmp_path / "search"
     port = free_port()
-    cmd = [*sweep_cmd(space, storage, colors, tmp_path, "--dashboard", "--dashboard-port", str(port),
-                      "--workers-per-trial", "2", "--ds", "ds_configs/zero2.json", "--cpus-per-trial", "2"),
-           "optim.epochs=1"]  # fmt: skip
-    cmd[cmd.index("--num-samples") + 1] = "2"
-    cmd[cmd.index("--max-concurrent") + 1] = "1"
+    cmd = [*sweep_cmd(space, storage, "--dashboard", "--dashboard-port", str(port), "--workers-per-trial", "2",
+                      "--ds", "ds_configs/zero2.json", "--cpus-per-trial", "2", samples=2, concurrent=1),
+           *overrides(colors, tmp_path), "optim.epochs=1"]  # fmt: skip
     before = listeners()
     log = tmp_path / "driver.log"
     with open(log, "w") as fh:
@@ -213,7 +424,7 @@ def test_dashboard_and_multi_worker_deepspeed_trials_listen_on_loopback_only(tmp
     assert ("0100007F", port) in opened
     assert {a for a, _ in opened} <= LOOPBACK, sorted(opened)
     trials = rows(storage)
-    assert len(trials) == 2 and all(t["status"] == "ok" for t in trials), trials
+    assert len(trials) == 2 and all(t["status"] == "finished" for t in trials), trials
     for trial in trials:
         result = json.loads((Path(trial["trial_dir"]) / "run" / "results.json").read_text())
         assert result["world_size"] == 2
@@ -232,3 +443,20 @@ def test_bad_search_options_exit_with_a_named_error(tmp_path, colors):
     done = subprocess.run([*base, "--ds", str(tmp_path / "missing.json")], cwd=ROOT, env=env(tmp_path),
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert done.returncode == 2 and "missing.json" in done.stderr, done.stderr[-2000:]
+
+
+def test_scaleprompt_tune_is_the_same_command(tmp_path):
+    scaleprompt = str(Path(sys.executable).parent / "scaleprompt")
+    mine = subprocess.run([scaleprompt, "tune", "--help"], capture_output=True, text=True, env=env(tmp_path))
+    shim = subprocess.run([sys.executable, "tune/ablation.py", "--help"], cwd=ROOT, capture_output=True, text=True,
+                          env=env(tmp_path))  # fmt: skip
+    assert mine.returncode == shim.returncode == 0
+    assert mine.stdout.startswith("usage: scaleprompt tune") and shim.stdout.startswith(
+        "usage: tune/ablation.py"
+    )
+    flags = [
+        [line.split()[0] for line in out.stdout.splitlines() if line.startswith("  -")]
+        for out in (mine, shim)
+    ]
+    assert flags[0] == flags[1] and len(flags[0]) > 15
+    assert "--max-failures MAX_FAILURES" in mine.stdout and "(default: 2)" in mine.stdout

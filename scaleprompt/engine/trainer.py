@@ -77,6 +77,20 @@ def batch_geometry(global_batch: int, micro_batch: int | None, world_size: int) 
     return micro_batch, accumulation
 
 
+def final_metrics(results: dict[str, Any]) -> dict[str, Any]:
+    """The last report of a run (a search trial's final result), from its results: the last validated epoch's
+    numbers (or the last prompts' validation numbers when nothing was trained), marked ``final``."""
+    last = results["history"][-1] if results.get("history") else None
+    val = last["val"] if last else results["results"]["last"].get("val") or {}
+    metrics = {"epoch": last["epoch"] if last else 0, "epochs": results["epochs"], "final": True,
+               **{f"val_{k}": v for k, v in val.items()}}  # fmt: skip
+    if last is not None:
+        metrics["train_loss"] = last["train_loss"]
+    if results.get("stopped_early"):
+        metrics["stopped_early"] = results["stopped_early"]["epoch"]
+    return metrics
+
+
 # --- the trainer ------------------------------------------------------------------------------------------------
 class Trainer:
     """One run. ``resume=True`` continues the newest complete checkpoint in ``train.output_dir`` (refused if the
@@ -85,12 +99,16 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig, ds_config: dict[str, Any] | None = None, local_rank: int | None = None,
                  report: Callable[[dict[str, Any], Path | None], None] | None = None,
-                 resume: bool = False) -> None:  # fmt: skip
+                 resume: bool = False, finish: str | None = None) -> None:  # fmt: skip
         self.cfg = cfg
         self.ds_base = ds_config
         self.dist = init_distributed(local_rank)
         self.out = Path(cfg.train.output_dir)
-        self.report = report  # (metrics, checkpoint folder or None) after each validated epoch (Ray Tune)
+        # (metrics, checkpoint folder or None) after each validated epoch (Ray Tune); the last one, marked
+        # ``final``, only after results.json and the prompt files are written
+        self.report = report
+        self.finish = finish  # resume=True and stop here: evaluate the newest checkpoint as the run's end
+        self._last_saved: Path | None = None
         self._lock: DirLock | None = None
         run_on_main(self._take_output_dir)
         try:
@@ -226,11 +244,17 @@ class Trainer:
 
     # training --------------------------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
-        """Train (or continue), evaluate, write ``results.json`` and the prompt files; returns the results."""
+        """Train (or continue), evaluate, write ``results.json`` and the prompt files; returns the results.
+
+        With ``finish`` (a reason, e.g. a search scheduler's early stop) nothing more is trained: the newest
+        checkpoint's prompts are evaluated and recorded as stopped early at their epoch."""
         try:
-            return self._fit()
+            results = self._fit()
         finally:
             self.close()
+        if self.report is not None:
+            self.report(final_metrics(results), self._last_saved)
+        return results
 
     def _fit(self) -> dict[str, Any]:
         cfg, dist = self.cfg, self.dist
@@ -255,7 +279,12 @@ class Trainer:
 
             self.writer = SummaryWriter(str(self.out / "tensorboard"))
         run.start_session(self.resume_from)
-        if loader is not None and loader.epoch < self.epochs and not self._stop_early():
+        if (
+            self.finish is None
+            and loader is not None
+            and loader.epoch < self.epochs
+            and not self._stop_early()
+        ):
             self._train(loader, run)
         run.end_session()
         return self._final_results(run)
@@ -289,7 +318,8 @@ class Trainer:
             if epoch_done:
                 run.epoch_loss = [0.0, 0]
             saved = self._save(loader, run) if self._checkpoint_due(run, loader, epoch_done) else None
-            if self.report is not None and metrics is not None:
+            self._last_saved = saved or self._last_saved
+            if self.report is not None and metrics is not None and loader.epoch < self.epochs:
                 self.report(metrics, saved)  # (after the checkpoint: a search can attach it)
             if self._stop_early():
                 break
@@ -312,7 +342,8 @@ class Trainer:
         self._log_scalars({f"val/{k}": v for k, v in val.items()}, epoch)
         if val and (run.best_val is None or val["top1"] > run.best_val["top1"]):
             run.best_epoch, run.best_val, run.best_prompts = epoch, val, self.model.snapshot()
-        return {"epoch": epoch, "train_loss": train_loss, **{f"val_{k}": v for k, v in val.items()}}
+        return {"epoch": epoch, "epochs": self.epochs, "train_loss": train_loss,
+                **{f"val_{k}": v for k, v in val.items()}}  # fmt: skip
 
     def _validation_due(self, epoch: int) -> bool:
         every = self.cfg.eval.every_epochs
@@ -342,7 +373,9 @@ class Trainer:
 
     def _finished_results(self, run: RunProgress) -> dict[str, Any] | None:
         """A resumed run with nothing left to train whose results.json came from this checkpoint: a no-op."""
-        nothing_left = not self.trainable or run.epoch >= self.epochs or self._stop_early()
+        nothing_left = (
+            not self.trainable or run.epoch >= self.epochs or self._stop_early() or self.finish is not None
+        )
         path = self.out / "results.json"
         if not nothing_left or not path.is_file():
             return None
@@ -385,7 +418,7 @@ class Trainer:
             steps=self.engine.global_steps if self.engine is not None else 0, checkpoint=run.last_tag,
             data=describe_data(self.setting), best_val_epoch=run.best_epoch, history=run.history,
             zero_shot=SelectionResult.parse(self.zero_shot, setting, "zero_shot", where) if self.zero_shot else None,
-            config=cfg.to_dict(), config_changes=self.config_changes,
+            config=cfg.to_dict(), config_changes=self.config_changes, stopped_early=self._stopped_early(run),
             timing={
                 "train_seconds": run.train_seconds,
                 "images_per_second": run.images_seen / run.train_seconds if run.images_seen else 0.0,
@@ -398,6 +431,11 @@ class Trainer:
             logger.info("results: %s", self.out / "results.json")
         barrier()
         return result
+
+    def _stopped_early(self, run: RunProgress) -> dict[str, Any] | None:
+        if self.finish is None or not self.trainable or run.epoch >= self.epochs:
+            return None
+        return {"epoch": run.epoch, "of": self.epochs, "reason": self.finish}
 
     def _save(self, loader: ShardLoader, run: RunProgress) -> Path:
         run.save_index += 1

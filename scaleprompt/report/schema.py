@@ -133,6 +133,8 @@ class RunResult:
     zero_shot: SelectionResult | None = None
     config: dict[str, Any] = field(default_factory=dict)
     config_changes: list[dict[str, Any]] = field(default_factory=list)
+    # a search trial stopped by its scheduler: {"epoch": k, "of": planned epochs, "reason": ...}; None = finished
+    stopped_early: dict[str, Any] | None = None
     timing: dict[str, Any] = field(default_factory=dict)
     format: str = RUN_FORMAT
 
@@ -176,6 +178,12 @@ class RunResult:
             for s in SELECTIONS
             if raw.get(s) is not None
         }
+        stopped = data.get("stopped_early")
+        if stopped is not None and not (
+            isinstance(stopped, Mapping) and isinstance(stopped.get("epoch"), int)
+        ):
+            raise ResultsError(f"{src}: 'stopped_early' must be null or an object with an integer 'epoch', got "
+                               f"{stopped!r}")  # fmt: skip
         zero_shot = data.get("zero_shot")
         known = {
             k: data[k] for k in cls.__dataclass_fields__ if k in data and k not in ("results", "zero_shot")

@@ -16,7 +16,7 @@ null (no validation split); it is checked when present but never tabulated (it i
 Pipeline (every step a pure function)::
 
     runs = load_runs(["runs/", "more/*/results.json"])      # validated dicts; "_path" = the file read
-    rows = aggregate(runs, selection="last", metric="top1")  # one Row per (setting, method, dataset, shots, backbone)
+    rows = aggregate(runs, selection="last", metric="top1")  # one Row per group (and variant), over its seeds
     tables = make_tables(rows, "base2new")                  # or base2new_tables / fewshot_tables / transfer_tables
     to_markdown(tables), to_csv(tables)
 
@@ -27,6 +27,12 @@ Conventions (also written under every table):
 
 * A cell is the mean ± the sample standard deviation (n - 1) over seeds; with one seed the std is 0.00. The
   "Seeds" column gives the number of seeds behind the row's cells (a range when they differ).
+* Variants: runs are grouped by (setting, method, dataset, shots, backbone, pretrained), and within a group only
+  runs of the same configuration are averaged over seeds. The run configs (``results.json`` ``config``,
+  flattened) are compared, ignoring :data:`VARIANT_IGNORED` (the seed, paths, logging, checkpointing, ...); the
+  fields whose values differ define the variants, each its own row labelled ``provp_ref (depth=2, lr=0.05)``.
+  A run stopped early by a search scheduler (``stopped_early``) is its own variant (``...; stopped at epoch 1``),
+  never averaged with finished runs. A group whose runs share one configuration keeps the plain method label.
 * "Backbone" is the model name AND its pretrained tag: runs of ViT-B-16/openai and ViT-B-16/laion2b are never
   averaged together (they land in separate tables).
 * The selection (last epoch / best validation epoch) is in every table title. With ``best_val``, runs that have
@@ -49,14 +55,16 @@ import glob
 import io
 import json
 import logging
+import re
 import statistics
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from scaleprompt.data.datasets import BENCHMARKS, DG_TARGETS
 from scaleprompt.data.protocols import harmonic_mean
+from scaleprompt.engine.identity import MAY_CHANGE, flatten
 from scaleprompt.report.schema import METRICS, SELECTIONS, ResultsError, RunResult
 
 logger = logging.getLogger("scaleprompt.report.tables")  # not __name__: "__main__" under -m
@@ -166,10 +174,12 @@ class Stat:
 
 @dataclass
 class Row:
-    """One (setting, method, dataset, shots, backbone + pretrained) group over its seeds.
+    """One (setting, method, dataset, shots, backbone + pretrained) group — one variant of it — over its seeds.
 
     ``values``: fewshot -> ``test``; base2new -> ``base``, ``novel``, ``hm`` (the per-seed HMs of the chosen
     metric); transfer -> ``test`` (source). ``targets`` (transfer): one :class:`Stat` per target dataset.
+    ``variant``: what sets this row's runs apart from the other runs of its group (``"depth=2, lr=0.05"``,
+    ``"lr=0.05; stopped at epoch 1"``); ``""`` when the group's runs share one configuration.
     """
 
     setting: str
@@ -184,10 +194,16 @@ class Row:
     values: dict[str, Stat]
     targets: dict[str, Stat] = field(default_factory=dict)
     paths: tuple[str, ...] = ()
+    variant: str = ""
 
     @property
     def n(self) -> int:
         return len(self.seeds)
+
+    @property
+    def label(self) -> str:
+        """The Method column: ``"provp_ref"``, or ``"provp_ref (depth=2, lr=0.05)"`` for a variant."""
+        return variant_label(self.method, self.variant)
 
     @property
     def hm_of_means(self) -> float:
@@ -203,26 +219,196 @@ def _ordered(names: Iterable[str], preferred: Sequence[str]) -> list[str]:
     return sorted(set(names), key=lambda n: _order(n, preferred))
 
 
-def _describe(key: tuple[Any, ...]) -> str:
+def variant_label(method: str, variant: str) -> str:
+    return f"{method} ({variant})" if variant else method
+
+
+def _describe(key: tuple[Any, ...], variant: str = "") -> str:
     setting, method, dataset, shots, backbone, pretrained = key
-    return f"{setting} {method} on {dataset} ({shots} shots, {backbone}/{pretrained})"
+    return f"{setting} {variant_label(method, variant)} on {dataset} ({shots} shots, {backbone}/{pretrained})"
+
+
+# ----------------------------------------------------------------------------------------------- variants
+
+# Run-config fields (flattened ``RunConfig.to_dict()`` keys) that do NOT define the experiment: runs of one group
+# that differ only in these are seeds of one configuration and are averaged together. It is
+# identity.MAY_CHANGE — output / cache / data paths, logging and TensorBoard, checkpoint frequency and retention,
+# evaluation frequency and batch size, extra transfer targets and their root, gradient checkpointing — plus
+# ``train.seed`` (what is averaged over), minus :data:`VARIANT_DEFINING_MAY_CHANGE`.
+VARIANT_DEFINING_MAY_CHANGE = frozenset({
+    "optim.epochs",  # a resume may extend it, but the results.json config holds the final value: what was trained
+    "train.max_steps",  # > 0 stops training after that many steps: different numbers
+})  # fmt: skip
+VARIANT_IGNORED: frozenset[str] = (MAY_CHANGE - VARIANT_DEFINING_MAY_CHANGE) | {"train.seed"}
+# ... except, per selection, the fields that change which epoch it picks (validating every 2 epochs instead of
+# every epoch can choose another best_val epoch; it cannot change the last epoch)
+SELECTION_DEFINING: dict[str, frozenset[str]] = {
+    "last": frozenset(),
+    "best_val": frozenset({"eval.every_epochs"}),
+}
+_ABSENT = "<absent>"  # the comparison key of a field a run's config does not have
+
+
+def ignored_fields(selection: str) -> frozenset[str]:
+    """The config fields that do not tell variants apart when tabulating ``selection``."""
+    return VARIANT_IGNORED - SELECTION_DEFINING.get(selection, frozenset())
+
+
+@dataclass
+class _Member:
+    run: Mapping[str, Any]
+    result: Mapping[str, Any]
+    source: str
+
+
+def _canon(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _experiment_config(run: Mapping[str, Any], ignored: frozenset[str]) -> dict[str, Any]:
+    """The run's flattened config without the ignored fields (and without empty sections: ``method.args: {}``)."""
+    config = run.get("config")
+    flat = flatten(dict(config)) if isinstance(config, Mapping) else {}
+    return {k: v for k, v in flat.items() if k not in ignored and v != {}}
+
+
+def _resolved_args(run: Mapping[str, Any]) -> dict[str, Any] | None:
+    """``method.args.*`` with the method's defaults filled in (so ``depth`` given as its default and ``depth`` left
+    out are one configuration), or None when the method or its args cannot be resolved here."""
+    try:
+        from scaleprompt.config import to_dict
+        from scaleprompt.methods import make_config
+
+        args = run["config"]["method"].get("args") or {}
+        return flatten(to_dict(make_config(run["method"], args)), "method.args.")
+    except (ImportError, KeyError, TypeError, AttributeError, ValueError):  # ConfigError is a ValueError
+        return None
+
+
+def _with_args(flat: Mapping[str, Any], args: Mapping[str, Any]) -> dict[str, Any]:
+    """``flat`` with its ``method.args.*`` replaced by ``args``, in their place (after ``method.name``)."""
+    out: dict[str, Any] = {}
+    for k, v in flat.items():
+        if not k.startswith("method.args."):
+            out[k] = v
+        if k == "method.name":
+            out.update(args)
+    return out if "method.name" in flat else {**out, **args}
+
+
+def _differing(flats: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The keys (in config order) whose value — or presence — is not the same in all ``flats``."""
+    keys = list(dict.fromkeys(k for flat in flats for k in flat))
+    return [k for k in keys if len({_canon(flat[k]) if k in flat else _ABSENT for flat in flats}) > 1]
+
+
+def _format_value(value: Any, precise: bool) -> str:
+    """Compact (floats to 4 significant digits); ``precise``: the JSON text (every digit, strings quoted)."""
+    if precise:
+        return _canon(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, int | str):
+        return str(value)
+    if value is None:
+        return "null"
+    return json.dumps(value, separators=(",", ":"), default=str)
+
+
+def _stopped_at(run: Mapping[str, Any]) -> str:
+    """``"stopped at epoch k"`` for a search trial stopped early by its scheduler, ``""`` for a finished run.
+    (``stopped_early`` is optional in results.json: absent or null = finished.)"""
+    stopped = run.get("stopped_early")
+    if not stopped:
+        return ""
+    epoch = stopped.get("epoch") if isinstance(stopped, Mapping) else None
+    return f"stopped at epoch {epoch}" if epoch is not None else "stopped early"
+
+
+def _variant_labels(
+    keys: Sequence[str], values: Sequence[Mapping[str, Any]], stops: Sequence[str], precise: bool
+) -> list[str]:
+    names = {}
+    for k in keys:  # the last component, or the whole key when two differing keys share their last component
+        last = k.rsplit(".", 1)[-1]
+        names[k] = last if sum(1 for o in keys if o.rsplit(".", 1)[-1] == last) == 1 else k
+    labels = []
+    for flat, stop in zip(values, stops, strict=True):
+        shown = ", ".join(
+            f"{names[k]}={_format_value(flat[k], precise) if k in flat else 'unset'}" for k in keys
+        )
+        labels.append("; ".join(part for part in (shown, stop) if part))
+    return labels
+
+
+def _split_variants(
+    members: Sequence[_Member], selection: str, key: tuple[Any, ...] | None = None
+) -> dict[str, list[_Member]]:
+    """The runs of one group by variant label (``""``: all runs share one configuration).
+
+    The runs' flattened configs are compared without :func:`ignored_fields`; the fields whose values (or presence)
+    differ define the variants (``method.args`` compared with the method's defaults filled in when it can be
+    resolved). ``stopped_early`` is part of the variant. Labels: ``key=value`` per differing field (the key's last
+    component, the whole key when two differing keys share it), then ``stopped at epoch k``."""
+    ignored = ignored_fields(selection)
+    flats = [_experiment_config(m.run, ignored) for m in members]
+    differing = _differing(flats)
+    if any(k.startswith("method.args.") for k in differing):
+        for i, m in enumerate(members):
+            resolved = _resolved_args(m.run)
+            if resolved is not None:
+                flats[i] = _with_args(flats[i], resolved)
+        differing = _differing(flats)
+    stops = [_stopped_at(m.run) for m in members]
+    labels = _variant_labels(differing, flats, stops, precise=False)
+    distinct = {
+        (tuple(_canon(f.get(k)) if k in f else _ABSENT for k in differing), s)
+        for f, s in zip(flats, stops, strict=True)
+    }
+    if len(set(labels)) < len(distinct):  # e.g. values that differ only past 4 significant digits
+        labels = _variant_labels(differing, flats, stops, precise=True)
+    out: dict[str, list[_Member]] = {}
+    for label, m in zip(labels, members, strict=True):
+        out.setdefault(label, []).append(m)
+    if len(out) > 1 and key is not None:
+        logger.info(
+            "%s: %d variants (differing in %s)", _describe(key), len(out),
+            ", ".join([*differing, *(["stopped_early"] if any(stops) else [])]),
+        )  # fmt: skip
+    return out
+
+
+_NUMBER = re.compile(r"(-?\d+(?:\.\d+)?(?:e[-+]?\d+)?)")
+
+
+def _natural(label: str) -> tuple[tuple[int, float, str], ...]:
+    """Sort key: numbers in a label compare as numbers (``depth=2`` before ``depth=10``); ``""`` first."""
+    return tuple(
+        (0, float(part), "") if i % 2 else (1, 0.0, part)
+        for i, part in enumerate(_NUMBER.split(label))
+        if part
+    )
 
 
 def aggregate(
     runs: Iterable[Mapping[str, Any]], selection: Selection | str = "last", metric: Metric | str = "top1"
 ) -> list[Row]:
-    """Group runs by (setting, method, dataset, shots, backbone + pretrained) and take mean / sample std over
-    seeds of ``results[selection]`` in ``metric``.
+    """Group runs by (setting, method, dataset, shots, backbone + pretrained), split each group into its variants
+    (:func:`_split_variants`: runs whose configs differ in a field that defines the experiment, or that were
+    stopped early, are different variants), and take mean / sample std over the seeds of each variant of
+    ``results[selection]`` in ``metric``. One :class:`Row` per variant.
 
     Runs without ``results[selection]`` (``best_val`` of a run without validation) are left out and logged.
-    Two runs of one group with the same seed raise :class:`ResultsError` naming both files. Rows come sorted by
-    setting, backbone, method (papers' order), dataset, shots.
+    Two runs of one variant with the same seed raise :class:`ResultsError` naming both files. Rows come sorted by
+    setting, backbone, method (papers' order), variant, dataset, shots.
     """
     if selection not in SELECTIONS:
         raise ValueError(f"selection must be one of {list(SELECTIONS)}, got {selection!r}")
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {list(METRICS)}, got {metric!r}")
-    groups: dict[tuple[Any, ...], dict[int, tuple[Mapping[str, Any], str]]] = {}
+    groups: dict[tuple[Any, ...], list[_Member]] = {}
     skipped: list[str] = []
     for i, run in enumerate(runs):
         source = str(run.get("_path", f"<run {i}>"))
@@ -239,12 +425,7 @@ def aggregate(
             run["backbone"],
             run.get("pretrained"),
         )
-        members = groups.setdefault(key, {})
-        if run["seed"] in members:
-            raise ResultsError(
-                f"two runs of {_describe(key)} with seed {run['seed']}: {members[run['seed']][1]} and {source}"
-            )
-        members[run["seed"]] = (result, source)
+        groups.setdefault(key, []).append(_Member(run, result, source))
     if skipped:
         shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
         logger.warning(
@@ -253,18 +434,33 @@ def aggregate(
             selection,
             shown,
         )
-    rows = [_make_row(key, members, selection, metric) for key, members in groups.items()]
+    rows = []
+    for key, group in groups.items():
+        for variant, members in _split_variants(group, selection, key).items():
+            by_seed: dict[int, tuple[Mapping[str, Any], str]] = {}
+            for m in members:
+                seed = m.run["seed"]
+                if seed in by_seed:
+                    raise ResultsError(
+                        f"two runs of {_describe(key, variant)} with seed {seed}: {by_seed[seed][1]} and {m.source}"
+                    )
+                by_seed[seed] = (m.result, m.source)
+            rows.append(_make_row(key, by_seed, selection, metric, variant))
     rows.sort(
         key=lambda r: (
             SETTINGS.index(r.setting), r.backbone, r.pretrained or "", _order(r.method, METHOD_ORDER),
-            _order(r.dataset, DATASET_ORDER), r.shots,
+            _natural(r.variant), _order(r.dataset, DATASET_ORDER), r.shots,
         )
     )  # fmt: skip
     return rows
 
 
 def _make_row(
-    key: tuple[Any, ...], members: Mapping[int, tuple[Mapping[str, Any], str]], selection: str, metric: str
+    key: tuple[Any, ...],
+    members: Mapping[int, tuple[Mapping[str, Any], str]],
+    selection: str,
+    metric: str,
+    variant: str = "",
 ) -> Row:
     setting, method, dataset, shots, backbone, pretrained = key
     seeds = tuple(sorted(members))
@@ -291,6 +487,7 @@ def _make_row(
     return Row(
         setting=setting, method=method, dataset=dataset, shots=shots, backbone=backbone, pretrained=pretrained,
         selection=selection, metric=metric, seeds=seeds, values=values, targets=targets, paths=paths,
+        variant=variant,
     )  # fmt: skip
 
 
@@ -314,16 +511,29 @@ class Column:
     average: bool = False
 
 
+class TableRow(NamedTuple):
+    """A table line: the method, its variant (``""``: none; see :attr:`Row.variant`), one :class:`Cell` per
+    column."""
+
+    method: str
+    variant: str
+    cells: list[Cell]
+
+    @property
+    def label(self) -> str:
+        return variant_label(self.method, self.variant)
+
+
 @dataclass
 class Table:
-    """One paper-style table: ``rows`` = (method, one :class:`Cell` per column); ``keys`` = what identifies the
-    table (CSV key columns); ``notes`` = the conventions written under it."""
+    """One paper-style table: ``rows`` = one :class:`TableRow` per method (and variant); ``keys`` = what
+    identifies the table (CSV key columns); ``notes`` = the conventions written under it."""
 
     setting: str
     title: str
     keys: dict[str, str]
     columns: list[Column]
-    rows: list[tuple[str, list[Cell]]]
+    rows: list[TableRow]
     notes: list[str]
 
 
@@ -373,7 +583,21 @@ def _keys(setting: str, selection: str, metric: str, backbone: str, pretrained: 
     }  # fmt: skip
 
 
-def _common_notes(selection: str, tables_rows: Sequence[tuple[str, list[Cell]]]) -> list[str]:
+def _line_ids(group: Iterable[Row]) -> list[tuple[str, str]]:
+    """The (method, variant) lines of a table: papers' method order, then variants in natural order."""
+    ids = {(r.method, r.variant) for r in group}
+    return sorted(ids, key=lambda mv: (_order(mv[0], METHOD_ORDER), _natural(mv[1])))
+
+
+VARIANT_NOTE = (
+    "method (key=value, ...): a variant — runs of this method, dataset and shots whose configurations differ in "
+    "the fields shown (fields that do not change the numbers, such as the seed, paths, logging and checkpointing, "
+    'are not compared); each variant is averaged over its own seeds only. "stopped at epoch k": a search '
+    "trial stopped early by its scheduler after k epochs, never averaged with finished runs."
+)
+
+
+def _common_notes(selection: str, tables_rows: Sequence[TableRow]) -> list[str]:
     notes = [
         "Cells: mean ± sample standard deviation (n − 1) over seeds (± 0.00 with one seed); "
         f"Seeds: seeds per cell; {MISSING}: no runs.",
@@ -383,7 +607,9 @@ def _common_notes(selection: str, tables_rows: Sequence[tuple[str, list[Cell]]])
             "(never chosen on test); runs without validation are left out.",
         }[selection],
     ]
-    if any(c.partial for _, cells in tables_rows for c in cells):
+    if any(line.variant for line in tables_rows):
+        notes.append(VARIANT_NOTE)
+    if any(c.partial for line in tables_rows for c in line.cells):
         notes.append(
             "(k/N): the method has results on only k of the table's N datasets; its average covers those k "
             "and is not comparable with complete rows."
@@ -400,19 +626,19 @@ def base2new_tables(rows: Iterable[Row]) -> list[Table]:
         rows, "base2new", lambda r: (r.shots,)
     ).items():
         datasets = _ordered((r.dataset for r in group), DATASET_ORDER)
-        by = {(r.method, r.dataset): r for r in group}
+        by = {(r.method, r.variant, r.dataset): r for r in group}
         columns = [Column(f"Average {part}", True) for part in ("Base", "Novel", "HM")]
         columns += [Column(f"{d} {part}") for d in datasets for part in ("Base", "Novel", "HM")]
         body = []
-        for method in _ordered((r.method for r in group), METHOD_ORDER):
-            mine = [by[method, d] for d in datasets if (method, d) in by]
+        for method, variant in _line_ids(group):
+            mine = [by[method, variant, d] for d in datasets if (method, variant, d) in by]
             base = _average([r.values["base"].mean for r in mine], len(datasets))
             novel = _average([r.values["novel"].mean for r in mine], len(datasets))
             # every method of the table has >= 1 dataset, so both averages exist
             hm = Cell(harmonic_mean(base.mean or 0.0, novel.mean or 0.0), None, base.n, base.partial)
             cells = [base, novel, hm]
             for d in datasets:
-                r = by.get((method, d))
+                r = by.get((method, variant, d))
                 if r is None:
                     cells += [Cell(), Cell(), Cell()]
                 else:
@@ -422,7 +648,7 @@ def base2new_tables(rows: Iterable[Row]) -> list[Table]:
                         _stat_cell(v["novel"]),
                         _stat_cell(v["hm"], r.hm_of_means),
                     ]
-            body.append((method, cells))
+            body.append(TableRow(method, variant, cells))
         notes = _common_notes(selection, body) + [
             "HM = 2·B·N/(B+N) of the Base and Novel means shown (the papers' convention); its ± is the std over "
             "seeds of each seed's HM.",
@@ -445,27 +671,29 @@ def fewshot_tables(rows: Iterable[Row]) -> list[Table]:
     for (selection, metric, backbone, pretrained), group in _tables_by(rows, "fewshot", lambda r: ()).items():
         datasets = _ordered((r.dataset for r in group), DATASET_ORDER)
         all_shots = sorted({r.shots for r in group}, key=lambda k: (k <= 0, k))
-        by = {(r.method, r.dataset, r.shots): r for r in group}
+        by = {(r.method, r.variant, r.dataset, r.shots): r for r in group}
         pairs = [
             (d, k) for d in datasets for k in all_shots if any(r.dataset == d and r.shots == k for r in group)
         ]
         columns = [Column(f"{d} {shots_label(k)}") for d, k in pairs]
         columns += [Column(f"Average {shots_label(k)}", True) for k in all_shots]
         body = []
-        for method in _ordered((r.method for r in group), METHOD_ORDER):
+        for method, variant in _line_ids(group):
             cells = [
-                _stat_cell(by[method, d, k].values["test"] if (method, d, k) in by else None)
+                _stat_cell(
+                    by[method, variant, d, k].values["test"] if (method, variant, d, k) in by else None
+                )
                 for d, k in pairs
             ]
             for k in all_shots:
                 total = sum(1 for _, kk in pairs if kk == k)
                 means = [
-                    by[method, d, k].values["test"].mean
+                    by[method, variant, d, k].values["test"].mean
                     for d, kk in pairs
-                    if kk == k and (method, d, k) in by
+                    if kk == k and (method, variant, d, k) in by
                 ]
                 cells.append(_average(means, total))
-            body.append((method, cells))
+            body.append(TableRow(method, variant, cells))
         notes = _common_notes(selection, body) + [
             "Average k-shot: the average over datasets of the per-dataset means at k shots (no ±)."
         ]
@@ -497,10 +725,10 @@ def transfer_tables(rows: Iterable[Row]) -> list[Table]:
             Column("Average over targets", True),
         ]
         body = []
-        for r in sorted(group, key=lambda r: _order(r.method, METHOD_ORDER)):
+        for r in sorted(group, key=lambda r: (_order(r.method, METHOD_ORDER), _natural(r.variant))):
             cells = [_stat_cell(r.values["test"]), *(_stat_cell(r.targets.get(t)) for t in targets)]
             cells.append(_average([r.targets[t].mean for t in targets if t in r.targets], len(targets)))
-            body.append((r.method, cells))
+            body.append(TableRow(r.method, r.variant, cells))
         notes = _common_notes(selection, body) + [
             f"Source: test accuracy on {source}, the training dataset. Average over targets: the average of the "
             "per-target means, source excluded (no ±)."
@@ -560,8 +788,9 @@ def to_markdown(tables: Sequence[Table]) -> str:
             "| " + " | ".join(header) + " |",
             "|" + "|".join([":---", *("---:" for _ in header[1:])]) + "|",
         ]
-        for method, cells in t.rows:
-            row = [method, *(format_cell(c) for c in cells), _seeds_cell(t.columns, cells)]
+        for line in t.rows:
+            label = line.label.replace("|", "\\|")  # a "|" in a variant's value would end the cell
+            row = [label, *(format_cell(c) for c in line.cells), _seeds_cell(t.columns, line.cells)]
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
         lines += [f"- {note}" for note in t.notes]
@@ -577,8 +806,9 @@ def _number(x: float | int | None) -> str:
 
 def to_csv(tables: Sequence[Table]) -> str:
     """The tables as one CSV (stdlib ``csv``): key columns (setting, selection, metric, backbone, pretrained,
-    shots / source), ``method``, then per column ``<label> mean``, ``<label> std``, ``<label> n_seeds``
-    (averages: ``<label> mean``, ``<label> n_datasets``). Numbers with 4 decimals; empty = no runs."""
+    shots / source), ``method``, ``variant`` (only when some row is a variant: ``depth=2, lr=0.05``, empty for
+    the others), then per column ``<label> mean``, ``<label> std``, ``<label> n_seeds`` (averages:
+    ``<label> mean``, ``<label> n_datasets``). Numbers with 4 decimals; empty = no runs."""
     key_names: list[str] = []
     cell_columns: dict[str, Column] = {}
     for t in tables:
@@ -586,6 +816,8 @@ def to_csv(tables: Sequence[Table]) -> str:
         for c in t.columns:
             cell_columns.setdefault(c.label, c)
     header = [*key_names, "method"]
+    if any(line.variant for t in tables for line in t.rows):
+        header.append("variant")
     for c in cell_columns.values():
         header += [f"{c.label} mean", f"{c.label} n_datasets"] if c.average else [
             f"{c.label} mean", f"{c.label} std", f"{c.label} n_seeds"
@@ -594,9 +826,11 @@ def to_csv(tables: Sequence[Table]) -> str:
     writer = csv.DictWriter(out, fieldnames=header, lineterminator="\n", restval="")
     writer.writeheader()
     for t in tables:
-        for method, cells in t.rows:
-            record: dict[str, str] = {**t.keys, "method": method}
-            for col, cell in zip(t.columns, cells, strict=True):
+        for line in t.rows:
+            record: dict[str, str] = {**t.keys, "method": line.method}
+            if line.variant:
+                record["variant"] = line.variant
+            for col, cell in zip(t.columns, line.cells, strict=True):
                 record[f"{col.label} mean"] = _number(cell.mean)
                 if col.average:
                     record[f"{col.label} n_datasets"] = _number(cell.n)

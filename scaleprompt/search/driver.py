@@ -1,0 +1,338 @@
+"""The sweep driver: Ray Tune trials of the training engine, sampled by Optuna's TPE (through Ray's
+``OptunaSearch``, its study stored in ``<sweep>/optuna.db``), stopped early by ASHA (``epoch`` is its clock).
+
+:func:`run_search` checks the space against the recipe and the backbone (:func:`~scaleprompt.search.space.
+check_space`), writes the shards once, runs the trials (progress: a line per trial event), writes the results
+of the trials ASHA stopped (:func:`~scaleprompt.search.trial.finish_trial`), then the sweep's files
+(:mod:`scaleprompt.search.report`). A sweep in which no trial finished raises :class:`SearchFailed`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search.optuna import OptunaSearch
+
+from scaleprompt.config import ConfigError
+from scaleprompt.engine.checkpoint import atomic_json
+from scaleprompt.engine.config import load_run_config
+from scaleprompt.engine.run import build_setting
+from scaleprompt.errors import one_line
+from scaleprompt.search.options import SearchFailed, SearchOptions
+from scaleprompt.search.report import (
+    TrialRecord,
+    choose_best,
+    distinct_errors,
+    importances,
+    write_best_recipe,
+    write_plots,
+    write_report,
+    write_trials_csv,
+)
+from scaleprompt.search.space import SearchSpace, check_space, load_space
+from scaleprompt.search.trial import TrialJob, finish_trial, nest, run_trial, sample_of, trial_dirname
+
+logger = logging.getLogger(__name__)
+
+
+def init_ray(
+    address: str | None, dashboard: bool, num_cpus: int | None = None, port: int = 8265
+) -> str | None:
+    """Start (or join) Ray. A local start binds every listener, the dashboard included, to 127.0.0.1."""
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback-only listeners
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if ray.is_initialized():
+        return None
+    if address:
+        ray.init(address=address, log_to_driver=False)
+        return None
+    info = ray.init(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
+                    dashboard_port=port, log_to_driver=False)  # fmt: skip
+    url = getattr(info, "dashboard_url", None) if dashboard else None
+    if url:
+        url = url if url.startswith("http") else f"http://{url}"
+        logger.info("Ray dashboard: %s", url)
+    return url
+
+
+class SweepSearcher(OptunaSearch):
+    """Ray's OptunaSearch that tells Optuna what happened: a trial the scheduler stopped early is PRUNED (Optuna
+    keeps its last intermediate value; it is not a COMPLETE trial comparable with finished ones) and a trial
+    that failed with a configuration / data error is FAIL (its report is marked ``failed``)."""
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if result and result.get("failed"):
+            return super().on_trial_complete(trial_id, None, error=True)
+        if result and (not result.get("final") or result.get("stopped_early")):
+            # Tune hands a stopping result to on_trial_complete only: record it as the last intermediate value
+            self.on_trial_result(trial_id, result)
+            return super().on_trial_complete(trial_id, None, error=False)  # (no value: PRUNED)
+        return super().on_trial_complete(trial_id, result, error)
+
+
+class Progress(tune.Callback):
+    """A log line per trial event (started, epoch k validated, stopped early, failed, retried, finished)."""
+
+    def __init__(self, space: SearchSpace, total: int) -> None:
+        self.metric, self.total, self.started = space.metric, total, 0
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.started += 1
+        params = " ".join(f"{k.split('.')[-1]}={_fmt(v)}" for k, v in sample_of(trial.config).items())
+        logger.info("[%d/%d] trial %s started: %s", self.started, self.total, trial.trial_id, params)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if result.get("failed") or result.get("final"):
+            return
+        logger.info("trial %s epoch %s/%s: %s %.2f (train loss %.4g)", trial.trial_id, result.get("epoch"),
+                    result.get("epochs"), self.metric, result.get(self.metric, float("nan")),
+                    result.get("train_loss", float("nan")))  # fmt: skip
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        last = trial.last_result or {}
+        if last.get("failed"):
+            logger.info("trial %s FAILED (not retried): %s", trial.trial_id, last["failed"])
+        elif last.get("final"):
+            logger.info("trial %s finished: epoch %s, %s %.2f", trial.trial_id, last.get("epoch"), self.metric,
+                        last.get(self.metric, float("nan")))  # fmt: skip
+        else:
+            logger.info("trial %s stopped early at epoch %s by ASHA (%s %.2f)", trial.trial_id, last.get("epoch"),
+                        self.metric, last.get(self.metric, float("nan")))  # fmt: skip
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        logger.info("trial %s: infrastructure fault (%s); retrying from its last checkpoint (failure %d of at "
+                    "most %d)", trial.trial_id, _error_line(trial), trial.num_failures, trial.max_failures)  # fmt: skip
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        logger.info("trial %s FAILED after %d attempt(s): %s", trial.trial_id, trial.num_failures,
+                    _error_line(trial))  # fmt: skip
+
+
+def _error_line(trial: Any) -> str:
+    try:
+        error = trial.get_pickled_error() or trial.get_error()
+    except Exception:  # (an unreadable error file)
+        error = None
+    return one_line(error).splitlines()[0][:300] if error else "unknown error"
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def tune_space(space: SearchSpace) -> dict[str, Any]:
+    out = {}
+    for key, spec in space.params.items():
+        if spec.type == "categorical":
+            out[key] = tune.choice(list(spec.values or []))
+        elif spec.type == "int":
+            out[key] = tune.randint(int(spec.range[0]), int(spec.range[1]) + 1)
+        elif spec.type == "loguniform":
+            out[key] = tune.loguniform(*spec.range)
+        else:
+            out[key] = tune.uniform(*spec.range)
+    return nest(out)
+
+
+def _sweep_record(
+    space_path: str | Path, recipe: str | None, overrides: Sequence[str], opts: SearchOptions
+) -> dict:
+    return {"space": str(Path(space_path).resolve()), "recipe": recipe, "overrides": list(overrides),
+            "num_samples": opts.num_samples, "seed": opts.seed}  # fmt: skip
+
+
+def _claim_sweep(sweep: Path, record: dict[str, Any], resume: bool) -> None:
+    """A fresh sweep never reuses a sweep's folder; a resumed one must be the same sweep."""
+    path = sweep / "sweep.json"
+    if path.is_file():
+        if not resume:
+            raise ConfigError(
+                f"{sweep} already holds a sweep: pass --resume to continue it, or another --name"
+            )
+        saved = json.loads(path.read_text())
+        diffs = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in record.items() if saved.get(k) != v]
+        if diffs:
+            raise ConfigError(f"--resume of {sweep} with different settings: {'; '.join(diffs)}")
+        return
+    sweep.mkdir(parents=True, exist_ok=True)
+    atomic_json(path, record)
+
+
+def run_search(space_path: str | Path, recipe: str | Path | None, overrides: Sequence[str] = (),
+               options: SearchOptions | None = None, ds_config: dict | None = None) -> dict[str, Any]:  # fmt: skip
+    """Run (or resume) a sweep; returns its summary (also in ``<sweep>/summary.json``)."""
+    opts = options or SearchOptions()
+    recipe = str(Path(recipe).resolve()) if recipe else None
+    overrides = list(overrides)
+    space = load_space(space_path)
+    base = load_run_config(recipe, overrides)
+    check_space(
+        space, recipe, overrides, ["a class"], ["a photo of a {}."]
+    )  # in seconds, before any data work
+    setting = build_setting(base)  # every shard folder once, before the trials share the cache
+    space = check_space(
+        space, recipe, overrides, setting.classnames, setting.templates
+    )  # (the real class names)
+    logger.info("search space %s checked on %s (%s): %s", space.name, base.model.name, base.method.name,
+                ", ".join(f"{k} {s.describe()}" for k, s in space.params.items()))  # fmt: skip
+    name = opts.name or f"{space.name}-{base.method.name}"
+    storage = Path(opts.storage).resolve()
+    sweep = storage / name
+    _claim_sweep(sweep, _sweep_record(space_path, recipe, overrides, opts), opts.resume)
+    init_ray(opts.address, opts.dashboard, port=opts.dashboard_port)
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # (with verbose=0: Tune prints nothing; Progress does)
+    workers = opts.workers
+    job = TrialJob(recipe, tuple(overrides), space, ds_config, workers, opts.cpus_per_trial / workers,
+                   opts.gpus_per_trial / workers)  # fmt: skip
+    # a multi-worker trial's own process only drives Ray Train: its workers hold the trial's CPUs/GPUs
+    # (Ray wants a non-empty bundle: the driver reserves memory only)
+    resources: dict[str, float] = (
+        {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial}
+        if workers == 1
+        else {"cpu": 0.0, "memory": 256.0 * 2**20}
+    )
+    trainable = tune.with_resources(tune.with_parameters(run_trial, job=job), resources)
+    study_file = Path(opts.optuna_storage).resolve() if opts.optuna_storage else sweep / "optuna.db"
+    study_url = f"sqlite:///{study_file}"
+    if opts.resume and tune.Tuner.can_restore(str(sweep)):
+        tuner = tune.Tuner.restore(str(sweep), trainable, resume_errored=True, resume_unfinished=True)
+    else:
+        from optuna.storages import RDBStorage
+
+        study_file.parent.mkdir(parents=True, exist_ok=True)
+        searcher = ConcurrencyLimiter(
+            SweepSearcher(metric=space.metric, mode=space.mode, seed=opts.seed, study_name=name,
+                          storage=RDBStorage(study_url)),  # (a storage object, not a URL)
+            max_concurrent=opts.max_concurrent,
+        )  # fmt: skip
+        max_epochs = max(1, base.optim.epochs, *_searched_epochs(space))
+        scheduler = ASHAScheduler(time_attr="epoch", max_t=max_epochs, grace_period=opts.grace_epochs)
+        tuner = tune.Tuner(
+            trainable,
+            param_space=tune_space(space),
+            tune_config=tune.TuneConfig(metric=space.metric, mode=space.mode, search_alg=searcher,
+                                        scheduler=scheduler, num_samples=opts.num_samples,
+                                        trial_dirname_creator=trial_dirname),
+            run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0,
+                                      callbacks=[] if opts.quiet else [Progress(space, opts.num_samples)],
+                                      failure_config=tune.FailureConfig(max_failures=opts.max_failures)),
+        )  # fmt: skip
+    grid = tuner.fit()
+    trials = _records(grid)
+    _finish_stopped(trials, job, opts)
+    study = optuna.load_study(study_name=name, storage=study_url)
+    return summarize(trials, space, recipe, overrides, sweep, study, opts)
+
+
+def _searched_epochs(space: SearchSpace) -> list[int]:
+    spec = space.params.get("optim.epochs")
+    if spec is None:
+        return []
+    return [int(v) for v in spec.extremes()]
+
+
+def _records(grid: Any) -> list[TrialRecord]:
+    """The trials from Tune's ResultGrid (its dataframe gives Tune's own columns)."""
+    frame = grid.get_dataframe()
+    extra = {}
+    if len(frame) and "trial_id" in frame:
+        columns = [c for c in ("training_iteration", "time_total_s", "hostname") if c in frame]
+        starts = {
+            r["trial_id"]: r.get("timestamp", 0) - r.get("time_total_s", 0) for _, r in frame.iterrows()
+        }
+        extra = {row["trial_id"]: {c: row[c] for c in columns} for _, row in frame.iterrows()}
+        for trial_id, start in starts.items():
+            extra[trial_id]["start"] = start
+    trials = []
+    for result in grid:
+        metrics = dict(result.metrics or {})
+        trial_id = metrics.get("trial_id") or Path(result.path).name
+        error = f"{type(result.error).__name__}: {one_line(result.error)}" if result.error else None
+        record = TrialRecord(trial_id, sample_of(result.config), metrics,
+                             Path(result.path), error, extra=extra.get(trial_id, {}))  # fmt: skip
+        record.extra["checkpoint"] = result.checkpoint
+        trials.append(record)
+    trials.sort(key=lambda t: (t.extra.get("start", 0.0), t.trial_id))
+    return trials
+
+
+def _read_results(trial: TrialRecord) -> None:
+    path = trial.path / "run" / "results.json"
+    trial.results = json.loads(path.read_text()) if path.is_file() else None
+
+
+def _finish_stopped(trials: list[TrialRecord], job: TrialJob, opts: SearchOptions) -> None:
+    """Write the results of the trials ASHA stopped (Ray tasks with a trial's resources, in parallel)."""
+    pending = {}
+    for trial in trials:
+        _read_results(trial)
+        if trial.kind != "stopped" or (trial.results and trial.results.get("stopped_early")):
+            continue
+        reason = f"stopped early by the ASHA scheduler after epoch {trial.epoch}"
+        single = job.workers == 1
+        task = ray.remote(finish_trial).options(
+            num_cpus=opts.cpus_per_trial if single else 0, num_gpus=opts.gpus_per_trial if single else 0
+        )
+        config = nest(trial.params)
+        pending[task.remote(config, job, str(trial.path), trial.extra.get("checkpoint"), reason)] = trial
+    if pending:
+        logger.info("writing the results of %d trial(s) stopped early", len(pending))
+    for ref, trial in pending.items():
+        try:
+            ray.get(ref)
+        except Exception as exc:  # the sweep's own files are still written; the trial says what is missing
+            trial.extra["finish_error"] = one_line(exc)[:300]
+            logger.warning(
+                "trial %s: its results could not be written: %s", trial.trial_id, trial.extra["finish_error"]
+            )
+        _read_results(trial)
+
+
+def summarize(trials: list[TrialRecord], space: SearchSpace, recipe: str | None, overrides: list[str], sweep: Path,
+              study: Any, opts: SearchOptions) -> dict[str, Any]:  # fmt: skip
+    for trial in trials:
+        trial.extra.pop("checkpoint", None)
+        trial.extra.pop("start", None)
+    write_trials_csv(trials, space, sweep / "trials.csv")
+    best = choose_best(trials, space.metric, space.mode)
+    counts = {k: sum(t.kind == k for t in trials) for k in ("finished", "stopped", "failed")}
+    summary: dict[str, Any] = {"sweep": str(sweep), "trials": len(trials), **counts,
+                               "errors": distinct_errors(trials), "metric": space.metric, "mode": space.mode}  # fmt: skip
+    if best is not None:
+        recipe_path = write_best_recipe(recipe, overrides, space, best, sweep, opts.keep_sweep_schedule)
+        summary.update(best_trial=best.trial_id, best_params=best.params, best_metric=best.value(space.metric),
+                       best_test=best.test_numbers(), best_run=str(best.path / "run"),
+                       best_recipe=str(recipe_path))  # fmt: skip
+    summary["importances"] = {k.replace("/", "."): v for k, v in importances(study).items()}
+    plots, skipped = write_plots(study, sweep / "plots")
+    summary["plots"], summary["plots_skipped"] = [str(p) for p in plots], skipped
+    summary["report"] = str(write_report(trials, space, best, sweep, recipe, overrides, plots))
+    atomic_json(sweep / "summary.json", json.loads(json.dumps(summary, default=str)))
+    _log_table(trials, space)
+    if best is None:
+        errors = "; ".join(f"{len(ids)} x {message}" for message, ids in summary["errors"].items())
+        raise SearchFailed(f"no trial of the sweep finished ({counts['failed']} failed: {errors or 'no errors'}); "
+                           f"see {sweep / 'report.md'}")  # fmt: skip
+    logger.info("best %s = %.2f (trial %s); report: %s; recipe: %s", space.metric, summary["best_metric"],
+                best.trial_id, summary["report"], summary["best_recipe"])  # fmt: skip
+    return summary
+
+
+def _log_table(trials: Sequence[TrialRecord], space: SearchSpace) -> None:
+    keys = list(space.params)
+    header = ["trial", "status", *[k.split(".")[-1] for k in keys], space.metric]
+    rows = [[t.trial_id, t.status[:60], *[_fmt(t.params.get(k)) for k in keys],
+             "-" if t.value(space.metric) is None else f"{t.value(space.metric):.2f}"] for t in trials]  # fmt: skip
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        logger.info("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))

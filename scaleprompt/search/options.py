@@ -1,0 +1,66 @@
+"""How a sweep runs: :class:`SearchOptions` (``tune/ablation.py`` / ``scaleprompt tune`` build their flags from its
+fields, defaults and help) and :class:`SearchFailed`. Imports neither Ray nor torch: ``--help`` and a bad flag
+answer at once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from scaleprompt.config import check_types, require
+from scaleprompt.errors import ScalepromptError
+
+
+class SearchFailed(ScalepromptError):
+    """No trial of the sweep finished (the message summarises the distinct errors)."""
+
+
+def _opt(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class SearchOptions:
+    """How a sweep runs (``tune/ablation.py`` / ``scaleprompt tune`` build their flags from these fields)."""
+
+    num_samples: int = _opt(8, "trials to sample")
+    max_concurrent: int = _opt(2, "trials running at once")
+    cpus_per_trial: float = _opt(1.0, "CPUs of a trial (its torch threads)")
+    gpus_per_trial: float = _opt(0.0, "GPUs of a trial: a fraction, or a whole number (> 1: one worker each)")
+    workers_per_trial: int = _opt(0, "> 1: each trial is a Ray Train run of this many DeepSpeed workers "
+                                     "(0: one per GPU when --gpus-per-trial > 1, else 1)")  # fmt: skip
+    storage: str = _opt("runs/search", "folder of the sweeps; a sweep is <storage>/<name>")
+    name: str | None = _opt(None, "sweep name (default: <space>-<method>)")
+    resume: bool = _opt(False, "continue a killed sweep (same space, recipe and overrides)")
+    seed: int = _opt(0, "seed of Optuna's TPE sampler")
+    max_failures: int = _opt(2, "retries of a trial after an infrastructure fault (a killed worker, a lost "
+                                "node, out of memory); configuration / data errors are never retried")  # fmt: skip
+    grace_epochs: int = _opt(1, "ASHA: epochs every trial trains before it can be stopped early")
+    keep_sweep_schedule: bool = _opt(False, "best_recipe.yaml keeps the sweep's optim.epochs / train.max_steps "
+                                            "overrides (default: the base recipe's schedule)")  # fmt: skip
+    address: str | None = _opt(None, "join an existing Ray cluster (ray start ...) instead of starting one")
+    dashboard: bool = _opt(False, "start the Ray dashboard on 127.0.0.1")
+    dashboard_port: int = _opt(8265, "port of the Ray dashboard")
+    optuna_storage: str | None = _opt(None, "sqlite file of the Optuna study (default: <sweep>/optuna.db; "
+                                            "view it with optuna-dashboard sqlite:///FILE)")  # fmt: skip
+    quiet: bool = _opt(False, "no per-trial progress lines")
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        for name in ("num_samples", "max_concurrent", "grace_epochs"):
+            require(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        require(self.cpus_per_trial > 0, "cpus_per_trial", f"must be > 0, got {self.cpus_per_trial}")
+        require(self.gpus_per_trial >= 0, "gpus_per_trial", f"must be >= 0, got {self.gpus_per_trial}")
+        require(self.max_failures >= 0, "max_failures", f"must be >= 0, got {self.max_failures}")
+        require(
+            self.workers_per_trial >= 0, "workers_per_trial", f"must be >= 0, got {self.workers_per_trial}"
+        )
+        if self.gpus_per_trial > 1:
+            require(self.gpus_per_trial == int(self.gpus_per_trial), "gpus_per_trial",
+                    f"more than one GPU per trial must be a whole number, got {self.gpus_per_trial}")  # fmt: skip
+
+    @property
+    def workers(self) -> int:
+        if self.workers_per_trial:
+            return self.workers_per_trial
+        return int(self.gpus_per_trial) if self.gpus_per_trial > 1 else 1

@@ -1,0 +1,333 @@
+"""What a sweep leaves behind, from its trials: ``trials.csv``, ``summary.json``, ``best_recipe.yaml``,
+``report.md`` (the papers' ablation tables) and ``plots/`` (Optuna's own figures of the searcher's study).
+
+Statuses: ``finished`` (the trial trained its whole schedule and wrote its results), ``stopped early at epoch k``
+(the scheduler stopped it; its results are the prompts of epoch k, never comparable with finished trials),
+``failed: <error>`` (a configuration / data error, not retried, or an infrastructure fault after its retries).
+
+The best trial (:func:`choose_best`): among the FINISHED trials only, the best value of the space's metric
+(validation split) at the trial's last epoch -- the prompts a run of the recipe ends with, and the number the
+searcher optimised; ties go to the earlier trial. Test numbers are reported, never used for selection.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import statistics
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+from optuna.visualization import matplotlib as ovm
+
+from scaleprompt.engine.config import load_run_config
+from scaleprompt.search.space import SearchSpace, trial_overrides
+
+logger = logging.getLogger(__name__)
+
+# the sweep-command overrides a best recipe drops (the sweep's shortened schedule), unless asked to keep them
+SCHEDULE_KEYS = ("optim.epochs", "train.max_steps")
+
+
+@dataclass
+class TrialRecord:
+    """One trial as the sweep ended: its sampled parameters, last result, status and run folder."""
+
+    trial_id: str
+    params: dict[str, Any]
+    metrics: dict[str, Any]
+    path: Path
+    error: str | None = None  # a Tune error: an infrastructure fault whose retries ran out
+    results: dict[str, Any] | None = None  # <path>/run/results.json
+    extra: dict[str, Any] = field(default_factory=dict)  # Tune's own columns (time, iterations)
+
+    @property
+    def kind(self) -> str:
+        if self.error or self.metrics.get("failed") or not self.metrics:
+            return "failed"
+        return (
+            "finished" if self.metrics.get("final") and not self.metrics.get("stopped_early") else "stopped"
+        )
+
+    @property
+    def status(self) -> str:
+        if self.kind == "failed":
+            return f"failed: {self.failure}"
+        if self.kind == "stopped":
+            return f"stopped early at epoch {self.epoch}"
+        return "finished"
+
+    @property
+    def failure(self) -> str:
+        return self.error or self.metrics.get("failed") or "no result reported"
+
+    @property
+    def epoch(self) -> int:
+        return int(self.metrics.get("stopped_early") or self.metrics.get("epoch") or 0)
+
+    def value(self, metric: str) -> float | None:
+        x = self.metrics.get(metric)
+        return float(x) if isinstance(x, int | float) and math.isfinite(x) else None
+
+    def test_numbers(self) -> dict[str, float]:
+        """Test accuracy (top-1) of the prompts the trial ended with (results.last), by split."""
+        if not self.results:
+            return {}
+        last = self.results["results"]["last"]
+        out = {f"test_{split}": last[split]["top1"] for split in ("test", "base", "novel") if split in last}
+        if "hm" in last:
+            out["test_hm"] = last["hm"]
+        for name, acc in (last.get("targets") or {}).items():
+            out[f"test_{name}"] = acc["top1"]
+        return out
+
+
+def choose_best(trials: Sequence[TrialRecord], metric: str, mode: str) -> TrialRecord | None:
+    """The module docstring's rule: finished trials only, best metric at their last epoch, earliest on ties."""
+    done = [t for t in trials if t.kind == "finished" and t.value(metric) is not None]
+    if not done:
+        return None
+    sign = 1.0 if mode == "max" else -1.0
+    return max(done, key=lambda t: (sign * t.value(metric), -trials.index(t)))  # type: ignore[operator]
+
+
+def distinct_errors(trials: Iterable[TrialRecord]) -> dict[str, list[str]]:
+    errors: dict[str, list[str]] = {}
+    for t in trials:
+        if t.kind == "failed":
+            errors.setdefault(t.failure, []).append(t.trial_id)
+    return errors
+
+
+def write_trials_csv(trials: Sequence[TrialRecord], space: SearchSpace, out: Path) -> Path:
+    """One row per trial: trial id, status, the sampled parameters, the last result, test numbers, Tune's
+    columns and the trial folder."""
+    rows = []
+    for t in trials:
+        row: dict[str, Any] = {"trial_id": t.trial_id, "status": t.status}
+        row.update({f"param.{k}": t.params.get(k) for k in space.params})
+        row.update({k: t.metrics.get(k) for k in ("epoch", "epochs", "train_loss") if k in t.metrics})
+        row.update({k: v for k, v in t.metrics.items() if k.startswith("val_")})
+        row.update(t.test_numbers())
+        row.update(t.extra)
+        row["trial_dir"] = str(t.path)
+        rows.append(row)
+    keys: list[str] = []
+    for row in rows:
+        keys += [k for k in row if k not in keys]
+    with out.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+    return out
+
+
+def write_best_recipe(recipe: str | None, overrides: Sequence[str], space: SearchSpace, best: TrialRecord,
+                      sweep: Path, keep_schedule: bool = False) -> Path:  # fmt: skip
+    """The base recipe + the sweep's overrides + the best parameters, with the BASE recipe's schedule (the sweep's
+    ``optim.epochs`` / ``train.max_steps`` overrides are dropped unless ``keep_schedule``)."""
+    dropped = [] if keep_schedule else [o for o in overrides if o.split("=", 1)[0].strip() in SCHEDULE_KEYS]
+    kept = [o for o in overrides if o not in dropped]
+    base = load_run_config(recipe, kept)
+    params = trial_overrides(space, base, best.params)
+    cfg = load_run_config(recipe, [*kept, *params])
+    data = cfg.to_dict()
+    data["train"]["output_dir"] = str(sweep / "best")
+    value = best.value(space.metric)
+    header = [
+        "# Best configuration of an ablation sweep; run it with scaleprompt/train.py --config <this file>",
+        f"# sweep: {sweep}  (report.md, trials.csv)",
+        f"# trial: {best.trial_id}, {space.metric} = {value:.4g} after {best.epoch} epochs ({best.path})",
+        f"# base recipe: {recipe or '(defaults)'}",
+        f"# searched: {' '.join(params)}",
+        f"# sweep overrides kept: {' '.join(kept) or '-'}",
+        f"# sweep overrides dropped (its shortened schedule; --keep-sweep-schedule keeps them): "
+        f"{' '.join(dropped) or '-'}",
+    ]
+    out = sweep / "best_recipe.yaml"
+    out.write_text("\n".join(header) + "\n" + yaml.safe_dump(data, sort_keys=False))
+    return out
+
+
+# --- report.md ----------------------------------------------------------------------------------------------
+def _groups(
+    trials: Sequence[TrialRecord], key: str, space: SearchSpace
+) -> list[tuple[str, list[TrialRecord]]]:
+    """Trials by value of ``key``: each value when there are few, else value bins over the range."""
+    spec = space.params[key]
+    values = sorted({json.dumps(t.params.get(key)) for t in trials}, key=lambda v: (len(v), v))
+    if spec.type == "categorical" or spec.type == "int" and len(values) <= 8:
+        order = [json.dumps(v) for v in spec.values] if spec.type == "categorical" else values  # type: ignore[union-attr]
+        return [(v, [t for t in trials if json.dumps(t.params.get(key)) == v]) for v in order]
+    low, high = float(spec.low), float(spec.high)  # type: ignore[arg-type]
+    log = spec.type == "loguniform"
+    scale = (lambda x: math.log(x)) if log else (lambda x: x)
+    edges = [math.exp(scale(low) + (scale(high) - scale(low)) * i / 4) if log else low + (high - low) * i / 4
+             for i in range(5)]  # fmt: skip
+    out = []
+    for i in range(4):
+        members = [t for t in trials
+                   if edges[i] <= t.params[key] < edges[i + 1] or i == 3 and t.params[key] == edges[4]]  # fmt: skip
+        out.append((f"[{edges[i]:.3g}, {edges[i + 1]:.3g}{']' if i == 3 else ')'}", members))
+    return out
+
+
+def _cell(values: list[float]) -> str:
+    if not values:
+        return "—"
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def write_report(trials: Sequence[TrialRecord], space: SearchSpace, best: TrialRecord | None, sweep: Path,
+                 recipe: str | None, overrides: Sequence[str], plots: Sequence[Path]) -> Path:  # fmt: skip
+    metric = space.metric
+    kinds = {k: [t for t in trials if t.kind == k] for k in ("finished", "stopped", "failed")}
+    lines = [
+        f"# Ablation report: {space.name} ({sweep.name})",
+        "",
+        f"Recipe `{recipe or '(defaults)'}` with `{' '.join(overrides) or '-'}`. {len(trials)} trials: "
+        f"{len(kinds['finished'])} finished, {len(kinds['stopped'])} stopped early by the scheduler, "
+        f"{len(kinds['failed'])} failed.",
+        "",
+        f"Numbers are `{metric}` (validation split, %) at each trial's last epoch. Tables use the finished trials "
+        "only (same schedule, comparable); a stopped trial's number comes from fewer epochs and is shown "
+        "apart. Each row pools the trials that share the value, whatever the other parameters were: a "
+        "marginal view of a random search, not a controlled one-factor ablation.",
+        "",
+    ]
+    if best is not None:
+        lines += ["## Best trial", "", f"`{best.trial_id}` ({best.path}) — chosen on validation among finished "
+                  "trials; test numbers are reported, not used for the choice.", "",
+                  "| parameter | value |", "|:---|---:|"]  # fmt: skip
+        lines += [f"| {k} | {_fmt(v)} |" for k, v in best.params.items()]
+        lines += [f"| **{metric}** | **{best.value(metric):.2f}** |"]
+        lines += [f"| {k} (epoch {best.epoch} prompts) | {v:.2f} |" for k, v in best.test_numbers().items()]
+        lines += ["", "Its recipe, with the base recipe's full schedule: `best_recipe.yaml`.", ""]
+    else:
+        lines += ["## Best trial", "", "None: no trial finished.", ""]
+    lines += ["## By parameter", ""]
+    for key in space.params:
+        lines += [f"### {key}", "", f"| {key.split('.')[-1]} | {metric} (mean ± std) | finished | stopped early "
+                  f"(their {metric}) | failed |", "|:---|---:|---:|---:|---:|"]  # fmt: skip
+        for label, members in _groups(trials, key, space):
+            done = [v for t in members if t.kind == "finished" and (v := t.value(metric)) is not None]
+            stopped = [v for t in members if t.kind == "stopped" and (v := t.value(metric)) is not None]
+            failed = sum(t.kind == "failed" for t in members)
+            lines.append(
+                f"| {label} | {_cell(done)} | {len(done)} | {len(stopped)} ({_cell(stopped)}) | {failed} |"
+            )
+        lines.append("")
+    lines += ["## Trials", "", f"| trial | status | {' | '.join(space.params)} | {metric} | test (last prompts) |",
+              "|:---|:---|" + "---:|" * len(space.params) + "---:|:---|"]  # fmt: skip
+    for t in trials:
+        tests = ", ".join(f"{k[5:]} {v:.2f}" for k, v in t.test_numbers().items()) or "—"
+        value = t.value(metric)
+        lines.append(f"| {t.trial_id} | {t.status} | " + " | ".join(_fmt(t.params.get(k)) for k in space.params)
+                     + f" | {'—' if value is None else f'{value:.2f}'} | {tests} |")  # fmt: skip
+    errors = distinct_errors(trials)
+    if errors:
+        lines += ["", "## Failures", ""]
+        lines += [f"- {len(ids)} trial(s) ({', '.join(ids)}): {message}" for message, ids in errors.items()]
+    if plots:
+        lines += ["", "## Plots", "", "Optuna's figures of the searcher's study (`optuna.db`): stopped trials are "
+                  "PRUNED and failed ones FAIL in it (timeline, learning curves), the other figures use the "
+                  "finished trials.", ""]  # fmt: skip
+        lines += [f"![{p.stem}](plots/{p.name})" for p in plots]
+    out = sweep / "report.md"
+    out.write_text("\n".join(lines) + "\n")
+    return out
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+# --- plots --------------------------------------------------------------------------------------------------
+PLOTS = ("optimization_history", "slice", "parallel_coordinate", "param_importances", "intermediate_values",
+         "timeline")  # fmt: skip
+
+
+# Optuna's default importance evaluator (PED-ANOVA) compares the top 10% of trials with the rest: below this many
+# finished trials it reports equal or noise importances, so none are computed
+MIN_TRIALS_FOR_IMPORTANCES = 10
+
+
+def _complete(study: Any) -> int:
+    return sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+
+
+def draw(study: Any, name: str) -> Any:
+    """Optuna's ``plot_<name>`` of ``study`` as a matplotlib Figure (None: nothing to draw), every axis of an
+    integer parameter, trial numbers and epochs ("Step") on integer ticks."""
+    from matplotlib.ticker import MaxNLocator
+
+    if name == "param_importances" and _complete(study) < MIN_TRIALS_FOR_IMPORTANCES:
+        raise ValueError(f"parameter importances need at least {MIN_TRIALS_FOR_IMPORTANCES} finished trials, "
+                         f"the study has {_complete(study)}")  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (experimental API; degenerate axes of a few trials)
+        axes = getattr(ovm, f"plot_{name}")(study)
+    figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
+    if not any(ax.has_data() for ax in figure.axes):
+        return None
+    integers = {"Trial", "Step", "Trial number"}
+    for trial in study.trials:
+        integers |= {
+            k for k, d in trial.distributions.items() if isinstance(d, optuna.distributions.IntDistribution)
+        }
+    for ax in figure.axes:
+        if ax.get_xlabel() in integers:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if ax.get_ylabel() in integers:
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    return figure
+
+
+def write_plots(study: Any, out: Path) -> tuple[list[Path], dict[str, str]]:
+    """Optuna's matplotlib figures of ``study`` (:data:`PLOTS`) as PNG files; returns (written, {plot: why it
+    was skipped})."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # (after choosing the Agg backend)
+
+    out.mkdir(parents=True, exist_ok=True)
+    written, skipped = [], {}
+    for name in PLOTS:
+        try:
+            figure = draw(study, name)
+        except (ValueError, RuntimeError) as exc:  # e.g. importances of fewer than 2 finished trials
+            skipped[name] = " ".join(str(exc).split())
+            continue
+        if figure is None:
+            skipped[name] = "nothing to draw"
+            plt.close("all")
+            continue
+        path = out / f"{name}.png"
+        figure.savefig(path, dpi=110, bbox_inches="tight")
+        plt.close(figure)
+        written.append(path)
+    return written, skipped
+
+
+def importances(study: Any) -> dict[str, float]:
+    """Optuna's default importance evaluator (PED-ANOVA in Optuna 5) over the study's COMPLETE trials (none below
+    :data:`MIN_TRIALS_FOR_IMPORTANCES`)."""
+    if _complete(study) < MIN_TRIALS_FOR_IMPORTANCES:
+        return {}
+    try:
+        return dict(optuna.importance.get_param_importances(study))
+    except (RuntimeError, ValueError) as exc:  # fewer than 2 finished trials, every value equal, ...
+        logger.info("no parameter importances: %s", exc)
+        return {}
