@@ -19,7 +19,7 @@ from typing import Any
 import optuna
 import ray
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
@@ -216,7 +216,12 @@ def run_search(space_path: str | Path, recipe: str | Path | None, overrides: Seq
             max_concurrent=opts.max_concurrent,
         )  # fmt: skip
         max_epochs = max(1, base.optim.epochs, *_searched_epochs(space))
-        scheduler = ASHAScheduler(time_attr="epoch", max_t=max_epochs, grace_period=opts.grace_epochs)
+        grace = min(max_epochs, opts.grace_epochs or base.optim.warmup_epochs + 1)  # (not judged on warm-up)
+        scheduler = (
+            FIFOScheduler()
+            if opts.full_schedule
+            else ASHAScheduler(time_attr="epoch", max_t=max_epochs, grace_period=grace)
+        )
         tuner = tune.Tuner(
             trainable,
             param_space=tune_space(space),

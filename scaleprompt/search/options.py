@@ -35,7 +35,10 @@ class SearchOptions:
     seed: int = _opt(0, "seed of Optuna's TPE sampler")
     max_failures: int = _opt(2, "retries of a trial after an infrastructure fault (a killed worker, a lost "
                                 "node, out of memory); configuration / data errors are never retried")  # fmt: skip
-    grace_epochs: int = _opt(1, "ASHA: epochs every trial trains before it can be stopped early")
+    grace_epochs: int = _opt(0, "ASHA: epochs every trial trains before it can be stopped early (0: the recipe's "
+                                "warm-up epochs + 1, so no trial is judged on its warm-up)")  # fmt: skip
+    full_schedule: bool = _opt(False, "no early stopping: every trial trains its whole schedule (an ablation "
+                                      "table over complete runs; ASHA otherwise)")  # fmt: skip
     keep_sweep_schedule: bool = _opt(False, "best_recipe.yaml keeps the sweep's optim.epochs / train.max_steps "
                                             "overrides (default: the base recipe's schedule)")  # fmt: skip
     address: str | None = _opt(None, "join an existing Ray cluster (ray start ...) instead of starting one")
@@ -47,7 +50,8 @@ class SearchOptions:
 
     def __post_init__(self) -> None:
         check_types(self)
-        for name in ("num_samples", "max_concurrent", "grace_epochs"):
+        require(self.grace_epochs >= 0, "grace_epochs", f"must be >= 0, got {self.grace_epochs}")
+        for name in ("num_samples", "max_concurrent"):
             require(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
         require(self.cpus_per_trial > 0, "cpus_per_trial", f"must be > 0, got {self.cpus_per_trial}")
         require(self.gpus_per_trial >= 0, "gpus_per_trial", f"must be >= 0, got {self.gpus_per_trial}")
