@@ -261,7 +261,7 @@ def _records(grid: Any) -> list[TrialRecord]:
     trials = []
     for result in grid:
         metrics = dict(result.metrics or {})
-        trial_id = metrics.get("trial_id") or Path(result.path).name
+        trial_id = metrics.get("trial_id") or Path(result.path).name.removeprefix("trial_")
         error = f"{type(result.error).__name__}: {one_line(result.error)}" if result.error else None
         record = TrialRecord(trial_id, sample_of(result.config), metrics,
                              Path(result.path), error, extra=extra.get(trial_id, {}))  # fmt: skip

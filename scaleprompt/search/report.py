@@ -162,10 +162,12 @@ def _groups(
 ) -> list[tuple[str, list[TrialRecord]]]:
     """Trials by value of ``key``: each value when there are few, else value bins over the range."""
     spec = space.params[key]
-    values = sorted({json.dumps(t.params.get(key)) for t in trials}, key=lambda v: (len(v), v))
+    values = sorted({json.dumps(t.params.get(key)) for t in trials}, key=lambda v: _order(json.loads(v)))
     if spec.type == "categorical" or spec.type == "int" and len(values) <= 8:
         order = [json.dumps(v) for v in spec.values] if spec.type == "categorical" else values  # type: ignore[union-attr]
-        return [(v, [t for t in trials if json.dumps(t.params.get(key)) == v]) for v in order]
+        return [
+            (_fmt(json.loads(v)), [t for t in trials if json.dumps(t.params.get(key)) == v]) for v in order
+        ]
     low, high = float(spec.low), float(spec.high)  # type: ignore[arg-type]
     log = spec.type == "loguniform"
     scale = (lambda x: math.log(x)) if log else (lambda x: x)
@@ -205,7 +207,7 @@ def write_report(trials: Sequence[TrialRecord], space: SearchSpace, best: TrialR
         "",
     ]
     if best is not None:
-        lines += ["## Best trial", "", f"`{best.trial_id}` ({best.path}) — chosen on validation among finished "
+        lines += ["## Best trial", "", f"`{best.trial_id}` (`{best.path.name}/run`) — chosen on validation among finished "
                   "trials; test numbers are reported, not used for the choice.", "",
                   "| parameter | value |", "|:---|---:|"]  # fmt: skip
         lines += [f"| {k} | {_fmt(v)} |" for k, v in best.params.items()]
@@ -226,6 +228,7 @@ def write_report(trials: Sequence[TrialRecord], space: SearchSpace, best: TrialR
                 f"| {label} | {_cell(done)} | {len(done)} | {len(stopped)} ({_cell(stopped)}) | {failed} |"
             )
         lines.append("")
+    lines += _controlled(trials, space)
     lines += ["## Trials", "", f"| trial | status | {' | '.join(space.params)} | {metric} | test (last prompts) |",
               "|:---|:---|" + "---:|" * len(space.params) + "---:|:---|"]  # fmt: skip
     for t in trials:
@@ -245,6 +248,43 @@ def write_report(trials: Sequence[TrialRecord], space: SearchSpace, best: TrialR
     out = sweep / "report.md"
     out.write_text("\n".join(lines) + "\n")
     return out
+
+
+def _controlled(trials: Sequence[TrialRecord], space: SearchSpace) -> list[str]:
+    """One-factor comparisons inside the sweep: finished trials that share every other parameter value and differ
+    in one (frequent with categorical and integer parameters)."""
+    metric, lines = space.metric, []
+    done = [t for t in trials if t.kind == "finished" and t.value(metric) is not None]
+    for key in space.params:
+        others = [k for k in space.params if k != key]
+        groups: dict[str, dict[str, TrialRecord]] = {}
+        for t in done:  # (equal settings twice -- a re-sampled configuration -- keep the earlier trial)
+            rest = json.dumps([t.params.get(k) for k in others])
+            groups.setdefault(rest, {}).setdefault(json.dumps(t.params.get(key)), t)
+        rows = [(rest, members) for rest, members in groups.items() if len(members) > 1]
+        if not rows:
+            continue
+        lines += [f"### {key}, everything else equal", "", f"| {', '.join(k.split('.')[-1] for k in others)} | "
+                  f"{key.split('.')[-1]}: {metric} (test) |", "|:---|:---|"]  # fmt: skip
+        for rest, members in rows:
+            cells = []
+            for value, t in sorted(members.items(), key=lambda kv: _order(json.loads(kv[0]))):
+                tests = t.test_numbers()
+                test = tests.get("test_hm", tests.get("test_test"))
+                shown = f"{_fmt(json.loads(value))}: {t.value(metric):.2f}"
+                cells.append(shown + (f" ({test:.2f})" if test is not None else ""))
+            lines.append(f"| {', '.join(_fmt(v) for v in json.loads(rest))} | {' · '.join(cells)} |")
+        lines.append("")
+    if lines:
+        lines = ["## Controlled comparisons", "", "Finished trials that differ in one parameter only (test: HM or "
+                 "top-1 of the last prompts, reported, not used for any choice).", "", *lines]  # fmt: skip
+    return lines
+
+
+def _order(value: Any) -> tuple[int, float, str]:
+    """Numbers by value, then everything else by text."""
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    return (0, float(value), "") if number else (1, 0.0, str(value))
 
 
 def _fmt(value: Any) -> str:
