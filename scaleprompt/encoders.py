@@ -2,7 +2,8 @@
 
 A method never touches open_clip internals: it declares WHERE prompts go (a :class:`VisualPlan`, or a start
 position for text) and hands over WHAT to insert (per-block prompt tensors). With no prompts both encoders compute
-exactly ``clip.encode_image`` / ``clip.encode_text``.
+exactly ``clip.encode_image`` / ``clip.encode_text`` (the text one bitwise with ``truncate = False``, else to float
+rounding: see below).
 
 Vision sequence, batch-first ``[B, T, Dv]``::
 
@@ -16,7 +17,10 @@ outputs of block ``i-1``. Blocks past ``len(prompts)`` carry the previous output
 dropped before pooling, so the pooled class token is open_clip's own ``_pool`` + ``proj``.
 
 Text: ``embeds`` ``[S, T, Dt]`` are the (possibly prompt-spliced) token embeddings; ``deep[k]`` replaces the
-hidden states at positions ``start .. start+N`` in the input of block ``k + 1`` (IVLP / MaPLe / deep UPT).
+hidden states at positions ``start .. start+N`` in the input of block ``k + 1`` (IVLP / MaPLe / deep UPT). Only
+the first ``L`` positions are computed, ``L`` = the last pooled (end-of-text) position + 1 over the batch: under
+CLIP's causal mask the later ones cannot change the features (same math, to float rounding: the matmuls are
+smaller, so sums run in another order; ``truncate = False`` computes all ``T``).
 """
 
 from __future__ import annotations
@@ -151,6 +155,9 @@ class PromptedVisionEncoder(nn.Module):
 class PromptedTextEncoder(nn.Module):
     """CLIP's text tower with prompt insertion. Owns no parameters."""
 
+    # compute only the positions the features depend on (:meth:`kept_length`); False: all T, open_clip's own path
+    truncate: bool = True
+
     def __init__(self, clip: nn.Module, tokenizer: Tokenizer | None = None) -> None:
         """``tokenizer``: the backbone's (``Backbone.tokenizer``); None = CLIP's BPE tokenizer."""
         super().__init__()
@@ -197,8 +204,9 @@ class PromptedTextEncoder(nn.Module):
         deep = [] if deep is None else list(deep)
         if len(deep) >= self.num_blocks:
             raise ValueError(f"{len(deep)} deep text prompts for a text tower of {self.num_blocks} blocks")
-        x = embeds.to(self.dtype) + t.positional_embedding.to(self.dtype)  # [S, T, Dt]
-        mask = t.attn_mask
+        length = self.kept_length(ids, start + max((p.shape[-2] for p in deep), default=0))
+        x = embeds[:, :length].to(self.dtype) + t.positional_embedding[:length].to(self.dtype)  # [S, L, Dt]
+        mask = t.attn_mask if t.attn_mask is None else t.attn_mask[:length, :length]
         for i, block in enumerate(t.transformer.resblocks):
             if 0 < i <= len(deep):
                 p = _expand(deep[i - 1], x.shape[0], x.dtype)
@@ -211,9 +219,29 @@ class PromptedTextEncoder(nn.Module):
             return x
         return proj(x) if isinstance(proj, nn.Linear) else x @ proj
 
+    @property
+    def pool_type(self) -> str:
+        return getattr(self.tower, "text_pool_type", getattr(self.tower, "pool_type", "argmax"))
+
+    def kept_length(self, ids: Tensor, at_least: int = 0) -> int:
+        """How many leading positions of ``ids`` ``[S, T]`` the features depend on. Under the causal mask a position
+        only sees the ones before it, so everything after the pooled token (the end-of-text token: ``argmax`` /
+        ``eos`` pooling) cannot change the features and is not computed: 15 of 77 positions for a 4-token context
+        and short class names. Without a causal mask or with ``last`` pooling every position counts (T)."""
+        if not self.truncate or self.tower.attn_mask is None:
+            return ids.shape[1]
+        if self.pool_type == "argmax":
+            pooled = ids.argmax(dim=-1)
+        elif self.pool_type == "eos" and getattr(self.tower, "text_eos_id", None) is not None:
+            pooled = torch.eq(ids, self.tower.text_eos_id).to(torch.int64).argmax(dim=-1)
+        elif self.pool_type == "first":
+            pooled = ids.new_zeros(1)
+        else:
+            return ids.shape[1]
+        return min(ids.shape[1], max(int(pooled.max()) + 1, at_least))
+
     def pool(self, x: Tensor, ids: Tensor) -> Tensor:
-        pool_type = getattr(self.tower, "text_pool_type", getattr(self.tower, "pool_type", "argmax"))
-        return text_global_pool(x, ids, pool_type, eos_token_id=getattr(self.tower, "text_eos_id", None))
+        return text_global_pool(x, ids, self.pool_type, eos_token_id=getattr(self.tower, "text_eos_id", None))
 
     @torch.no_grad()
     def encode_texts(self, texts: Sequence[str]) -> Tensor:

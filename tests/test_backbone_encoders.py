@@ -91,6 +91,12 @@ def test_text_encoder_without_prompts_is_clip(clip2):
     enc = PromptedTextEncoder(clip2)
     texts = [f"a photo of a {c}." for c in CLASSNAMES]
     ids = open_clip.get_tokenizer("sp-tiny-vit")(texts)
+    torch.testing.assert_close(enc.encode_texts(texts), clip2.encode_text(ids), rtol=1e-5, atol=1e-6)
+    eot = ids == ids.max()  # CLIP's end-of-text token has the largest id
+    assert (
+        enc.kept_length(enc.tokenize(texts)) == int(eot.nonzero()[:, 1].max()) + 1 == 10 < enc.context_length
+    )
+    enc.truncate = False  # every position: open_clip's own computation, bit for bit
     assert torch.equal(enc.encode_texts(texts), clip2.encode_text(ids))
 
 
@@ -190,3 +196,27 @@ def test_untrusted_pickle_is_never_executed(tmp_path):
     with pytest.raises(BackboneError):
         load_clip("sp-tiny-vit", str(tmp_path / "evil.pt"))
     assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.slow
+def test_text_cut_on_a_vit_b16_text_tower_keeps_features_and_prompt_gradients():
+    """The wide check: ViT-B/16's random text tower (width 512, 77 positions), a CoOp-style context spliced in
+    and deep prompts in blocks 1-2 (IVLP / MaPLe style): cut at the last end-of-text token vs all 77 positions,
+    features and prompt gradients equal to 1e-5 relative."""
+    from scaleprompt.backbone import load_clip
+    from scaleprompt.encoders import splice
+
+    enc = PromptedTextEncoder(load_clip("ViT-B-16", None).model)
+    ids = enc.tokenize([f"X X X X {c}." for c in CLASSNAMES])
+    assert enc.kept_length(ids) < 16 < enc.context_length == 77
+    torch.manual_seed(0)
+    ctx = (0.02 * torch.randn(4, enc.width)).requires_grad_()
+    deep = [(0.02 * torch.randn(2, enc.width)).requires_grad_() for _ in range(2)]
+    outputs = []
+    for truncate in (True, False):
+        enc.truncate = truncate
+        features = enc(splice(enc.embed(ids), ctx), ids, deep=deep)
+        grads = torch.autograd.grad(features.square().sum(), [ctx, *deep])
+        outputs.append((features.detach(), grads))
+    for a, b in zip([outputs[0][0], *outputs[0][1]], [outputs[1][0], *outputs[1][1]], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * float(b.abs().max()))

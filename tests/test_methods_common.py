@@ -199,3 +199,41 @@ def test_class_specific_coop_refuses_other_classes(clip12):
     coop = methods.build("coop", clip12, CLASSNAMES, n_ctx=4, class_specific=True)
     with pytest.raises(ValueError, match="class-specific"):
         coop.set_classnames(["a", "b"])
+
+
+@pytest.mark.parametrize("name", methods.list_methods())
+def test_text_cut_after_the_last_end_of_text_token_changes_nothing(
+    name, backbone12, images, labels, monkeypatch
+):
+    """Every method with the text tower cut after the batch's last end-of-text position equals the full-context
+    computation to 1e-5 relative: logits, loss and every prompt gradient (deep text prompts included)."""
+    from scaleprompt.encoders import PromptedTextEncoder
+
+    runs = []
+    for truncate in (True, False):
+        monkeypatch.setattr(PromptedTextEncoder, "truncate", truncate)
+        torch.manual_seed(0)
+        method = methods.build(name, backbone12, CLASSNAMES)
+        method.train()
+        torch.manual_seed(1)  # (dropout, if any, draws the same masks)
+        logits = method.logits(images)
+        out = method.loss(images, labels) if method.trainable_parameters() else None
+        if out is not None:
+            out.loss.backward()
+        grads = [p.grad.clone() for p in method.trainable_parameters() if p.grad is not None]
+        runs.append((logits.detach(), None if out is None else out.loss.detach(), grads))
+    (logits, loss, grads), (full_logits, full_loss, full_grads) = runs
+
+    def close(a: torch.Tensor, b: torch.Tensor) -> None:  # 1e-5 relative to the tensor's scale
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * float(b.abs().max()))
+
+    close(logits, full_logits)
+    if loss is not None:
+        close(loss, full_loss)
+    assert len(grads) == len(full_grads) > 0 or loss is None
+    for g, full in zip(grads, full_grads, strict=True):
+        close(g, full)
+    monkeypatch.setattr(PromptedTextEncoder, "truncate", True)
+    text = methods.build(name, backbone12, CLASSNAMES).text
+    ids = text.tokenize([f"a photo of a {c}." for c in CLASSNAMES])
+    assert text.kept_length(ids) < text.context_length  # (the cut happens on this backbone)
