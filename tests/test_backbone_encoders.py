@@ -96,7 +96,7 @@ def test_text_encoder_without_prompts_is_clip(clip2):
     assert (
         enc.kept_length(enc.tokenize(texts)) == int(eot.nonzero()[:, 1].max()) + 1 == 10 < enc.context_length
     )
-    enc.truncate = False  # every position: open_clip's own computation, bit for bit
+    enc.truncate = enc.fused_attention = False  # every position, the blocks' own attention: bit for bit
     assert torch.equal(enc.encode_texts(texts), clip2.encode_text(ids))
 
 
@@ -132,8 +132,8 @@ def test_grad_checkpointing_switch_is_honoured(clip2, images, monkeypatch):
     for (
         block
     ) in clip2.visual.transformer.resblocks:  # (module hooks are silenced during recompute: wrap forward)
-        monkeypatch.setattr(
-            block.attn, "forward", lambda *a, _f=block.attn.forward, **k: calls.append(1) or _f(*a, **k)
+        monkeypatch.setattr(  # (ln_1 runs in the fused path and in the block's own)
+            block.ln_1, "forward", lambda *a, _f=block.ln_1.forward, **k: calls.append(1) or _f(*a, **k)
         )
     prompts = torch.randn(2, 3, 96, requires_grad=True)
     enc = PromptedVisionEncoder(clip2)
@@ -220,3 +220,29 @@ def test_text_cut_on_a_vit_b16_text_tower_keeps_features_and_prompt_gradients():
         outputs.append((features.detach(), grads))
     for a, b in zip([outputs[0][0], *outputs[0][1]], [outputs[1][0], *outputs[1][1]], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * float(b.abs().max()))
+
+
+@pytest.mark.slow
+def test_fused_attention_on_vit_b16_width_blocks_keeps_features_and_prompt_gradients():
+    """The wide check of the fused attention: ViT-B/16's random towers (vision width 768, 12 heads; text 512,
+    causal), one block each with prompts in front of it, fused vs nn.MultiheadAttention to 1e-5 relative."""
+    from scaleprompt.backbone import load_clip
+    from scaleprompt.encoders import _fused_block, _is_causal
+
+    clip = load_clip("ViT-B-16", None).model
+    torch.manual_seed(0)
+    for block, length, mask in [
+        (clip.visual.transformer.resblocks[0], 197 + 16, None),
+        (clip.transformer.resblocks[0], 20, clip.attn_mask[:20, :20]),
+    ]:
+        width = block.attn.embed_dim
+        prompts = (0.02 * torch.randn(2, 16, width)).requires_grad_()
+        tokens = torch.randn(2, length - 16, width)
+        outputs = []
+        for fused in (True, False):
+            x = torch.cat([prompts, tokens], dim=1)  # [B, T, D]
+            y = _fused_block(block, x, causal=mask is not None) if fused else block(x, attn_mask=mask)
+            outputs.append((y.detach(), torch.autograd.grad(y.square().sum(), prompts)[0]))
+        for a, b in zip(outputs[0], outputs[1], strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * float(b.abs().max()))
+    assert _is_causal(clip.attn_mask) and not _is_causal(torch.zeros(4, 4))

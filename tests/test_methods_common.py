@@ -201,17 +201,26 @@ def test_class_specific_coop_refuses_other_classes(clip12):
         coop.set_classnames(["a", "b"])
 
 
-@pytest.mark.parametrize("name", methods.list_methods())
-def test_text_cut_after_the_last_end_of_text_token_changes_nothing(
-    name, backbone12, images, labels, monkeypatch
-):
-    """Every method with the text tower cut after the batch's last end-of-text position equals the full-context
-    computation to 1e-5 relative: logits, loss and every prompt gradient (deep text prompts included)."""
-    from scaleprompt.encoders import PromptedTextEncoder
+FAST_PATHS = {  # switch -> the encoder classes that have it
+    "truncate": ("PromptedTextEncoder",),
+    "fused_attention": ("PromptedTextEncoder", "PromptedVisionEncoder"),
+}
 
+
+@pytest.mark.parametrize("switch", [*FAST_PATHS, "both"])
+@pytest.mark.parametrize("name", methods.list_methods())
+def test_fast_paths_change_nothing(name, switch, backbone12, images, labels, monkeypatch):
+    """The text tower cut after the batch's last end-of-text position, and the blocks' attention as one fused
+    scaled_dot_product_attention call: each (and both) equal the full-context, nn.MultiheadAttention computation to
+    1e-5 relative, in logits, loss and every prompt gradient (deep text and visual prompts included)."""
+    from scaleprompt import encoders
+
+    switches = list(FAST_PATHS) if switch == "both" else [switch]
     runs = []
-    for truncate in (True, False):
-        monkeypatch.setattr(PromptedTextEncoder, "truncate", truncate)
+    for on in (True, False):
+        for sw in switches:
+            for cls in FAST_PATHS[sw]:
+                monkeypatch.setattr(getattr(encoders, cls), sw, on)
         torch.manual_seed(0)
         method = methods.build(name, backbone12, CLASSNAMES)
         method.train()
@@ -222,18 +231,20 @@ def test_text_cut_after_the_last_end_of_text_token_changes_nothing(
             out.loss.backward()
         grads = [p.grad.clone() for p in method.trainable_parameters() if p.grad is not None]
         runs.append((logits.detach(), None if out is None else out.loss.detach(), grads))
-    (logits, loss, grads), (full_logits, full_loss, full_grads) = runs
+    (logits, loss, grads), (slow_logits, slow_loss, slow_grads) = runs
 
     def close(a: torch.Tensor, b: torch.Tensor) -> None:  # 1e-5 relative to the tensor's scale
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * float(b.abs().max()))
 
-    close(logits, full_logits)
+    close(logits, slow_logits)
     if loss is not None:
-        close(loss, full_loss)
-    assert len(grads) == len(full_grads) > 0 or loss is None
-    for g, full in zip(grads, full_grads, strict=True):
-        close(g, full)
-    monkeypatch.setattr(PromptedTextEncoder, "truncate", True)
-    text = methods.build(name, backbone12, CLASSNAMES).text
-    ids = text.tokenize([f"a photo of a {c}." for c in CLASSNAMES])
-    assert text.kept_length(ids) < text.context_length  # (the cut happens on this backbone)
+        close(loss, slow_loss)
+    assert len(grads) == len(slow_grads) and (grads or loss is None)
+    for g, slow in zip(grads, slow_grads, strict=True):
+        close(g, slow)
+
+
+def test_the_text_cut_happens_on_the_test_backbone(backbone12):
+    text = methods.build("coop", backbone12, CLASSNAMES).text
+    ids = text.tokenize([f"X X X X {c}." for c in CLASSNAMES])
+    assert text.kept_length(ids) < text.context_length
