@@ -219,6 +219,7 @@ class PromptedTextEncoder(nn.Module):
         self._clip = (clip,)
         _check_batch_first(text_tower(clip).transformer)
         self.tokenizer = tokenizer if tokenizer is not None else open_clip.SimpleTokenizer()
+        self._causal: bool | None = None  # (see _causal_mask)
 
     @property
     def tower(self) -> nn.Module:
@@ -262,7 +263,7 @@ class PromptedTextEncoder(nn.Module):
         length = self.kept_length(ids, start + max((p.shape[-2] for p in deep), default=0))
         x = embeds[:, :length].to(self.dtype) + t.positional_embedding[:length].to(self.dtype)  # [S, L, Dt]
         mask = t.attn_mask if t.attn_mask is None else t.attn_mask[:length, :length]
-        causal = mask is not None and self.fused_attention and _is_causal(mask)
+        causal = mask is not None and self.fused_attention and self._causal_mask()
         for i, block in enumerate(t.transformer.resblocks):
             if 0 < i <= len(deep):
                 p = _expand(deep[i - 1], x.shape[0], x.dtype)
@@ -295,6 +296,13 @@ class PromptedTextEncoder(nn.Module):
         else:
             return ids.shape[1]
         return min(ids.shape[1], max(int(pooled.max()) + 1, at_least))
+
+    def _causal_mask(self) -> bool:
+        """The tower's ``attn_mask`` is the causal mask (checked once: it is a fixed buffer; so is any leading
+        square slice of it)."""
+        if self._causal is None:
+            self._causal = self.tower.attn_mask is not None and _is_causal(self.tower.attn_mask)
+        return self._causal
 
     def pool(self, x: Tensor, ids: Tensor) -> Tensor:
         return text_global_pool(x, ids, self.pool_type, eos_token_id=getattr(self.tower, "text_eos_id", None))

@@ -33,6 +33,7 @@ from scaleprompt.search.report import (
     TrialRecord,
     choose_best,
     distinct_errors,
+    fmt,
     importances,
     write_best_recipe,
     write_plots,
@@ -88,7 +89,7 @@ class Progress(tune.Callback):
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.started += 1
-        params = " ".join(f"{k.split('.')[-1]}={_fmt(v)}" for k, v in sample_of(trial.config).items())
+        params = " ".join(f"{k.split('.')[-1]}={fmt(v)}" for k, v in sample_of(trial.config).items())
         logger.info("[%d/%d] trial %s started: %s", self.started, self.total, trial.trial_id, params)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
@@ -124,10 +125,6 @@ def _error_line(trial: Any) -> str:
     except Exception:  # (an unreadable error file)
         error = None
     return one_line(error).splitlines()[0][:300] if error else "unknown error"
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def tune_space(space: SearchSpace) -> dict[str, Any]:
@@ -247,27 +244,22 @@ def _searched_epochs(space: SearchSpace) -> list[int]:
 
 
 def _records(grid: Any) -> list[TrialRecord]:
-    """The trials from Tune's ResultGrid (its dataframe gives Tune's own columns)."""
+    """The trials from Tune's ResultGrid (its dataframe gives Tune's own columns), in the order they started."""
     frame = grid.get_dataframe()
-    extra = {}
+    extra, starts = {}, {}
     if len(frame) and "trial_id" in frame:
         columns = [c for c in ("training_iteration", "time_total_s", "hostname") if c in frame]
-        starts = {
-            r["trial_id"]: r.get("timestamp", 0) - r.get("time_total_s", 0) for _, r in frame.iterrows()
-        }
-        extra = {row["trial_id"]: {c: row[c] for c in columns} for _, row in frame.iterrows()}
-        for trial_id, start in starts.items():
-            extra[trial_id]["start"] = start
+        for _, row in frame.iterrows():
+            extra[row["trial_id"]] = {c: row[c] for c in columns}
+            starts[row["trial_id"]] = row.get("timestamp", 0) - row.get("time_total_s", 0)
     trials = []
     for result in grid:
         metrics = dict(result.metrics or {})
         trial_id = metrics.get("trial_id") or Path(result.path).name.removeprefix("trial_")
         error = f"{type(result.error).__name__}: {one_line(result.error)}" if result.error else None
-        record = TrialRecord(trial_id, sample_of(result.config), metrics,
-                             Path(result.path), error, extra=extra.get(trial_id, {}))  # fmt: skip
-        record.extra["checkpoint"] = result.checkpoint
-        trials.append(record)
-    trials.sort(key=lambda t: (t.extra.get("start", 0.0), t.trial_id))
+        trials.append(TrialRecord(trial_id, sample_of(result.config), metrics, Path(result.path), error,
+                                  extra=extra.get(trial_id, {}), checkpoint=result.checkpoint))  # fmt: skip
+    trials.sort(key=lambda t: (starts.get(t.trial_id, 0.0), t.trial_id))
     return trials
 
 
@@ -289,7 +281,7 @@ def _finish_stopped(trials: list[TrialRecord], job: TrialJob, opts: SearchOption
             num_cpus=opts.cpus_per_trial if single else 0, num_gpus=opts.gpus_per_trial if single else 0
         )
         config = nest(trial.params)
-        pending[task.remote(config, job, str(trial.path), trial.extra.get("checkpoint"), reason)] = trial
+        pending[task.remote(config, job, str(trial.path), trial.checkpoint, reason)] = trial
     if pending:
         logger.info("writing the results of %d trial(s) stopped early", len(pending))
     for ref, trial in pending.items():
@@ -305,9 +297,6 @@ def _finish_stopped(trials: list[TrialRecord], job: TrialJob, opts: SearchOption
 
 def summarize(trials: list[TrialRecord], space: SearchSpace, recipe: str | None, overrides: list[str], sweep: Path,
               study: Any, opts: SearchOptions) -> dict[str, Any]:  # fmt: skip
-    for trial in trials:
-        trial.extra.pop("checkpoint", None)
-        trial.extra.pop("start", None)
     write_trials_csv(trials, space, sweep / "trials.csv")
     best = choose_best(trials, space.metric, space.mode)
     counts = {k: sum(t.kind == k for t in trials) for k in ("finished", "stopped", "failed")}
@@ -336,7 +325,7 @@ def summarize(trials: list[TrialRecord], space: SearchSpace, recipe: str | None,
 def _log_table(trials: Sequence[TrialRecord], space: SearchSpace) -> None:
     keys = list(space.params)
     header = ["trial", "status", *[k.split(".")[-1] for k in keys], space.metric]
-    rows = [[t.trial_id, t.status[:60], *[_fmt(t.params.get(k)) for k in keys],
+    rows = [[t.trial_id, t.status[:60], *[fmt(t.params.get(k)) for k in keys],
              "-" if t.value(space.metric) is None else f"{t.value(space.metric):.2f}"] for t in trials]  # fmt: skip
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:

@@ -47,6 +47,9 @@ class TrialRecord:
     error: str | None = None  # a Tune error: an infrastructure fault whose retries ran out
     results: dict[str, Any] | None = None  # <path>/run/results.json
     extra: dict[str, Any] = field(default_factory=dict)  # Tune's own columns (time, iterations)
+    checkpoint: Any = (
+        None  # Tune's last checkpoint of the trial (a stopped trial's results are written from it)
+    )
 
     @property
     def kind(self) -> str:
@@ -166,7 +169,7 @@ def _groups(
     if spec.type == "categorical" or spec.type == "int" and len(values) <= 8:
         order = [json.dumps(v) for v in spec.values] if spec.type == "categorical" else values  # type: ignore[union-attr]
         return [
-            (_fmt(json.loads(v)), [t for t in trials if json.dumps(t.params.get(key)) == v]) for v in order
+            (fmt(json.loads(v)), [t for t in trials if json.dumps(t.params.get(key)) == v]) for v in order
         ]
     low, high = float(spec.low), float(spec.high)  # type: ignore[arg-type]
     log = spec.type == "loguniform"
@@ -210,7 +213,7 @@ def write_report(trials: Sequence[TrialRecord], space: SearchSpace, best: TrialR
         lines += ["## Best trial", "", f"`{best.trial_id}` (`{best.path.name}/run`) — chosen on validation among finished "
                   "trials; test numbers are reported, not used for the choice.", "",
                   "| parameter | value |", "|:---|---:|"]  # fmt: skip
-        lines += [f"| {k} | {_fmt(v)} |" for k, v in best.params.items()]
+        lines += [f"| {k} | {fmt(v)} |" for k, v in best.params.items()]
         lines += [f"| **{metric}** | **{best.value(metric):.2f}** |"]
         lines += [f"| {k} (epoch {best.epoch} prompts) | {v:.2f} |" for k, v in best.test_numbers().items()]
         lines += ["", "Its recipe, with the base recipe's full schedule: `best_recipe.yaml`.", ""]
@@ -234,7 +237,7 @@ def write_report(trials: Sequence[TrialRecord], space: SearchSpace, best: TrialR
     for t in trials:
         tests = ", ".join(f"{k[5:]} {v:.2f}" for k, v in t.test_numbers().items()) or "—"
         value = t.value(metric)
-        lines.append(f"| {t.trial_id} | {t.status} | " + " | ".join(_fmt(t.params.get(k)) for k in space.params)
+        lines.append(f"| {t.trial_id} | {t.status} | " + " | ".join(fmt(t.params.get(k)) for k in space.params)
                      + f" | {'—' if value is None else f'{value:.2f}'} | {tests} |")  # fmt: skip
     errors = distinct_errors(trials)
     if errors:
@@ -271,9 +274,9 @@ def _controlled(trials: Sequence[TrialRecord], space: SearchSpace) -> list[str]:
             for value, t in sorted(members.items(), key=lambda kv: _order(json.loads(kv[0]))):
                 tests = t.test_numbers()
                 test = tests.get("test_hm", tests.get("test_test"))
-                shown = f"{_fmt(json.loads(value))}: {t.value(metric):.2f}"
+                shown = f"{fmt(json.loads(value))}: {t.value(metric):.2f}"
                 cells.append(shown + (f" ({test:.2f})" if test is not None else ""))
-            lines.append(f"| {', '.join(_fmt(v) for v in json.loads(rest))} | {' · '.join(cells)} |")
+            lines.append(f"| {', '.join(fmt(v) for v in json.loads(rest))} | {' · '.join(cells)} |")
         lines.append("")
     if lines:
         lines = ["## Controlled comparisons", "", "Finished trials that differ in one parameter only (test: HM or "
@@ -287,10 +290,9 @@ def _order(value: Any) -> tuple[int, float, str]:
     return (0, float(value), "") if number else (1, 0.0, str(value))
 
 
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
+def fmt(value: Any) -> str:
+    """A parameter value as the reports show it (floats to 4 significant digits)."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 # --- plots --------------------------------------------------------------------------------------------------
