@@ -27,6 +27,12 @@ cores // ranks threads.
     .venv/bin/python bench/train_speed.py --backbones sp-tiny-vit --no-engine
     .venv/bin/python bench/train_speed.py --backbones ViT-B-16 --methods coop,provp_ref --vit-iters 2
 
+Part 3 (``--against REV``, instead of parts 1 and 2): this checkout's step against the same step at git revision
+REV, side by side in one run (see ``bench/speed_against.py``)::
+
+    .venv/bin/python bench/train_speed.py --against 02da0ae                 # every item, about 25 minutes
+    .venv/bin/python bench/train_speed.py --against 02da0ae --against-sets five --methods vpt_deep
+
 Not a test: it logs numbers and asserts nothing.
 """
 
@@ -46,6 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from speed_against import add_arguments, check_arguments, run_against
 
 from scaleprompt.backbone import load_clip
 from scaleprompt.losses import cosine_logits
@@ -383,7 +390,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--engine-timeout", type=int, default=900, help="seconds per engine run (default 900)")
     ap.add_argument("--engine-overrides", nargs="*", default=[], help="more key=value overrides for part 2")
     ap.add_argument("--workdir", type=Path, help="keep the engine runs here (default: a temp dir, removed)")
+    add_arguments(ap)
     args = ap.parse_args(argv)
+    check_arguments(ap, args)
     unknown = [m for m in args.methods if m not in list_methods()]
     if unknown:
         ap.error(f"unknown methods {unknown}; registered: {', '.join(list_methods())}")
@@ -430,7 +439,9 @@ def main(argv: list[str] | None = None) -> None:
         ",".join(args.backbones),
     )  # fmt: skip
     start = time.perf_counter()
-    if args.workdir is not None:
+    if args.against:
+        logger.info("results against %s\n%s", args.against, run_against(args))
+    elif args.workdir is not None:
         args.workdir.mkdir(parents=True, exist_ok=True)
         run(args, args.workdir)
     else:

@@ -204,6 +204,8 @@ def test_class_specific_coop_refuses_other_classes(clip12):
 FAST_PATHS = {  # switch -> the encoder classes that have it
     "truncate": ("PromptedTextEncoder",),
     "fused_attention": ("PromptedTextEncoder", "PromptedVisionEncoder"),
+    "pooled_only": ("PromptedTextEncoder", "PromptedVisionEncoder"),
+    "onednn_linear": ("PromptedTextEncoder", "PromptedVisionEncoder"),
 }
 
 
