@@ -27,6 +27,7 @@ attention as one ``F.scaled_dot_product_attention`` call (:func:`_fused_block`; 
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -42,6 +43,8 @@ from torch.utils.checkpoint import checkpoint
 from torch.utils.weak import WeakIdKeyDictionary
 
 from scaleprompt.backbone import Tokenizer, text_tower
+
+logger = logging.getLogger(__name__)
 
 Position = Literal["after_cls", "append"]
 Stage = Literal["before_ln_pre", "after_ln_pre"]
@@ -172,14 +175,27 @@ def _fusable(block: nn.Module) -> bool:
         and attn.dropout == 0.0
         and not hasattr(block, "ln_1_kv")
         and isinstance(block.mlp, nn.Sequential)
-        and not any(_partitioned(p) for p in block.parameters())
+        and not _partitioned(block)
     )
 
 
-def _partitioned(p: Tensor) -> bool:
-    """A DeepSpeed ZeRO-3 parameter that is only gathered when its own module's forward runs (the fused block reads
-    the weights of ``attn`` and ``mlp`` without calling them; such blocks keep their own forward)."""
-    return hasattr(p, "ds_id") and not getattr(p, "ds_persist", False)
+def _partitioned(block: nn.Module) -> bool:
+    """The block holds DeepSpeed ZeRO-3 parameters that are only gathered when their own module's forward runs. The
+    fused block reads the weights of ``attn`` and ``mlp`` without calling those modules, so such blocks keep their
+    own forward (said once per process)."""
+    if not any(hasattr(p, "ds_id") and not getattr(p, "ds_persist", False) for p in block.parameters()):
+        return False
+    global _PARTITION_SAID
+    if not _PARTITION_SAID:
+        _PARTITION_SAID = True
+        logger.warning(
+            "ZeRO-3 partitions the backbone's block weights: those blocks run open_clip's own forward (no fused "
+            "attention, oneDNN projections or last-block row pruning)"
+        )
+    return True
+
+
+_PARTITION_SAID = False
 
 
 def _fused_block(block: nn.Module, x: Tensor, causal: bool = False, rows: Tensor | None = None,

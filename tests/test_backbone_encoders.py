@@ -252,3 +252,99 @@ def test_fused_attention_on_vit_b16_width_blocks_keeps_features_and_prompt_gradi
         for a, b in zip(outputs[0], outputs[1], strict=True):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * float(b.abs().max()))
     assert _is_causal(clip.attn_mask) and not _is_causal(torch.zeros(4, 4))
+
+
+def close_scaled(a: torch.Tensor, b: torch.Tensor) -> None:
+    """Equal to 1e-5 relative to ``b``'s scale (float rounding of a reordered sum)."""
+    a, b = a.detach(), b.detach()
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * float(b.abs().max()))
+
+
+def test_frozen_linear_is_f_linear_with_the_input_gradient_only():
+    """oneDNN's matmul on CPU: forward and input gradient equal F.linear's to 1e-5 relative; a trainable weight, a
+    float64 input or an unavailable op take F.linear itself."""
+    from scaleprompt.encoders import _onednn_available, frozen_linear
+
+    assert _onednn_available()  # the CPU wheels this project installs ship oneDNN: the fast path is exercised
+    torch.manual_seed(0)
+    weight, bias = torch.randn(48, 32), torch.randn(48)
+    x = torch.randn(3, 7, 32, requires_grad=True)
+    grad_out = torch.randn(3, 7, 48)
+    ours = frozen_linear(x, weight, bias)
+    (ours_grad,) = torch.autograd.grad(ours, x, grad_out)
+    ref = torch.nn.functional.linear(x, weight, bias)
+    (ref_grad,) = torch.autograd.grad(ref, x, grad_out)
+    assert ours.grad_fn is not None and "OneDNN" in type(ours.grad_fn).__name__
+    close_scaled(ours, ref)
+    close_scaled(ours_grad, ref_grad)
+    trainable = weight.clone().requires_grad_()
+    out = frozen_linear(x, trainable, bias)
+    assert "OneDNN" not in type(out.grad_fn).__name__
+    out.sum().backward()
+    assert trainable.grad is not None
+    x64 = x.detach().double()
+    assert torch.equal(frozen_linear(x64, weight.double()), torch.nn.functional.linear(x64, weight.double()))
+
+
+def test_frozen_linear_backward_sees_a_weight_changed_in_place():
+    """The transposed weight of the backward is cached per weight AND its version: an in-place update (a
+    load_state_dict into the frozen model) is never answered with the old weight."""
+    from scaleprompt.encoders import frozen_linear
+
+    torch.manual_seed(0)
+    weight = torch.randn(16, 8)
+    x = torch.randn(4, 8, requires_grad=True)
+    grad_out = torch.randn(4, 16)
+    (first,) = torch.autograd.grad(frozen_linear(x, weight), x, grad_out)
+    close_scaled(first, grad_out @ weight)
+    with torch.no_grad():
+        weight.mul_(3.0)
+    (second,) = torch.autograd.grad(frozen_linear(x, weight), x, grad_out)
+    close_scaled(second, grad_out @ weight)
+
+
+def rows_check(block: torch.nn.Module, length: int, n_prompts: int, causal: bool) -> None:
+    """``_fused_block`` on some rows equals the block's own forward at those rows, output and prompt gradients."""
+    from scaleprompt.encoders import _fused_block, _gather_rows
+
+    width = block.attn.embed_dim
+    torch.manual_seed(0)
+    prompts = (0.02 * torch.randn(3, n_prompts, width)).requires_grad_()
+    tokens = torch.randn(3, length - n_prompts, width)
+    mask = torch.full((length, length), float("-inf")).triu(1) if causal else None
+    rows = torch.tensor([[length - 1], [length - 4], [n_prompts + 1]]) if causal else torch.zeros(3, 1).long()
+    outputs = []
+    for fast in (True, False):
+        x = torch.cat([prompts, tokens], dim=1)  # [B, T, D]
+        y = (
+            _fused_block(block, x, causal=causal, rows=rows)
+            if fast
+            else _gather_rows(block(x, attn_mask=mask), rows)
+        )
+        outputs.append((y.detach(), torch.autograd.grad(y.square().sum(), prompts)[0]))
+    assert outputs[0][0].shape == (3, 1, width)
+    for a, b in zip(outputs[0], outputs[1], strict=True):
+        close_scaled(a, b)
+
+
+def test_the_last_block_on_the_pooled_rows_only_equals_the_full_block(clip2):
+    """The vision tower's class token (all keys) and the text tower's end-of-text rows (causal keys)."""
+    rows_check(clip2.visual.transformer.resblocks[-1], 20, 4, causal=False)
+    rows_check(clip2.transformer.resblocks[-1], 12, 4, causal=True)
+
+
+@pytest.mark.slow
+def test_pooled_rows_and_onednn_on_vit_b16_width_blocks_keep_features_and_prompt_gradients():
+    """The wide check of the last-block row pruning (vision width 768, text 512 causal) and of frozen_linear on
+    ViT-B/16's shapes."""
+    from scaleprompt.encoders import frozen_linear
+
+    clip = load_clip("ViT-B-16", None).model
+    rows_check(clip.visual.transformer.resblocks[-1], 197 + 16, 16, causal=False)
+    rows_check(clip.transformer.resblocks[-1], 20, 4, causal=True)
+    fc = clip.visual.transformer.resblocks[0].mlp.c_fc
+    x = torch.randn(2, 213, 768, requires_grad=True)
+    grad_out = torch.randn(2, 213, 3072)
+    ours, ref = frozen_linear(x, fc.weight, fc.bias), torch.nn.functional.linear(x, fc.weight, fc.bias)
+    close_scaled(ours, ref)
+    close_scaled(torch.autograd.grad(ours, x, grad_out)[0], torch.autograd.grad(ref, x, grad_out)[0])

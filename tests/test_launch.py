@@ -40,11 +40,16 @@ def test_deepspeed_two_processes_learn_under_zero_stage(colors, tmp_path, stage)
 
 
 def test_one_step_on_one_and_two_processes_gives_the_same_prompts(tmp_path):
-    """Same global batch (16 = the whole deterministic training set) on 1 process, 2 deepspeed ranks (ZeRO-2) and
-    2 torchrun ranks: one SGD step gives the same prompts (ProVP: a per-sample loss)."""
+    """Same global batch (16 = the whole deterministic training set) on 1 process, 2 deepspeed ranks (ZeRO-2),
+    2 torchrun ranks, and 2 deepspeed ranks under ZeRO-3 with every backbone weight partitioned (persistence
+    threshold 0: the encoders' fused blocks must not read a partitioned weight): one SGD step gives the same prompts
+    (ProVP: a per-sample loss)."""
     data = make_color_folder(tmp_path / "data", n_train=4, n_val=1, n_test=2)
+    zero3 = json.loads((ROOT / "ds_configs" / "zero3.json").read_text())
+    zero3["zero_optimization"]["stage3_param_persistence_threshold"] = 0
+    (tmp_path / "zero3_partitioned.json").write_text(json.dumps(zero3))
     prompts = {}
-    for name in ("python", "deepspeed", "torchrun"):
+    for name in ("python", "deepspeed", "torchrun", "zero3"):
         out = tmp_path / name
         args = base_overrides(data, tmp_path / f"cache-{name}", out) + [
             "method.name=provp", "method.args.n_ctx=4", "optim.epochs=1", "optim.lr=0.5", "optim.momentum=0.0",
@@ -54,14 +59,20 @@ def test_one_step_on_one_and_two_processes_gives_the_same_prompts(tmp_path):
             cmd = [sys.executable, "scaleprompt/train.py", *args]
         elif name == "deepspeed":
             cmd = deepspeed_cmd(2, "scaleprompt/train.py", "--ds", "ds_configs/zero2.json", *args)
+        elif name == "zero3":
+            cmd = deepspeed_cmd(
+                2, "scaleprompt/train.py", "--ds", str(tmp_path / "zero3_partitioned.json"), *args
+            )
         else:
             cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
                    "--master_port", "29533", "scaleprompt/train.py", *args]  # fmt: skip
-        launch(cmd, tmp_path / name)
+        proc = launch(cmd, tmp_path / name)
         assert results(out)["world_size"] == (1 if name == "python" else 2)
+        said = "ZeRO-3 partitions the backbone's block weights" in proc.stdout + proc.stderr
+        assert said == (name == "zero3"), f"{name}: the fused blocks' ZeRO-3 fallback said {said}"
         prompts[name] = load_file(out / "prompts.safetensors")["prompts"]
-    torch.testing.assert_close(prompts["deepspeed"], prompts["python"], rtol=0, atol=1e-6)
-    torch.testing.assert_close(prompts["torchrun"], prompts["python"], rtol=0, atol=1e-6)
+    for name in ("deepspeed", "torchrun", "zero3"):
+        torch.testing.assert_close(prompts[name], prompts["python"], rtol=0, atol=1e-6, msg=name)
 
 
 def test_resume_after_sigkill_reaches_the_same_prompts(colors, tmp_path):

@@ -179,7 +179,8 @@ def test_provp_ref_loss_parts_and_frozen_branch(clip2, images, labels, monkeypat
     out = ref.loss(images, labels)
     (f_c,) = frozen_outputs
     assert not f_c.requires_grad, "the frozen branch must run without gradient"
-    assert torch.equal(f_c, clip2.encode_image(images))
+    clip_features = clip2.encode_image(images)  # open_clip's own path; ours fuses attention (1e-5 relative)
+    torch.testing.assert_close(f_c, clip_features, rtol=1e-5, atol=1e-5 * float(clip_features.abs().max()))
     f_p = ref.image_features(images)
     ce = F.cross_entropy(ref.logits_from(f_p), labels)
     expected_ref = reformation_loss(f_p, f_c, 0.07)
