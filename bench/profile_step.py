@@ -38,7 +38,7 @@ def profile_item(loaded, case, iters: int, top: int) -> str:  # noqa: ANN001 - a
     torch.manual_seed(0)
     if item["kind"] == "zeroshot":
         method = build("zsclip", loaded, names)
-        templates = OPENAI_IMAGENET_TEMPLATES[: item["templates"]]
+        templates = [t("{}") for t in OPENAI_IMAGENET_TEMPLATES[: item["templates"]]]  # open_clip: callables
 
         def run() -> None:
             method.template_features(templates)

@@ -49,6 +49,7 @@ class Case:
     item: dict[str, Any]  # what the workers build (see speed_worker.Worker.build)
     times: dict[str, list[float]] = field(default_factory=lambda: {"old": [], "new": []})
     values: dict[str, float] = field(default_factory=dict)  # first loss (or feature sum) per side
+    error: str = ""  # why the item could not be measured (the other items still are)
 
     def median(self, side: str) -> float:
         return statistics.median(self.times[side])
@@ -91,6 +92,10 @@ def cases(args: argparse.Namespace) -> list[Case]:
     ]
     chosen = {"five": five, "hundred": hundred, "zeroshot": zeroshot}
     return [c for s in args.against_sets for c in chosen[s] if c.item["method"] in args.methods]
+
+
+class WorkerError(RuntimeError):
+    """A worker could not run a request (the item is reported as failed; a dead worker ends the benchmark)."""
 
 
 class Side:
@@ -186,6 +191,9 @@ def table(done: list[Case], head: str) -> str:
         f"  first loss old / new",
     ]
     for c in done:
+        if c.error or not c.times["old"] or not c.times["new"]:
+            lines.append(f"{c.label:<38}{c.item['classes']:>8}  failed: {c.error}")
+            continue
         old, new = c.median("old"), c.median("new")
         batch = c.item.get("batch", "-")
         spread = f"{c.spread('old')}/{c.spread('new')}"
@@ -219,7 +227,11 @@ def run_against(args: argparse.Namespace) -> str:
                 raise SystemExit(f"the two sides built different backbone weights (checksums {sums})")
             load0 = os.getloadavg()
             for case in chosen:
-                measure(case, sides, args.against_warmup, args.against_rounds)
+                try:
+                    measure(case, sides, args.against_warmup, args.against_rounds)
+                except WorkerError as exc:
+                    case.error = str(exc)
+                    logger.error("%s: %s", case.label, exc)
             load1 = os.getloadavg()
         finally:
             for side in sides.values():

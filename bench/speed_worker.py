@@ -58,7 +58,9 @@ class Worker:
         names = list(IMAGENET_CLASSNAMES[: item["classes"]])
         torch.manual_seed(self.seed)
         if item["kind"] == "zeroshot":
-            templates = tuple(OPENAI_IMAGENET_TEMPLATES[: item["templates"]])
+            templates = tuple(
+                t("{}") for t in OPENAI_IMAGENET_TEMPLATES[: item["templates"]]
+            )  # open_clip: callables
             method = build("zsclip", self.loaded, names, templates=templates)
 
             def encode() -> float:

@@ -17,11 +17,19 @@ outputs of block ``i-1``. Blocks past ``len(prompts)`` carry the previous output
 dropped before pooling, so the pooled class token is open_clip's own ``_pool`` + ``proj``.
 
 Text: ``embeds`` ``[S, T, Dt]`` are the (possibly prompt-spliced) token embeddings; ``deep[k]`` replaces the
-hidden states at positions ``start .. start+N`` in the input of block ``k + 1`` (IVLP / MaPLe / deep UPT). Only
-the first ``L`` positions are computed, ``L`` = the last pooled (end-of-text) position + 1 over the batch: under
-CLIP's causal mask the later ones cannot change the features (same math, to float rounding: the matmuls are
-smaller, so sums run in another order; ``truncate = False`` computes all ``T``). Plain open_clip blocks run their
-attention as one ``F.scaled_dot_product_attention`` call (:func:`_fused_block`; causal for text).
+hidden states at positions ``start .. start+N`` in the input of block ``k + 1`` (IVLP / MaPLe / deep UPT).
+
+Fast paths (class switches on both encoders; each is the same math to float rounding, since smaller or differently
+blocked matmuls sum in another order):
+
+* ``truncate`` (text): only the first ``L`` positions are computed, ``L`` = the last pooled (end-of-text) position
+  + 1 over the batch: under CLIP's causal mask the later ones cannot change the features.
+* ``fused_attention``: plain open_clip blocks run their attention as one ``F.scaled_dot_product_attention`` call
+  (:func:`_fused_block`; causal for text).
+* ``pooled_only`` (with ``fused_attention``): the last block computes only the rows pooling reads (the class
+  token; each sequence's end-of-text token).
+* ``onednn_linear`` (with ``fused_attention``): the blocks' projections run :func:`frozen_linear`, oneDNN's fp32
+  matmul on CPU.
 """
 
 from __future__ import annotations
@@ -74,9 +82,11 @@ def frozen_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tens
     """``F.linear`` over frozen weights. On CPU in fp32 it runs oneDNN's matmul (:class:`_OneDNNLinear`): PyTorch's
     CPU ``F.linear`` calls MKL's sgemm, which on AMD processors runs at less than half of oneDNN's speed (on this
     project's AMD EPYC test machines 200 vs 450 GFLOPS on 2 cores, ViT-B/16 shapes). Same fp32 math, summed in
-    another order (1e-6 relative). Anything else (GPU, bf16, trainable weights) is ``F.linear``."""
+    another order (1e-6 relative). Anything else (GPU, bf16, trainable weights, code being compiled by
+    ``torch.compile``, whose CPU backend cannot lower this op on non-constant weights) is ``F.linear``."""
     if (
         x.device.type == "cpu"
+        and not torch.compiler.is_compiling()
         and x.dtype == weight.dtype == torch.float32
         and not weight.requires_grad
         and (bias is None or not bias.requires_grad)

@@ -348,3 +348,17 @@ def test_pooled_rows_and_onednn_on_vit_b16_width_blocks_keep_features_and_prompt
     ours, ref = frozen_linear(x, fc.weight, fc.bias), torch.nn.functional.linear(x, fc.weight, fc.bias)
     close_scaled(ours, ref)
     close_scaled(torch.autograd.grad(ours, x, grad_out)[0], torch.autograd.grad(ref, x, grad_out)[0])
+
+
+@pytest.mark.slow
+def test_a_compiled_encoder_runs_and_equals_the_eager_one(clip2, images):
+    """torch.compile of the prompted vision encoder (prompts and gradients included): the oneDNN projections step
+    aside while compiling (inductor cannot lower them on non-constant weights), and the numbers stay the same."""
+    enc = PromptedVisionEncoder(clip2)
+    prompts = [(0.02 * torch.randn(4, enc.width)).requires_grad_() for _ in range(2)]
+    eager = enc(images, prompts)
+    (eager_grad,) = torch.autograd.grad(eager.square().sum(), prompts[0])
+    compiled = torch.compile(enc.forward)(images, prompts)
+    (compiled_grad,) = torch.autograd.grad(compiled.square().sum(), prompts[0])
+    close_scaled(compiled, eager)
+    close_scaled(compiled_grad, eager_grad)
