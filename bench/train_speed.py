@@ -30,7 +30,7 @@ cores // ranks threads.
 Part 3 (``--against REV``, instead of parts 1 and 2): this checkout's step against the same step at git revision
 REV, side by side in one run (see ``bench/speed_against.py``)::
 
-    .venv/bin/python bench/train_speed.py --against 02da0ae                 # every item, about 25 minutes
+    .venv/bin/python bench/train_speed.py --against 02da0ae                 # every item, about 16 minutes
     .venv/bin/python bench/train_speed.py --against 02da0ae --against-sets five --methods vpt_deep
 
 Not a test: it logs numbers and asserts nothing.
