@@ -82,11 +82,12 @@ def frozen_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tens
     """``F.linear`` over frozen weights. On CPU in fp32 it runs oneDNN's matmul (:class:`_OneDNNLinear`): PyTorch's
     CPU ``F.linear`` calls MKL's sgemm, which on AMD processors runs at less than half of oneDNN's speed (on this
     project's AMD EPYC test machines 200 vs 450 GFLOPS on 2 cores, ViT-B/16 shapes). Same fp32 math, summed in
-    another order (1e-6 relative). Anything else (GPU, bf16, trainable weights, code being compiled by
+    another order (1e-6 relative). Anything else (GPU, bf16, CPU autocast, trainable weights, code being compiled by
     ``torch.compile``, whose CPU backend cannot lower this op on non-constant weights) is ``F.linear``."""
     if (
         x.device.type == "cpu"
         and not torch.compiler.is_compiling()
+        and not torch.is_autocast_enabled("cpu")
         and x.dtype == weight.dtype == torch.float32
         and not weight.requires_grad
         and (bias is None or not bias.requires_grad)

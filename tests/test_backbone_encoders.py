@@ -284,6 +284,8 @@ def test_frozen_linear_is_f_linear_with_the_input_gradient_only():
     assert trainable.grad is not None
     x64 = x.detach().double()
     assert torch.equal(frozen_linear(x64, weight.double()), torch.nn.functional.linear(x64, weight.double()))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast's choice of precision is kept
+        assert frozen_linear(x, weight, bias).dtype == torch.bfloat16
 
 
 def test_frozen_linear_backward_sees_a_weight_changed_in_place():
