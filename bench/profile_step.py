@@ -22,6 +22,7 @@ import time
 import torch
 from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES
 from speed_against import SETS, cases
+from speed_worker import sgd_step
 from torch.profiler import ProfilerActivity, profile
 
 from scaleprompt.backbone import load_clip
@@ -48,13 +49,7 @@ def profile_item(loaded, case, iters: int, top: int) -> str:  # noqa: ANN001 - a
         size = loaded.info.image_size
         images = torch.randn(item["batch"], 3, size, size)
         labels = torch.randint(0, item["classes"], (item["batch"],))
-        optimizer = torch.optim.SGD(method.trainable_parameters(), lr=1e-3, momentum=0.9)
-
-        def run() -> None:
-            method.train()
-            method.loss(images, labels).loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
+        run = sgd_step(method, images, labels)
 
     run()
     times = []

@@ -23,10 +23,29 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+
+
+def sgd_step(
+    method: Any, images: torch.Tensor, labels: torch.Tensor, lr: float = 1e-3
+) -> Callable[[], float]:
+    """One timed training step of ``method`` (the bench's unit of work): ``train(); loss; backward; SGD (momentum
+    0.9) step; zero_grad``; the call returns the loss before the step."""
+    optimizer = torch.optim.SGD(method.trainable_parameters(), lr=lr, momentum=0.9)
+
+    def step() -> float:
+        method.train()
+        out = method.loss(images, labels)
+        out.loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        return float(out.loss.detach())
+
+    return step
 
 
 class Worker:
@@ -73,17 +92,7 @@ class Worker:
         gen = torch.Generator().manual_seed(self.seed)
         images = torch.randn(item["batch"], 3, size, size, generator=gen)
         labels = torch.randint(0, item["classes"], (item["batch"],), generator=gen)
-        optimizer = torch.optim.SGD(method.trainable_parameters(), lr=1e-3, momentum=0.9)
-
-        def step() -> float:
-            method.train()
-            out = method.loss(images, labels)
-            out.loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-            return float(out.loss.detach())
-
-        return step
+        return sgd_step(method, images, labels)
 
     def time(self, item: dict[str, Any]) -> dict[str, float]:
         key = json.dumps(item, sort_keys=True)

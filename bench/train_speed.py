@@ -53,6 +53,7 @@ from pathlib import Path
 
 import torch
 from speed_against import add_arguments, check_arguments, run_against
+from speed_worker import sgd_step
 
 from scaleprompt.backbone import load_clip
 from scaleprompt.losses import cosine_logits
@@ -128,21 +129,6 @@ def method_forward(method: torch.nn.Module, images: torch.Tensor) -> Callable[[]
     return run
 
 
-def train_step(
-    method: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, lr: float
-) -> Callable[[], None]:
-    optimizer = torch.optim.SGD(method.trainable_parameters(), lr=lr, momentum=0.9)
-
-    def run() -> None:
-        method.train()
-        out = method.loss(images, labels)
-        out.loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-
-    return run
-
-
 def time_items(items: list[Item], warmup: int, iters: int, label: str) -> None:
     """``warmup`` untimed calls of every item, then ``iters`` rounds of one timed call of every item."""
     t0 = time.perf_counter()
@@ -207,7 +193,7 @@ def bench_backbone(args: argparse.Namespace, backbone: str) -> str:
             notes.append(f"{name} with {', '.join(f'{k}={v}' for k, v in overrides.items())}")
         method = build(name, loaded, classnames, **overrides)
         trainable = sum(p.numel() for p in method.trainable_parameters())
-        items.append(Item(name, "step", b, train_step(method, images, labels, args.lr), trainable))
+        items.append(Item(name, "step", b, sgd_step(method, images, labels, args.lr), trainable))
     frozen = {
         b: Item(f"frozen forward b{b}", "frozen", b, frozen_forward(clip, text, data(b)[0]))
         for b in sorted({item.batch for item in items} | {batch})
