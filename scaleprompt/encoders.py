@@ -419,7 +419,7 @@ class PromptedTextEncoder(nn.Module):
         if len(deep) >= self.num_blocks:
             raise ValueError(f"{len(deep)} deep text prompts for a text tower of {self.num_blocks} blocks")
         pooled = self.pooled_positions(ids)  # [S] or None
-        length = self.kept_length(ids, start + max((p.shape[-2] for p in deep), default=0))
+        length = self.kept_length(ids, start + max((p.shape[-2] for p in deep), default=0), pooled=pooled)
         x = embeds[:, :length].to(self.dtype) + t.positional_embedding[:length].to(self.dtype)  # [S, L, Dt]
         mask = t.attn_mask if t.attn_mask is None else t.attn_mask[:length, :length]
         causal = mask is not None and self.fused_attention and self._causal_mask()
@@ -466,12 +466,13 @@ class PromptedTextEncoder(nn.Module):
             return ids.new_zeros(ids.shape[0], dtype=torch.int64)
         return None
 
-    def kept_length(self, ids: Tensor, at_least: int = 0) -> int:
+    def kept_length(self, ids: Tensor, at_least: int = 0, pooled: Tensor | None = None) -> int:
         """How many leading positions of ``ids`` ``[S, T]`` the features depend on. Under the causal mask a position
         only sees the ones before it, so everything after the pooled token (the end-of-text token: ``argmax`` /
         ``eos`` pooling) cannot change the features and is not computed: 15 of 77 positions for a 4-token context
-        and short class names. Without a causal mask or with ``last`` pooling every position counts (T)."""
-        pooled = self.pooled_positions(ids)
+        and short class names. Without a causal mask or with ``last`` pooling every position counts (T).
+        ``pooled``: :meth:`pooled_positions` of ``ids`` when the caller has them already."""
+        pooled = self.pooled_positions(ids) if pooled is None else pooled
         if not self.truncate or self.tower.attn_mask is None or pooled is None:
             return ids.shape[1]
         return min(ids.shape[1], max(int(pooled.max()) + 1, at_least))
