@@ -23,11 +23,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import socket
 import warnings
 import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 
 import open_clip
 import torch
@@ -249,7 +252,10 @@ def load_clip(
     else:
         if model_name not in open_clip.list_models():
             raise BackboneError(f"unknown model name {model_name!r}; see open_clip.list_models()")
-        with _quiet_open_clip() if pretrained is None else contextlib.nullcontext(), torch.random.fork_rng():
+        hub = (
+            contextlib.nullcontext() if pretrained is None else _hub_access(model_name, pretrained, cache_dir)
+        )
+        with _quiet_open_clip() if pretrained is None else hub, torch.random.fork_rng():
             torch.manual_seed(init_seed)
             model = open_clip.create_model(
                 model_name, pretrained=pretrained, precision=precision, device=device, cache_dir=cache_dir
@@ -269,6 +275,67 @@ def tokenizer_for(model_name: str, cache_dir: str | None = None) -> Tokenizer:
         return registered.tokenizer(context_length=context_length)
     with _quiet_open_clip():
         return open_clip.get_tokenizer(model_name, cache_dir=cache_dir)
+
+
+def _reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
+    """A TCP connection to ``host`` opens within ``timeout`` seconds (behind an HTTPS proxy: assumed yes)."""
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _hub_access(model_name: str, tag: str, cache_dir: str | None) -> Iterator[None]:
+    """Around open_clip's download of a pretrained tag. With the weights' host reachable: nothing. Without a
+    network, instead of a minute of retries and chained tracebacks: the Hugging Face hub runs in offline mode (a
+    cached copy loads at once), and weights in no cache are one :class:`BackboneError` saying which, where they
+    would be cached, and how to pass a local file."""
+    cfg = open_clip.get_pretrained_cfg(model_name, tag)
+    if not cfg:
+        known = ", ".join(open_clip.list_pretrained_tags_by_model(model_name)) or "none"
+        raise BackboneError(f"unknown pretrained tag {tag!r} for {model_name} (open_clip knows: {known})")
+    hf_repo = (cfg.get("hf_hub") or "").strip("/")
+    if hf_repo:
+        import huggingface_hub.constants as hf_constants
+
+        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+        host, where = urlparse(endpoint).hostname or "huggingface.co", cache_dir or hf_constants.HF_HUB_CACHE
+    else:
+        host, where = urlparse(cfg.get("url", "")).hostname or "?", cache_dir or "~/.cache/clip"
+    if _reachable(host):
+        yield
+        return
+    hint = (" (these are OpenAI weights: with a local file use a -quickgelu model name, e.g. "
+            f"model.name={model_name}-quickgelu)") if cfg.get("quick_gelu") else ""  # fmt: skip
+    missing = BackboneError(
+        f"the weights {model_name} / {tag!r} are not in the local cache ({where}) and {host} cannot be reached: "
+        f"download them once on a machine with network (same cache), or pass a local file with "
+        f"model.pretrained=/path/to/weights{hint}"
+    )
+    if not hf_repo:
+        url_file = Path(where).expanduser() / Path(urlparse(cfg.get("url", "")).path).name
+        if not url_file.is_file():
+            raise missing
+        yield
+        return
+    import huggingface_hub.constants as hf_constants
+
+    offline = hf_constants.HF_HUB_OFFLINE
+    hf_constants.HF_HUB_OFFLINE = True  # read at call time (is_offline_mode): the cache only, no retries
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.CRITICAL)  # open_clip logs the failed download as an ERROR before raising
+    try:
+        yield
+    except RuntimeError as exc:  # open_clip: "Pretrained weights (...) not found for model ..."
+        raise missing from exc
+    finally:
+        hf_constants.HF_HUB_OFFLINE = offline
+        root.setLevel(level)
 
 
 @contextlib.contextmanager

@@ -4,7 +4,8 @@
 * ``scaleprompt check [--model sp-tiny-vit-12]``: builds every method on a (tiny, offline) backbone, runs one
   SGD step on random images, saves and reloads the prompts, and prints a table.
 * ``scaleprompt inspect FILE``: the method, config, classes and backbone stored in a prompt file.
-* ``scaleprompt predict PROMPTS IMAGE...``: classify images with trained prompts.
+* ``scaleprompt predict PROMPTS INPUT... [--output FILE]``: classify images (files, folders, globs) with trained
+  prompts, one JSON line / CSV row per image.
 * ``scaleprompt convert --method NAME --official FILE --classnames a,b,c --out prompts.safetensors [key=value ...]``:
   an official release's checkpoint as a prompt file (docs/porting.md).
 * ``scaleprompt results RUNS... [--selection best_val]``: paper-style tables (markdown + CSV) from runs.
@@ -29,10 +30,15 @@ CHECK_CLASSES = ["cat", "dog", "golden retriever", "airplane", "sea turtle"]
 
 
 def cmd_methods(_: argparse.Namespace) -> int:
+    import sys
+
     from scaleprompt.methods import METHODS
 
     for name, cls in METHODS.items():
-        logger.info("%-10s %s", name, (cls.__doc__ or "").strip().splitlines()[0])
+        doc = (
+            sys.modules[cls.__module__].__doc__ or cls.__dict__.get("__doc__") or ""
+        )  # one module per method
+        logger.info("%-10s %s", name, next(iter(doc.strip().splitlines()), ""))
         for field, default in cls.describe_config().items():
             logger.info("    %-16s = %r", field, default)
     return 0
@@ -75,11 +81,11 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from scaleprompt.methods.io import read_prompt_file
+    from scaleprompt.promptfile import read_prompt_header  # (no torch: answers at once)
 
-    meta, tensors = read_prompt_file(args.file)
+    meta, tensors = read_prompt_header(args.file)
     report = {k: (json.loads(v) if k != "format" and k != "method" else v) for k, v in meta.items()}
-    report["tensors"] = {k: list(v.shape) for k, v in tensors.items()}
+    report["tensors"] = {k: v["shape"] for k, v in tensors.items()}
     logger.info("%s", json.dumps(report, indent=2))
     return 0
 
@@ -110,15 +116,37 @@ def cmd_shards(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
-    from scaleprompt.predict import Predictor
+PREDICT_HELP = """Classify images with saved prompts: one record per image, its path and top-k classes with their
+probabilities, as JSON lines ({"path": ..., "top": [{"class": ..., "prob": ...}, ...]}) or CSV rows
+(path,class_1,prob_1,...,class_k,prob_k). The records go to --output or stdout, logs and the progress bar to
+stderr. Inputs: image files, folders (searched recursively for .bmp .gif .jpeg .jpg .png .tif .tiff .webp, any
+case; hidden files skipped) and glob patterns (quote them; ** spans folders), in the order given, each folder's
+and pattern's images sorted, duplicates once. Images are read one batch at a time.
 
-    predictor = Predictor(
-        args.prompts, pretrained=None if args.pretrained == "from-file" else args.pretrained
-    )
-    for path, top in zip(args.images, predictor.classify_files(args.images, top_k=args.top_k), strict=True):
-        logger.info("%s  %s", path, "  ".join(f"{name} {p:.3f}" for name, p in top))
-    return 0
+  scaleprompt predict prompts.safetensors photos/ 'more/**/*.jpg' cat.png > predictions.jsonl
+  scaleprompt predict prompts.safetensors photos/ --output predictions.csv --top-k 5 --skip-bad"""
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Records (JSON lines or CSV) to ``--output`` or stdout; logs and the progress bar to stderr."""
+    from scaleprompt.methods.convert import read_classnames
+    from scaleprompt.predict import run_predict
+
+    classnames = None
+    if args.classnames is not None or args.classnames_file is not None:
+        classnames = read_classnames(args.classnames, args.classnames_file)
+    return run_predict(
+        args.prompts, args.inputs, output=args.output, fmt=args.format, top_k=args.top_k,
+        batch_size=args.batch_size, classnames=classnames, device=args.device, skip_bad=args.skip_bad,
+        pretrained=None if args.pretrained == "from-file" else args.pretrained,
+    )  # fmt: skip
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -147,7 +175,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_entry_point(_main, argv, prog="scaleprompt")
 
 
-def _main(argv: list[str]) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``scaleprompt`` parser (``results``, ``tune`` and ``pretrain-microworld`` are listed here for the help
+    text; their own parsers take over in :func:`_main`)."""
     parser = argparse.ArgumentParser(prog="scaleprompt", description=__doc__.split("\n\n")[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks of input errors")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -158,11 +188,11 @@ def _main(argv: list[str]) -> int:
     )
     check.add_argument("--pretrained", default=None, help="pretrained tag, local file or none")
     check.add_argument("--methods", nargs="*", help="subset of methods (default: all)")
-    check.add_argument("--batch-size", type=int, default=8)
-    check.add_argument("--seed", type=int, default=0)
+    check.add_argument("--batch-size", type=int, default=8, help="random images per step (default: 8)")
+    check.add_argument("--seed", type=int, default=0, help="seed of the images and prompts (default: 0)")
     check.set_defaults(func=cmd_check)
     inspect = sub.add_parser("inspect", help="print what a prompt file holds")
-    inspect.add_argument("file")
+    inspect.add_argument("file", help="a prompt file (prompts.safetensors)")
     inspect.set_defaults(func=cmd_inspect)
     sub.add_parser("datasets", help="list the registered datasets").set_defaults(func=cmd_datasets)
     shards = sub.add_parser("shards", help="write a dataset as WebDataset shards + manifest")
@@ -174,11 +204,14 @@ def _main(argv: list[str]) -> int:
     shards.add_argument(
         "--shots", type=int, default=None, help="few-shot K (omit: no protocol; 0: all images)"
     )
-    shards.add_argument("--seed", type=int, default=1)
-    shards.add_argument("--subset", choices=["all", "base", "new"], default="all")
+    shards.add_argument("--seed", type=int, default=1, help="few-shot sampling seed (default: 1)")
     shards.add_argument(
-        "--splits", nargs="+", default=["train", "val", "test"], choices=["train", "val", "test"]
+        "--subset", choices=["all", "base", "new"], default="all", help="classes: all, base half or new half"
     )
+    shards.add_argument(
+        "--splits", nargs="+", default=["train", "val", "test"], choices=["train", "val", "test"],
+        help="splits to write (default: all three)",
+    )  # fmt: skip
     shards.add_argument("--shard-size", type=int, default=1000, help="max samples per shard")
     shards.add_argument(
         "--min-shards", type=int, default=8, help="at least this many shards per split (>= ranks x workers)"
@@ -205,13 +238,32 @@ def _main(argv: list[str]) -> int:
         add_help=False,
     )
     pretrain.set_defaults(func=None)
-    predict = sub.add_parser("predict", help="classify images with saved prompts")
+    predict = sub.add_parser(
+        "predict", help="classify images with saved prompts (JSON lines / CSV)", description=PREDICT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
     predict.add_argument("prompts", help="a prompt file written by training (prompts.safetensors)")
-    predict.add_argument("images", nargs="+", help="image files")
+    predict.add_argument(
+        "inputs", nargs="+", metavar="INPUT", help="image files, folders (recursive) and quoted glob patterns"
+    )
+    predict.add_argument("--output", "-o", help="write the records to this file (default: stdout)")
+    predict.add_argument(
+        "--format", choices=["jsonl", "csv"], help="record format (default: csv for a .csv --output, else jsonl)",
+    )  # fmt: skip
+    predict.add_argument(
+        "--top-k", type=_positive_int, default=3, help="classes per image (default 3; at most all classes)"
+    )
+    predict.add_argument("--batch-size", type=_positive_int, default=32, help="images per forward pass")
+    new_names = predict.add_mutually_exclusive_group()
+    new_names.add_argument("--classnames", help="comma-separated class names to use (default: the file's)")
+    new_names.add_argument("--classnames-file", help="one class name per line (blank lines ignored)")
+    predict.add_argument(
+        "--skip-bad", action="store_true", help="skip (and report) unreadable images instead of stopping"
+    )
     predict.add_argument(
         "--pretrained", default="from-file", help="backbone weights (default: as recorded in the file)"
     )
-    predict.add_argument("--top-k", type=int, default=3)
+    predict.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     predict.set_defaults(func=cmd_predict)
     convert = sub.add_parser("convert", help="turn an official release's checkpoint into a prompt file")
     convert.add_argument(
@@ -236,6 +288,11 @@ def _main(argv: list[str]) -> int:
         "args", nargs="*", metavar="key=value", help="method config fields, e.g. templates=[...]"
     )
     convert.set_defaults(func=cmd_convert)
+    return parser
+
+
+def _main(argv: list[str]) -> int:
+    parser = build_parser()
     if argv[:1] == ["results"]:  # the aggregator has its own parser
         from scaleprompt.report.tables import main as results_main
 

@@ -2,23 +2,147 @@
 
 The prompt file records its backbone (model name and pretrained weights), method, config and classes, so the
 file alone rebuilds the classifier; pass ``pretrained=`` when the weights live somewhere else on this machine.
+
+Batch prediction (``scaleprompt predict``, :func:`run_predict`): :func:`expand_inputs` turns image files, folders
+(searched recursively) and glob patterns into one sorted list of image paths; :meth:`Predictor.predict_files`
+reads them lazily, one batch at a time, and yields one :class:`Prediction` (the path and the top-k classes with
+their probabilities) per image; :func:`write_predictions` writes them as JSON lines or CSV rows.
 """
 
 from __future__ import annotations
 
+import csv
+import glob
 import json
-from collections.abc import Sequence
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TextIO
 
 import torch
 from PIL import Image
+from torch import Tensor
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from scaleprompt.backbone import load_clip
 from scaleprompt.data.transforms import clip_transform
-from scaleprompt.methods.io import PromptFileError, load_prompts, read_prompt_file
+from scaleprompt.errors import OutputError, ScalepromptError, one_line
+from scaleprompt.methods.base import clean_classnames
+from scaleprompt.methods.io import PromptFileError, atomic_write, load_prompts, read_prompt_file
+
+logger = logging.getLogger("scaleprompt")
+
+# what a folder or a glob pattern contributes (compared case-insensitively); a file named explicitly is read
+# whatever its suffix
+IMAGE_SUFFIXES = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
+FORMATS = ("jsonl", "csv")
+_GLOB_CHARS = frozenset("*?[")
 
 
+class PredictInputError(ScalepromptError, ValueError):
+    """An input of the prediction is missing, matches no image, or an image cannot be read (the message names
+    it)."""
+
+
+class ImageReadError(PredictInputError):
+    """An image file cannot be opened or decoded (missing, not an image, truncated, no permission)."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's top-k classes, most probable first: ``top = [(class name, probability), ...]``."""
+
+    path: str
+    top: list[tuple[str, float]]
+
+    def record(self) -> dict[str, Any]:
+        """The JSON-lines record: ``{"path": ..., "top": [{"class": ..., "prob": ...}, ...]}``."""
+        return {"path": self.path, "top": [{"class": name, "prob": prob} for name, prob in self.top]}
+
+    def row(self) -> list[str | float]:
+        """The CSV row: ``path, class_1, prob_1, ..., class_k, prob_k``."""
+        return [self.path, *(value for pair in self.top for value in pair)]
+
+
+# --- inputs ---------------------------------------------------------------------------------------------------
+def _has_image_suffix(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
+
+
+def folder_images(folder: str | Path) -> list[Path]:
+    """The image files under ``folder``, recursively, sorted by their path inside it. Hidden files and folders
+    (a name starting with ``.``) are left out, as a glob's ``*`` and ``**`` leave them out; symlinked folders are
+    not followed."""
+    folder = Path(folder)
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        found += [Path(dirpath, f) for f in filenames if not f.startswith(".") and _has_image_suffix(f)]
+    return sorted(found, key=lambda p: p.relative_to(folder).parts)
+
+
+def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
+    """Image paths, in a deterministic order, from image files, folders and glob patterns.
+
+    Each input in turn: an existing folder gives its images (:func:`folder_images`), an existing file itself
+    (whatever its suffix), anything else with ``*``, ``?`` or ``[`` is a glob pattern (``recursive=True``, so
+    ``**`` spans folders) whose sorted matches give their image files and the images of the folders they match.
+    An image reached twice is kept at its first place. Raises :class:`PredictInputError` naming a path that does
+    not exist, a folder without images or a pattern that matches no image."""
+    paths: list[Path] = []
+    seen: set[str] = set()
+    for given in inputs:
+        text = str(given)
+        path = Path(text)
+        if path.is_dir():
+            found = folder_images(path)
+            if not found:
+                raise PredictInputError(
+                    f"folder {text} holds no image file (searched recursively for {' '.join(IMAGE_SUFFIXES)})"
+                )
+        elif path.exists():
+            found = [path]
+        elif _GLOB_CHARS.intersection(text):
+            found = []
+            for match in sorted(glob.glob(text, recursive=True)):
+                if os.path.isdir(match):
+                    found += folder_images(match)
+                elif _has_image_suffix(match):
+                    found.append(Path(match))
+            if not found:
+                raise PredictInputError(f"glob pattern {text!r} matches no image file")
+        else:
+            raise PredictInputError(f"image input not found: {text}")
+        for image in found:
+            key = os.path.abspath(image)
+            if key not in seen:
+                seen.add(key)
+                paths.append(image)
+    return paths
+
+
+def _batches(items: Iterable[Path], size: int) -> Iterator[list[Path]]:
+    batch: list[Path] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+# --- the classifier -------------------------------------------------------------------------------------------
 class Predictor:
+    """The method of a prompt file on its (rebuilt) backbone, in eval mode.
+
+    ``classnames``: classify with other classes than the file's; a method whose prompts belong to the training
+    classes (e.g. class-specific CoOp context) refuses with its own error."""
+
     def __init__(self, prompts: str | Path, pretrained: str | None = None, device: str = "cpu",
                  classnames: Sequence[str] | None = None) -> None:  # fmt: skip
         meta, _ = read_prompt_file(prompts)
@@ -31,7 +155,10 @@ class Predictor:
             backbone["model_name"], pretrained or backbone["pretrained"], device=device,
             init_seed=backbone.get("init_seed") or 0,
         )  # fmt: skip
-        self.method = load_prompts(prompts, self.backbone, classnames).to(device).eval()
+        # loaded on its own classes, then moved: the method decides whether its prompts can move to others
+        self.method = load_prompts(prompts, self.backbone).to(device).eval()
+        if classnames is not None and clean_classnames(classnames) != self.method.classnames:
+            self.method.set_classnames(classnames)
         info = self.backbone.info
         self.transform = clip_transform(info.image_size, train=False, mean=info.mean, std=info.std)
         self.device = device
@@ -40,21 +167,155 @@ class Predictor:
     def classnames(self) -> list[str]:
         return self.method.classnames
 
+    def load_image(self, path: str | Path) -> Tensor:
+        """The transformed ``[3, H, W]`` image of a file; :class:`ImageReadError` names a file that cannot be read."""
+        try:
+            with Image.open(path) as img:
+                rgb = img.convert("RGB")  # (decodes the whole image: a truncated file fails here)
+        except Exception as exc:  # noqa: BLE001 - whatever PIL raises, the file is unreadable
+            raise ImageReadError(f"cannot read image {path}: {one_line(exc)}") from exc
+        return self.transform(rgb)
+
     @torch.no_grad()
+    def _probabilities(self, batch: Tensor) -> Tensor:
+        return self.method.logits(batch.to(self.device)).softmax(dim=-1).cpu()
+
     def probabilities(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """``[N, C]`` class probabilities."""
-        batch = torch.stack([self.transform(img.convert("RGB")) for img in images]).to(self.device)
-        return self.method.logits(batch).softmax(dim=-1).cpu()
+        return self._probabilities(torch.stack([self.transform(img.convert("RGB")) for img in images]))
+
+    def predict_files(
+        self,
+        paths: Iterable[str | Path],
+        top_k: int = 1,
+        batch_size: int = 32,
+        on_error: Callable[[Path, ImageReadError], None] | None = None,
+    ) -> Iterator[Prediction]:
+        """One :class:`Prediction` per image file, in order, with its ``top_k`` classes (at most all classes).
+
+        ``paths`` is consumed lazily and the images are read one batch of ``batch_size`` at a time, so only one
+        batch is ever in memory. An unreadable file raises :class:`ImageReadError`, or, with ``on_error``, is
+        passed to ``on_error(path, error)`` and gets no prediction."""
+        if top_k < 1 or batch_size < 1:
+            raise ValueError(f"top_k ({top_k}) and batch_size ({batch_size}) must be at least 1")
+        k = min(top_k, len(self.classnames))
+        for batch in _batches((Path(p) for p in paths), batch_size):
+            images, kept = [], []
+            for path in batch:
+                try:
+                    images.append(self.load_image(path))
+                except ImageReadError as exc:
+                    if on_error is None:
+                        raise
+                    on_error(path, exc)
+                    continue
+                kept.append(path)
+            if not kept:
+                continue
+            top = self._probabilities(torch.stack(images)).topk(k, dim=-1)
+            for path, probs, indices in zip(kept, top.values.tolist(), top.indices.tolist(), strict=True):
+                yield Prediction(
+                    str(path), [(self.classnames[i], p) for p, i in zip(probs, indices, strict=True)]
+                )
 
     def classify_files(self, paths: Sequence[str | Path], top_k: int = 1) -> list[list[tuple[str, float]]]:
         """Top-k (class name, probability) per image file."""
-        images = []
-        for path in paths:
-            with Image.open(path) as img:
-                images.append(img.copy())
-        probs = self.probabilities(images)
-        top = probs.topk(min(top_k, probs.shape[1]), dim=-1)
-        return [
-            [(self.classnames[i], float(p)) for p, i in zip(ps.tolist(), idx.tolist(), strict=True)]
-            for ps, idx in zip(top.values, top.indices, strict=True)
-        ]
+        return [prediction.top for prediction in self.predict_files(paths, top_k)]
+
+
+# --- output ---------------------------------------------------------------------------------------------------
+def output_format(output: str | Path | None, fmt: str | None = None) -> str:
+    """``fmt`` if given, else from the output file's suffix (``.csv``: csv), else ``jsonl``."""
+    if fmt is not None:
+        if fmt not in FORMATS:
+            raise PredictInputError(f"unknown output format {fmt!r} (one of {', '.join(FORMATS)})")
+        return fmt
+    return "csv" if output is not None and Path(output).suffix.lower() == ".csv" else "jsonl"
+
+
+def write_predictions(predictions: Iterable[Prediction], stream: TextIO, fmt: str, top_k: int) -> int:
+    """Write each prediction as it comes (a JSON line, or a CSV row under a header with ``top_k`` class and
+    probability columns); the number written."""
+    count = 0
+    if fmt == "csv":
+        writer = csv.writer(stream, lineterminator="\n")
+        writer.writerow(["path", *(f"{col}_{i}" for i in range(1, top_k + 1) for col in ("class", "prob"))])
+        for prediction in predictions:
+            writer.writerow(prediction.row())
+            count += 1
+    else:
+        for prediction in predictions:
+            stream.write(json.dumps(prediction.record()) + "\n")
+            count += 1
+    return count
+
+
+def run_predict(
+    prompts: str | Path,
+    inputs: Sequence[str | Path],
+    *,
+    output: str | Path | None = None,
+    fmt: str | None = None,
+    top_k: int = 3,
+    batch_size: int = 32,
+    classnames: Sequence[str] | None = None,
+    pretrained: str | None = None,
+    device: str = "cpu",
+    skip_bad: bool = False,
+) -> int:
+    """``scaleprompt predict``: classify every image of ``inputs`` (:func:`expand_inputs`) with the prompt file
+    and write one record per image to ``output`` (written atomically: no half file after an error), or to stdout
+    (nothing else goes there: records already written stay there if a later image stops the run). A tqdm bar on
+    stderr when there is more than one batch. An unreadable image stops the run with :class:`ImageReadError`
+    naming it; ``skip_bad``: it is logged (a warning naming it, and a count at the end) and gets no record.
+    Returns the exit code (0)."""
+    if top_k < 1 or batch_size < 1:
+        raise PredictInputError(f"--top-k ({top_k}) and --batch-size ({batch_size}) must be at least 1")
+    fmt = output_format(output, fmt)
+    paths = expand_inputs(inputs)
+    predictor = Predictor(prompts, pretrained=pretrained, device=device, classnames=classnames)
+    k = min(top_k, len(predictor.classnames))
+    logger.info(
+        "%d images from %d inputs; %s over %s, %d classes, top %d",
+        len(paths), len(inputs), predictor.method.name, predictor.backbone.info.model_name,
+        len(predictor.classnames), k,
+    )  # fmt: skip
+    skipped: list[Path] = []
+
+    def skip(path: Path, exc: ImageReadError) -> None:
+        logger.warning("skipped: %s", exc)
+        skipped.append(path)
+
+    def write(stream: TextIO) -> int:
+        bar = tqdm(paths, desc="predict", unit="img", file=sys.stderr, disable=len(paths) <= batch_size)
+        # (logging_redirect_tqdm: a warning about a skipped image goes above the bar, not through it)
+        with bar, logging_redirect_tqdm():
+            predictions = predictor.predict_files(bar, k, batch_size, on_error=skip if skip_bad else None)
+            try:
+                return write_predictions(predictions, stream, fmt, k)
+            except ImageReadError as exc:
+                raise ImageReadError(f"{exc} (--skip-bad skips unreadable images)") from exc
+
+    if output is None:
+        try:
+            count = write(sys.stdout)
+            sys.stdout.flush()
+        except BrokenPipeError:  # the reader stopped (``| head``): not an error; keep Python's exit quiet
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
+    else:
+        counted: list[int] = []
+
+        def write_file(tmp: str) -> None:
+            with open(tmp, "w", newline="", encoding="utf-8") as fh:
+                counted.append(write(fh))
+
+        try:
+            atomic_write(Path(output), write_file)
+        except OSError as exc:
+            raise OutputError(f"cannot write the predictions to {output}: {one_line(exc)}") from exc
+        count = counted[0]
+    logger.info("wrote %d predictions to %s (%s)", count, output or "stdout", fmt)
+    if skipped:
+        logger.warning("skipped %d unreadable images of %d", len(skipped), len(paths))
+    return 0

@@ -24,7 +24,17 @@ if __package__ in (None, ""):  # run as a script (deepspeed / torchrun launch a 
 
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="overrides: key=value ...")
+    from scaleprompt.engine.config import run_config_keys
+
+    keys = "\n".join(f"  {line}" for line in run_config_keys())
+    epilog = (
+        "overrides: key=value, after the recipe (e.g. optim.epochs=5 data.dataset=OxfordPets); the keys and their "
+        f"defaults:\n{keys}\nmethod.args.<field>=...: the method's own fields (scaleprompt methods lists them)"
+    )
+    parser = argparse.ArgumentParser(
+        prog="train.py", description=__doc__.split("\n\n")[0], epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
     parser.add_argument("--config", help="recipe YAML (configs/...)")
     parser.add_argument(
         "--ds", help="DeepSpeed JSON (ds_configs/zero{1,2,3}.json); default: plain data parallel"

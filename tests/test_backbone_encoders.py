@@ -364,3 +364,24 @@ def test_a_compiled_encoder_runs_and_equals_the_eager_one(clip2, images):
     (compiled_grad,) = torch.autograd.grad(compiled.square().sum(), prompts[0])
     close_scaled(compiled, eager)
     close_scaled(compiled_grad, eager_grad)
+
+
+def test_hub_weights_without_network_are_one_line_within_seconds(tmp_path, monkeypatch):
+    """No network (forced: the host probe says unreachable, so nothing is downloaded even where the hub is reachable)
+    and an empty cache: one BackboneError naming the weights, the cache and the local-file override, without the
+    hub's minute of retries."""
+    import time
+
+    monkeypatch.setattr(backbone_module, "_reachable", lambda host, **_: False)
+    start = time.perf_counter()
+    with pytest.raises(BackboneError) as exc:
+        load_clip("ViT-B-16", "openai", cache_dir=str(tmp_path / "hub-cache"))
+    message = str(exc.value)
+    assert "ViT-B-16 / 'openai'" in message and str(tmp_path / "hub-cache") in message
+    assert "model.pretrained=/path/to/weights" in message and "ViT-B-16-quickgelu" in message
+    assert "\n" not in message and time.perf_counter() - start < 30
+    import huggingface_hub.constants as hf_constants
+
+    assert not hf_constants.HF_HUB_OFFLINE  # the offline switch is restored
+    with pytest.raises(BackboneError, match="unknown pretrained tag 'nosuchtag' for ViT-B-16"):
+        load_clip("ViT-B-16", "nosuchtag")

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 
 from scaleprompt.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_shards_command_writes_the_embedded_dataset(tmp_path):
@@ -20,3 +29,99 @@ def test_shards_command_writes_the_embedded_dataset(tmp_path):
 
 def test_check_command_runs_a_step_and_a_reload_per_method():
     assert main(["check", "--methods", "coop", "provp_ref", "--batch-size", "4"]) == 0
+
+
+# --- every subcommand and its help ------------------------------------------------------------------------------
+def subcommands() -> list[str]:
+    from scaleprompt.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return list(sub.choices)
+
+
+def test_the_subcommand_list_is_the_documented_one():
+    assert set(subcommands()) == {
+        "methods", "check", "inspect", "datasets", "shards", "results", "tune", "pretrain-microworld", "predict",
+        "convert",
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("command", subcommands())
+def test_every_subcommand_has_help_whose_usage_names_it(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: scaleprompt {command} "), out[:200]
+    undocumented = [
+        a.option_strings for a in _subparser(command)._actions if a.help is None and a.option_strings
+    ]
+    assert not undocumented, f"scaleprompt {command}: options without help: {undocumented}"
+
+
+def _subparser(command: str) -> argparse.ArgumentParser:
+    """The parser that really handles ``command`` (results, tune and pretrain-microworld bring their own)."""
+    if command == "results":
+        from scaleprompt.report.tables import build_parser as results_parser
+
+        return results_parser()
+    if command == "tune":
+        from scaleprompt.search.cli import build_parser as tune_parser
+
+        return tune_parser("scaleprompt tune")
+    if command == "pretrain-microworld":
+        from scaleprompt.microworld.pretrain import build_parser as pretrain_parser
+
+        return pretrain_parser()
+    from scaleprompt.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices[command]
+
+
+@pytest.mark.parametrize(
+    "script,usage",
+    [("scaleprompt/train.py", "usage: train.py "), ("tune/ablation.py", "usage: tune/ablation.py ")],
+)
+def test_the_entry_scripts_help_names_them(script, usage):
+    out = subprocess.run(
+        [sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.startswith(usage), out.stdout[:200]
+    if script.endswith("train.py"):  # where the override keys are: listed with their defaults
+        assert "data.train_crop_min_scale = 0.08" in out.stdout and "optim.epochs = 10" in out.stdout
+
+
+def test_methods_lists_every_method_with_a_summary(caplog):
+    from scaleprompt.methods import list_methods
+
+    with caplog.at_level(logging.INFO, logger="scaleprompt"):
+        assert main(["methods"]) == 0
+    heads = [r.getMessage() for r in caplog.records if not r.getMessage().startswith(" ")]
+    assert [h.split()[0] for h in heads] == list_methods()
+    assert all(len(h.split()) > 2 for h in heads), heads  # a summary after each name
+    assert any("n_ctx" in r.getMessage() for r in caplog.records)
+
+
+def test_datasets_inspect_results_tune_and_pretrain_run(tmp_path, caplog):
+    """The subcommands without a test file of their own run from the CLI (shards, check, convert, predict and the
+    full sweeps are tested in their own files)."""
+    from scaleprompt.backbone import load_clip
+    from scaleprompt.methods import build, save_prompts
+
+    with caplog.at_level(logging.INFO, logger="scaleprompt"):
+        assert main(["datasets"]) == 0
+    assert any(r.getMessage().startswith("FashionMNIST") for r in caplog.records)
+    path = save_prompts(
+        build("coop", load_clip("sp-tiny-vit", None), ["cat", "dog"], n_ctx=2), tmp_path / "p.safetensors"
+    )
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="scaleprompt"):
+        assert main(["inspect", str(path)]) == 0
+    report = json.loads(caplog.records[-1].getMessage())
+    assert report["method"] == "coop" and report["classnames"] == ["cat", "dog"]
+    assert main(["results", str(tmp_path / "no-runs-here")]) == 2  # one line, exit 2
+    assert main(["tune", "--space", str(tmp_path / "missing.yaml")]) == 2
+    out = tmp_path / "micro.safetensors"
+    assert main(["pretrain-microworld", "--out", str(out), "--steps", "2", "--eval-per-class", "1"]) == 0
+    assert out.is_file()

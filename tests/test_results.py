@@ -474,7 +474,7 @@ def test_ignored_fields_are_explicit():
         "train.seed", "train.output_dir", "train.log_every_steps", "train.tensorboard",
         "train.checkpoint_every_epochs", "train.checkpoint_every_steps", "train.keep_checkpoints",
         "eval.every_epochs", "eval.batch_size", "eval.zero_shot_baseline", "eval.targets", "eval.targets_root",
-        "data.cache_dir", "data.root", "data.shards", "data.max_bad_samples", "model.cache_dir",
+        "data.cache_dir", "data.root", "data.shards", "data.max_bad_samples", "data.strict_classnames", "model.cache_dir",
         "model.grad_checkpointing",
     }  # fmt: skip
     # optim.epochs and train.max_steps may change on resume, but they change what was trained

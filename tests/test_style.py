@@ -42,3 +42,29 @@ def test_mypy_clean():
     per-module relaxations. About 15 s from a cold cache on 2 cores, under 1 s warm (.mypy_cache)."""
     result = _run(_tool("mypy"), "--config-file", str(ROOT / "pyproject.toml"))
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_no_markdown_heading_is_left_empty():
+    """Every heading of the docs has something under it (a heading promising a table with nothing below it was a
+    user's complaint)."""
+    empty = []
+    for path in [
+        ROOT / "README.md",
+        *sorted((ROOT / "docs").glob("*.md")),
+        *sorted((ROOT / "bench").rglob("*.md")),
+    ]:
+        lines = path.read_text().splitlines()
+        in_code = False
+        heads = []
+        for i, line in enumerate(lines):
+            if line.startswith("```"):
+                in_code = not in_code
+            elif not in_code and line.startswith("#"):
+                heads.append(i)
+        for start, end in zip(heads, [*heads[1:], len(lines)], strict=True):
+            deeper = end < len(lines) and lines[end].split()[0].count("#") > lines[start].split()[0].count(
+                "#"
+            )
+            if not deeper and not any(line.strip() for line in lines[start + 1 : end]):
+                empty.append(f"{path.relative_to(ROOT)}:{start + 1} {lines[start]}")
+    assert not empty, "headings with nothing under them:\n" + "\n".join(empty)

@@ -8,6 +8,7 @@ dataclasses validate their values in ``__post_init__`` (errors name the field). 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Sequence
@@ -60,6 +61,9 @@ class DataConfig:
     image_size: int | None = None  # None = the backbone's
     train_augment: bool = True  # False: train on the test transform (deterministic inputs)
     train_crop_min_scale: float = 0.08  # RandomResizedCrop's smallest area fraction (0.08: the papers')
+    # true: class names the backbone cannot tell apart (words its tokenizer does not know, prompts cut by the
+    # context, identical prompts) are an error before training instead of a warning
+    strict_classnames: bool = False
     num_workers: int = 2
     shuffle_buffer: int = 1000
     resampled: bool = False
@@ -165,6 +169,23 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {k: to_dict(getattr(self, k)) for k in ("model", "method", "data", "optim", "eval", "train")}
+
+
+def run_config_keys() -> list[str]:
+    """Every ``section.key`` of the run config with its default (what ``train.py --help`` lists): the keys a recipe
+    YAML and a ``key=value`` override may set. ``method.args`` holds the method's own fields (``scaleprompt
+    methods``)."""
+    lines = []
+    for section in dataclasses.fields(RunConfig):
+        for f in dataclasses.fields(section.default_factory):  # type: ignore[arg-type]
+            if f.default is not dataclasses.MISSING:
+                default = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()
+            else:
+                default = "(required)"
+            lines.append(f"{section.name}.{f.name} = {default!r}")
+    return lines
 
 
 def load_run_config(recipe: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:

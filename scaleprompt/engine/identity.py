@@ -17,7 +17,8 @@ MAY_CHANGE = frozenset({
     "train.output_dir", "train.log_every_steps", "train.tensorboard", "train.checkpoint_every_epochs",
     "train.checkpoint_every_steps", "train.keep_checkpoints", "train.max_steps",
     "eval.every_epochs", "eval.batch_size", "eval.zero_shot_baseline", "eval.targets", "eval.targets_root",
-    "data.cache_dir", "data.root", "data.shards", "data.max_bad_samples", "model.cache_dir", "model.grad_checkpointing",
+    "data.cache_dir", "data.root", "data.shards", "data.max_bad_samples", "data.strict_classnames", "model.cache_dir",
+    "model.grad_checkpointing",
     "optim.epochs",
 })  # fmt: skip
 

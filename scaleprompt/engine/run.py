@@ -33,6 +33,7 @@ from scaleprompt.engine.config import RunConfig
 from scaleprompt.engine.distributed import run_on_main
 from scaleprompt.methods import build
 from scaleprompt.methods.base import PromptMethod
+from scaleprompt.methods.prompts import report_class_prompt_problems
 
 Metrics = dict[str, float]
 
@@ -144,9 +145,24 @@ def build_setting(cfg: RunConfig) -> EvalSetting:
 
 
 def build_method(cfg: RunConfig, backbone: Backbone, setting: EvalSetting) -> PromptMethod:
-    """The recipe's method over the frozen backbone, for the setting's training classes and template(s)."""
-    return build(cfg.method.name, backbone, list(setting.classnames), dataset_templates=setting.templates,
-                 **cfg.method.args)  # fmt: skip
+    """The recipe's method over the frozen backbone, for the setting's training classes and template(s).
+
+    The class prompts of every class set the setting tests (novel classes, transfer targets) are checked before
+    training (:meth:`~scaleprompt.methods.base.PromptMethod.classname_problems`): warnings, or with
+    ``data.strict_classnames`` a :class:`ConfigError` naming the classes."""
+    method = build(cfg.method.name, backbone, list(setting.classnames), dataset_templates=setting.templates,
+                   **cfg.method.args)  # fmt: skip
+    class_sets = [
+        (setting.classnames, setting.templates),
+        *((t.classnames, t.templates) for t in setting.test_sets),
+    ]
+    problems: list[str] = []
+    for classnames, templates in dict.fromkeys(class_sets):
+        problems += [p for p in method.classname_problems(classnames, templates) if p not in problems]
+    if problems and cfg.data.strict_classnames:
+        raise ConfigError(f"data.strict_classnames: {'; '.join(problems)}")
+    report_class_prompt_problems(problems)
+    return method
 
 
 def shard_fingerprint(folders: Mapping[str, str]) -> str:

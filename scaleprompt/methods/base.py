@@ -18,7 +18,7 @@ from scaleprompt.backbone import Backbone
 from scaleprompt.config import ConfigError, check_types, require
 from scaleprompt.encoders import PromptedTextEncoder, PromptedVisionEncoder
 from scaleprompt.losses import cosine_logits
-from scaleprompt.methods.prompts import ClassPromptTable
+from scaleprompt.methods.prompts import ClassPromptTable, class_prompt_problems, report_class_prompt_problems
 
 DEFAULT_TEMPLATE = "a photo of a {}."
 
@@ -87,6 +87,10 @@ class PromptMethod(nn.Module, ABC):
 
     ``backbone``: a :class:`~scaleprompt.backbone.Backbone` (from ``load_clip``), or a bare open_clip CLIP (CLIP's BPE
     tokenizer, and prompt files record no backbone). ``self.clip`` is the frozen open_clip model.
+
+    Whenever its class prompts are built (``registry.build``, :meth:`set_classnames`, new dataset templates) a
+    method checks them (:meth:`check_classnames`): class names its backbone's tokenizer cannot spell, prompts cut by the
+    context, classes with identical prompts are logged as warnings.
     """
 
     name: ClassVar[str]
@@ -108,6 +112,7 @@ class PromptMethod(nn.Module, ABC):
         self.clip.requires_grad_(False)
         self.vision = PromptedVisionEncoder(self.clip)
         self.text = PromptedTextEncoder(self.clip, backbone.tokenizer)
+        self._checked_prompts: tuple[tuple[str, ...], ...] | None = None  # the class prompts last checked
 
     # --- the contract --------------------------------------------------------------------------------------
     @abstractmethod
@@ -147,6 +152,59 @@ class PromptMethod(nn.Module, ABC):
         for module in self.modules():
             if isinstance(module, ClassPromptTable):
                 module.rebuild(self.text, self.classnames)
+        self.check_classnames()
+
+    # --- the class-prompt check ----------------------------------------------------------------------------
+    def class_prompts(
+        self, classnames: Sequence[str] | None = None, dataset_templates: Sequence[str] | None = None
+    ) -> list[list[str]]:
+        """The class prompt strings, one list of C per prompt table (``"{prefix} {classname}."``; a
+        :class:`FixedTextMethod`: per template). Default: the current classes (and templates)."""
+        names = self.classnames if classnames is None else clean_classnames(classnames)
+        prompts: list[list[str]] = []
+        for module in self.modules():
+            if isinstance(module, ClassPromptTable) and module.texts(names) not in prompts:
+                prompts.append(module.texts(names))
+        return prompts
+
+    def classname_problems(
+        self, classnames: Sequence[str] | None = None, dataset_templates: Sequence[str] | None = None
+    ) -> list[str]:
+        """What keeps the backbone from telling these classes apart (:func:`~scaleprompt.methods.prompts.
+        class_prompt_problems`: unknown words, cut prompts, identical prompts), one line per kind of problem.
+        Default: the current classes (and templates). Tokenization only.
+
+        Other classes whose learned-context prompts do not fit in the context raise the :class:`ConfigError` that
+        :meth:`set_classnames` would raise for them."""
+        names = self.classnames if classnames is None else clean_classnames(classnames)
+        if classnames is not None:
+            for module in self.modules():
+                if isinstance(module, ClassPromptTable):
+                    module.tokenize(self.text, names)
+        backbone = self.backbone_info.model_name if self.backbone_info is not None else None
+        prompts = self.class_prompts(names, dataset_templates)
+        return class_prompt_problems(self.text.tokenizer, self.text.context_length, names, prompts, backbone)
+
+    def check_classnames(
+        self,
+        classnames: Sequence[str] | None = None,
+        dataset_templates: Sequence[str] | None = None,
+        *,
+        strict: bool = False,
+    ) -> list[str]:
+        """:meth:`classname_problems`, logged as warnings (each once per process), or with ``strict`` a
+        :class:`ConfigError` naming the classes. Returns the problems found. Called without arguments whenever the
+        method's class prompts are built: the prompts checked last are not checked again (returns [])."""
+        if classnames is None and dataset_templates is None and not strict:
+            prompts = tuple(tuple(p) for p in self.class_prompts())
+            if prompts == self._checked_prompts:
+                return []
+            self._checked_prompts = prompts
+        problems = self.classname_problems(classnames, dataset_templates)
+        if strict and problems:
+            raise ConfigError("; ".join(problems))
+        report_class_prompt_problems(problems)
+        return problems
 
     # --- shared helpers ------------------------------------------------------------------------------------
     def train(self, mode: bool = True) -> PromptMethod:
@@ -252,6 +310,13 @@ class FixedTextMethod(FeatureMethod):
     def compute_text_features(self) -> Tensor:
         return self.template_features(self.templates)
 
+    def class_prompts(
+        self, classnames: Sequence[str] | None = None, dataset_templates: Sequence[str] | None = None
+    ) -> list[list[str]]:
+        names = self.classnames if classnames is None else clean_classnames(classnames)
+        templates = self.templates if dataset_templates is None else self._templates_for(dataset_templates)
+        return [[template.format(c) for c in names] for template in templates or ()]
+
     def template_features(self, templates: Sequence[str]) -> Tensor:
         """Frozen class features ``[C, E]`` from hand-crafted templates (mean of normalized if several)."""
         feats = []
@@ -270,6 +335,7 @@ class FixedTextMethod(FeatureMethod):
         """A config that leaves ``templates`` unset takes the dataset's template(s) (the template rule)."""
         self.templates = self._templates_for(dataset_templates)
         self._text_cache = None
+        self.check_classnames()
 
 
 def normal_prompts(*shape: int, std: float = 0.02) -> nn.Parameter:

@@ -18,15 +18,11 @@ from torch import nn
 
 from scaleprompt.backbone import Backbone
 from scaleprompt.config import to_dict
-from scaleprompt.errors import ScalepromptError
 from scaleprompt.methods.base import PromptMethod
 from scaleprompt.methods.registry import build, make_config
+from scaleprompt.promptfile import FORMAT, PromptFileError
 
-FORMAT = "scaleprompt.prompts/1"
-
-
-class PromptFileError(ScalepromptError, ValueError):
-    """A prompt file is missing, corrupt, or does not fit the backbone / method."""
+__all__ = ["FORMAT", "PromptFileError", "load_prompts", "read_prompt_file", "save_prompts"]
 
 
 def atomic_write(path: Path, write: Any) -> None:

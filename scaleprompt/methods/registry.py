@@ -48,7 +48,8 @@ def build(name: str, backbone: Backbone | nn.Module, classnames: Sequence[str], 
 
     A ``config=`` keyword may pass a ready config instead. ``dataset_templates``: the dataset's hand-crafted
     template(s), used by fixed-text methods whose config leaves ``templates`` unset (the template rule of
-    :class:`~scaleprompt.methods.base.FixedTextMethod`; other methods ignore them).
+    :class:`~scaleprompt.methods.base.FixedTextMethod`; other methods ignore them). The built method's class
+    prompts are checked (:meth:`~scaleprompt.methods.base.PromptMethod.check_classnames`).
     """
     config = overrides.pop("config", None)
     if config is None:
@@ -57,5 +58,6 @@ def build(name: str, backbone: Backbone | nn.Module, classnames: Sequence[str], 
         raise ConfigError("pass either config= or field overrides, not both")
     method = method_class(name)(backbone, classnames, config)
     if dataset_templates is not None:
-        method.use_dataset_templates(dataset_templates)
+        method.use_dataset_templates(dataset_templates)  # (checks the class prompts with these templates)
+    method.check_classnames()  # unknown words, cut or identical class prompts: warned (each once)
     return method

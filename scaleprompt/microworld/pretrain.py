@@ -225,13 +225,23 @@ def main(argv: list[str] | None = None) -> int:
     return run_entry_point(_main, argv, prog="scaleprompt pretrain-microworld")
 
 
-def _main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="scaleprompt pretrain-microworld", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--out", type=Path, required=True, help="safetensors file to write")
     defaults = PretrainConfig()
     for name, value in asdict(defaults).items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
-    args = parser.parse_args(argv)
+        parser.add_argument(
+            f"--{name.replace('_', '-')}", type=type(value), default=value,
+            help=f"PretrainConfig.{name} (default: %(default)s)",
+        )  # fmt: skip
+    return parser
+
+
+def _main(argv: list[str]) -> int:
+    defaults = PretrainConfig()
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     cfg = PretrainConfig(**{k: getattr(args, k) for k in asdict(defaults)})
     _, report = pretrain(cfg, args.out)

@@ -875,7 +875,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_entry_point(_main, argv, prog="scaleprompt results")
 
 
-def _main(argv: Sequence[str]) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="scaleprompt results",
         description="Aggregate run results (results.json) over seeds into paper-style markdown / CSV tables.",
@@ -897,7 +897,11 @@ def _main(argv: Sequence[str]) -> int:
         "--out-dir", type=Path, default=None,
         help="write results_<setting>.md / .csv here (default: only log the tables)",
     )  # fmt: skip
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _main(argv: Sequence[str]) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("scaleprompt").setLevel(logging.INFO)
     try:
