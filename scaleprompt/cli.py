@@ -9,6 +9,7 @@
 * ``scaleprompt convert --method NAME --official FILE --classnames a,b,c --out prompts.safetensors [key=value ...]``:
   an official release's checkpoint as a prompt file (docs/porting.md).
 * ``scaleprompt results RUNS... [--selection best_val]``: paper-style tables (markdown + CSV) from runs.
+* ``scaleprompt train --config RECIPE [key=value ...]``: training in this process (= ``scaleprompt/train.py``).
 * ``scaleprompt tune --space FILE --config RECIPE ... [key=value ...]``: an ablation sweep (= ``tune/ablation.py``).
 * ``scaleprompt shards --dataset NAME --root DIR --out DIR [--shots K --seed S --subset base]``: write a dataset
   (after a protocol) as WebDataset shards + manifest; ``scaleprompt datasets`` lists the registered datasets.
@@ -228,6 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
         "results", help="paper-style tables from many runs' results.json", add_help=False
     )
     results.set_defaults(func=None)
+    train = sub.add_parser(
+        "train", help="train prompts in this process (= scaleprompt/train.py; the deepspeed launcher and torchrun "
+        "take the script path)", add_help=False,
+    )  # fmt: skip
+    train.set_defaults(func=None)
     tune = sub.add_parser(
         "tune", help="an ablation sweep (Ray Tune + Optuna); = tune/ablation.py", add_help=False
     )
@@ -297,6 +303,10 @@ def _main(argv: list[str]) -> int:
         from scaleprompt.report.tables import main as results_main
 
         return results_main(argv[1:])
+    if argv[:1] == ["train"]:  # so does training
+        from scaleprompt.train import main as train_main
+
+        return train_main(argv[1:], prog="scaleprompt train")
     if argv[:1] == ["tune"]:  # so does the sweep driver
         from scaleprompt.search.cli import main as tune_main
 

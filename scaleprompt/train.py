@@ -23,7 +23,7 @@ if __package__ in (None, ""):  # run as a script (deepspeed / torchrun launch a 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
+def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     from scaleprompt.engine.config import run_config_keys
 
     keys = "\n".join(f"  {line}" for line in run_config_keys())
@@ -32,7 +32,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, l
         f"defaults:\n{keys}\nmethod.args.<field>=...: the method's own fields (scaleprompt methods lists them)"
     )
     parser = argparse.ArgumentParser(
-        prog="train.py", description=__doc__.split("\n\n")[0], epilog=epilog,
+        prog=prog, description=__doc__.split("\n\n")[0], epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
     parser.add_argument("--config", help="recipe YAML (configs/...)")
@@ -42,6 +42,13 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, l
     parser.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of configuration / data errors")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+def parse_args(
+    argv: Sequence[str] | None = None, prog: str = "train.py"
+) -> tuple[argparse.Namespace, list[str]]:
+    parser = build_parser(prog)
     args, rest = parser.parse_known_args(argv)
     unknown = [a for a in rest if "=" not in a or a.startswith("-")]
     if unknown:
@@ -49,14 +56,17 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, l
     return args, rest
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str = "train.py") -> int:
+    """``prog``: the command's name in usage and error lines (``scaleprompt train`` runs this too)."""
+    from functools import partial
+
     from scaleprompt.errors import run_entry_point
 
-    return run_entry_point(_main, argv, prog="train.py")
+    return run_entry_point(partial(_main, prog=prog), argv, prog=prog)
 
 
-def _main(argv: Sequence[str]) -> int:
-    args, overrides = parse_args(argv)
+def _main(argv: Sequence[str], prog: str = "train.py") -> int:
+    args, overrides = parse_args(argv, prog)
     from scaleprompt.engine.config import load_ds_config, load_run_config
     from scaleprompt.engine.trainer import Trainer
     from scaleprompt.errors import ScalepromptError, reported_elsewhere

@@ -41,8 +41,8 @@ def subcommands() -> list[str]:
 
 def test_the_subcommand_list_is_the_documented_one():
     assert set(subcommands()) == {
-        "methods", "check", "inspect", "datasets", "shards", "results", "tune", "pretrain-microworld", "predict",
-        "convert",
+        "methods", "check", "inspect", "datasets", "shards", "results", "train", "tune", "pretrain-microworld",
+        "predict", "convert",
     }  # fmt: skip
 
 
@@ -65,6 +65,10 @@ def _subparser(command: str) -> argparse.ArgumentParser:
         from scaleprompt.report.tables import build_parser as results_parser
 
         return results_parser()
+    if command == "train":
+        from scaleprompt.train import build_parser as train_parser
+
+        return train_parser("scaleprompt train")
     if command == "tune":
         from scaleprompt.search.cli import build_parser as tune_parser
 
@@ -122,6 +126,7 @@ def test_datasets_inspect_results_tune_and_pretrain_run(tmp_path, caplog):
     assert report["method"] == "coop" and report["classnames"] == ["cat", "dog"]
     assert main(["results", str(tmp_path / "no-runs-here")]) == 2  # one line, exit 2
     assert main(["tune", "--space", str(tmp_path / "missing.yaml")]) == 2
+    assert main(["train", "--config", str(tmp_path / "missing.yaml")]) == 2  # = train.py (trained in test_engine)
     out = tmp_path / "micro.safetensors"
     assert main(["pretrain-microworld", "--out", str(out), "--steps", "2", "--eval-per-class", "1"]) == 0
     assert out.is_file()
