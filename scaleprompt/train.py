@@ -82,6 +82,9 @@ def _main(argv: Sequence[str], prog: str = "train.py") -> int:
     )
     for noisy in ("DeepSpeed", "deepspeed", "torch.distributed"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    from scaleprompt.logs import quiet_third_party
+
+    quiet_third_party()
     trainer = Trainer(cfg, ds_config, local_rank=args.local_rank, resume=args.resume)
     results = trainer.fit()
     if rank == 0:

@@ -126,7 +126,43 @@ def test_datasets_inspect_results_tune_and_pretrain_run(tmp_path, caplog):
     assert report["method"] == "coop" and report["classnames"] == ["cat", "dog"]
     assert main(["results", str(tmp_path / "no-runs-here")]) == 2  # one line, exit 2
     assert main(["tune", "--space", str(tmp_path / "missing.yaml")]) == 2
-    assert main(["train", "--config", str(tmp_path / "missing.yaml")]) == 2  # = train.py (trained in test_engine)
+    assert (
+        main(["train", "--config", str(tmp_path / "missing.yaml")]) == 2
+    )  # = train.py (trained in test_engine)
     out = tmp_path / "micro.safetensors"
     assert main(["pretrain-microworld", "--out", str(out), "--steps", "2", "--eval-per-class", "1"]) == 0
     assert out.is_file()
+
+
+def test_known_third_party_noise_is_filtered_and_nothing_else(caplog, capsys):
+    import warnings
+
+    from scaleprompt.logs import captured_prints, quiet_third_party
+
+    quiet_third_party()
+    with caplog.at_level(logging.DEBUG):
+        logging.getLogger("torch.utils.cpp_extension").warning(
+            "No CUDA runtime is found, using CUDA_HOME='/usr'"
+        )
+        logging.getLogger("torch.utils.cpp_extension").warning("a real compiler problem")
+        logging.getLogger("DeepSpeed").warning(
+            "**** You are using ZeRO with an untested optimizer, proceed *****"
+        )
+        logging.getLogger("DeepSpeed").warning("ZeRO found a real problem")
+        with captured_prints("deepspeed"):
+            print("DeepSpeed deepspeed.ops.comm.deepspeed_shm_comm_op built successfully")
+    messages = [r.getMessage() for r in caplog.records]
+    assert "a real compiler problem" in messages and "ZeRO found a real problem" in messages
+    assert not any("No CUDA runtime" in m or "untested optimizer" in m for m in messages)
+    assert capsys.readouterr().out == ""  # the print went to the DEBUG log instead
+    assert any(r.levelno == logging.DEBUG and "built successfully" in r.getMessage() for r in caplog.records)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("default")
+        quiet_third_party()
+        warnings.warn(
+            "`torch.distributed.all_gather_into_tensor` is deprecated. Please use x",
+            FutureWarning,
+            stacklevel=1,
+        )
+        warnings.warn("something else is deprecated", FutureWarning, stacklevel=1)
+    assert [str(w.message) for w in seen] == ["something else is deprecated"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -105,6 +106,28 @@ def test_fit_writes_results_prompts_and_checkpoints(colors, tmp_path):
     predicted = [top[0][0] for top in predictor.classify_files(files)]
     accuracy = 100 * sum(p == f.parent.name for p, f in zip(predicted, files, strict=True)) / len(files)
     assert accuracy == pytest.approx(res["results"]["last"]["test"]["top1"])
+
+
+def test_a_run_logs_one_line_per_epoch_and_tensorboard_on_one_axis(colors, tmp_path, caplog):
+    """The console: one line per epoch (train loss, validation accuracy, lr); TensorBoard: every scalar against
+    the global step (the epoch is its own scalar), no image counts as scalars."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    with caplog.at_level(logging.INFO, logger="scaleprompt"):
+        res = run(colors, tmp_path, "method.name=coop", "method.args.n_ctx=2", "optim.epochs=2",
+                  "train.tensorboard=true", "train.log_every_steps=1")  # fmt: skip
+    epochs = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert len(epochs) == 2 and epochs[0].startswith("epoch 1/2  train loss ")
+    assert f"val top1 {res['history'][1]['val']['top1']:.2f}" in epochs[1] and "  lr " in epochs[1]
+    events = EventAccumulator(str(tmp_path / "out" / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"val/top1", "train/epoch", "train/loss"} <= tags and "val/images" not in tags
+    steps = [e.step for e in events.Scalars("val/top1")]
+    assert (
+        steps == [e.step for e in events.Scalars("train/epoch")] and steps[0] > 1 and steps[1] == 2 * steps[0]
+    )
+    assert [e.value for e in events.Scalars("train/epoch")] == [1.0, 2.0]
 
 
 def test_base_to_novel_and_transfer_settings(colors, tmp_path):

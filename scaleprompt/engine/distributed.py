@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import torch
 
 from scaleprompt.errors import reported_elsewhere
+from scaleprompt.logs import captured_prints
 
 if not torch.cuda.is_available():  # before deepspeed is imported: no accelerator probing warnings on CPU
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -79,10 +80,11 @@ def init_distributed(local_rank_arg: int | None = None) -> DistInfo:
     if not cuda and "OMP_NUM_THREADS" not in os.environ:  # ranks share the cores: no oversubscription
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local_world)))
     if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(
-            dist_backend="nccl" if cuda else "gloo", init_method=init_method, rank=rank, world_size=world_size,
-            verbose=False, auto_mpi_discovery=False,
-        )  # fmt: skip
+        with captured_prints("deepspeed"):  # ("DeepSpeed ... op built successfully", once per rank)
+            deepspeed.init_distributed(
+                dist_backend="nccl" if cuda else "gloo", init_method=init_method, rank=rank,
+                world_size=world_size, verbose=False, auto_mpi_discovery=False,
+            )  # fmt: skip
     # a launcher shows each node's GPUs to all its ranks (index = local rank); Ray shows each worker only its own
     device = torch.device("cuda", local_rank % torch.cuda.device_count()) if cuda else torch.device("cpu")
     if cuda:

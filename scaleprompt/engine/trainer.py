@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from scaleprompt.backbone import load_clip
 from scaleprompt.config import ConfigError, to_dict
@@ -293,7 +294,13 @@ class Trainer:
         """The loop: per epoch set the lr, run the micro-steps (DeepSpeed steps the optimizer at accumulation
         boundaries), then validate, checkpoint and report."""
         bar = tqdm(total=self.epochs * (len(loader) // self.accumulation), initial=self.engine.global_steps,
-                   disable=not self.dist.is_main, desc=self.cfg.method.name, dynamic_ncols=True)  # fmt: skip
+                   disable=True if not self.dist.is_main else None,  # None: off when stderr is not a terminal
+                   desc=self.cfg.method.name, dynamic_ncols=True)  # fmt: skip
+        with logging_redirect_tqdm():  # log lines print above the bar instead of through it
+            self._epochs(loader, run, bar)
+        bar.close()
+
+    def _epochs(self, loader: ShardLoader, run: RunProgress, bar: tqdm) -> None:
         while loader.epoch < self.epochs:
             lr = lr_at_epoch(loader.epoch, self.cfg.optim)
             for group in self.optimizer.param_groups:
@@ -323,7 +330,6 @@ class Trainer:
                 self.report(metrics, saved)  # (after the checkpoint: a search can attach it)
             if self._stop_early():
                 break
-        bar.close()
 
     def _micro_step(self, batch, run: RunProgress):
         out = self.engine(batch.images.to(self.dist.device), batch.labels.to(self.dist.device))
@@ -339,7 +345,16 @@ class Trainer:
         val = self.evaluator.split(self.model, self.setting.train, "val")
         train_loss = run.epoch_loss[0] / max(1, run.epoch_loss[1])
         run.history.append({"epoch": epoch, "val": val, "lr": lr, "train_loss": train_loss})
-        self._log_scalars({f"val/{k}": v for k, v in val.items()}, epoch)
+        step = (
+            self.engine.global_steps
+        )  # TensorBoard: one x-axis (the global step), the epoch as its own scalar
+        self._log_scalars(
+            {"train/epoch": epoch, **{f"val/{k}": v for k, v in val.items() if k != "images"}}, step
+        )
+        if self.dist.is_main:
+            accuracy = "  ".join(f"val {k} {v:.2f}" for k, v in val.items() if k != "images")
+            logger.info("epoch %d/%d  train loss %.4f  %s  lr %.4g", epoch, self.epochs, train_loss,
+                        accuracy or "(no validation split)", lr)  # fmt: skip
         if val and (run.best_val is None or val["top1"] > run.best_val["top1"]):
             run.best_epoch, run.best_val, run.best_prompts = epoch, val, self.model.snapshot()
         return {"epoch": epoch, "epochs": self.epochs, "train_loss": train_loss,
