@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -57,8 +58,19 @@ def launch(args: list[str], tmp: Path, timeout: int = 600) -> subprocess.Complet
     return proc
 
 
+def free_port() -> int:
+    """A free TCP port on the loopback interface."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def deepspeed_cmd(nproc: int, script: str, *args: str) -> list[str]:
-    return [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(nproc), script, *args]
+    """The deepspeed launcher on its own master port: DeepSpeed's CPU all-reduce names its shared-memory buffers
+    after the master address and port, so two launches on the default port 29500 at the same time (another test
+    run on the machine) would share them."""
+    launcher = str(Path(sys.executable).parent / "deepspeed")
+    return [launcher, "--num_gpus", str(nproc), "--master_port", str(free_port()), script, *args]
 
 
 def results(out: Path) -> dict:
