@@ -119,18 +119,24 @@ def _onednn_matmul(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight, bias, "none", [], "")
 
 
-_TRANSPOSED: WeakIdKeyDictionary = WeakIdKeyDictionary()  # weight -> (its version, weight.T contiguous)
+# weight -> (the storage it had, its version then, weight.T contiguous)
+_TRANSPOSED: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
 
 def _transposed(weight: Tensor) -> Tensor:
-    """``weight.T`` as a contiguous tensor, cached while the weight is unchanged (keyed by the tensor itself and
-    its version counter, which every in-place write bumps)."""
-    version = weight._version
+    """``weight.T`` as a contiguous tensor, cached while the weight is unchanged: the same tensor, the same storage
+    (``param.data = ...`` swaps it without bumping the version; the cache holds the old storage, so a new one
+    cannot reuse its address) and the same version counter (every in-place write bumps it)."""
     cached = _TRANSPOSED.get(weight)
-    if cached is None or cached[0] != version:
-        cached = (version, weight.detach().t().contiguous())
+    if (
+        cached is None
+        or cached[0].data_ptr() != weight.data_ptr()
+        or cached[0].shape != weight.shape
+        or cached[1] != weight._version
+    ):
+        cached = (weight.detach(), weight._version, weight.detach().t().contiguous())
         _TRANSPOSED[weight] = cached
-    return cached[1]
+    return cached[2]
 
 
 @functools.cache

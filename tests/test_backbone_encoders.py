@@ -289,8 +289,8 @@ def test_frozen_linear_is_f_linear_with_the_input_gradient_only():
 
 
 def test_frozen_linear_backward_sees_a_weight_changed_in_place():
-    """The transposed weight of the backward is cached per weight AND its version: an in-place update (a
-    load_state_dict into the frozen model) is never answered with the old weight."""
+    """The transposed weight of the backward is cached per weight, its storage AND its version: an in-place update
+    (a load_state_dict into the frozen model) or a swapped ``.data`` is never answered with the old weight."""
     from scaleprompt.encoders import frozen_linear
 
     torch.manual_seed(0)
@@ -303,6 +303,11 @@ def test_frozen_linear_backward_sees_a_weight_changed_in_place():
         weight.mul_(3.0)
     (second,) = torch.autograd.grad(frozen_linear(x, weight), x, grad_out)
     close_scaled(second, grad_out @ weight)
+    param = torch.nn.Parameter(weight.clone(), requires_grad=False)
+    torch.autograd.grad(frozen_linear(x, param), x, grad_out)
+    param.data = param.data * 2.0  # a new storage, the version counter untouched (module.to() does this too)
+    (third,) = torch.autograd.grad(frozen_linear(x, param), x, grad_out)
+    close_scaled(third, grad_out @ param.detach())
 
 
 def rows_check(block: torch.nn.Module, length: int, n_prompts: int, causal: bool) -> None:
