@@ -268,7 +268,7 @@ def run_engine(args: argparse.Namespace, workdir: Path, processes: int, repeat: 
     out = tmp / "out"
     recipe = [
         "--ds", args.ds, "--config", args.engine_config, f"train.output_dir={out}", f"data.cache_dir={tmp / 'cache'}",
-        f"data.root={tmp / 'data'}", f"optim.epochs={args.engine_epochs}", "train.tensorboard=false",
+        f"data.root={tmp / 'data'}", f"optim.epochs={args.engine_epochs}", "train.report_to=none",
         *args.engine_overrides,
     ]  # fmt: skip
     if processes == 1:

@@ -17,22 +17,30 @@ with ``requires_grad_(False)`` and in eval mode), its tokenizer (``.tokenizer``)
 tag, and its tokenizer. scaleprompt's own models are registered at the end of this module through that same
 function: the tiny ``sp-tiny-vit`` / ``sp-tiny-vit-12`` (a CPU builds them in seconds, no download) and the
 micro-world CLIP ``sp-micro-clip`` with its shipped weights and word tokenizer.
+
+open_clip is imported on first use, not with this module: importing it takes ~1.5 s (it imports torchvision), and
+what only describes methods (``scaleprompt methods``, configs, ``import scaleprompt.methods``) never needs it.
+:func:`import_open_clip` imports it and hands it the registered configs; code that builds scaleprompt's models
+through open_clip itself (``open_clip.create_model("sp-tiny-vit")``) takes open_clip from there.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import socket
+import sys
+import threading
 import warnings
 import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from urllib.parse import urlparse
 
-import open_clip
 import torch
 from torch import nn
 
@@ -52,6 +60,47 @@ Tokenizer = Callable[..., torch.Tensor]
 
 class BackboneError(ScalepromptError, ValueError):
     """A backbone could not be loaded as asked."""
+
+
+# --- open_clip, imported on first use --------------------------------------------------------------------------
+_OPEN_CLIP_LOCK = threading.Lock()
+_open_clip_module: ModuleType | None = None  # open_clip once imported (it knows every registered config then)
+_pending_configs: list[Path] = []  # configs registered before open_clip was imported
+
+
+def import_open_clip() -> ModuleType:
+    """open_clip, imported on the first call, with every model registered here added to it. Code that builds
+    scaleprompt's models through open_clip directly calls this instead of ``import open_clip``."""
+    if _open_clip_module is None:
+        import open_clip
+
+        _hand_configs_to(open_clip)
+    assert _open_clip_module is not None
+    return _open_clip_module
+
+
+def _hand_configs_to(module: ModuleType) -> None:
+    """Add the configs registered so far to the imported open_clip ``module``; later ones go to it at once."""
+    global _open_clip_module
+    with _OPEN_CLIP_LOCK:
+        if _open_clip_module is None:
+            for path in _pending_configs:
+                module.add_model_config(path)
+            _pending_configs.clear()
+            _open_clip_module = module
+
+
+def _add_model_config(path: Path) -> None:
+    """Register a model config with open_clip now if it is imported, else when it is."""
+    with _OPEN_CLIP_LOCK:
+        if _open_clip_module is None:
+            _pending_configs.append(path)
+            return
+        _open_clip_module.add_model_config(path)
+
+
+if "open_clip" in sys.modules:  # imported before this module: it gets the configs at once
+    _hand_configs_to(sys.modules["open_clip"])
 
 
 # --- the model registry ---------------------------------------------------------------------------------------
@@ -90,7 +139,8 @@ def register_model(
             raise BackboneError(
                 f"model {name!r}: open_clip names a model after its config file, got {config_path.name}"
             )
-    elif name not in open_clip.list_models():
+        _check_model_config(name, config_path)  # (open_clip may read it later: its errors are found here)
+    elif name not in import_open_clip().list_models():
         raise BackboneError(f"model {name!r} is unknown to open_clip: register it with its config file")
     spec = ModelSpec(name, config_path, {tag: Path(f) for tag, f in (weights or {}).items()}, tokenizer)
     if name in _MODELS:
@@ -98,9 +148,24 @@ def register_model(
             raise BackboneError(f"model {name!r} is already registered with other settings: {_MODELS[name]}")
         return _MODELS[name]
     if config_path is not None:
-        open_clip.add_model_config(config_path)
+        _add_model_config(config_path)
     _MODELS[name] = spec
     return spec
+
+
+def _check_model_config(name: str, path: Path) -> None:
+    """A JSON object with what open_clip needs of a model config (it skips a config without these keys)."""
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BackboneError(f"model {name!r}: cannot read config {path}: {exc}") from exc
+    missing = [
+        key for key in ("embed_dim", "vision_cfg", "text_cfg") if not isinstance(cfg, dict) or key not in cfg
+    ]
+    if missing:
+        raise BackboneError(
+            f"model {name!r}: config {path} lacks {', '.join(missing)} (open_clip would skip it)"
+        )
 
 
 def registered_models() -> list[str]:
@@ -146,7 +211,7 @@ class Backbone:
     def of(cls, clip: Backbone | nn.Module) -> Backbone:
         """``clip`` if it is a Backbone; a bare open_clip CLIP (not built by :func:`load_clip`) gets CLIP's BPE
         tokenizer and no info."""
-        return clip if isinstance(clip, Backbone) else cls(clip, open_clip.SimpleTokenizer())
+        return clip if isinstance(clip, Backbone) else cls(clip, import_open_clip().SimpleTokenizer())
 
 
 def _is_torchscript_archive(path: Path) -> bool:
@@ -230,6 +295,7 @@ def load_clip(
 
     A random initialisation (``pretrained=None``) is drawn from ``init_seed`` without touching the global RNG,
     so the same random backbone can be rebuilt later (prompt files record the seed)."""
+    open_clip = import_open_clip()
     pretrained = None if pretrained in (None, "", "none") else pretrained
     tag = pretrained
     registered = _MODELS.get(model_name)
@@ -269,6 +335,7 @@ def load_clip(
 
 def tokenizer_for(model_name: str, cache_dir: str | None = None) -> Tokenizer:
     """The model's tokenizer: the one registered with it (:func:`register_model`), else open_clip's."""
+    open_clip = import_open_clip()
     registered = _MODELS.get(model_name)
     if registered is not None and registered.tokenizer is not None:
         context_length = open_clip.get_model_config(model_name)["text_cfg"]["context_length"]
@@ -294,6 +361,7 @@ def _hub_access(model_name: str, tag: str, cache_dir: str | None) -> Iterator[No
     network, instead of a minute of retries and chained tracebacks: the Hugging Face hub runs in offline mode (a
     cached copy loads at once), and weights in no cache are one :class:`BackboneError` saying which, where they
     would be cached, and how to pass a local file."""
+    open_clip = import_open_clip()
     cfg = open_clip.get_pretrained_cfg(model_name, tag)
     if not cfg:
         known = ", ".join(open_clip.list_pretrained_tags_by_model(model_name)) or "none"
@@ -374,6 +442,7 @@ def backbone_info(
     size = visual.image_size
     size = size[0] if isinstance(size, tuple | list) else int(size)
     cfg = getattr(visual, "preprocess_cfg", {}) or {}
+    open_clip = import_open_clip()
     return BackboneInfo(
         model_name=model_name,
         pretrained=pretrained,

@@ -10,6 +10,8 @@
   an official release's checkpoint as a prompt file (docs/porting.md).
 * ``scaleprompt results RUNS... [--selection best_val]``: paper-style tables (markdown + CSV) from runs.
 * ``scaleprompt train --config RECIPE [key=value ...]``: training in this process (= ``scaleprompt/train.py``).
+* ``scaleprompt eval PROMPTS [--dataset D --setting S --targets T...] [key=value ...]``: a prompt file tested as
+  training tests its prompts, results in the ``results.json`` schema (= ``scaleprompt/evaluate.py``).
 * ``scaleprompt tune --space FILE --config RECIPE ... [key=value ...]``: an ablation sweep (= ``tune/ablation.py``).
 * ``scaleprompt shards --dataset NAME --root DIR --out DIR [--shots K --seed S --subset base]``: write a dataset
   (after a protocol) as WebDataset shards + manifest; ``scaleprompt datasets`` lists the registered datasets.
@@ -234,6 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
         "take the script path)", add_help=False,
     )  # fmt: skip
     train.set_defaults(func=None)
+    evaluate = sub.add_parser(
+        "eval", help="test a prompt file on a dataset's setting, as training does (= scaleprompt/evaluate.py)",
+        add_help=False,
+    )  # fmt: skip
+    evaluate.set_defaults(func=None)
     tune = sub.add_parser(
         "tune", help="an ablation sweep (Ray Tune + Optuna); = tune/ablation.py", add_help=False
     )
@@ -307,6 +314,10 @@ def _main(argv: list[str]) -> int:
         from scaleprompt.train import main as train_main
 
         return train_main(argv[1:], prog="scaleprompt train")
+    if argv[:1] == ["eval"]:  # so does evaluation
+        from scaleprompt.evaluate import main as eval_main
+
+        return eval_main(argv[1:], prog="scaleprompt eval")
     if argv[:1] == ["tune"]:  # so does the sweep driver
         from scaleprompt.search.cli import main as tune_main
 

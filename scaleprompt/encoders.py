@@ -41,16 +41,14 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal
 
-import open_clip
 import torch
-from open_clip.transformer import ResidualAttentionBlock, text_global_pool
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 from torch.utils.weak import WeakIdKeyDictionary
 
-from scaleprompt.backbone import Tokenizer, text_tower
+from scaleprompt.backbone import Tokenizer, import_open_clip, text_tower
 
 logger = logging.getLogger(__name__)
 
@@ -180,6 +178,8 @@ def _gather_rows(x: Tensor, rows: Tensor) -> Tensor:
 
 def _fusable(block: nn.Module) -> bool:
     """An open_clip ``ResidualAttentionBlock`` whose attention is a plain self-attention ``nn.MultiheadAttention``."""
+    from open_clip.transformer import ResidualAttentionBlock  # (loaded already: the block is open_clip's)
+
     attn = getattr(block, "attn", None)
     return (
         type(block) is ResidualAttentionBlock
@@ -382,7 +382,7 @@ class PromptedTextEncoder(nn.Module):
         super().__init__()
         self._clip = (clip,)
         _check_batch_first(text_tower(clip).transformer)
-        self.tokenizer = tokenizer if tokenizer is not None else open_clip.SimpleTokenizer()
+        self.tokenizer = tokenizer if tokenizer is not None else import_open_clip().SimpleTokenizer()
         self._causal: bool | None = None  # (see _causal_mask)
 
     @property
@@ -491,6 +491,8 @@ class PromptedTextEncoder(nn.Module):
         return self._causal
 
     def pool(self, x: Tensor, ids: Tensor) -> Tensor:
+        from open_clip.transformer import text_global_pool  # (imported already: this runs an open_clip model)
+
         return text_global_pool(x, ids, self.pool_type, eos_token_id=getattr(self.tower, "text_eos_id", None))
 
     @torch.no_grad()

@@ -97,11 +97,17 @@ def summarize(results: dict) -> None:
     rows = [(k, results["results"][k]) for k in ("last", "best_val") if k in results["results"]]
     if results.get("zero_shot"):
         rows.insert(0, ("zero_shot", results["zero_shot"]))
+    evaluated = results.get("evaluated")
     for selection, res in rows:
         label = {
             "last": "last epoch" if results["epochs"] else "no training",
             "zero_shot": "before training",
         }.get(selection, f"best validation epoch ({results['best_val_epoch']})")
+        if evaluated and selection != "zero_shot":  # scaleprompt eval: the file's selection, as evaluated now
+            epoch = f", epoch {evaluated['epoch']}" if evaluated.get("epoch") is not None else ""
+            label = f"{Path(evaluated['path']).name}: {selection}{epoch}"
+        elif evaluated:
+            label = "zero-shot"
         method = "zero-shot CLIP" if selection == "zero_shot" else results["method"]
         parts = []
         for key in ("val", "test", "base", "novel"):

@@ -34,7 +34,7 @@ def base_overrides(data: Path, cache: Path, out: Path) -> list[str]:
     return [
         "model.name=sp-tiny-vit", f"data.dataset=folder:{data}", f"data.cache_dir={cache}", "data.num_workers=1",
         "data.min_shards=2", "data.shots=0", "optim.batch_size=16", "optim.warmup_epochs=0", "eval.batch_size=64",
-        f"train.output_dir={out}", "train.log_every_steps=1000", "train.tensorboard=false",
+        f"train.output_dir={out}", "train.log_every_steps=1000", "train.report_to=none",
     ]  # fmt: skip
 
 

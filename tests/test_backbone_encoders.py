@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import warnings
 
-import open_clip
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -15,6 +14,7 @@ from scaleprompt import methods
 from scaleprompt.backbone import (
     Backbone,
     BackboneError,
+    import_open_clip,
     load_clip,
     model_spec,
     register_model,
@@ -23,6 +23,8 @@ from scaleprompt.backbone import (
 from scaleprompt.encoders import PromptedTextEncoder, PromptedVisionEncoder, VisualPlan
 
 from conftest import CLASSNAMES
+
+open_clip = import_open_clip()  # (with scaleprompt's models registered)
 
 
 def test_own_models_are_registered_and_known_to_open_clip():

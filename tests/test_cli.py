@@ -41,8 +41,8 @@ def subcommands() -> list[str]:
 
 def test_the_subcommand_list_is_the_documented_one():
     assert set(subcommands()) == {
-        "methods", "check", "inspect", "datasets", "shards", "results", "train", "tune", "pretrain-microworld",
-        "predict", "convert",
+        "methods", "check", "inspect", "datasets", "shards", "results", "train", "eval", "tune",
+        "pretrain-microworld", "predict", "convert",
     }  # fmt: skip
 
 
@@ -69,6 +69,10 @@ def _subparser(command: str) -> argparse.ArgumentParser:
         from scaleprompt.train import build_parser as train_parser
 
         return train_parser("scaleprompt train")
+    if command == "eval":
+        from scaleprompt.evaluate import build_parser as eval_parser
+
+        return eval_parser("scaleprompt eval")
     if command == "tune":
         from scaleprompt.search.cli import build_parser as tune_parser
 
@@ -85,7 +89,11 @@ def _subparser(command: str) -> argparse.ArgumentParser:
 
 @pytest.mark.parametrize(
     "script,usage",
-    [("scaleprompt/train.py", "usage: train.py "), ("tune/ablation.py", "usage: tune/ablation.py ")],
+    [
+        ("scaleprompt/train.py", "usage: train.py "),
+        ("scaleprompt/evaluate.py", "usage: evaluate.py "),
+        ("tune/ablation.py", "usage: tune/ablation.py "),
+    ],
 )
 def test_the_entry_scripts_help_names_them(script, usage):
     out = subprocess.run(

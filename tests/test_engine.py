@@ -88,7 +88,7 @@ def run(colors, tmp_path, *extra, resume=False):
 def test_fit_writes_results_prompts_and_checkpoints(colors, tmp_path):
     res = run(colors, tmp_path, "method.name=upt", "optim.lr=0.05", "optim.epochs=3")
     out = tmp_path / "out"
-    assert res["format"] == "scaleprompt.run/2" and res["setting"] == "fewshot" and res["world_size"] == 1
+    assert res["format"] == "scaleprompt.run/3" and res["setting"] == "fewshot" and res["world_size"] == 1
     assert [h["epoch"] for h in res["history"]] == [1, 2, 3]
     assert res["history"][-1]["train_loss"] < res["history"][0]["train_loss"]
     assert set(res["results"]) == {"last", "best_val"} and 1 <= res["best_val_epoch"] <= 3
@@ -115,7 +115,7 @@ def test_a_run_logs_one_line_per_epoch_and_tensorboard_on_one_axis(colors, tmp_p
 
     with caplog.at_level(logging.INFO, logger="scaleprompt"):
         res = run(colors, tmp_path, "method.name=coop", "method.args.n_ctx=2", "optim.epochs=2",
-                  "train.tensorboard=true", "train.log_every_steps=1")  # fmt: skip
+                  "train.report_to=tensorboard", "train.log_every_steps=1")  # fmt: skip
     epochs = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
     assert len(epochs) == 2 and epochs[0].startswith("epoch 1/2  train loss ")
     assert f"val top1 {res['history'][1]['val']['top1']:.2f}" in epochs[1] and "  lr " in epochs[1]

@@ -306,6 +306,7 @@ def tiny_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_checkpointing_is_a_clear_error_and_loses_nothing(colors, tmp_path, tiny_disk):
     common = ["method.name=provp", "method.args.n_ctx=2", "optim.epochs=3"]
     reference = fit(colors, tmp_path, *common, out=tmp_path / "ref")

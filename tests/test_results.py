@@ -471,7 +471,7 @@ def test_ignored_fields_are_explicit():
 
     assert ignored_fields("last") == VARIANT_IGNORED
     assert set(VARIANT_IGNORED) == {
-        "train.seed", "train.output_dir", "train.log_every_steps", "train.tensorboard",
+        "train.seed", "train.output_dir", "train.log_every_steps", "train.report_to", "train.tensorboard",
         "train.checkpoint_every_epochs", "train.checkpoint_every_steps", "train.keep_checkpoints",
         "eval.every_epochs", "eval.batch_size", "eval.zero_shot_baseline", "eval.targets", "eval.targets_root",
         "data.cache_dir", "data.root", "data.shards", "data.max_bad_samples", "data.strict_classnames", "model.cache_dir",

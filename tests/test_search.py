@@ -138,6 +138,7 @@ def shipped_pairs() -> list[tuple[Path, Path]]:
     return pairs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("space_path", sorted(SPACES.glob("*.yaml")), ids=lambda p: p.stem)
 def test_shipped_spaces_fit_every_micro_world_recipe(space_path, micro_structures):
     for space, recipe in shipped_pairs():
@@ -296,6 +297,7 @@ def test_shipped_upt_space_on_the_micro_world_then_results_and_predict_on_trials
     assert "img" in out.stderr + out.stdout
 
 
+@pytest.mark.slow
 def test_an_impossible_range_exits_2_before_any_trial(tmp_path):
     space = write(tmp_path, "space.yaml", "params:\n  method.args.depth: {type: int, low: 1, high: 12}\n")
     start = time.time()
@@ -383,7 +385,7 @@ def test_a_killed_driver_resumes_and_completes_the_sweep(tmp_path, colors):
     launch([*cmd, "--resume"], tmp_path / "resume")
     trials = rows(storage)
     assert len(trials) == 4 and all(t["status"] == "finished" for t in trials), trials  # (--full-schedule)
-    check_trial_runs(trials, tensorboard=False)  # (the sweep's overrides turn TensorBoard off)
+    check_trial_runs(trials, tensorboard=False)  # (the sweep's overrides: train.report_to=none)
 
 
 LOOPBACK = {"0100007F", "00000000000000000000000001000000", "0000000000000000FFFF00000100007F"}
@@ -453,6 +455,7 @@ def test_dashboard_and_multi_worker_deepspeed_trials_listen_on_loopback_only(tmp
         assert any("rank_0" in n for n in shards) and any("rank_1" in n for n in shards), shards
 
 
+@pytest.mark.slow
 def test_bad_search_options_exit_with_a_named_error(tmp_path, colors):
     space = write(tmp_path, "space.yaml", SPACE)
     base = [sys.executable, "tune/ablation.py", "--space", str(space), *overrides(colors, tmp_path)]

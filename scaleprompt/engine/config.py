@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from scaleprompt.config import ConfigError, check_types, read_yaml_mapping, require, to_dict
+from scaleprompt.recipes import resolve_recipe
 from scaleprompt.report.schema import Setting  # (one definition: the results schema)
 
 logger = logging.getLogger(__name__)
@@ -136,12 +137,24 @@ class TrainConfig:
     checkpoint_every_steps: int = 0  # 0 = only at epoch ends
     keep_checkpoints: int = 2
     log_every_steps: int = 10
-    tensorboard: bool = True
+    # experiment trackers (scaleprompt/engine/trackers.py): tensorboard, wandb (pip install wandb), several as
+    # [tensorboard,wandb], or none; held as a list of names ([] = none)
+    report_to: str | list[str] = "tensorboard"
     max_steps: int = 0  # > 0: stop after this many optimizer steps (smoke tests)
 
     def __post_init__(self) -> None:
         check_types(self, "train.")
         require(self.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
+        from scaleprompt.engine.trackers import report_targets
+
+        self.report_to = report_targets(self.report_to)
+
+
+# removed keys and what replaced them (appended to the unknown-key error of an older recipe or override)
+REMOVED_KEYS = {
+    "train.tensorboard": "; it was replaced by train.report_to: tensorboard (the default), wandb, "
+    "[tensorboard,wandb] or none (train.tensorboard=false is train.report_to=none)",
+}
 
 
 @dataclass
@@ -188,12 +201,18 @@ def run_config_keys() -> list[str]:
     return lines
 
 
-def load_run_config(recipe: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:
-    """Recipe YAML (may be None) + ``key=value`` overrides -> validated :class:`RunConfig`."""
+def load_run_config(
+    recipe: str | Path | Mapping[str, Any] | None = None, overrides: Sequence[str] = ()
+) -> RunConfig:
+    """Recipe YAML (may be None) + ``key=value`` overrides -> validated :class:`RunConfig`. The recipe: a file, or a
+    packaged name from anywhere (``provp_ref/base2new``: :func:`scaleprompt.recipes.resolve_recipe`)."""
     base = OmegaConf.structured(RunConfig)
     layers = [base]
-    if recipe is not None:
-        recipe_data = read_yaml_mapping(recipe, "recipe", "sections (model, method, data, ...)")
+    if isinstance(recipe, Mapping):  # (a config already read, e.g. a run's config.json)
+        layers.append(OmegaConf.create(dict(recipe)))
+    elif recipe is not None:
+        path = resolve_recipe(recipe, "config")
+        recipe_data = read_yaml_mapping(path, "recipe", "sections (model, method, data, ...)")
         layers.append(OmegaConf.create(recipe_data))
     for item in overrides:
         if "=" not in item:
@@ -217,7 +236,7 @@ def load_run_config(recipe: str | Path | None = None, overrides: Sequence[str] =
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None)
-        message = str(exc).splitlines()[0]
+        message = str(exc).splitlines()[0] + REMOVED_KEYS.get(key or "", "")
         raise ConfigError(message if not key or message.startswith(key) else f"{key}: {message}") from None
 
 
@@ -250,10 +269,12 @@ def check_ds_config(data: Any, source: str) -> dict[str, Any]:
 
 
 def load_ds_config(path: str | Path) -> dict[str, Any]:
-    """Read and check a DeepSpeed JSON (``--ds``); errors name the file, line or field."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"--ds: DeepSpeed config not found: {path}")
+    """Read and check a DeepSpeed JSON (``--ds``: a file, or a packaged name such as ``zero2``); errors name the
+    file, line or field."""
+    try:
+        path = resolve_recipe(path, "ds")
+    except ConfigError as exc:
+        raise ConfigError(f"--ds: {exc}") from None
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as exc:

@@ -3,9 +3,9 @@
 A resume continues a run only if nothing that changes results differs: the method and its resolved config, the
 backbone, the optimizer and schedule, the seed, the dataset / shots / protocol and the content of its shards,
 precision, the batch geometry, the world size and the ZeRO stage. Settings that cannot change the numbers
-(:data:`MAY_CHANGE`: output and cache paths, logging, checkpoint frequency, evaluation frequency and batch size,
-extra transfer targets, ``optim.epochs`` when it grows) may differ; each such change is recorded with the epoch and
-step it took effect.
+(:data:`MAY_CHANGE`: output and cache paths, logging and experiment trackers, checkpoint frequency, evaluation
+frequency and batch size, extra transfer targets, ``optim.epochs`` when it grows) may differ; each such change is
+recorded with the epoch and step it took effect.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from typing import Any
 
 # run-config fields a resume may change (they do not change the trained prompts' math or data)
 MAY_CHANGE = frozenset({
-    "train.output_dir", "train.log_every_steps", "train.tensorboard", "train.checkpoint_every_epochs",
+    "train.output_dir", "train.log_every_steps", "train.report_to", "train.checkpoint_every_epochs",
     "train.checkpoint_every_steps", "train.keep_checkpoints", "train.max_steps",
+    "train.tensorboard",  # (removed, replaced by train.report_to: in the identity of older checkpoints)
     "eval.every_epochs", "eval.batch_size", "eval.zero_shot_baseline", "eval.targets", "eval.targets_root",
     "data.cache_dir", "data.root", "data.shards", "data.max_bad_samples", "data.strict_classnames", "model.cache_dir",
     "model.grad_checkpointing",

@@ -80,8 +80,9 @@ class PromptEngine:
     size = the recipe's global batch."""
 
     def __init__(self, method: PromptMethod, cfg: RunConfig, ds_base: dict[str, Any] | None, dist: DistInfo,
-                 micro: int, accumulation: int) -> None:  # fmt: skip
-        self.method, self.dist = method, dist
+                 micro: int, accumulation: int, training: bool = True) -> None:  # fmt: skip
+        """``training=False``: the engine only runs the method (evaluation); its batch geometry is unused."""
+        self.method, self.dist, self.training = method, dist, training
         self.trainable = method.trainable_parameters()
         self.engine: Any = None
         self.optimizer: torch.optim.Optimizer | None = None
@@ -120,10 +121,14 @@ class PromptEngine:
         self.engine.checkpoint_engine = safe_checkpoint_engine(getattr(self.engine, "_config", None))
         if self.zero_stage == 3:
             self._register_external_parameters()
+        values = sum(p.numel() for p in self.trainable)
+        if not self.training:
+            logger.info("DeepSpeed ZeRO-%d, %s, world %d (evaluation); %d prompt values", self.zero_stage,
+                        cfg.train.precision, world, values)  # fmt: skip
+            return
         logger.info(
             "DeepSpeed ZeRO-%d, %s, micro batch %d x accumulation %d x world %d = %d; %d trainable values",
-            self.zero_stage, cfg.train.precision, micro, accumulation, world, optim.batch_size,
-            sum(p.numel() for p in self.trainable),
+            self.zero_stage, cfg.train.precision, micro, accumulation, world, optim.batch_size, values,
         )  # fmt: skip
 
     def _register_external_parameters(self) -> None:
@@ -169,10 +174,11 @@ class PromptEngine:
             for k, v in snapshot.items():
                 params[k].copy_(v.to(params[k].device))
 
-    def export(self, path: Path) -> None:
-        """Write the prompt file (rank 0; collective under ZeRO-3)."""
+    def export(self, path: Path, extra_metadata: dict[str, str] | None = None) -> None:
+        """Write the prompt file (rank 0; collective under ZeRO-3); ``extra_metadata``: string entries added to the
+        file's metadata (which selection of which run the prompts are)."""
         with self.gathered():
             if self.dist.is_main:
                 with writing(path):
-                    save_prompts(self.method, path)
+                    save_prompts(self.method, path, extra_metadata)
         barrier()

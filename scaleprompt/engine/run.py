@@ -22,15 +22,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from scaleprompt.backbone import Backbone
+from scaleprompt.backbone import Backbone, BackboneInfo
 from scaleprompt.config import ConfigError
 from scaleprompt.data.cache import ensure_shards
 from scaleprompt.data.datasets import dataset_display_name
+from scaleprompt.data.loader import ShardLoader
 from scaleprompt.data.protocols import Protocol, harmonic_mean
-from scaleprompt.data.shards import read_manifest
+from scaleprompt.data.shards import check_shards, read_manifest
 from scaleprompt.data.templates import dataset_template
 from scaleprompt.engine.config import RunConfig
-from scaleprompt.engine.distributed import run_on_main
+from scaleprompt.engine.distributed import DistInfo, run_on_main
 from scaleprompt.methods import build
 from scaleprompt.methods.base import PromptMethod
 from scaleprompt.methods.prompts import report_class_prompt_problems
@@ -144,14 +145,39 @@ def build_setting(cfg: RunConfig) -> EvalSetting:
     return Transfer(train, classnames, templates, (source, *targets))
 
 
+def check_eval_shards(setting: EvalSetting) -> None:
+    """The val / test shards' sha256 before any training or evaluation (a corrupt test shard found after hours of
+    training would waste them); train shards are checked by the loader at first use, each rank its own share."""
+    for folder in setting.folders.values():
+        manifest = read_manifest(folder)
+        for split in ("val", "test"):
+            check_shards(folder, manifest["splits"].get(split, {}).get("shards", []))
+
+
+def eval_loader(cfg: RunConfig, info: BackboneInfo, dist: DistInfo, shards: str, split: str) -> ShardLoader:
+    """The evaluation loader of one split: every image once (split over the ranks), the test transform."""
+    return ShardLoader(
+        shards, split, batch_size=cfg.eval.batch_size, train=False, image_size=cfg.data.image_size or info.image_size,
+        mean=info.mean, std=info.std, num_workers=cfg.data.num_workers, max_bad_samples=cfg.data.max_bad_samples,
+        seed=cfg.train.seed, rank=dist.rank, world_size=dist.world_size,
+    )  # fmt: skip
+
+
 def build_method(cfg: RunConfig, backbone: Backbone, setting: EvalSetting) -> PromptMethod:
     """The recipe's method over the frozen backbone, for the setting's training classes and template(s).
 
     The class prompts of every class set the setting tests (novel classes, transfer targets) are checked before
-    training (:meth:`~scaleprompt.methods.base.PromptMethod.classname_problems`): warnings, or with
-    ``data.strict_classnames`` a :class:`ConfigError` naming the classes."""
+    training (:func:`check_class_sets`)."""
     method = build(cfg.method.name, backbone, list(setting.classnames), dataset_templates=setting.templates,
                    **cfg.method.args)  # fmt: skip
+    check_class_sets(cfg, method, setting)
+    return method
+
+
+def check_class_sets(cfg: RunConfig, method: PromptMethod, setting: EvalSetting) -> None:
+    """The class prompts of every class set of the setting (training classes, novel classes, transfer targets)
+    (:meth:`~scaleprompt.methods.base.PromptMethod.classname_problems`): warnings, or with
+    ``data.strict_classnames`` a :class:`ConfigError` naming the classes."""
     class_sets = [
         (setting.classnames, setting.templates),
         *((t.classnames, t.templates) for t in setting.test_sets),
@@ -162,7 +188,6 @@ def build_method(cfg: RunConfig, backbone: Backbone, setting: EvalSetting) -> Pr
     if problems and cfg.data.strict_classnames:
         raise ConfigError(f"data.strict_classnames: {'; '.join(problems)}")
     report_class_prompt_problems(problems)
-    return method
 
 
 def shard_fingerprint(folders: Mapping[str, str]) -> str:

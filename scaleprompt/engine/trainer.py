@@ -32,7 +32,7 @@ from scaleprompt.backbone import load_clip
 from scaleprompt.config import ConfigError, to_dict
 from scaleprompt.data.datasets import dataset_display_name
 from scaleprompt.data.loader import ShardLoader
-from scaleprompt.data.shards import check_shards, read_manifest
+from scaleprompt.data.shards import read_manifest
 from scaleprompt.engine.checkpoint import (
     CheckpointError,
     CheckpointManager,
@@ -45,7 +45,15 @@ from scaleprompt.engine.evaluate import Evaluator
 from scaleprompt.engine.identity import compare, run_identity
 from scaleprompt.engine.model import PromptEngine, writing
 from scaleprompt.engine.progress import RunProgress
-from scaleprompt.engine.run import build_method, build_setting, describe_data, training_fingerprint
+from scaleprompt.engine.run import (
+    build_method,
+    build_setting,
+    check_eval_shards,
+    describe_data,
+    eval_loader,
+    training_fingerprint,
+)
+from scaleprompt.engine.trackers import Tracker, close_trackers, make_trackers
 from scaleprompt.errors import OutputError
 from scaleprompt.failpoints import failpoint
 from scaleprompt.locks import DirLock
@@ -111,6 +119,7 @@ class Trainer:
         self.finish = finish  # resume=True and stop here: evaluate the newest checkpoint as the run's end
         self._last_saved: Path | None = None
         self._lock: DirLock | None = None
+        self.trackers: list[Tracker] = []  # train.report_to, rank 0 only (made when training starts)
         run_on_main(self._take_output_dir)
         try:
             self._setup(resume)
@@ -125,8 +134,10 @@ class Trainer:
             raise OutputError(f"train.output_dir: cannot create {self.out}: {exc.strerror or exc}") from None
         self._lock = DirLock(self.out / ".lock", f"train.output_dir {self.out}").acquire(wait=False)
 
-    def close(self) -> None:
-        """Release the output folder (also done by ``fit``)."""
+    def close(self, failed: bool = False) -> None:
+        """Close the trackers (``failed``: the run raised) and release the output folder (also done by ``fit``)."""
+        trackers, self.trackers = self.trackers, []
+        close_trackers(trackers, failed)
         if self._lock is not None:
             self._lock.release()
             self._lock = None
@@ -142,7 +153,7 @@ class Trainer:
                 self.ckpt.read(self.resume_from) if self.dist.is_main else None
             )
         self.setting = build_setting(cfg)  # (rank 0 finds or writes every shard folder of the setting)
-        run_on_main(self._check_eval_shards)
+        run_on_main(lambda: check_eval_shards(self.setting))
         self.classnames = list(self.setting.classnames)
         self.backbone = load_clip(cfg.model.name, cfg.model.pretrained, cache_dir=cfg.model.cache_dir)
         self.backbone.model.set_grad_checkpointing(cfg.model.grad_checkpointing)
@@ -178,15 +189,6 @@ class Trainer:
         if self.dist.is_main:  # (after the identity check: a refused resume changes nothing)
             with writing(self.out / "config.json"):
                 atomic_json(self.out / "config.json", cfg.to_dict())
-        self.writer = None
-
-    def _check_eval_shards(self) -> None:
-        """The val / test shards' sha256 before any training (a corrupt test shard found after hours of training
-        would waste them); train shards are checked by the loader at first use, each rank its own share."""
-        for folder in self.setting.folders.values():
-            manifest = read_manifest(folder)
-            for split in ("val", "test"):
-                check_shards(folder, manifest["splits"].get(split, {}).get("shards", []))
 
     def _checkpoint_to_resume(self, resume: bool) -> str | None:
         """The checkpoint ``--resume`` continues (None: start fresh); a fresh run never reuses a run's folder."""
@@ -228,13 +230,13 @@ class Trainer:
     def _loader(self, shards: str, split: str, train: bool) -> ShardLoader:
         cfg = self.cfg
         info = self.backbone.info
+        if not train:
+            return eval_loader(cfg, info, self.dist, shards, split)
         kwargs = dict(
             image_size=self.image_size, mean=info.mean, std=info.std, num_workers=cfg.data.num_workers,
             max_bad_samples=cfg.data.max_bad_samples, seed=cfg.train.seed, rank=self.dist.rank,
             world_size=self.dist.world_size,
         )  # fmt: skip
-        if not train:
-            return ShardLoader(shards, split, batch_size=cfg.eval.batch_size, train=False, **kwargs)
         count = read_manifest(shards)["splits"]["train"]["count"]
         steps = max(1, count // cfg.optim.batch_size)  # optimizer steps per epoch
         return ShardLoader(
@@ -249,10 +251,12 @@ class Trainer:
 
         With ``finish`` (a reason, e.g. a search scheduler's early stop) nothing more is trained: the newest
         checkpoint's prompts are evaluated and recorded as stopped early at their epoch."""
+        failed = True
         try:
             results = self._fit()
+            failed = False
         finally:
-            self.close()
+            self.close(failed)
         if self.report is not None:
             self.report(final_metrics(results), self._last_saved)
         return results
@@ -275,10 +279,9 @@ class Trainer:
             finished = self._finished_results(run)
             if finished is not None:
                 return finished
-        if dist.is_main and cfg.train.tensorboard and self.writer is None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(self.out / "tensorboard"))
+        if dist.is_main and not self.trackers:  # (resumed: hides what a killed session logged after it)
+            at = run.global_step if self.resume_from is not None else None
+            self.trackers = make_trackers(cfg.train.report_to, self.out, cfg.to_dict(), resume_step=at)
         run.start_session(self.resume_from)
         if (
             self.finish is None
@@ -417,12 +420,14 @@ class Trainer:
                 **self.evaluator.test_all(self.model),
             }
         }
-        self.model.export(self.out / "prompts.safetensors")
+        self.model.export(self.out / "prompts.safetensors", self._provenance("last", run.epoch))
         if run.best_prompts is not None:
             final = self.model.snapshot()
             self.model.load_snapshot(run.best_prompts)
             selections["best_val"] = {"val": run.best_val, **self.evaluator.test_all(self.model)}
-            self.model.export(self.out / "prompts_best_val.safetensors")
+            self.model.export(
+                self.out / "prompts_best_val.safetensors", self._provenance("best_val", run.best_epoch)
+            )
             self.model.load_snapshot(final)
         setting, where = cfg.eval.setting, f"the results of {self.out}"
         result = RunResult(
@@ -446,6 +451,12 @@ class Trainer:
             logger.info("results: %s", self.out / "results.json")
         barrier()
         return result
+
+    def _provenance(self, selection: str, epoch: int | None) -> dict[str, str]:
+        """What an exported prompt file is: the selection (``scaleprompt eval`` files its numbers under it), the
+        epoch it was taken at, and the run folder."""
+        return {"selection": selection, "epoch": str(epoch if epoch is not None else 0),
+                "run": str(self.out.resolve())}  # fmt: skip
 
     def _stopped_early(self, run: RunProgress) -> dict[str, Any] | None:
         if self.finish is None or not self.trainable or run.epoch >= self.epochs:
@@ -479,8 +490,6 @@ class Trainer:
             logger.info("step %d  %s", step, "  ".join(f"{k[6:]}={v:.4g}" for k, v in scalars.items()))
 
     def _log_scalars(self, scalars: dict[str, float], step: int) -> None:
-        if self.writer is not None:
-            for k, v in scalars.items():
-                if isinstance(v, int | float):
-                    self.writer.add_scalar(k, v, step)
-            self.writer.flush()
+        """Every tracker of ``train.report_to``, against the global step (counts are not passed here)."""
+        for tracker in self.trackers:
+            tracker.log(scalars, step)

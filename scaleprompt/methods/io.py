@@ -1,8 +1,14 @@
 """Save and load trained prompts: the trained tensors as safetensors, the method config as JSON inside the
-file's metadata. Writes are atomic; nothing is unpickled on load."""
+file's metadata. Writes are atomic; nothing is unpickled on load.
+
+The metadata records the config as the method runs it (a fixed-text method's templates resolved), and
+``templates_from: "dataset"`` when those templates are the dataset's own (the recipe left ``templates`` unset):
+the loaded method then follows the template rule again, so on another dataset (a transfer target) it takes that
+dataset's template, as during training."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -18,7 +24,7 @@ from torch import nn
 
 from scaleprompt.backbone import Backbone
 from scaleprompt.config import to_dict
-from scaleprompt.methods.base import PromptMethod
+from scaleprompt.methods.base import FixedTextConfig, FixedTextMethod, PromptMethod
 from scaleprompt.methods.registry import build, make_config
 from scaleprompt.promptfile import FORMAT, PromptFileError
 
@@ -42,13 +48,16 @@ def atomic_write(path: Path, write: Any) -> None:
 
 def prompt_metadata(method: PromptMethod) -> dict[str, str]:
     info = method.backbone_info
-    return {
+    meta = {
         "format": FORMAT,
         "method": method.name,
         "config": json.dumps(to_dict(method.effective_config())),  # (the templates in use, resolved)
         "classnames": json.dumps(method.classnames),
         "backbone": json.dumps(asdict(info) if info is not None else None),
     }
+    if isinstance(method, FixedTextMethod) and method.config.templates is None:
+        meta["templates_from"] = "dataset"  # (the template rule: another dataset brings its own template)
+    return meta
 
 
 def save_prompts(
@@ -85,7 +94,9 @@ def load_prompts(
     against the file's backbone) and load its trained tensors (strict: names and shapes).
 
     ``classnames`` defaults to the saved ones; pass others to evaluate the same prompts on new classes
-    (methods whose prompts do not depend on the class count)."""
+    (methods whose prompts do not depend on the class count). The method classifies with the saved templates;
+    :meth:`~scaleprompt.methods.base.PromptMethod.set_classnames` with another dataset's templates moves a
+    fixed-text method whose templates came from its dataset (``templates_from``) to those."""
     meta, tensors = read_prompt_file(path)
     saved_backbone = json.loads(meta.get("backbone", "null"))
     backbone = Backbone.of(backbone)
@@ -99,7 +110,11 @@ def load_prompts(
                 )
     config = make_config(meta["method"], json.loads(meta["config"]))
     names = list(classnames) if classnames is not None else json.loads(meta["classnames"])
-    method = build(meta["method"], backbone, names, config=config)
+    saved_templates = None
+    if meta.get("templates_from") == "dataset" and isinstance(config, FixedTextConfig):
+        saved_templates = config.templates  # the dataset's template(s), under the template rule
+        config = dataclasses.replace(config, templates=None)
+    method = build(meta["method"], backbone, names, config=config, dataset_templates=saved_templates)
     own = dict(method.named_parameters())
     expected = set(method.prompt_state_dict())
     missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)

@@ -20,7 +20,6 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
-from open_clip.tokenizer import HFTokenizer, SigLipTokenizer, SimpleTokenizer, basic_clean, canonicalize_text
 from torch import Tensor, nn
 
 from scaleprompt.backbone import Tokenizer
@@ -106,6 +105,8 @@ class ClassPromptTable(nn.Module):
 def _hf_inner(tokenizer: Tokenizer) -> Any:
     """The transformers tokenizer inside open_clip's HuggingFace wrappers (HFTokenizer, SigLipTokenizer), else
     None."""
+    from open_clip.tokenizer import HFTokenizer, SigLipTokenizer  # (loaded already: a backbone exists)
+
     return tokenizer.tokenizer if isinstance(tokenizer, HFTokenizer | SigLipTokenizer) else None
 
 
@@ -128,6 +129,8 @@ def unknown_token(tokenizer: Tokenizer) -> tuple[int, str] | None:
 def _content_ids(tokenizer: Tokenizer, texts: Sequence[str]) -> list[list[int]] | None:
     """Token ids of each text without start / end-of-text and padding (None: a tokenizer this module does not
     know)."""
+    from open_clip.tokenizer import HFTokenizer, SimpleTokenizer, basic_clean, canonicalize_text
+
     if isinstance(tokenizer, WordTokenizer | SimpleTokenizer):
         return [list(tokenizer.encode(t)) for t in texts]
     inner = _hf_inner(tokenizer)
@@ -225,6 +228,8 @@ def class_prompt_problems(
     if cut:
         first = next(iter(cut.values()))
         needs = ""
+        from open_clip.tokenizer import SimpleTokenizer
+
         if isinstance(tokenizer, WordTokenizer | SimpleTokenizer):  # (start + text + end-of-text)
             needs = f" needs {len(tokenizer.encode(first)) + 2} tokens"
         problems.append(

@@ -24,12 +24,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import open_clip
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scaleprompt.backbone import model_spec
+from scaleprompt.backbone import import_open_clip, model_spec
 from scaleprompt.config import check_types, require
 from scaleprompt.losses import multi_positive_clip_loss
 from scaleprompt.microworld import world
@@ -151,7 +150,7 @@ def pretrain(cfg: PretrainConfig, out: Path | None = None) -> tuple[nn.Module, d
         torch.set_num_threads(cfg.threads)
     spec = model_spec(MODEL)  # registered by scaleprompt.backbone: open_clip knows its config
     torch.manual_seed(cfg.seed)
-    model = open_clip.create_model(MODEL, pretrained=None)
+    model = import_open_clip().create_model(MODEL, pretrained=None)
     model.train()
     tokenizer = spec.tokenizer(context_length=model.context_length)
     size = model.visual.image_size

@@ -2,8 +2,9 @@
 
 The engine writes a :class:`RunResult` (``RunResult.to_dict()``); the tables read files back with
 :meth:`RunResult.from_dict`, which validates every field and raises :class:`ResultsError` naming the file and the
-field. Versions: ``scaleprompt.run/2`` is written (it adds ``steps``, ``checkpoint``, ``data`` and
-``config_changes``); ``scaleprompt.run/1`` files still load (those fields are then empty).
+field. Versions: ``scaleprompt.run/3`` is written (it adds ``evaluated``: a ``scaleprompt eval`` of a prompt file,
+whose only selection is the file's, e.g. ``best_val``); ``scaleprompt.run/2`` (``steps``, ``checkpoint``, ``data``,
+``config_changes``) and ``scaleprompt.run/1`` files still load (missing fields are then empty).
 
 Per setting, a selection (``last`` = last epoch, ``best_val`` = epoch chosen on the validation split) holds:
 ``fewshot`` -> ``test``; ``base2new`` -> ``base``, ``novel`` and ``hm`` (a number); ``transfer`` -> ``test`` (the
@@ -22,8 +23,8 @@ from scaleprompt.errors import ScalepromptError
 
 Setting = Literal["fewshot", "base2new", "transfer"]
 SETTINGS: tuple[str, ...] = get_args(Setting)
-RUN_FORMAT = "scaleprompt.run/2"
-READABLE_FORMATS = ("scaleprompt.run/1", RUN_FORMAT)
+RUN_FORMAT = "scaleprompt.run/3"
+READABLE_FORMATS = ("scaleprompt.run/1", "scaleprompt.run/2", RUN_FORMAT)
 SELECTIONS: tuple[str, ...] = ("last", "best_val")
 METRICS: tuple[str, ...] = ("top1", "mean_per_class")
 # what every selection of a setting must hold (besides the optional "val")
@@ -136,6 +137,9 @@ class RunResult:
     # a search trial stopped by its scheduler: {"epoch": k, "of": planned epochs, "reason": ...}; None = finished
     stopped_early: dict[str, Any] | None = None
     timing: dict[str, Any] = field(default_factory=dict)
+    # ``scaleprompt eval``: the prompt file evaluated (path, sha256, selection, epoch, the run that trained it);
+    # None = the numbers come from the training run itself
+    evaluated: dict[str, Any] | None = None
     format: str = RUN_FORMAT
 
     def to_dict(self) -> dict[str, Any]:
@@ -171,8 +175,13 @@ class RunResult:
         raw = data.get("results")
         if not isinstance(raw, Mapping):
             raise ResultsError(f"{src}: 'results' must be an object with 'last' (and optionally 'best_val')")
-        if raw.get("last") is None:
+        evaluated = data.get("evaluated")
+        if evaluated is not None and not isinstance(evaluated, Mapping):
+            raise ResultsError(f"{src}: 'evaluated' must be null or an object, got {evaluated!r}")
+        if evaluated is None and raw.get("last") is None:
             raise ResultsError(f"{src}: results has no 'last' (last-epoch) results")
+        if not any(raw.get(s) is not None for s in SELECTIONS):
+            raise ResultsError(f"{src}: results has none of the selections {list(SELECTIONS)}")
         results = {
             s: SelectionResult.parse(raw[s], setting, f"results.{s}", src)
             for s in SELECTIONS

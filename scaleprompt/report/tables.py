@@ -3,7 +3,7 @@
 Every training run writes one ``<output_dir>/results.json`` (:class:`~scaleprompt.report.schema.RunResult`,
 validated on load by the schema)::
 
-    {"format": "scaleprompt.run/2", "method": "provp_ref", "dataset": "OxfordPets", "setting": "base2new",
+    {"format": "scaleprompt.run/3", "method": "provp_ref", "dataset": "OxfordPets", "setting": "base2new",
      "shots": 16, "seed": 1, "backbone": "ViT-B-16", "pretrained": "openai", ...,
      "results": {"last": {...}, "best_val": {...}}, "config": {...}, "timing": {...}}
 

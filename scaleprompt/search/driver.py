@@ -28,6 +28,7 @@ from scaleprompt.engine.checkpoint import atomic_json
 from scaleprompt.engine.config import load_run_config
 from scaleprompt.engine.run import build_setting
 from scaleprompt.errors import one_line
+from scaleprompt.recipes import resolve_recipe
 from scaleprompt.search.options import SearchFailed, SearchOptions
 from scaleprompt.search.report import (
     TrialRecord,
@@ -169,7 +170,9 @@ def run_search(space_path: str | Path, recipe: str | Path | None, overrides: Seq
                options: SearchOptions | None = None, ds_config: dict | None = None) -> dict[str, Any]:  # fmt: skip
     """Run (or resume) a sweep; returns its summary (also in ``<sweep>/summary.json``)."""
     opts = options or SearchOptions()
-    recipe = str(Path(recipe).resolve()) if recipe else None
+    # a file or a packaged name (scaleprompt.recipes), as an absolute path for the trials and the sweep record
+    recipe = str(resolve_recipe(recipe, "config").resolve()) if recipe else None
+    space_path = resolve_recipe(space_path, "space").resolve()
     overrides = list(overrides)
     space = load_space(space_path)
     base = load_run_config(recipe, overrides)

@@ -36,6 +36,7 @@ from scaleprompt.config import ConfigError, check_types, read_yaml_mapping, requ
 from scaleprompt.engine.config import RunConfig, load_run_config
 from scaleprompt.errors import ScalepromptError
 from scaleprompt.methods import build, method_class
+from scaleprompt.recipes import resolve_recipe
 
 logger = logging.getLogger(__name__)
 
@@ -131,8 +132,9 @@ class SearchSpace:
 
 
 def load_space(path: str | Path) -> SearchSpace:
-    """Read a space file (its shape and types; :func:`check_space` checks it against a recipe)."""
-    path = Path(path)
+    """Read a space file (its shape and types; :func:`check_space` checks it against a recipe): a file, or a
+    packaged name such as ``provp_ref`` (:func:`scaleprompt.recipes.resolve_recipe`)."""
+    path = resolve_recipe(path, "space")
     raw = read_yaml_mapping(path, "search space", "metric / mode / params")
     unknown = sorted(set(raw) - {"metric", "mode", "params"})
     if unknown:

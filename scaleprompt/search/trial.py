@@ -1,5 +1,6 @@
 """One trial of a sweep: the SAME engine as ``train.py`` (:class:`~scaleprompt.engine.trainer.Trainer`), in its
-own run folder ``<trial>/run/`` (results.json, prompts.safetensors, TensorBoard, checkpoints).
+own run folder ``<trial>/run/`` (results.json, prompts.safetensors, checkpoints, TensorBoard or the trackers of
+``train.report_to``).
 
 * The trainer reports after each validated epoch (the searcher and the scheduler see ``epoch`` / ``val_*``); its
   last report, marked ``final``, comes after results.json and the prompt files are written.
@@ -82,11 +83,14 @@ class TrialJob:
     gpus_per_worker: float = 0.0
 
     def run_overrides(self, config: dict[str, Any], out: Path) -> list[str]:
-        """The full override list of one trial: TensorBoard on (the user's overrides may turn it off), the sweep's
-        overrides, the sampled values, the trial's run folder."""
+        """The full override list of one trial: its trackers, the sweep's overrides, the sampled values, the trial's
+        run folder. Trackers (``train.report_to``): the sweep's overrides decide; without one, the recipe's, and
+        TensorBoard when the recipe tracks nothing (the micro-world recipes)."""
         sample = sample_of(config)
         base = load_run_config(self.recipe, self.overrides)
-        return ["train.tensorboard=true", *self.overrides, *trial_overrides(self.space, base, sample),
+        chosen = any(o.split("=", 1)[0].strip() == "train.report_to" for o in self.overrides)
+        trackers = [] if chosen or base.train.report_to else ["train.report_to=tensorboard"]
+        return [*trackers, *self.overrides, *trial_overrides(self.space, base, sample),
                 f"train.output_dir={out}"]  # fmt: skip
 
 

@@ -1,0 +1,199 @@
+"""Evaluation only: a prompt file tested on a dataset's setting, as training tests its prompts.
+
+``evaluation_config(prompts, recipe, overrides)`` assembles the :class:`RunConfig` of the evaluation and
+:class:`PromptEvaluation` runs it (every rank; under the deepspeed launcher the test sets are split over the
+ranks and the counts summed). Nothing is new here: the setting's shards come from THE shard cache
+(:func:`~scaleprompt.engine.run.build_setting`, the same folders as the training run when the data, shots and
+seed are the same), the method runs inside the same :class:`~scaleprompt.engine.model.PromptEngine` (precision,
+ZeRO stage of ``--ds``) and the same :class:`~scaleprompt.engine.evaluate.Evaluator` tests it. So the evaluation of
+a training run's ``prompts.safetensors`` with that run's config and world size gives its test numbers exactly.
+
+The configuration, in order:
+
+* the base: ``recipe`` when given, else the ``config.json`` of the training run the file sits in (the folder
+  ``train.py`` exported it to), else the defaults;
+* the prompt file decides the method (``method.name``/``method.args`` are the file's) and the backbone
+  (``model.name`` and, unless an override sets it, ``model.pretrained``: the weights the prompts were trained on);
+* then the ``key=value`` overrides (``data.dataset``, ``eval.setting``, ``eval.targets``, ...).
+
+The result is a :class:`~scaleprompt.report.schema.RunResult` whose only selection is the file's (``last`` or
+``best_val`` for a training run's exports, ``last`` for other files) and whose ``evaluated`` names the file (path,
+sha256, selection, epoch, run).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from scaleprompt.config import ConfigError
+from scaleprompt.data.datasets import dataset_display_name
+from scaleprompt.engine.config import REMOVED_KEYS, MethodSection, RunConfig, load_run_config
+from scaleprompt.engine.distributed import DistInfo, barrier, init_distributed, run_on_main
+from scaleprompt.engine.evaluate import Evaluator
+from scaleprompt.engine.model import PromptEngine, writing
+from scaleprompt.engine.run import (
+    EvalSetting,
+    build_setting,
+    check_class_sets,
+    check_eval_shards,
+    describe_data,
+    eval_loader,
+)
+from scaleprompt.promptfile import PromptFileError, read_prompt_header
+from scaleprompt.report.schema import RunResult, SelectionResult
+
+logger = logging.getLogger(__name__)
+
+RUN_CONFIG = "config.json"  # what train.py writes next to the prompt files
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def prompt_file_header(path: str | Path) -> dict[str, Any]:
+    """The decoded metadata of a prompt file: method, config, classnames, backbone, and where it came from."""
+    meta, _ = read_prompt_header(path)
+    decoded: dict[str, Any] = dict(meta)
+    for key in ("config", "classnames", "backbone"):
+        try:
+            decoded[key] = json.loads(meta[key])
+        except (KeyError, ValueError):
+            raise PromptFileError(f"{path}: the metadata entry {key!r} is missing or not JSON") from None
+    if not decoded["backbone"]:
+        raise PromptFileError(f"{path} does not record its backbone; it cannot be evaluated on its own")
+    return decoded
+
+
+def run_config_of(path: Path) -> dict[str, Any]:
+    """A training run's ``config.json`` as a recipe: keys later versions removed (:data:`REMOVED_KEYS`; none of
+    them changes the math) are dropped, so older runs stay evaluable."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: not a readable run config ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: not a run config (expected a JSON object)")
+    for key in REMOVED_KEYS:
+        section, name = key.split(".", 1)
+        if isinstance(data.get(section), dict) and data[section].pop(name, None) is not None:
+            logger.info("evaluation: %s of %s is no longer a key, ignored", key, path)
+    return data
+
+
+def evaluation_config(prompts: str | Path, recipe: str | Path | None, overrides: Sequence[str]) -> RunConfig:
+    """The run config of an evaluation of ``prompts`` (see the module docstring for the order)."""
+    path = Path(prompts)
+    header = prompt_file_header(path)
+    base: str | Path | dict[str, Any] | None = recipe
+    if base is None and (path.parent / RUN_CONFIG).is_file():
+        logger.info("evaluation: the training run's config %s", path.parent / RUN_CONFIG)
+        base = run_config_of(path.parent / RUN_CONFIG)
+    backbone = header["backbone"]
+    keys = {item.split("=", 1)[0] for item in overrides}
+    if "model.name" in keys:
+        wanted = next(i.split("=", 1)[1] for i in overrides if i.startswith("model.name="))
+        if wanted != backbone["model_name"]:
+            raise ConfigError(
+                f"model.name={wanted}: the prompts of {path} were trained on {backbone['model_name']}"
+            )
+    forced = [f"model.name={backbone['model_name']}", f"method.name={header['method']}"]
+    if "model.pretrained" not in keys:  # (an override may point at a local copy of the same weights)
+        forced.append(f"model.pretrained={backbone['pretrained'] if backbone['pretrained'] else 'null'}")
+    cfg = load_run_config(base, [*forced, *overrides])
+    args = dict(header["config"])
+    if header.get("templates_from") == "dataset":
+        args["templates"] = None  # the template rule: each dataset's own template (as in training)
+    return replace(cfg, method=MethodSection(header["method"], args))
+
+
+class PromptEvaluation:
+    """One evaluation of a prompt file under ``cfg`` (from :func:`evaluation_config`); ``ds_config``: the DeepSpeed
+    JSON (ZeRO-3 partitions a big frozen backbone over the ranks), default: the same plain engine training uses."""
+
+    def __init__(self, prompts: str | Path, cfg: RunConfig, ds_config: dict[str, Any] | None = None,
+                 local_rank: int | None = None, zero_shot: bool = False) -> None:  # fmt: skip
+        self.path, self.cfg, self.ds_config, self.zero_shot = Path(prompts), cfg, ds_config, zero_shot
+        self.header = prompt_file_header(self.path)
+        self.dist: DistInfo = init_distributed(local_rank)
+
+    def run(self, output: str | Path) -> dict[str, Any]:
+        """Evaluate; rank 0 writes the results to ``output`` (atomically). Returns the results on every rank."""
+        from scaleprompt.backbone import load_clip
+        from scaleprompt.methods.io import load_prompts
+
+        cfg, start = self.cfg, time.time()
+        setting = build_setting(cfg)  # (rank 0 finds or writes every shard folder of the setting)
+        run_on_main(lambda: check_eval_shards(setting))
+        saved = self.header["backbone"]
+        backbone = load_clip(cfg.model.name, cfg.model.pretrained, cache_dir=cfg.model.cache_dir,
+                             init_seed=saved.get("init_seed") or 0)  # fmt: skip
+        info = backbone.info
+        assert info is not None  # (load_clip's backbones always have it)
+        evaluator = Evaluator(
+            setting, lambda shards, split: eval_loader(cfg, info, self.dist, shards, split), self.dist.device
+        )
+        zero_shot = self._zero_shot(backbone, setting, evaluator) if self.zero_shot else None
+        method = load_prompts(self.path, backbone)  # (checks the backbone's shapes against the file's)
+        if method.classnames != list(setting.classnames) or self.header.get("templates_from") == "dataset":
+            method.set_classnames(
+                setting.classnames, setting.templates
+            )  # (refused for class-specific prompts)
+        check_class_sets(cfg, method, setting)
+        model = PromptEngine(method, cfg, self.ds_config, self.dist, micro=1, accumulation=1, training=False)
+        selection = self.header.get("selection") or "last"
+        metrics = {"val": evaluator.split(model, setting.train, "val"), **evaluator.test_all(model)}
+        where = f"the evaluation of {self.path}"
+        result = RunResult(
+            method=method.name, dataset=dataset_display_name(cfg.data.dataset), setting=cfg.eval.setting,
+            shots=cfg.data.shots, seed=cfg.train.seed, backbone=cfg.model.name, pretrained=cfg.model.pretrained,
+            results={selection: SelectionResult.parse(metrics, cfg.eval.setting, f"results.{selection}", where)},
+            world_size=self.dist.world_size, data=describe_data(setting), config=cfg.to_dict(),
+            zero_shot=SelectionResult.parse(zero_shot, cfg.eval.setting, "zero_shot", where) if zero_shot else None,
+            timing={"eval_seconds": time.time() - start}, evaluated=self._evaluated(selection),
+        ).to_dict()  # fmt: skip
+        if self.dist.is_main:
+            from scaleprompt.engine.checkpoint import atomic_json
+
+            output = Path(output)
+            with writing(output):
+                output.parent.mkdir(parents=True, exist_ok=True)
+                atomic_json(output, result)
+            logger.info("results: %s", output)
+        barrier()
+        return result
+
+    def _zero_shot(self, backbone: Any, setting: EvalSetting, evaluator: Evaluator) -> dict[str, Any]:
+        """Zero-shot CLIP's metrics on the same sets (before the backbone goes into an engine: ZeRO-3)."""
+        from scaleprompt.methods import build
+
+        zero_shot = build("zsclip", backbone, list(setting.classnames), dataset_templates=setting.templates)
+        return evaluator.test_all(
+            PromptEngine(zero_shot, self.cfg, None, self.dist, micro=1, accumulation=1, training=False)
+        )
+
+    def _evaluated(self, selection: str) -> dict[str, Any]:
+        header = self.header
+        epoch = header.get("epoch")
+        return {
+            "path": str(self.path.resolve()), "sha256": file_sha256(self.path), "selection": selection,
+            "epoch": int(epoch) if epoch is not None and epoch.isdigit() else None, "run": header.get("run"),
+        }  # fmt: skip
+
+
+def default_output(prompts: str | Path, cfg: RunConfig) -> Path:
+    """``<folder of the file>/<file stem>.eval-<dataset>-<setting>.json`` (never a run's own results.json)."""
+    path = Path(prompts)
+    name = dataset_display_name(cfg.data.dataset)
+    return path.with_name(f"{path.stem}.eval-{name}-{cfg.eval.setting}.json")

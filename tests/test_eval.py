@@ -1,0 +1,165 @@
+"""``scaleprompt eval``: a prompt file tested as training tests its prompts, with the same shard cache and schema.
+
+The bar: evaluating a training run's exported prompts reproduces that run's test numbers exactly (same config,
+same world size), in every setting, also under the deepspeed launcher."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from engine_utils import ROOT, base_overrides, deepspeed_cmd, launch, make_color_folder
+
+from scaleprompt.cli import main
+from scaleprompt.engine.config import load_run_config
+from scaleprompt.engine.trainer import Trainer
+from scaleprompt.report.schema import RunResult
+from scaleprompt.report.tables import load_runs
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """A source dataset named EuroSAT (so fixed-text methods take EuroSAT's template there) and a second colour
+    set as a transfer target (the default template)."""
+    root = tmp_path_factory.mktemp("evaldata")
+    source = make_color_folder(root / "EuroSAT", n_train=8, n_val=2, n_test=8)
+    target = make_color_folder(root / "colours", n_train=1, n_val=1, n_test=6, seed=5)
+    return source, target
+
+
+def train(source: Path, tmp: Path, *extra: str) -> dict:
+    overrides = base_overrides(source, tmp / "cache", tmp / "run") + [
+        "optim.epochs=2",
+        "optim.lr=0.05",
+        *extra,
+    ]
+    cfg = load_run_config(None, overrides)
+    return Trainer(cfg, json.loads((ROOT / "ds_configs/zero1.json").read_text())).fit()
+
+
+def evaluate(*argv: str) -> dict:
+    out = Path(argv[argv.index("--output") + 1])
+    assert main(["eval", *argv]) == 0
+    return json.loads(out.read_text())
+
+
+@pytest.mark.slow
+def test_eval_reproduces_the_run_s_last_and_best_validation_numbers(data, tmp_path):
+    source, _ = data
+    trained = train(source, tmp_path, "method.name=coop", "method.args.n_ctx=2")
+    shards_before = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    run = tmp_path / "run"
+    last = evaluate(str(run / "prompts.safetensors"), "--output", str(tmp_path / "last.json"))
+    assert last["results"] == {"last": trained["results"]["last"]}  # val and test, every count and digit
+    best = evaluate(str(run / "prompts_best_val.safetensors"), "--output", str(tmp_path / "best.json"))
+    assert best["results"] == {"best_val": trained["results"]["best_val"]}
+    assert (
+        sorted(p.name for p in (tmp_path / "cache").iterdir()) == shards_before
+    )  # the training run's shards
+    assert last["data"] == trained["data"] and last["config"]["data"] == trained["config"]["data"]
+    evaluated = best["evaluated"]
+    assert evaluated["selection"] == "best_val" and evaluated["epoch"] == trained["best_val_epoch"]
+    assert evaluated["run"] == str(run.resolve()) and len(evaluated["sha256"]) == 64
+    assert last["epochs"] == 0 and last["steps"] == 0 and last["history"] == []
+    # the file is a valid run result, read back by the tables (its only selection is the file's)
+    RunResult.from_dict(best, "best.json")
+    assert [r["results"].keys() for r in load_runs([tmp_path / "best.json"])] == [{"best_val"}]
+
+
+@pytest.mark.slow
+def test_eval_on_other_settings_matches_the_training_run(data, tmp_path):
+    """base-to-novel (learned text, CoOp) and transfer with a fixed-text method whose template is the dataset's
+    (ProVP: EuroSAT's template on the source, the default one on the target, as in training)."""
+    source, target = data
+    b2n = train(source, tmp_path / "b2n", "method.name=coop", "method.args.n_ctx=2", "eval.setting=base2new")
+    got = evaluate(str(tmp_path / "b2n/run/prompts.safetensors"), "--output", str(tmp_path / "b2n.json"))
+    assert got["results"]["last"] == b2n["results"]["last"] and got["setting"] == "base2new"
+    transfer = train(source, tmp_path / "tr", "method.name=provp", "method.args.n_ctx=2", "eval.setting=transfer",
+                     f'eval.targets=["folder:{target}"]')  # fmt: skip
+    got = evaluate(str(tmp_path / "tr/run/prompts.safetensors"), "--output", str(tmp_path / "tr.json"))
+    assert got["results"]["last"] == transfer["results"]["last"]
+    assert set(got["results"]["last"]["targets"]) == {"colours"}
+
+
+@pytest.mark.slow
+def test_eval_of_a_file_outside_its_run_takes_flags_and_reports_zero_shot(data, tmp_path):
+    """No config.json beside the file: the defaults + flags; the file decides method and backbone. The same
+    prompts on base2new through the flags give the run's numbers; zero-shot CLIP is tested on the same sets."""
+    source, _ = data
+    trained = train(
+        source, tmp_path, "method.name=upt", "eval.setting=base2new", "eval.zero_shot_baseline=true"
+    )
+    alone = tmp_path / "alone" / "p.safetensors"
+    alone.parent.mkdir()
+    shutil.copy(tmp_path / "run/prompts.safetensors", alone)
+    got = evaluate(
+        str(alone), "--dataset", f"folder:{source}", "--setting", "base2new", "--shots", "0", "--zero-shot",
+        "--output", str(tmp_path / "alone.json"), f"data.cache_dir={tmp_path / 'cache'}", "data.min_shards=2",
+        "data.num_workers=1",
+    )  # fmt: skip
+    assert got["results"]["last"]["base"] == trained["results"]["last"]["base"]
+    assert got["results"]["last"]["novel"] == trained["results"]["last"]["novel"]
+    assert got["zero_shot"] == trained["zero_shot"] and got["method"] == "upt"
+    assert got["config"]["model"]["name"] == "sp-tiny-vit" and got["evaluated"]["selection"] == "last"
+    default = alone.with_name("p.eval-EuroSAT-base2new.json")  # (the default output path)
+    assert main(["eval", str(alone), "--dataset", f"folder:{source}", "--setting", "base2new", "--shots", "0",
+                 f"data.cache_dir={tmp_path / 'cache'}", "data.min_shards=2"]) == 0  # fmt: skip
+    assert json.loads(default.read_text())["results"] == got["results"]
+
+
+def test_bad_evaluations_are_one_line_errors(data, tmp_path, capsys):
+    source, _ = data
+    train(source, tmp_path, "method.name=coop", "method.args.n_ctx=2", "method.args.class_specific=true")
+    prompts = str(tmp_path / "run/prompts.safetensors")
+    assert main(["eval", str(tmp_path / "missing.safetensors")]) == 2
+    assert "prompt file not found" in capsys.readouterr().err
+    assert main(["eval", prompts, "model.name=sp-tiny-vit-12"]) == 2
+    assert "were trained on sp-tiny-vit" in capsys.readouterr().err
+    assert (
+        main(["eval", prompts, "--setting", "base2new"]) == 2
+    )  # class-specific prompts belong to their classes
+    assert "class_specific" in capsys.readouterr().err
+    assert main(["eval", prompts, "eval.nonsense=1"]) == 2
+    assert "eval.nonsense" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_eval_under_the_deepspeed_launcher_reproduces_a_two_rank_run(data, tmp_path):
+    """Train base-to-novel on 2 ranks (ZeRO-2), evaluate its prompts on 2 ranks: the same numbers."""
+    source, _ = data
+    overrides = base_overrides(source, tmp_path / "cache", tmp_path / "run") + [
+        "method.name=maple", "method.args.prompt_depth=2", "optim.epochs=1", "optim.lr=0.05", "eval.setting=base2new",
+    ]  # fmt: skip
+    launch(deepspeed_cmd(2, "scaleprompt/train.py", "--ds", "ds_configs/zero2.json", *overrides), tmp_path)
+    trained = json.loads((tmp_path / "run/results.json").read_text())
+    out = tmp_path / "eval.json"
+    proc = launch(
+        deepspeed_cmd(2, "scaleprompt/evaluate.py", str(tmp_path / "run/prompts.safetensors"), "--ds",
+                      "ds_configs/zero2.json", "--output", str(out)),
+        tmp_path / "eval",  # (a fresh file rendezvous)
+    )  # fmt: skip
+    got = json.loads(out.read_text())
+    assert got["world_size"] == 2 and got["results"]["last"] == trained["results"]["last"]
+    assert "prompts.safetensors: last, epoch 1" in proc.stderr + proc.stdout
+
+
+def test_a_saved_fixed_text_method_keeps_the_template_rule(tmp_path):
+    """A fixed-text method whose templates came from its dataset is saved as such: loaded, it classifies with the
+    saved template, and moved to another dataset it takes that dataset's template, as in training. Templates set
+    by the recipe stay on every dataset."""
+    from scaleprompt.backbone import load_clip
+    from scaleprompt.methods import build, load_prompts, save_prompts
+
+    backbone = load_clip("sp-tiny-vit")
+    satellite, plain = ("a centered satellite photo of {}.",), ("a photo of a {}.",)
+    for args, on_target in (({}, plain), ({"templates": ["{} seen from above."]}, ("{} seen from above.",))):
+        trained = build("provp", backbone, ["red", "green"], dataset_templates=satellite, n_ctx=2, **args)
+        path = save_prompts(trained, tmp_path / "p.safetensors")
+        loaded = load_prompts(path, backbone)
+        assert loaded.class_prompts() == trained.class_prompts()
+        trained.set_classnames(["blue", "yellow"], plain)
+        loaded.set_classnames(["blue", "yellow"], plain)
+        assert loaded.class_prompts() == trained.class_prompts() == [[t.format(c) for c in ("blue", "yellow")]
+                                                                      for t in on_target]  # fmt: skip

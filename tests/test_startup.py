@@ -1,0 +1,113 @@
+"""Start-up: what only describes methods (``import scaleprompt.methods``, ``scaleprompt methods``) does not import
+open_clip or torchvision (~1.5 s of a ~3 s start); open_clip still knows scaleprompt's models whoever imports it.
+
+Behaviour, not timing: each check runs a fresh interpreter and reads its ``sys.modules``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+HEAVY = ("open_clip", "torchvision")
+OWN_MODELS = ("sp-tiny-vit", "sp-tiny-vit-12", "sp-micro-clip")
+
+
+def _python(code: str) -> str:
+    """Run ``code`` in a fresh interpreter (the repository first on the path); its stdout."""
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+_HEAVY_LOADED = f"print(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r}))))"
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import scaleprompt.methods",
+        "import scaleprompt.backbone, scaleprompt.encoders, scaleprompt.methods.prompts",
+        "from scaleprompt.methods import METHODS, make_config; [make_config(n) for n in METHODS]",
+    ],
+)
+def test_describing_methods_imports_neither_open_clip_nor_torchvision(code):
+    assert json.loads(_python(f"import json, sys\n{code}\n{_HEAVY_LOADED}")) == []
+
+
+def test_scaleprompt_methods_lists_every_method_and_field_without_open_clip():
+    """The command's whole output (on stderr, through logging), then what it imported."""
+    code = (
+        "import contextlib, io, json, sys\n"
+        "from scaleprompt.cli import main\n"
+        "err = io.StringIO()\n"
+        "with contextlib.redirect_stderr(err):\n"
+        "    code = main(['methods'])\n"
+        "print(json.dumps([code, err.getvalue()]))\n"
+        f"{_HEAVY_LOADED}"
+    )
+    first, loaded = _python(code).splitlines()
+    code, listing = json.loads(first)
+    assert code == 0 and json.loads(loaded) == []
+    from scaleprompt.methods import METHODS
+
+    lines = listing.splitlines()
+    heads = [line.split()[0] for line in lines if not line.startswith(" ")]
+    assert heads == list(METHODS)
+    fields = {line.split("=")[0].strip() for line in lines if line.startswith(" ")}
+    for cls in METHODS.values():
+        for field, default in cls.describe_config().items():
+            assert field in fields
+            assert any(
+                line.split("=")[0].strip() == field and line.endswith(f"= {default!r}") for line in lines
+            )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("first", ["scaleprompt.backbone", "open_clip"])
+def test_open_clip_knows_scaleprompts_models_whoever_imports_it_first(first):
+    """``import_open_clip`` hands open_clip the registered configs, whether open_clip was imported before
+    scaleprompt.backbone or not at all yet."""
+    code = (
+        f"import json, {first}\n"
+        "from scaleprompt.backbone import import_open_clip\n"
+        "open_clip = import_open_clip()\n"
+        f"print(json.dumps([n in open_clip.list_models() for n in {OWN_MODELS!r}]))\n"
+        "print(open_clip.get_model_config('sp-micro-clip')['text_cfg']['context_length'])"
+    )
+    known, context = _python(code).splitlines()
+    assert json.loads(known) == [True] * len(OWN_MODELS) and int(context) > 0
+
+
+@pytest.mark.slow
+def test_a_model_registered_before_open_clip_is_imported_loads():
+    code = (
+        "import json, sys\n"
+        "from scaleprompt.backbone import load_clip, register_model, MODEL_CONFIG_DIR\n"
+        "import shutil, tempfile, pathlib\n"
+        "path = pathlib.Path(tempfile.mkdtemp()) / 'my-startup-clip.json'\n"
+        "shutil.copy(MODEL_CONFIG_DIR / 'sp-tiny-vit.json', path)\n"
+        "register_model('my-startup-clip', path)\n"
+        "assert 'open_clip' not in sys.modules\n"
+        "print(load_clip('my-startup-clip').info.vision_layers)"
+    )
+    assert _python(code).strip() == "2"
+
+
+def test_a_config_open_clip_cannot_use_is_an_error_at_registration(tmp_path):
+    from scaleprompt.backbone import BackboneError, register_model
+
+    bad = tmp_path / "not-json.json"
+    bad.write_text("{")
+    with pytest.raises(BackboneError, match="cannot read config"):
+        register_model("not-json", bad)
+    partial = tmp_path / "no-towers.json"
+    partial.write_text(json.dumps({"embed_dim": 8}))
+    with pytest.raises(BackboneError, match="lacks vision_cfg, text_cfg"):
+        register_model("no-towers", partial)
