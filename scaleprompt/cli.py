@@ -15,6 +15,8 @@
 * ``scaleprompt tune --space FILE --config RECIPE ... [key=value ...]``: an ablation sweep (= ``tune/ablation.py``).
 * ``scaleprompt shards --dataset NAME --root DIR --out DIR [--shots K --seed S --subset base]``: write a dataset
   (after a protocol) as WebDataset shards + manifest; ``scaleprompt datasets`` lists the registered datasets.
+* ``scaleprompt recipes [--kind config|ds|space]``: the packaged recipes, DeepSpeed configs and search spaces, each
+  usable by name from any folder (``--config provp_ref/base2new``, ``--ds zero2``, ``--space provp_ref``).
 """
 
 from __future__ import annotations
@@ -90,6 +92,21 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     report = {k: (json.loads(v) if k != "format" and k != "method" else v) for k, v in meta.items()}
     report["tensors"] = {k: v["shape"] for k, v in tensors.items()}
     logger.info("%s", json.dumps(report, indent=2))
+    return 0
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    from typing import get_args
+
+    from scaleprompt.recipes import KINDS, RecipeKind, list_recipes
+
+    kinds: list[RecipeKind] = [args.kind] if args.kind else list(get_args(RecipeKind))
+    for kind in kinds:
+        names = list_recipes(kind)
+        logger.info("%s (%s): %d", KINDS[kind].what, {"config": "--config", "ds": "--ds", "space": "--space"}[kind],
+                    len(names))  # fmt: skip
+        for name in names:
+            logger.info("    %s", name)
     return 0
 
 
@@ -198,6 +215,14 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("file", help="a prompt file (prompts.safetensors)")
     inspect.set_defaults(func=cmd_inspect)
     sub.add_parser("datasets", help="list the registered datasets").set_defaults(func=cmd_datasets)
+    recipes = sub.add_parser(
+        "recipes",
+        help="list the packaged recipes, DeepSpeed configs and search spaces (usable by name anywhere)",
+    )
+    recipes.add_argument(
+        "--kind", choices=["config", "ds", "space"], help="only one kind (default: all three)"
+    )
+    recipes.set_defaults(func=cmd_recipes)
     shards = sub.add_parser("shards", help="write a dataset as WebDataset shards + manifest")
     shards.add_argument(
         "--dataset", required=True, help="registered name, folder:<path>, or a .json/.csv split"

@@ -39,8 +39,12 @@ def build_parser(prog: str = "evaluate.py") -> argparse.ArgumentParser:
     parser.add_argument(
         "prompts", help="a prompt file (prompts.safetensors, prompts_best_val.safetensors, ...)"
     )
-    parser.add_argument("--config", help="recipe YAML (default: the config.json of the file's training run)")
-    parser.add_argument("--ds", help="DeepSpeed JSON (ZeRO-3 partitions a big backbone over the ranks)")
+    parser.add_argument(
+        "--config", help="recipe YAML or packaged name (default: the config.json of the file's training run)"
+    )
+    parser.add_argument(
+        "--ds", help="DeepSpeed JSON or packaged name (zero3: partitions a big backbone over the ranks)"
+    )
     parser.add_argument("--dataset", help="= data.dataset: registered name, folder:<path> or a split file")
     parser.add_argument("--root", help="= data.root: the folder holding the datasets")
     parser.add_argument("--setting", choices=["fewshot", "base2new", "transfer"], help="= eval.setting")

@@ -35,9 +35,12 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
         prog=prog, description=__doc__.split("\n\n")[0], epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
-    parser.add_argument("--config", help="recipe YAML (configs/...)")
     parser.add_argument(
-        "--ds", help="DeepSpeed JSON (ds_configs/zero{1,2,3}.json); default: plain data parallel"
+        "--config", help="recipe YAML: a file, or a packaged name (provp_ref/base2new; scaleprompt recipes)"
+    )
+    parser.add_argument(
+        "--ds",
+        help="DeepSpeed JSON: a file or a packaged name (zero1, zero2, zero3, zero3_offload); default: plain data parallel",
     )
     parser.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of configuration / data errors")

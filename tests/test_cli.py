@@ -41,7 +41,7 @@ def subcommands() -> list[str]:
 
 def test_the_subcommand_list_is_the_documented_one():
     assert set(subcommands()) == {
-        "methods", "check", "inspect", "datasets", "shards", "results", "train", "eval", "tune",
+        "methods", "check", "inspect", "datasets", "recipes", "shards", "results", "train", "eval", "tune",
         "pretrain-microworld", "predict", "convert",
     }  # fmt: skip
 
@@ -175,3 +175,22 @@ def test_known_third_party_noise_is_filtered_and_nothing_else(caplog, capsys):
         )
         warnings.warn("something else is deprecated", FutureWarning, stacklevel=1)
     assert [str(w.message) for w in seen] == ["something else is deprecated"]
+
+
+def test_recipes_lists_the_packaged_names_each_of_which_resolves(caplog):
+    from scaleprompt.recipes import resolve_recipe
+
+    with caplog.at_level(logging.INFO, logger="scaleprompt"):
+        assert main(["recipes"]) == 0
+    lines = [r.getMessage() for r in caplog.records]
+    heads = [line for line in lines if not line.startswith(" ")]
+    assert [h.split(" (")[0] for h in heads] == ["recipe", "DeepSpeed config", "search space"]
+    names = [line.strip() for line in lines if line.startswith(" ")]
+    assert {"provp_ref/base2new", "demo", "zero2", "provp_ref"} <= set(names)
+    kinds = iter(["config", "ds", "space"])
+    kind = None
+    for line in lines:
+        if not line.startswith(" "):
+            kind = next(kinds)
+        else:
+            assert resolve_recipe(line.strip(), kind).is_file()

@@ -242,13 +242,13 @@ def test_a_damaged_manifest_is_a_data_error_naming_it(shard_copy):
 
 def test_shard_hashes_are_cached_per_process_until_a_file_changes(shard_copy, monkeypatch):
     hashed: list[str] = []
-    original = shards._sha256_file
+    original = shards.sha256_file
 
     def counting(path):
         hashed.append(Path(path).name)
         return original(path)
 
-    monkeypatch.setattr(shards, "_sha256_file", counting)
+    monkeypatch.setattr(shards, "sha256_file", counting)
     first = read_keys_labels(shard_copy, "test")
     assert sorted(hashed) == [f"test-{i:06d}.tar" for i in range(4)]
     assert read_keys_labels(shard_copy, "test") == first  # a second pass ...

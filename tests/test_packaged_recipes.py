@@ -229,6 +229,11 @@ def _check_probe(out: dict, inside: Path) -> None:
             assert where.is_relative_to(inside) and not where.is_relative_to(ROOT), (kind, name, path)
 
 
+def _run(command: list[str]) -> None:
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+
+
 @pytest.mark.slow
 def test_real_wheel_carries_and_resolves_the_recipes(tmp_path):
     """pip builds a wheel of (a copy of) this tree offline, installs it into a throwaway target; a fresh interpreter
@@ -244,13 +249,7 @@ def test_real_wheel_carries_and_resolves_the_recipes(tmp_path):
     )
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input", "-q"]
     wheels = tmp_path / "wheels"
-    build = subprocess.run(
-        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(source)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert build.returncode == 0, build.stdout[-2000:] + build.stderr[-3000:]
+    _run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(source)])
     (wheel,) = wheels.glob("scaleprompt-*.whl")
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
@@ -261,13 +260,7 @@ def test_real_wheel_carries_and_resolves_the_recipes(tmp_path):
     assert not extra, f"stale or unexpected packaged files: {sorted(extra)}"
 
     site = tmp_path / "site"
-    install = subprocess.run(
-        [*pip, "install", "--no-deps", "--no-index", "--target", str(site), str(wheel)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert install.returncode == 0, install.stdout[-2000:] + install.stderr[-3000:]
+    _run([*pip, "install", "--no-deps", "--no-index", "--target", str(site), str(wheel)])
     cwd = tmp_path / "elsewhere"
     cwd.mkdir()
 

@@ -21,7 +21,8 @@ from engine_utils import ROOT, ArmedPickle, base_overrides, deepspeed_cmd, env, 
 from safetensors.torch import load_file
 
 from scaleprompt.config import ConfigError
-from scaleprompt.engine.checkpoint import COMPLETE, CheckpointError, _sha256, safe_torch_load
+from scaleprompt.data.shards import sha256_file
+from scaleprompt.engine.checkpoint import COMPLETE, CheckpointError, safe_torch_load
 from scaleprompt.engine.config import load_run_config
 from scaleprompt.engine.trainer import Trainer
 from scaleprompt.locks import DirLock, LockError
@@ -181,7 +182,7 @@ def test_a_crafted_pickle_in_the_model_states_is_refused_and_executes_nothing(co
     real = safe_torch_load(states)  # (what DeepSpeed wrote loads weights-only)
     torch.save({**real, "client": ArmedPickle(marker)}, states)
     complete = json.loads((folder / COMPLETE).read_text())
-    complete["files"][states.name] = _sha256(states)  # whoever can write the folder can fix the hash
+    complete["files"][states.name] = sha256_file(states)  # whoever can write the folder can fix the hash
     (folder / COMPLETE).write_text(json.dumps(complete))
     (tmp_path / "out" / "results.json").unlink()
     with pytest.raises(CheckpointError, match=r"refusing to load .*mp_rank_00_model_states\.pt.*system"):

@@ -115,8 +115,8 @@ def write_shard(job: ShardJob) -> dict:
     return shard_entry(out, len(job.items))
 
 
-def _sha256_file(path: str | Path) -> str:
-    """The sha256 of a file (the one place shards are hashed)."""
+def sha256_file(path: str | Path) -> str:
+    """The sha256 of a file, read in 1 MiB blocks (shards, checkpoint files, evaluated prompt files)."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -125,7 +125,7 @@ def _sha256_file(path: str | Path) -> str:
 
 
 def shard_entry(path: Path, count: int) -> dict:
-    return {"name": path.name, "count": count, "sha256": _sha256_file(path)}
+    return {"name": path.name, "count": count, "sha256": sha256_file(path)}
 
 
 # absolute path -> (size, mtime_ns, sha256): a file is hashed once per process until its size or mtime changes
@@ -139,7 +139,7 @@ def cached_sha256(path: str | Path) -> str:
     hit = _SHA_CACHE.get(key)
     if hit is not None and hit[:2] == (st.st_size, st.st_mtime_ns):
         return hit[2]
-    digest = _sha256_file(key)
+    digest = sha256_file(key)
     # (keyed by the stat from BEFORE hashing: a file changed while it was hashed is hashed again next time)
     _SHA_CACHE[key] = (st.st_size, st.st_mtime_ns, digest)
     return digest
@@ -411,6 +411,6 @@ def verify_shards(shard_dir: str | Path) -> list[str]:
     for split in manifest["splits"].values():
         for entry in split["shards"]:
             path = Path(shard_dir) / entry["name"]
-            if not path.is_file() or _sha256_file(path) != entry["sha256"]:
+            if not path.is_file() or sha256_file(path) != entry["sha256"]:
                 bad.append(entry["name"])
     return bad

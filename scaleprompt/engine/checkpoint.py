@@ -21,7 +21,6 @@ checkpoint folder must be on a file system all ranks share.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -36,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from scaleprompt.data.shards import sha256_file
 from scaleprompt.engine.distributed import broadcast_object, run_everywhere
 from scaleprompt.errors import ScalepromptError
 from scaleprompt.failpoints import failpoint
@@ -54,14 +54,6 @@ class CheckpointError(ScalepromptError, RuntimeError):
 
 
 # --- small file helpers ------------------------------------------------------------------------------------------
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -207,7 +199,7 @@ class CheckpointManager:
                 save_file({k: v.contiguous() for k, v in best_prompts.items()}, str(partial / BEST))
             _write_json(partial / STATE, {**state, "format": FORMAT, "tag": final.name})
             files = {
-                str(p.relative_to(partial)): _sha256(p) for p in sorted(partial.rglob("*")) if p.is_file()
+                str(p.relative_to(partial)): sha256_file(p) for p in sorted(partial.rglob("*")) if p.is_file()
             }
             _write_json(partial / COMPLETE, {"tag": final.name, "files": files, "identity": identity})
             _fsync_dir(partial)
@@ -315,7 +307,7 @@ class CheckpointManager:
             path = folder / name
             if not path.is_file():
                 raise CheckpointError(f"checkpoint file missing: {path}")
-            if _sha256(path) != digest:
+            if sha256_file(path) != digest:
                 raise CheckpointError(f"checkpoint file corrupt (sha256 mismatch): {path}")
 
     def read(self, tag: str) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -23,7 +23,6 @@ sha256, selection, epoch, run).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -34,6 +33,7 @@ from typing import Any
 
 from scaleprompt.config import ConfigError
 from scaleprompt.data.datasets import dataset_display_name
+from scaleprompt.data.shards import sha256_file
 from scaleprompt.engine.config import REMOVED_KEYS, MethodSection, RunConfig, load_run_config
 from scaleprompt.engine.distributed import DistInfo, barrier, init_distributed, run_on_main
 from scaleprompt.engine.evaluate import Evaluator
@@ -52,14 +52,6 @@ from scaleprompt.report.schema import RunResult, SelectionResult
 logger = logging.getLogger(__name__)
 
 RUN_CONFIG = "config.json"  # what train.py writes next to the prompt files
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def prompt_file_header(path: str | Path) -> dict[str, Any]:
@@ -187,7 +179,7 @@ class PromptEvaluation:
         header = self.header
         epoch = header.get("epoch")
         return {
-            "path": str(self.path.resolve()), "sha256": file_sha256(self.path), "selection": selection,
+            "path": str(self.path.resolve()), "sha256": sha256_file(self.path), "selection": selection,
             "epoch": int(epoch) if epoch is not None and epoch.isdigit() else None, "run": header.get("run"),
         }  # fmt: skip
 

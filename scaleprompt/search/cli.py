@@ -26,9 +26,17 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         "early by ASHA (scaleprompt tune and python tune/ablation.py are the same command).", epilog="key=value: any run-config field "
         "(scaleprompt/train.py --help lists them), applied to every trial, e.g. optim.epochs=3",
     )  # fmt: skip
-    parser.add_argument("--space", required=True, help="the search space (tune/spaces/<name>.yaml)")
-    parser.add_argument("--config", help="the base recipe (configs/...); default: the run-config defaults")
-    parser.add_argument("--ds", help="DeepSpeed JSON for each trial's engine (ds_configs/...)")
+    parser.add_argument(
+        "--space",
+        required=True,
+        help="the search space: a file or a packaged name (provp_ref, upt_core, ...)",
+    )
+    parser.add_argument(
+        "--config", help="the base recipe: a file or a packaged name; default: the run-config defaults"
+    )
+    parser.add_argument(
+        "--ds", help="DeepSpeed JSON for each trial's engine: a file or a packaged name (zero2)"
+    )
     hints = typing.get_type_hints(SearchOptions)
     for f in dataclasses.fields(SearchOptions):
         flag, help_text = f"--{f.name.replace('_', '-')}", f.metadata["help"]
