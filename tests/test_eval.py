@@ -45,37 +45,43 @@ def evaluate(*argv: str) -> dict:
     return json.loads(out.read_text())
 
 
+@pytest.fixture(scope="module")
+def b2n(data, tmp_path_factory):
+    """A base-to-novel UPT run with validation (last and best_val) and the zero-shot baseline: (folder, results)."""
+    tmp = tmp_path_factory.mktemp("b2n")
+    results = train(data[0], tmp, "method.name=upt", "eval.setting=base2new", "eval.zero_shot_baseline=true")
+    return tmp, results
+
+
 @pytest.mark.slow
-def test_eval_reproduces_the_run_s_last_and_best_validation_numbers(data, tmp_path):
-    source, _ = data
-    trained = train(source, tmp_path, "method.name=coop", "method.args.n_ctx=2")
-    shards_before = sorted(p.name for p in (tmp_path / "cache").iterdir())
-    run = tmp_path / "run"
+def test_eval_reproduces_the_run_s_last_and_best_validation_numbers(b2n, tmp_path):
+    folder, trained = b2n
+    shards_before = sorted(p.name for p in (folder / "cache").iterdir())
+    run = folder / "run"
     last = evaluate(str(run / "prompts.safetensors"), "--output", str(tmp_path / "last.json"))
-    assert last["results"] == {"last": trained["results"]["last"]}  # val and test, every count and digit
+    assert last["results"] == {
+        "last": trained["results"]["last"]
+    }  # val, base, novel, HM: every count and digit
     best = evaluate(str(run / "prompts_best_val.safetensors"), "--output", str(tmp_path / "best.json"))
     assert best["results"] == {"best_val": trained["results"]["best_val"]}
-    assert (
-        sorted(p.name for p in (tmp_path / "cache").iterdir()) == shards_before
-    )  # the training run's shards
+    assert sorted(p.name for p in (folder / "cache").iterdir()) == shards_before  # the run's own shards
     assert last["data"] == trained["data"] and last["config"]["data"] == trained["config"]["data"]
     evaluated = best["evaluated"]
     assert evaluated["selection"] == "best_val" and evaluated["epoch"] == trained["best_val_epoch"]
     assert evaluated["run"] == str(run.resolve()) and len(evaluated["sha256"]) == 64
-    assert last["epochs"] == 0 and last["steps"] == 0 and last["history"] == []
+    assert (
+        last["epochs"] == 0 and last["steps"] == 0 and last["history"] == [] and last["setting"] == "base2new"
+    )
     # the file is a valid run result, read back by the tables (its only selection is the file's)
     RunResult.from_dict(best, "best.json")
     assert [r["results"].keys() for r in load_runs([tmp_path / "best.json"])] == [{"best_val"}]
 
 
 @pytest.mark.slow
-def test_eval_on_other_settings_matches_the_training_run(data, tmp_path):
-    """base-to-novel (learned text, CoOp) and transfer with a fixed-text method whose template is the dataset's
-    (ProVP: EuroSAT's template on the source, the default one on the target, as in training)."""
+def test_eval_in_transfer_matches_the_training_run(data, tmp_path):
+    """Transfer with a fixed-text method whose template is the dataset's (ProVP: EuroSAT's template on the source,
+    the default one on the target, as in training)."""
     source, target = data
-    b2n = train(source, tmp_path / "b2n", "method.name=coop", "method.args.n_ctx=2", "eval.setting=base2new")
-    got = evaluate(str(tmp_path / "b2n/run/prompts.safetensors"), "--output", str(tmp_path / "b2n.json"))
-    assert got["results"]["last"] == b2n["results"]["last"] and got["setting"] == "base2new"
     transfer = train(source, tmp_path / "tr", "method.name=provp", "method.args.n_ctx=2", "eval.setting=transfer",
                      f'eval.targets=["folder:{target}"]')  # fmt: skip
     got = evaluate(str(tmp_path / "tr/run/prompts.safetensors"), "--output", str(tmp_path / "tr.json"))
@@ -84,28 +90,23 @@ def test_eval_on_other_settings_matches_the_training_run(data, tmp_path):
 
 
 @pytest.mark.slow
-def test_eval_of_a_file_outside_its_run_takes_flags_and_reports_zero_shot(data, tmp_path):
+def test_eval_of_a_file_outside_its_run_takes_flags_and_reports_zero_shot(data, b2n, tmp_path):
     """No config.json beside the file: the defaults + flags; the file decides method and backbone. The same
     prompts on base2new through the flags give the run's numbers; zero-shot CLIP is tested on the same sets."""
     source, _ = data
-    trained = train(
-        source, tmp_path, "method.name=upt", "eval.setting=base2new", "eval.zero_shot_baseline=true"
-    )
+    folder, trained = b2n
     alone = tmp_path / "alone" / "p.safetensors"
     alone.parent.mkdir()
-    shutil.copy(tmp_path / "run/prompts.safetensors", alone)
-    got = evaluate(
-        str(alone), "--dataset", f"folder:{source}", "--setting", "base2new", "--shots", "0", "--zero-shot",
-        "--output", str(tmp_path / "alone.json"), f"data.cache_dir={tmp_path / 'cache'}", "data.min_shards=2",
-        "data.num_workers=1",
-    )  # fmt: skip
+    shutil.copy(folder / "run/prompts.safetensors", alone)
+    flags = ["--dataset", f"folder:{source}", "--setting", "base2new", "--shots", "0",
+             f"data.cache_dir={folder / 'cache'}", "data.min_shards=2", "data.num_workers=1"]  # fmt: skip
+    got = evaluate(str(alone), *flags, "--zero-shot", "--output", str(tmp_path / "alone.json"))
     assert got["results"]["last"]["base"] == trained["results"]["last"]["base"]
     assert got["results"]["last"]["novel"] == trained["results"]["last"]["novel"]
     assert got["zero_shot"] == trained["zero_shot"] and got["method"] == "upt"
     assert got["config"]["model"]["name"] == "sp-tiny-vit" and got["evaluated"]["selection"] == "last"
+    assert main(["eval", str(alone), *flags]) == 0
     default = alone.with_name("p.eval-EuroSAT-base2new.json")  # (the default output path)
-    assert main(["eval", str(alone), "--dataset", f"folder:{source}", "--setting", "base2new", "--shots", "0",
-                 f"data.cache_dir={tmp_path / 'cache'}", "data.min_shards=2"]) == 0  # fmt: skip
     assert json.loads(default.read_text())["results"] == got["results"]
 
 
