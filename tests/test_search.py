@@ -8,6 +8,7 @@ import csv
 import functools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -382,7 +383,12 @@ def test_a_killed_driver_resumes_and_completes_the_sweep(tmp_path, colors):
     subprocess.run([ray, "stop", "--force"], env=env(tmp_path), capture_output=True, check=False, timeout=120)
     again = subprocess.run(cmd, cwd=ROOT, env=env(tmp_path), capture_output=True, text=True, timeout=120)
     assert again.returncode == 2 and "already holds a sweep: pass --resume" in again.stderr
-    launch([*cmd, "--resume"], tmp_path / "resume")
+    # the kill as it sometimes lands: while Tune copied its experiment state (a truncated file, which Tune itself
+    # cannot restore from); the resume puts back the last complete copy
+    (state,) = (storage / "sweep").glob("experiment_state-*.json")
+    state.write_bytes(state.read_bytes()[:0])
+    resumed = launch([*cmd, "--resume"], tmp_path / "resume")
+    assert f"{state.name} was truncated" in resumed.stderr + resumed.stdout
     trials = rows(storage)
     assert len(trials) == 4 and all(t["status"] == "finished" for t in trials), trials  # (--full-schedule)
     check_trial_runs(trials, tensorboard=False)  # (the sweep's overrides: train.report_to=none)
@@ -510,3 +516,35 @@ def test_only_the_projects_own_errors_are_deterministic():
     assert deterministic_error(WorkerGroupError({0: MemoryError(), 1: shard})) is shard
     assert deterministic_error(WorkerGroupError({0: MemoryError()})) is None
     assert deterministic_error(RuntimeError("actor died")) is None
+
+
+def test_a_truncated_driver_state_is_restored_from_the_killed_driver_s_staging_copy(tmp_path):
+    """The repair of a resume: every state file of the broken session comes back together from the staging folder
+    (one save), pickles are checked with pickletools (never unpickled); without a staging copy: a named error."""
+    import pickle
+
+    from scaleprompt.config import ConfigError
+    from scaleprompt.search.driver_state import is_complete, repair_driver_state
+
+    session = "2026-01-01_00-00-00"
+    sweep, ray_temp = tmp_path / "storage" / "sweep", tmp_path / "ray"
+    staging = ray_temp / "session_1" / "artifacts" / "2026-01-01_00-00-00" / "sweep" / "driver_artifacts"
+    files = {f"experiment_state-{session}.json": json.dumps({"trial_data": [1, 2, 3]}).encode(),
+             f"search_gen_state-{session}.json": pickle.dumps({"counter": 3}),  # (a pickle, whatever its name)
+             f"searcher-state-{session}.pkl": pickle.dumps({"space": list(range(50))})}  # fmt: skip
+    for folder in (sweep, staging):
+        folder.mkdir(parents=True)
+        for name, data in files.items():
+            (folder / name).write_bytes(data)
+    assert repair_driver_state(sweep, ray_temp) == []  # (complete: left alone)
+    state = sweep / f"experiment_state-{session}.json"
+    state.write_bytes(b"")  # killed while copying
+    (sweep / f"searcher-state-{session}.pkl").write_bytes(pickle.dumps({"space": "a newer save"}))
+    assert not is_complete(state) and not is_complete(staging.parent / "missing.pkl")
+    assert sorted(repair_driver_state(sweep, ray_temp)) == sorted(files)
+    assert {name: (sweep / name).read_bytes() for name in files} == files  # one save, all of it
+    searcher = sweep / f"search_gen_state-{session}.json"
+    searcher.write_bytes(files[searcher.name][:-3])
+    shutil.rmtree(ray_temp)
+    with pytest.raises(ConfigError, match=f"search_gen_state-{session}.json is truncated"):
+        repair_driver_state(sweep, ray_temp)

@@ -4,7 +4,8 @@
 :func:`run_search` checks the space against the recipe and the backbone (:func:`~scaleprompt.search.space.
 check_space`), writes the shards once, runs the trials (progress: a line per trial event), writes the results
 of the trials ASHA stopped (:func:`~scaleprompt.search.trial.finish_trial`), then the sweep's files
-(:mod:`scaleprompt.search.report`). A sweep in which no trial finished raises :class:`SearchFailed`.
+(:mod:`scaleprompt.search.report`). A sweep in which no trial finished raises :class:`SearchFailed`. Tune's
+driver state is kept restorable across a killed driver (:mod:`scaleprompt.search.driver_state`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from scaleprompt.engine.config import load_run_config
 from scaleprompt.engine.run import build_setting
 from scaleprompt.errors import one_line
 from scaleprompt.recipes import resolve_recipe
+from scaleprompt.search.driver_state import repair_driver_state
 from scaleprompt.search.options import SearchFailed, SearchOptions
 from scaleprompt.search.report import (
     TrialRecord,
@@ -204,6 +206,8 @@ def run_search(space_path: str | Path, recipe: str | Path | None, overrides: Seq
     trainable = tune.with_resources(tune.with_parameters(run_trial, job=job), resources)
     study_file = Path(opts.optuna_storage).resolve() if opts.optuna_storage else sweep / "optuna.db"
     study_url = f"sqlite:///{study_file}"
+    if opts.resume:
+        repair_driver_state(sweep)  # (a driver killed while Tune copied its state leaves a truncated file)
     if opts.resume and tune.Tuner.can_restore(str(sweep)):
         tuner = tune.Tuner.restore(str(sweep), trainable, resume_errored=True, resume_unfinished=True)
     else:
