@@ -376,6 +376,9 @@ class PromptedTextEncoder(nn.Module):
     # with fused_attention and the causal mask: the last block computes the pooled (end-of-text) rows only
     pooled_only: bool = True
     onednn_linear: bool = True  # as PromptedVisionEncoder's
+    # > 0: sequences encoded this many at a time, each chunk recomputed in backward (its activations are not kept):
+    # memory bounded by the chunk instead of the class count (ImageNet's 1000 classes); the same math
+    chunk: int = 0
 
     def __init__(self, clip: nn.Module, tokenizer: Tokenizer | None = None) -> None:
         """``tokenizer``: the backbone's (``Backbone.tokenizer``); None = CLIP's BPE tokenizer."""
@@ -419,13 +422,31 @@ class PromptedTextEncoder(nn.Module):
         self, embeds: Tensor, ids: Tensor, deep: Sequence[Tensor] | None = None, start: int = 1
     ) -> Tensor:
         """Text features ``[S, E]``. ``embeds`` ``[S, T, Dt]``; ``deep[k]`` (``[N, Dt]`` or ``[S, N, Dt]``)
-        replaces positions ``start .. start+N`` in the input of block ``k + 1``."""
-        t = self.tower
+        replaces positions ``start .. start+N`` in the input of block ``k + 1``. With :attr:`chunk`, the sequences
+        go through in chunks (recomputed in backward when gradients are on)."""
         deep = [] if deep is None else list(deep)
         if len(deep) >= self.num_blocks:
             raise ValueError(f"{len(deep)} deep text prompts for a text tower of {self.num_blocks} blocks")
         pooled = self.pooled_positions(ids)  # [S] or None
         length = self.kept_length(ids, start + max((p.shape[-2] for p in deep), default=0), pooled=pooled)
+        size = embeds.shape[0]
+        if not self.chunk or size <= self.chunk:
+            return self._encode(embeds, ids, pooled, length, start, *deep)
+        parts = []
+        for lo in range(0, size, self.chunk):
+            rows = slice(lo, lo + self.chunk)
+            args = (embeds[rows], ids[rows], None if pooled is None else pooled[rows], length, start,
+                    *(p[rows] if p.dim() == 3 else p for p in deep))  # fmt: skip
+            grad = torch.is_grad_enabled()
+            parts.append(
+                checkpoint(self._encode, *args, use_reentrant=False) if grad else self._encode(*args)
+            )
+        return torch.cat(parts)  # [S, E]
+
+    def _encode(self, embeds: Tensor, ids: Tensor, pooled: Tensor | None, length: int, start: int,
+                *deep: Tensor) -> Tensor:  # fmt: skip
+        """:meth:`forward` of ``S`` sequences, their positions cut to ``length``."""
+        t = self.tower
         x = embeds[:, :length].to(self.dtype) + t.positional_embedding[:length].to(self.dtype)  # [S, L, Dt]
         mask = t.attn_mask if t.attn_mask is None else t.attn_mask[:length, :length]
         causal = mask is not None and self.fused_attention and self._causal_mask()

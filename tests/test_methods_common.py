@@ -250,3 +250,55 @@ def test_the_text_cut_happens_on_the_test_backbone(backbone12):
     text = methods.build("coop", backbone12, CLASSNAMES).text
     ids = text.tokenize([f"X X X X {c}." for c in CLASSNAMES])
     assert text.kept_length(ids) < text.context_length
+
+
+LEARNED_TEXT = [
+    n for n in methods.list_methods() if not getattr(methods.method_class(n), "frozen_text", False)
+]
+
+
+@pytest.mark.parametrize("name", LEARNED_TEXT)
+def test_text_chunks_change_nothing(name, backbone12, images, labels):
+    """Class prompts encoded 2 at a time (each chunk recomputed in backward) give the logits, the loss and every
+    prompt gradient of the one-pass encoding, to 1e-5 relative."""
+    runs = []
+    for chunk in (0, 2):
+        torch.manual_seed(0)
+        method = methods.build(name, backbone12, CLASSNAMES)
+        method.text.chunk = chunk
+        method.train()
+        torch.manual_seed(1)
+        out = method.loss(images, labels)
+        out.loss.backward()
+        runs.append(
+            (out.logits.detach(), out.loss.detach(), [p.grad.clone() for p in method.trainable_parameters()])
+        )
+    (logits, loss, grads), (chunked_logits, chunked_loss, chunked_grads) = runs
+    assert len(CLASSNAMES) > 2  # (more than one chunk)
+    for a, b in zip([logits, loss, *grads], [chunked_logits, chunked_loss, *chunked_grads], strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5 * float(a.abs().max()))
+
+
+def test_text_chunks_bound_the_activations_kept_for_backward(backbone12):
+    """What autograd keeps for the text side of CoOp over 120 classes: with chunks of 8, only each chunk's inputs
+    (the chunks' activations are recomputed in backward), a small fraction of the one-pass encoding's."""
+    names = [f"class number {i}" for i in range(120)]
+
+    def kept_bytes(chunk: int) -> int:
+        method = methods.build("coop", backbone12, names)
+        method.text.chunk = chunk
+        total = 0
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            nonlocal total
+            total += t.numel() * t.element_size()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            features = method.compute_text_features()
+        features.sum().backward()  # (the recomputation works)
+        assert method.ctx.grad is not None and method.ctx.grad.abs().sum() > 0
+        return total
+
+    full, chunked = kept_bytes(0), kept_bytes(8)
+    assert chunked < full / 4, (chunked, full)

@@ -475,7 +475,7 @@ def test_ignored_fields_are_explicit():
         "train.checkpoint_every_epochs", "train.checkpoint_every_steps", "train.keep_checkpoints",
         "eval.every_epochs", "eval.batch_size", "eval.zero_shot_baseline", "eval.targets", "eval.targets_root",
         "data.cache_dir", "data.root", "data.shards", "data.max_bad_samples", "data.strict_classnames", "model.cache_dir",
-        "model.grad_checkpointing",
+        "model.grad_checkpointing", "model.text_chunk",
     }  # fmt: skip
     # optim.epochs and train.max_steps may change on resume, but they change what was trained
     assert "optim.epochs" not in VARIANT_IGNORED and "train.max_steps" not in VARIANT_IGNORED

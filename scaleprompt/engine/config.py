@@ -34,9 +34,17 @@ class ModelConfig:
     pretrained: str | None = None  # open_clip tag, local file, or None (random init)
     cache_dir: str | None = None
     grad_checkpointing: bool = False  # recompute the frozen blocks in backward (activation checkpointing)
+    # > 0: class prompts go through the text tower this many at a time, each chunk recomputed in backward, so the
+    # text side's memory is bounded by the chunk, not the class count (1000 ImageNet classes); the same math
+    text_chunk: int = 0
 
     def __post_init__(self) -> None:
         check_types(self, "model.")
+        require(
+            self.text_chunk >= 0,
+            "model.text_chunk",
+            f"must be >= 0 (0: all classes at once), got {self.text_chunk}",
+        )
 
 
 @dataclass

@@ -143,6 +143,7 @@ class PromptEvaluation:
                 setting.classnames, setting.templates
             )  # (refused for class-specific prompts)
         check_class_sets(cfg, method, setting)
+        method.text.chunk = cfg.model.text_chunk
         model = PromptEngine(method, cfg, self.ds_config, self.dist, micro=1, accumulation=1, training=False)
         selection = self.header.get("selection") or "last"
         metrics = {"val": evaluator.split(model, setting.train, "val"), **evaluator.test_all(model)}

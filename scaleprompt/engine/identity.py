@@ -19,7 +19,7 @@ MAY_CHANGE = frozenset({
     "train.tensorboard",  # (removed, replaced by train.report_to: in the identity of older checkpoints)
     "eval.every_epochs", "eval.batch_size", "eval.zero_shot_baseline", "eval.targets", "eval.targets_root",
     "data.cache_dir", "data.root", "data.shards", "data.max_bad_samples", "data.strict_classnames", "model.cache_dir",
-    "model.grad_checkpointing",
+    "model.grad_checkpointing", "model.text_chunk",
     "optim.epochs",
 })  # fmt: skip
 

@@ -171,6 +171,7 @@ def build_method(cfg: RunConfig, backbone: Backbone, setting: EvalSetting) -> Pr
     method = build(cfg.method.name, backbone, list(setting.classnames), dataset_templates=setting.templates,
                    **cfg.method.args)  # fmt: skip
     check_class_sets(cfg, method, setting)
+    method.text.chunk = cfg.model.text_chunk  # (memory only: the same math)
     return method
 
 
