@@ -302,3 +302,16 @@ def test_text_chunks_bound_the_activations_kept_for_backward(backbone12):
 
     full, chunked = kept_bytes(0), kept_bytes(8)
     assert chunked < full / 4, (chunked, full)
+
+
+def test_text_chunks_split_per_sequence_deep_prompts(backbone12):
+    """Deep text prompts given per sequence (``[S, N, Dt]``) go to their own sequences' chunk."""
+    method = methods.build("coop", backbone12, CLASSNAMES)
+    text, embeds, ids = method.text, method.table.assemble(method.ctx).detach(), method.table.ids
+    torch.manual_seed(0)
+    deep = [torch.randn(len(CLASSNAMES), 2, text.width) for _ in range(2)]  # a different prompt per sequence
+    with torch.no_grad():
+        whole = text(embeds, ids, deep=deep)
+        text.chunk = 2
+        chunked = text(embeds, ids, deep=deep)
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-5 * float(whole.abs().max()))
