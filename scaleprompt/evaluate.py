@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -80,20 +79,12 @@ def main(argv: Sequence[str] | None = None, prog: str = "evaluate.py") -> int:
 
 
 def _main(argv: Sequence[str], prog: str = "evaluate.py") -> int:
-    parser = build_parser(prog)
-    args, rest = parser.parse_known_args(argv)
-    unknown = [a for a in rest if "=" not in a or a.startswith("-")]
-    if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)} (overrides are key=value)")
-    rank = int(os.environ.get("RANK", 0))
-    logging.basicConfig(
-        level=logging.INFO if rank == 0 else logging.WARNING, format=f"%(asctime)s [rank {rank}] %(message)s"
-    )
-    for noisy in ("DeepSpeed", "deepspeed", "torch.distributed"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    from scaleprompt.logs import quiet_third_party
+    from scaleprompt.logs import setup_rank_logging
+    from scaleprompt.train import parse_with_overrides
 
-    quiet_third_party()
+    args, rest = parse_with_overrides(build_parser(prog), argv)
+    rank = int(os.environ.get("RANK", 0))
+    setup_rank_logging(rank)
     from scaleprompt.engine.config import load_ds_config
     from scaleprompt.engine.eval_only import PromptEvaluation, default_output, evaluation_config
     from scaleprompt.errors import ScalepromptError, reported_elsewhere

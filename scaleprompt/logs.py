@@ -51,6 +51,17 @@ def quiet_third_party() -> None:
     )
 
 
+def setup_rank_logging(rank: int) -> None:
+    """The console of a launched entry point (train.py, evaluate.py): INFO on rank 0, warnings elsewhere, each line
+    stamped with its rank; DeepSpeed's and torch.distributed's INFO chatter off; :func:`quiet_third_party`."""
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING, format=f"%(asctime)s [rank {rank}] %(message)s"
+    )
+    for noisy in ("DeepSpeed", "deepspeed", "torch.distributed"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    quiet_third_party()
+
+
 @contextlib.contextmanager
 def captured_prints(source: str) -> Iterator[None]:
     """What is printed to stdout inside the block goes to the DEBUG log (``source``: who printed it)."""

@@ -51,7 +51,13 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
 def parse_args(
     argv: Sequence[str] | None = None, prog: str = "train.py"
 ) -> tuple[argparse.Namespace, list[str]]:
-    parser = build_parser(prog)
+    return parse_with_overrides(build_parser(prog), argv)
+
+
+def parse_with_overrides(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None
+) -> tuple[argparse.Namespace, list[str]]:
+    """The options, and the ``key=value`` overrides after them (anything else is a usage error)."""
     args, rest = parser.parse_known_args(argv)
     unknown = [a for a in rest if "=" not in a or a.startswith("-")]
     if unknown:
@@ -80,14 +86,9 @@ def _main(argv: Sequence[str], prog: str = "train.py") -> int:
         ds_config = load_ds_config(args.ds) if args.ds else None
     except ScalepromptError as exc:  # every rank parses the same arguments: rank 0 reports it
         raise (reported_elsewhere(exc) if rank else exc) from None
-    logging.basicConfig(
-        level=logging.INFO if rank == 0 else logging.WARNING, format=f"%(asctime)s [rank {rank}] %(message)s"
-    )
-    for noisy in ("DeepSpeed", "deepspeed", "torch.distributed"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    from scaleprompt.logs import quiet_third_party
+    from scaleprompt.logs import setup_rank_logging
 
-    quiet_third_party()
+    setup_rank_logging(rank)
     trainer = Trainer(cfg, ds_config, local_rank=args.local_rank, resume=args.resume)
     results = trainer.fit()
     if rank == 0:

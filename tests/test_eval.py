@@ -124,6 +124,8 @@ def test_bad_evaluations_are_one_line_errors(data, tmp_path, capsys):
     assert "class_specific" in capsys.readouterr().err
     assert main(["eval", prompts, "eval.nonsense=1"]) == 2
     assert "eval.nonsense" in capsys.readouterr().err
+    assert main(["eval", prompts, "method.args.n_ctx=4"]) == 2  # (the file decides: never silently replaced)
+    assert "decides the method" in capsys.readouterr().err
 
 
 @pytest.mark.slow

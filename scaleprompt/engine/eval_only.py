@@ -94,6 +94,11 @@ def evaluation_config(prompts: str | Path, recipe: str | Path | None, overrides:
         base = run_config_of(path.parent / RUN_CONFIG)
     backbone = header["backbone"]
     keys = {item.split("=", 1)[0] for item in overrides}
+    method_keys = sorted(k for k in keys if k.split(".")[0] == "method")
+    if method_keys:  # (they would be replaced by the file's without a word)
+        raise ConfigError(
+            f"{', '.join(method_keys)}: the prompt file {path} decides the method and its config"
+        )
     if "model.name" in keys:
         wanted = next(i.split("=", 1)[1] for i in overrides if i.startswith("model.name="))
         if wanted != backbone["model_name"]:
