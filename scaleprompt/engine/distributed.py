@@ -70,7 +70,7 @@ def init_distributed(local_rank_arg: int | None = None) -> DistInfo:
         os.close(fd)
         os.unlink(path)
         init_method = f"file://{path}"
-    local = (
+    local = local_world == world_size and (  # (a file rendezvous on a shared filesystem may span nodes)
         init_method is not None
         and init_method.startswith("file://")
         or os.environ.get("MASTER_ADDR") in LOOPBACK

@@ -115,7 +115,9 @@ def deterministic_error(exc: BaseException) -> ScalepromptError | None:
 
 def run_trial(config: dict[str, Any], job: TrialJob) -> None:
     """The Tune trainable: one engine run in ``<trial>/run``."""
-    out = Path(tune.get_context().get_trial_dir()) / "run"
+    # straight into the trial's folder on the sweep's storage: Tune's trial folder (get_trial_dir) is a staging
+    # folder on the node the trial runs on, and only the driver node's staging folders are copied to the storage
+    out = Path(tune.get_context().get_storage().trial_fs_path) / "run"
     try:
         _run(job, config, out, tune.get_checkpoint(), finish=None, report=_tune_report)
     except Exception as exc:
@@ -213,6 +215,9 @@ def _join_process_group() -> None:
         LOCAL_RANK=str(context.get_local_rank()), LOCAL_WORLD_SIZE=str(context.get_local_world_size()),
         **rendezvous,
     )  # fmt: skip
+    # (in the worker's log on its own node: which node each rank ran on)
+    logger.info("rank %d of %d on node %s (local rank %d)", context.get_world_rank(), context.get_world_size(),
+                ray.util.get_node_ip_address(), context.get_local_rank())  # fmt: skip
 
 
 def _train_worker(config: dict[str, Any]) -> None:
