@@ -1,8 +1,10 @@
-"""Data throughput per worker: WebDataset shards (``ShardLoader``) vs an image folder (PIL open per file).
+"""Data throughput per worker: WebDataset shards (``ShardLoader``) vs an image folder (PIL open per file), and the
+same shards as a remote folder read through ``pipe:cat <shards>/{}`` (a stand-in for an object store's client).
 
-Both sources hold the same synthetic JPEGs (photo sized, ~45 KB each) and apply the same CLIP transform at
+All sources hold the same synthetic JPEGs (photo sized, ~45 KB each) and apply the same CLIP transform at
 ``--image-size`` (the test transform unless ``--train-transform``), through a torch ``DataLoader`` with the same
-number of workers and batch size. Only reading is timed: the folder and the shards are written first. Each
+number of workers and batch size. The pipe source pays what any remote folder pays on the worker: one process
+per shard, the bytes copied through a pipe, and the sha256 of every byte as it streams; not the network. Only reading is timed: the folder and the shards are written first. Each
 source gets a warm-up pass, then ``--repeats`` timed full passes (interleaved between the sources, each up
 to its last batch: worker start-up counted, teardown not); the median is reported.
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import statistics
 import tempfile
 import time
@@ -205,9 +208,9 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
             persistent_workers=False,
         )
 
-    def new_shard_loader() -> ShardLoader:
+    def new_shard_loader(source: Path | str = shard_dir) -> ShardLoader:
         return ShardLoader(
-            shard_dir,
+            source,
             "train",
             batch_size=args.batch_size,
             train=train,
@@ -220,17 +223,26 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
     batches = len(new_shard_loader())
     expected_shards = batches * args.batch_size if train else expected
     skipped = []
+    remote = f"pipe:cat {shlex.quote(str(shard_dir))}/{{}}"  # the remote folder template
 
-    def shard_iter() -> Iterable:
-        # A fresh loader per pass, like the folder DataLoader: both passes include worker start-up (in train
-        # mode one ShardLoader would keep its endless stream, and its worker, alive across epochs).
-        loader = new_shard_loader()
-        yield from ((b.images, b.labels) for b in loader)
-        skipped.append(loader.skipped)
+    def shard_iter(source: Path | str) -> Callable[[], Iterable]:
+        def passes() -> Iterable:
+            # A fresh loader per pass, like the folder DataLoader: both passes include worker start-up (in train
+            # mode one ShardLoader would keep its endless stream, and its worker, alive across epochs).
+            loader = new_shard_loader(source)
+            yield from ((b.images, b.labels) for b in loader)
+            skipped.append(loader.skipped)
 
-    names = ("folder (PIL per file)", "shards (ShardLoader)")
+        return passes
+
+    names = ("folder (PIL per file)", "shards (ShardLoader)", "pipe:cat shards")
     passes = measure(
-        [(names[0], folder_iter, expected), (names[1], shard_iter, expected_shards)], args.repeats
+        [
+            (names[0], folder_iter, expected),
+            (names[1], shard_iter(shard_dir), expected_shards),
+            (names[2], shard_iter(remote), expected_shards),
+        ],
+        args.repeats,
     )
     if any(skipped):
         logger.warning("the shard loader skipped undecodable samples: %s per pass", skipped)
@@ -248,9 +260,10 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
     for name, runs in rows:
         seconds, rate, steady = stats[name]
         lines.append(f"{name:<24}{runs[0].images:>8}{seconds:>10.2f}{rate:>14.1f}{steady:>16.1f}")
-    ratio = stats[rows[1][0]][1] / stats[rows[0][0]][1]
-    steady_ratio = stats[rows[1][0]][2] / stats[rows[0][0]][2]
-    lines.append(f"ratio shards/folder: {ratio:.2f} (whole pass), {steady_ratio:.2f} (after first batch)")
+    for (a, b), label in (((1, 0), "shards/folder"), ((2, 1), "pipe:cat shards/shards")):
+        ratio = stats[rows[a][0]][1] / stats[rows[b][0]][1]
+        steady_ratio = stats[rows[a][0]][2] / stats[rows[b][0]][2]
+        lines.append(f"ratio {label}: {ratio:.2f} (whole pass), {steady_ratio:.2f} (after first batch)")
     logger.info("results\n%s", "\n".join(lines))
 
 

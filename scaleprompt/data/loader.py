@@ -1,8 +1,11 @@
 """Streaming loader over WebDataset shards.
 
 Sources: a shard folder written by :mod:`scaleprompt.data.shards` (its manifest gives shards, counts and class
-names), a brace pattern (``/data/train-{000000..000015}.tar``), a list of paths, or ``pipe:`` commands for remote
-storage (``pipe:aws s3 cp s3://bucket/train-000000.tar -``).
+names); a REMOTE shard folder, the same folder on an object store read through a ``pipe:`` command with ``{}``
+where the file name goes (``pipe:aws s3 cp s3://bucket/pets-shards/{} -``, see :mod:`scaleprompt.data.remote`):
+its manifest is fetched through the command and used exactly like a local one; a brace pattern
+(``/data/train-{000000..000015}.tar``); a list of paths; or bare ``pipe:`` commands, one per shard, without a
+manifest (``pipe:aws s3 cp s3://bucket/train-000000.tar -``).
 
 Two modes:
 
@@ -10,7 +13,7 @@ Two modes:
   ranks, so the rank split stays disjoint), repeated without end; a sample shuffle buffer; the CLIP train
   transform. An epoch is a DEFINED number of batches per rank, ``epoch_samples // (batch_size * world_size)``,
   so every rank steps the same number of times. ``resampled=True`` samples shards with replacement instead
-  (long runs over many shards).
+  (long runs over many shards), each rank and worker with its own seeded draw.
 * ``train=False``: one exact pass, the CLIP test transform, no shuffle; over all ranks and workers every sample
   is read exactly once (disjoint shards per rank, then per worker).
 
@@ -20,17 +23,25 @@ worker the run stops with :class:`DataError` naming the sample. A missing local 
 Integrity checks, each a :class:`DataError` naming the file, shard or sample:
 
 * a shard folder's ``manifest.json`` must be valid (:func:`~scaleprompt.data.shards.read_manifest`);
-* before the first batch, every shard this rank is responsible for is hashed and compared with its manifest
+* before the first batch, every LOCAL shard this rank is responsible for is hashed and compared with its manifest
   sha256 (once per process: cached by path, size and mtime). Eval: the shards the rank reads. Train: the rank's
   1/world share of the split, so the ranks together hash every shard once (a mismatch on any rank stops the job);
+* a REMOTE folder's shards are not hashed up front (that would download each twice): their bytes are hashed as
+  they stream, and compared with the manifest sha256 when the shard ends. The shard's samples have then already
+  been delivered (a corrupt sample may have been used) but the pass stops there; every read of a remote shard is
+  checked, in training and in evaluation. A shard cut off by the end of a training run is not checked;
+* every ``pipe:`` command (remote folder or bare) must exit with status 0 once its output was read to the end,
+  and a shard that cannot be parsed reports its command's failure (exit status, end of its stderr) when it failed;
 * when a shard ends, the samples read from it (undecodable ones included) must equal its manifest count: a
-  damaged tar header ends a tar archive early without an error, this check does not let it pass;
+  damaged tar header or a truncated shard ends a tar archive early without an error, this check does not let it
+  pass (it comes before the hash check, so a truncated shard is named as such);
 * labels: ``.cls`` must lie in [0, number of classes of the manifest) and agree with the ``.json`` label;
 * an eval pass over a manifest source reads the whole split: an undecodable sample is an error there (the
   ``max_bad_samples`` budget applies to training and to sources without a manifest), and a pass that read a
   different number of samples than the manifest's share of the rank is an error.
 
-Sources without a manifest (patterns, lists, ``pipe:``) get only the label agreement check.
+Sources without a manifest (patterns, lists, bare ``pipe:`` commands) get only the label agreement check (and the
+exit status of their commands).
 """
 
 from __future__ import annotations
@@ -40,7 +51,7 @@ import itertools
 import json
 import logging
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -50,8 +61,9 @@ import torch
 import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from webdataset.tariterators import tarfile_samples
+from webdataset.tariterators import group_by_keys, tar_file_expander, tarfile_samples
 
+from scaleprompt.data.remote import PipeStream, is_pipe, is_remote_folder, remote_url
 from scaleprompt.data.shards import DataError, check_shards, read_manifest  # (DataError: torch-free home)
 from scaleprompt.data.transforms import clip_transform
 
@@ -73,7 +85,7 @@ class ShardSource:
     urls: list[str]
     classnames: list[str] | None = None
     count: int | None = None  # samples in the split, when known (manifest)
-    shard_dir: str | None = None  # the folder of the manifest, when there is one
+    shard_dir: str | None = None  # the folder of the manifest (or a remote folder's pipe: template), if any
     entries: tuple[dict, ...] | None = None  # the manifest entry (name, count, sha256) of each url
 
     @property
@@ -81,15 +93,31 @@ class ShardSource:
         """url -> samples in that shard (manifest sources; empty otherwise)."""
         return {u: e["count"] for u, e in zip(self.urls, self.entries or (), strict=False)}
 
+    @property
+    def remote(self) -> bool:
+        """A remote shard folder (``pipe:`` template): its shards are hashed as they stream, not up front."""
+        return is_remote_folder(self.shard_dir)
+
+    @property
+    def stream_hashes(self) -> dict[str, str]:
+        """url -> manifest sha256 of the shards checked as they stream (remote folders; empty otherwise)."""
+        if not self.remote:
+            return {}
+        return {u: e["sha256"] for u, e in zip(self.urls, self.entries or (), strict=True)}
+
 
 def resolve_source(source: str | Path | Sequence[str], split: str = "train") -> ShardSource:
     """Shard URLs (+ class names and sample count when a manifest is available)."""
-    if isinstance(source, str | Path) and Path(source).is_dir():
-        manifest = read_manifest(source)
+    remote = is_remote_folder(source)
+    if remote or (not is_pipe(source) and isinstance(source, str | Path) and Path(source).is_dir()):
+        manifest = read_manifest(str(source) if remote else source)
         if split not in manifest["splits"]:
             raise DataError(f"{source} has no {split!r} split (has {sorted(manifest['splits'])})")
         info = manifest["splits"][split]
-        urls = [str(Path(source) / s["name"]) for s in info["shards"]]
+        if remote:
+            urls = [remote_url(str(source), s["name"]) for s in info["shards"]]
+        else:
+            urls = [str(Path(source) / s["name"]) for s in info["shards"]]
         src = ShardSource(urls, manifest["classnames"], info["count"], str(source), tuple(info["shards"]))
         return _checked(src)
     patterns = [str(source)] if isinstance(source, str | Path) else [str(s) for s in source]
@@ -143,11 +171,12 @@ class ShardStream(IterableDataset):
 
     def __init__(self, urls, *, train, batch_size, transform, rank, world_size, seed, shuffle_buffer,
                  resampled, max_bad_samples, drop_last, epoch, counts=None, num_classes=None,
-                 strict=False) -> None:  # fmt: skip
+                 strict=False, hashes=None) -> None:  # fmt: skip
         super().__init__()
-        # url -> manifest sample count (checked when the shard ends); classes for the label range; strict: an
-        # undecodable sample is an error (eval over a manifest)
+        # url -> manifest sample count, and url -> sha256 of the shards hashed as they stream (both checked when the
+        # shard ends); classes for the label range; strict: an undecodable sample is an error (eval over a manifest)
         self.counts, self.num_classes, self.strict = dict(counts or {}), num_classes, strict
+        self.hashes = dict(hashes or {})
         self.urls, self.train, self.batch_size, self.transform = list(urls), train, batch_size, transform
         self.rank, self.world_size, self.seed, self.shuffle_buffer = rank, world_size, seed, shuffle_buffer
         self.resampled, self.max_bad, self.drop_last, self.epoch = (
@@ -176,19 +205,34 @@ class ShardStream(IterableDataset):
             yield mine
 
     def _shard_samples(self, urls) -> Iterator[dict]:
-        """The samples of ``urls``, shard by shard; a shard that ends after a number of samples other than its
-        manifest count is an error (tar readers take a damaged header for the end of the archive)."""
+        """The samples of ``urls``, shard by shard. When a shard ends: a ``pipe:`` command must have exited with
+        status 0 (read to the end of its output first); the samples read must equal the manifest count (tar
+        readers take a damaged header for the end of the archive); a remote folder's shard must have its manifest
+        sha256, hashed as it streamed (so its samples were already delivered when a mismatch is found)."""
         for url in urls:
-            n = 0
-            for sample in tarfile_samples([{"url": url}], handler=_shard_error):
-                n += 1
-                yield sample
-            expected = self.counts.get(url)
+            pipe = PipeStream(url) if is_pipe(url) else None
+            try:
+                n = yield from _tar_samples(url, pipe)
+                digest = pipe.finish() if pipe is not None else None
+            finally:  # (also when the consumer stops mid-shard: the command is stopped)
+                if pipe is not None:
+                    pipe.release()
+            expected, want = self.counts.get(url), self.hashes.get(url)
             if expected is not None and n != expected:
+                remedy = (
+                    "write the folder again and upload it"
+                    if want
+                    else "delete the shard folder to rebuild it"
+                )
                 raise DataError(
                     f"shard {url} is corrupt or was changed: it ended after {n} samples, its manifest entry "
-                    f"says {expected} (a damaged tar header ends the archive early); delete the shard folder "
-                    "to rebuild it"
+                    f"says {expected} (a damaged tar header or a truncated shard ends the archive early); {remedy}"
+                )
+            if want is not None and digest != want:
+                raise DataError(
+                    f"shard {url} is corrupt or was changed: the sha256 of its streamed bytes {str(digest)[:16]}... "
+                    f"differs from {want[:16]}... in its manifest entry (its {n} samples were already read: a "
+                    "streamed shard is hashed at its end); write the shard folder again and upload it"
                 )
 
     def _samples(self, worker: int, num_workers: int) -> Iterator[dict]:
@@ -236,6 +280,27 @@ class ShardStream(IterableDataset):
                 images, labels, keys = [], [], []
         if images and not self.drop_last:
             yield Batch(torch.stack(images), torch.tensor(labels), keys, gid, bad)
+
+
+def _tar_samples(url: str, pipe: PipeStream | None) -> Generator[dict, None, int]:
+    """The samples of one shard (a file, or the output of its ``pipe:`` command); returns how many there were. A
+    shard that cannot be parsed is a DataError naming it, or naming its command when the command failed."""
+    if pipe is None:
+        samples = tarfile_samples([{"url": url}], handler=_shard_error)
+    else:  # (the opened stream goes in directly: webdataset's own pipe: opener does not check the exit status)
+        files = tar_file_expander([{"url": url, "stream": pipe}], handler=_shard_error)
+        samples = group_by_keys(files, handler=_shard_error)
+    n = 0
+    try:
+        for sample in samples:
+            n += 1
+            yield sample
+    except DataError as exc:
+        status = pipe.status() if pipe is not None else 0
+        if status not in (0, None):  # a failed command (missing object, network error) explains the bad tar
+            raise DataError(pipe.failure(status)) from exc  # type: ignore[union-attr]
+        raise
+    return n
 
 
 def _shard_error(exc: Exception) -> bool:
@@ -301,8 +366,9 @@ class ShardLoader:
         return self.src.urls[self.rank :: self.world_size]
 
     def verify(self) -> None:
-        """Hash this rank's shards against the manifest (cached per process); a mismatch is a DataError."""
-        if self.src.entries is not None and self.src.shard_dir is not None:
+        """Hash this rank's shards against the manifest (cached per process); a mismatch is a DataError. A remote
+        folder's shards are not hashed here (that would download them twice): they are hashed as they stream."""
+        if self.src.entries is not None and self.src.shard_dir is not None and not self.src.remote:
             mine = set(self._my_urls())
             check_shards(
                 self.src.shard_dir,
@@ -330,7 +396,7 @@ class ShardLoader:
             rank=self.rank, world_size=self.world_size, seed=self.seed, shuffle_buffer=self.shuffle_buffer,
             resampled=self.resampled, max_bad_samples=self.max_bad, drop_last=self.train, epoch=epoch,
             counts=self.src.counts, num_classes=len(self.src.classnames) if has_manifest else None,
-            strict=has_manifest and not self.train,
+            strict=has_manifest and not self.train, hashes=self.src.stream_hashes,
         )  # fmt: skip
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch * 7919 + self.rank)
         loader = DataLoader(

@@ -344,24 +344,32 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 def read_manifest(shard_dir: str | Path) -> dict:
-    """The folder's ``manifest.json``, checked: valid JSON, the required fields, split counts = shard counts."""
+    """The folder's ``manifest.json``, checked: valid JSON, the required fields, split counts = shard counts.
+
+    ``shard_dir`` is a local folder, or a remote one: a ``pipe:`` command with ``{}`` for the file name (see
+    :mod:`scaleprompt.data.remote`; its manifest is fetched through the command, once per process)."""
+    if isinstance(shard_dir, str) and shard_dir.startswith("pipe:"):
+        from scaleprompt.data.remote import read_remote_manifest  # (remote imports this module)
+
+        return read_remote_manifest(shard_dir)
     path = Path(shard_dir) / MANIFEST
     if not path.is_file():
         raise DataError(f"no {MANIFEST} in {shard_dir}: not a finished scaleprompt shard folder")
+    return parse_manifest(path.read_bytes(), str(path))
+
+
+def parse_manifest(raw: bytes, where: str, remedy: str = "delete the shard folder to rebuild it") -> dict:
+    """A manifest's bytes, checked (``where``: the file or command it came from, named in errors)."""
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(raw)
     except ValueError as exc:  # (UnicodeDecodeError included)
-        raise DataError(
-            f"{path} is damaged (truncated or not JSON: {exc}); delete the shard folder to rebuild it"
-        ) from None
+        raise DataError(f"{where} is damaged (truncated or not JSON: {exc}); {remedy}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-        raise DataError(f"{path} is not a scaleprompt shard manifest (format={found!r})")
+        raise DataError(f"{where} is not a scaleprompt shard manifest (format={found!r})")
     problem = _manifest_problem(manifest)
     if problem:
-        raise DataError(
-            f"{path} is damaged or inconsistent: {problem}; delete the shard folder to rebuild it"
-        )
+        raise DataError(f"{where} is damaged or inconsistent: {problem}; {remedy}")
     return manifest
 
 
@@ -405,7 +413,12 @@ def _manifest_problem(manifest: dict) -> str | None:
 
 
 def verify_shards(shard_dir: str | Path) -> list[str]:
-    """Names of shards that are missing or whose sha256 differs from the manifest."""
+    """Names of shards that are missing or whose sha256 differs from the manifest (a remote ``pipe:`` folder:
+    every shard is downloaded once and hashed as it streams)."""
+    if isinstance(shard_dir, str) and shard_dir.startswith("pipe:"):
+        from scaleprompt.data.remote import verify_remote_shards
+
+        return verify_remote_shards(shard_dir)
     manifest = read_manifest(shard_dir)
     bad = []
     for split in manifest["splits"].values():

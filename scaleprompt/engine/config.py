@@ -63,7 +63,9 @@ class MethodSection:
 class DataConfig:
     dataset: str = "FashionMNIST"  # registry name, folder:<path>, or a .json/.csv split file
     root: str | None = None  # folder holding the datasets (CoOp layout)
-    shards: str | None = None  # ready shard folder for training; None = write them under cache_dir
+    # a ready shard folder to train on (None = write them under cache_dir): a local folder, or a remote one read
+    # through a pipe: command with {} where the file name goes (pipe:aws s3 cp s3://bucket/pets-shards/{} -)
+    shards: str | None = None
     cache_dir: str = "runs/shards"
     shots: int = 16  # few-shot K (<= 0: all training images)
     template_set: Literal["coop", "provp"] = "coop"  # hand-crafted templates of fixed-text methods
@@ -87,6 +89,12 @@ class DataConfig:
                 f"must be in (0, 1], got {self.train_crop_min_scale}")  # fmt: skip
         require(
             self.min_shards >= 1 and self.shard_size >= 1, "data.min_shards", "min_shards, shard_size >= 1"
+        )
+        require(
+            self.shards is None or not self.shards.startswith("pipe:") or "{}" in self.shards,
+            "data.shards",
+            f"a pipe: shard folder is a command with {{}} where the file name goes (e.g. pipe:aws s3 cp "
+            f"s3://bucket/folder/{{}} -), got {self.shards!r}",
         )
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from scaleprompt.data.cache import ensure_shards
 from scaleprompt.data.datasets import dataset_display_name
 from scaleprompt.data.loader import ShardLoader
 from scaleprompt.data.protocols import Protocol, harmonic_mean
+from scaleprompt.data.remote import is_remote_folder
 from scaleprompt.data.shards import check_shards, read_manifest
 from scaleprompt.data.templates import dataset_template
 from scaleprompt.engine.config import RunConfig
@@ -37,6 +39,8 @@ from scaleprompt.methods.base import PromptMethod
 from scaleprompt.methods.prompts import report_class_prompt_problems
 
 Metrics = dict[str, float]
+
+logger = logging.getLogger(__name__)
 
 
 def cached_shards(
@@ -147,9 +151,18 @@ def build_setting(cfg: RunConfig) -> EvalSetting:
 
 def check_eval_shards(setting: EvalSetting) -> None:
     """The val / test shards' sha256 before any training or evaluation (a corrupt test shard found after hours of
-    training would waste them); train shards are checked by the loader at first use, each rank its own share."""
+    training would waste them); train shards are checked by the loader at first use, each rank its own share.
+
+    A remote folder (``pipe:`` template) is not hashed here: that would download its val / test shards one extra
+    time per run. Its manifest is fetched and checked now; its shards are hashed as they stream in every eval pass
+    (each rank the shards it reads), so a corrupt remote val shard stops the run at the first validation and a
+    corrupt test shard at the first test (after training: its checkpoints are on disk by then).
+    ``scaleprompt.data.verify_shards(template)`` checks a whole remote folder explicitly (one download)."""
     for folder in setting.folders.values():
         manifest = read_manifest(folder)
+        if is_remote_folder(folder):
+            logger.info("remote shard folder %s: val / test shards are hashed as they stream", folder)
+            continue
         for split in ("val", "test"):
             check_shards(folder, manifest["splits"].get(split, {}).get("shards", []))
 
@@ -211,6 +224,7 @@ def training_fingerprint(setting: EvalSetting) -> str:
 
 
 def describe_data(setting: EvalSetting) -> dict[str, Any]:
-    """What results were computed on: shard folder names (named by their cache key) and the data fingerprint."""
-    return {"shards": {k: Path(v).name for k, v in setting.folders.items()},
+    """What results were computed on: shard folder names (named by their cache key; a remote folder by its
+    ``pipe:`` template) and the data fingerprint (the same for a folder and its remote copy)."""
+    return {"shards": {k: v if is_remote_folder(v) else Path(v).name for k, v in setting.folders.items()},
             "fingerprint": shard_fingerprint(setting.folders)}  # fmt: skip
