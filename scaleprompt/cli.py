@@ -17,6 +17,9 @@
   (after a protocol) as WebDataset shards + manifest; ``scaleprompt datasets`` lists the registered datasets.
 * ``scaleprompt recipes [--kind config|ds|space]``: the packaged recipes, DeepSpeed configs and search spaces, each
   usable by name from any folder (``--config provp_ref/base2new``, ``--ds zero2``, ``--space provp_ref``).
+* ``scaleprompt plan --model ViT-H-14 --method provp_ref --batch 32 --gpus 8 --zero 3 --precision bf16``: per-GPU
+  memory of a training run (weights, prompts, activations counted on the real model), and the largest micro-batch
+  that fits (``scaleprompt/plan.py``).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger("scaleprompt")
 
@@ -188,6 +192,85 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    """The table (or ``--json``) on stdout."""
+    import sys
+
+    from scaleprompt.methods.convert import parse_method_args
+    from scaleprompt.plan import format_plan, parse_size, plan
+
+    ds, zero = None, args.zero
+    if args.ds is not None:
+        from scaleprompt.engine.config import load_ds_config
+
+        ds = load_ds_config(args.ds)
+        zero = ds.get("zero_optimization", {}).get("stage", 0) if zero is None else zero
+    result = plan(
+        args.model, args.method, batch=args.batch, gpus=args.gpus, zero=2 if zero is None else zero,
+        precision=args.precision, grad_checkpointing=args.grad_checkpointing, classes=args.classes,
+        text_chunk=args.text_chunk, gpu_memory=parse_size(args.gpu_memory),
+        method_args=parse_method_args(args.method_arg), optimizer=args.optimizer, name_tokens=args.name_tokens,
+        ds_config=ds,
+    )  # fmt: skip
+    sys.stdout.write((result.to_json() if args.json else format_plan(result)) + "\n")
+    return 0
+
+
+PLAN_HELP = """Per-GPU memory of a training run: frozen weights (ZeRO-3: partitioned, plus the gathered working set),
+buffers, prompts with their gradients, fp32 master and optimizer states, the activations kept for backward and the
+largest recomputation (counted on the real method at 1-2 blocks per tower, random weights, CPU, then scaled
+exactly to the full depth), the input batch and an allowance for the CUDA context; and the largest micro-batch per
+GPU that fits --gpu-memory. Nothing is downloaded; the pretrained weights do not matter.
+
+  scaleprompt plan --model ViT-H-14 --method provp_ref --batch 32 --gpus 8 --zero 3 --precision bf16
+  scaleprompt plan --model ViT-L-14 --method coop --batch 32 --classes 1000 --text-chunk 100 --grad-checkpointing"""
+
+
+def _add_plan_parser(sub: Any) -> None:
+    plan = sub.add_parser(
+        "plan",
+        help="per-GPU memory of a training run and the largest micro-batch that fits",
+        description=PLAN_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    plan.add_argument(
+        "--model", required=True, help="open_clip model name (ViT-B-16, ViT-H-14, sp-tiny-vit, ...)"
+    )
+    plan.add_argument("--method", required=True, help="method name (scaleprompt methods)")
+    plan.add_argument(
+        "--batch", type=int, required=True, help="micro-batch PER GPU (images per forward pass)"
+    )
+    plan.add_argument(
+        "--gpus", type=int, default=8, help="data-parallel GPUs (ZeRO's partition count; default 8)"
+    )
+    plan.add_argument("--zero", type=int, help="ZeRO stage 0-3 (default: the --ds file's stage, else 2)")
+    plan.add_argument("--precision", default="bf16", help="fp32, bf16 or fp16 (default bf16)")
+    plan.add_argument("--grad-checkpointing", action="store_true", help="model.grad_checkpointing=true")
+    plan.add_argument("--classes", type=int, default=1000, help="classes per step (default 1000)")
+    plan.add_argument("--text-chunk", type=int, default=0, help="model.text_chunk (default 0: all at once)")
+    plan.add_argument(
+        "--gpu-memory", default="80GB", help="memory per GPU: 80GB (10^9 bytes), 40GiB (2^30), ..."
+    )
+    plan.add_argument(
+        "--method-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a method config field (repeatable), e.g. n_ctx=16",
+    )
+    plan.add_argument("--optimizer", default="sgd", help="sgd (momentum: 1 state) or adamw (2 states)")
+    plan.add_argument(
+        "--name-tokens", type=int, default=8, help="tokens of the longest class name (default 8)"
+    )
+    plan.add_argument(
+        "--ds",
+        help="DeepSpeed JSON (file or packaged name) whose ZeRO settings apply "
+        "(default: the packaged zero3 for ZeRO-3)",
+    )
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    plan.set_defaults(func=cmd_plan)  # fmt: skip
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Every subcommand: a bad input is one line on stderr and exit code 2 (``--debug``: the traceback)."""
     from scaleprompt.errors import run_entry_point
@@ -326,6 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
         "args", nargs="*", metavar="key=value", help="method config fields, e.g. templates=[...]"
     )
     convert.set_defaults(func=cmd_convert)
+    _add_plan_parser(sub)
     return parser
 
 

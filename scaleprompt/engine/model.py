@@ -121,7 +121,7 @@ class PromptEngine:
         self.engine.checkpoint_engine = safe_checkpoint_engine(getattr(self.engine, "_config", None))
         if self.zero_stage == 3:
             self._register_external_parameters()
-        values = sum(p.numel() for p in self.trainable)
+        values = sum(getattr(p, "ds_numel", p.numel()) for p in self.trainable)  # (ZeRO-3: p is partitioned)
         if not self.training:
             logger.info("DeepSpeed ZeRO-%d, %s, world %d (evaluation); %d prompt values", self.zero_stage,
                         cfg.train.precision, world, values)  # fmt: skip
