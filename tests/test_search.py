@@ -548,3 +548,21 @@ def test_a_truncated_driver_state_is_restored_from_the_killed_driver_s_staging_c
     shutil.rmtree(ray_temp)
     with pytest.raises(ConfigError, match=f"search_gen_state-{session}.json is truncated"):
         repair_driver_state(sweep, ray_temp)
+
+
+def test_a_trial_restarted_from_scratch_sets_an_earlier_attempt_aside(tmp_path):
+    """A driver killed before a trial's first report leaves that trial's run folder on the storage without a Tune
+    checkpoint; the resumed sweep restarts the trial from scratch, in an empty folder (the engine refuses a folder
+    that holds a run), and the earlier attempt is kept beside it."""
+    from scaleprompt.search.trial import set_aside_earlier_attempt
+
+    out = tmp_path / "trial_x" / "run"
+    assert set_aside_earlier_attempt(out) is None  # nothing there
+    out.mkdir(parents=True)
+    assert set_aside_earlier_attempt(out) is None and out.is_dir()  # empty: used as it is
+    for attempt in (1, 2):
+        (out / "checkpoints").mkdir(parents=True)
+        (out / "config.json").write_text(str(attempt))
+        kept = set_aside_earlier_attempt(out)
+        assert kept == tmp_path / "trial_x" / f"run.attempt-{attempt}" and not out.exists()
+        assert (kept / "config.json").read_text() == str(attempt) and (kept / "checkpoints").is_dir()

@@ -118,8 +118,11 @@ def run_trial(config: dict[str, Any], job: TrialJob) -> None:
     # straight into the trial's folder on the sweep's storage: Tune's trial folder (get_trial_dir) is a staging
     # folder on the node the trial runs on, and only the driver node's staging folders are copied to the storage
     out = Path(tune.get_context().get_storage().trial_fs_path) / "run"
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        set_aside_earlier_attempt(out)
     try:
-        _run(job, config, out, tune.get_checkpoint(), finish=None, report=_tune_report)
+        _run(job, config, out, checkpoint, finish=None, report=_tune_report)
     except Exception as exc:
         error = deterministic_error(exc)
         if error is None:
@@ -127,6 +130,23 @@ def run_trial(config: dict[str, Any], job: TrialJob) -> None:
         message = f"{type(error).__name__}: {one_line(error)}"
         atomic_json(out / "failed.json", {"error": message})
         tune.report({job.space.metric: float("nan"), "epoch": 0, "failed": message})
+
+
+def set_aside_earlier_attempt(out: Path) -> Path | None:
+    """Tune starts this trial from scratch (no checkpoint of it): a run folder already at ``out`` is an earlier
+    attempt that left Tune no checkpoint (its driver was killed before the trial's first report). It is kept, renamed
+    ``run.attempt-N`` beside ``out``, and the trial starts in an empty folder; returns the new name."""
+    if not out.is_dir() or not any(out.iterdir()):
+        return None
+    n = 1
+    while (out.parent / f"run.attempt-{n}").exists():
+        n += 1
+    kept = out.parent / f"run.attempt-{n}"
+    out.rename(kept)
+    logger.warning(
+        "%s held an earlier attempt of this trial that Tune restarts from scratch: kept as %s", out, kept.name
+    )
+    return kept
 
 
 def finish_trial(config: dict[str, Any], job: TrialJob, trial_dir: str, checkpoint: Any, reason: str) -> None:
