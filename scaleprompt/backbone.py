@@ -45,6 +45,7 @@ import torch
 from torch import nn
 
 from scaleprompt.errors import ScalepromptError
+from scaleprompt.logs import silenced
 from scaleprompt.microworld.tokenizer import WordTokenizer
 
 logger = logging.getLogger(__name__)
@@ -406,16 +407,9 @@ def _hub_access(model_name: str, tag: str, cache_dir: str | None) -> Iterator[No
         root.setLevel(level)
 
 
-@contextlib.contextmanager
-def _quiet_open_clip() -> Iterator[None]:
+def _quiet_open_clip() -> contextlib.AbstractContextManager[None]:
     """open_clip logs every creation step (and a warning for a deliberate random init) on the root logger."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.setLevel(level)
+    return silenced("")
 
 
 def _cast(model: nn.Module, precision: str) -> nn.Module:

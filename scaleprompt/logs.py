@@ -63,6 +63,21 @@ def setup_rank_logging(rank: int) -> None:
 
 
 @contextlib.contextmanager
+def silenced(*names: str) -> Iterator[None]:
+    """Only errors from the loggers ``names`` (``""``: the root logger) inside the block; their levels after it as
+    they were."""
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+@contextlib.contextmanager
 def captured_prints(source: str) -> Iterator[None]:
     """What is printed to stdout inside the block goes to the DEBUG log (``source``: who printed it)."""
     buffer = io.StringIO()

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from scaleprompt.config import ConfigError
+from scaleprompt.logs import silenced
 
 logger = logging.getLogger(__name__)
 
@@ -138,19 +139,9 @@ class Plan:
         return json.dumps(asdict(self), indent=2)
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
+def _quiet() -> contextlib.AbstractContextManager[None]:
     """open_clip announces a random init on the root logger; identical synthetic class prompts are warned about."""
-    names = ("", "scaleprompt.methods.prompts", "scaleprompt.encoders")
-    loggers = [logging.getLogger(n) for n in names]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
+    return silenced("", "scaleprompt.methods.prompts", "scaleprompt.encoders")
 
 
 def classnames(classes: int, name_tokens: int) -> list[str]:
