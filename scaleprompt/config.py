@@ -7,9 +7,10 @@ value checks; a bad value raises :class:`ConfigError` naming the field.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
@@ -62,6 +63,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):  # (YAML's .inf / .nan: no setting of the project means them)
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -120,18 +123,102 @@ def require(cond: bool, field: str, message: str) -> None:
         raise ConfigError(f"{field}: {message}")
 
 
+def _duplicate(source: str | Path, what: str, key_path: Sequence[Any], lines: Sequence[int]) -> ConfigError:
+    key = "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in key_path).lstrip(".")
+    where = f"line {lines[0]}" if len(set(lines)) == 1 else f"lines {' and '.join(str(n) for n in lines)}"
+    return ConfigError(
+        f"{source}: duplicate key {key!r} in the {what} ({where}): only the last value would be used, silently; "
+        "keep one"
+    )
+
+
+def _check_yaml_keys(
+    node: Any, source: str | Path, what: str, path: tuple[Any, ...] = (), seen: frozenset[int] = frozenset()
+) -> None:
+    """Raise a :class:`ConfigError` on the first key that a mapping of the composed YAML ``node`` holds twice (at any
+    depth; merge keys ``<<`` and anchors are YAML's own way to repeat and are left alone)."""
+    import yaml
+
+    if id(node) in seen:  # (a recursive alias)
+        return
+    seen = seen | {id(node)}
+    if isinstance(node, yaml.MappingNode):
+        first: dict[tuple[str, str], int] = {}
+        for key, value in node.value:
+            name = key.value if isinstance(key, yaml.ScalarNode) else None
+            if name is not None and key.tag != "tag:yaml.org,2002:merge":
+                line = key.start_mark.line + 1
+                if (key.tag, name) in first:
+                    raise _duplicate(source, what, (*path, name), (first[(key.tag, name)], line))
+                first[(key.tag, name)] = line
+            _check_yaml_keys(value, source, what, (*path, name if name is not None else "?"), seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _check_yaml_keys(item, source, what, (*path, i), seen)
+
+
 def read_yaml_mapping(path: str | Path, what: str, expected: str) -> dict[str, Any]:
     """A YAML file that must hold a mapping (a recipe, a search space); every problem is a ConfigError naming the
-    file (``what``: "recipe", "search space"; ``expected``: what the mapping holds)."""
+    file (``what``: "recipe", "search space"; ``expected``: what the mapping holds). A key given twice in one mapping
+    (at any depth) is such a problem: the error names the key path and both lines (YAML would keep the last value
+    silently)."""
     import yaml
 
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{what} not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        loader = yaml.SafeLoader(path.read_text())
+        try:
+            node = loader.get_single_node()
+            if node is not None:
+                pass
+            data = (loader.construct_document(node) if node is not None else None) or {}
+        finally:
+            loader.dispose()
     except (yaml.YAMLError, OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not a readable YAML {what}: {' '.join(str(exc).split())}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a {what} is a mapping of {expected}")
     return data
+
+
+def check_json_keys(text: str, source: str | Path, what: str) -> None:
+    """Raise a :class:`ConfigError` naming ``source``, the key path and both lines when an object of the JSON
+    ``text`` (already known to parse) holds a key twice, at any depth (``json.loads`` keeps the last value
+    silently)."""
+    import json
+
+    decoder = json.JSONDecoder()
+
+    def skip(i: int) -> int:
+        while i < len(text) and text[i] in " \t\n\r":
+            i += 1
+        return i
+
+    def line(i: int) -> int:
+        return text.count("\n", 0, i) + 1
+
+    def walk(i: int, path: tuple[Any, ...]) -> int:
+        i = skip(i)
+        if text.startswith("{", i):
+            i, first = skip(i + 1), {}
+            while not text.startswith("}", i):
+                start = i
+                key, i = json.decoder.scanstring(text, i + 1)  # type: ignore[attr-defined]
+                if key in first:
+                    raise _duplicate(source, what, (*path, key), (first[key], line(start)))
+                first[key] = line(start)
+                i = walk(skip(i) + 1, (*path, key))  # (past the ':')
+                i = skip(i)
+                i = skip(i + 1) if text.startswith(",", i) else i
+            return i + 1
+        if text.startswith("[", i):
+            i, n = skip(i + 1), 0
+            while not text.startswith("]", i):
+                i = skip(walk(i, (*path, n)))
+                i, n = skip(i + 1) if text.startswith(",", i) else i, n + 1
+            return i + 1
+        return decoder.raw_decode(text, i)[1]
+
+    return

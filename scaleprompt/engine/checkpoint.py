@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -62,9 +63,30 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def finite_json(data: Any, where: str = "") -> tuple[Any, list[str]]:
+    """``data`` with every non-finite float replaced by None (JSON has no NaN / Infinity: Python's ``json`` would
+    write the bare tokens, which no strict parser reads), and the paths of the values replaced."""
+    replaced: list[str] = []
+
+    def clean(value: Any, at: str) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            replaced.append(at or "(top)")
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v, f"{at}.{k}" if at else str(k)) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [clean(v, f"{at}[{i}]") for i, v in enumerate(value)]
+        return value
+
+    return clean(data, where), replaced
+
+
 def _write_json(path: Path, data: Any) -> None:
+    data, replaced = finite_json(data)
+    if replaced:
+        logger.warning("%s: non-finite numbers written as null: %s", path.name, ", ".join(replaced[:5]))
     with open(path, "w") as fh:
-        json.dump(data, fh, indent=1, sort_keys=True)
+        json.dump(data, fh, indent=1, sort_keys=True, allow_nan=False)
         fh.flush()
         os.fsync(fh.fileno())
 

@@ -19,7 +19,7 @@ from typing import Any, Literal
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from scaleprompt.config import ConfigError, check_types, read_yaml_mapping, require, to_dict
+from scaleprompt.config import ConfigError, check_json_keys, check_types, read_yaml_mapping, require, to_dict
 from scaleprompt.recipes import resolve_recipe
 from scaleprompt.report.schema import Setting  # (one definition: the results schema)
 
@@ -139,6 +139,12 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         check_types(self, "eval.")
+        require(self.batch_size >= 1, "eval.batch_size", f"must be >= 1, got {self.batch_size}")
+        require(
+            self.every_epochs >= 0,
+            "eval.every_epochs",
+            f"must be >= 0 (0: last epoch only), got {self.every_epochs}",
+        )
         require(
             self.setting != "transfer" or bool(self.targets), "eval.targets", "transfer needs target datasets"
         )
@@ -152,15 +158,26 @@ class TrainConfig:
     checkpoint_every_epochs: int = 1
     checkpoint_every_steps: int = 0  # 0 = only at epoch ends
     keep_checkpoints: int = 2
-    log_every_steps: int = 10
+    # SIGTERM / SIGINT / SIGHUP mid-training: every rank stops at the same step and saves it (exit 128 + signal)
+    checkpoint_on_signal: bool = True
+    log_every_steps: int = 10  # a train-loss line (and tracker scalars) every N optimizer steps; 0: none
     # experiment trackers (scaleprompt/engine/trackers.py): tensorboard, wandb (pip install wandb), several as
     # [tensorboard,wandb], or none; held as a list of names ([] = none)
     report_to: str | list[str] = "tensorboard"
     max_steps: int = 0  # > 0: stop after this many optimizer steps (smoke tests)
+    # a non-finite loss or gradient on any rank: stop (exit 2, one line naming the step, the loss part and the lr;
+    # the prompts are left as the last finite step made them), or skip that optimizer step exactly (prompts and
+    # optimizer state as before it; counted in results.json) at most max_nonfinite_skips times, then stop
+    nonfinite: Literal["stop", "skip"] = "stop"
+    max_nonfinite_skips: int = 10
 
     def __post_init__(self) -> None:
         check_types(self, "train.")
         require(self.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
+        for name in ("checkpoint_every_epochs", "checkpoint_every_steps", "log_every_steps", "max_steps",
+                     "max_nonfinite_skips"):  # fmt: skip
+            value = getattr(self, name)
+            require(value >= 0, f"train.{name}", f"must be >= 0 (0: never / no limit), got {value}")
         from scaleprompt.engine.trackers import report_targets
 
         self.report_to = report_targets(self.report_to)
@@ -292,7 +309,9 @@ def load_ds_config(path: str | Path) -> dict[str, Any]:
     except ConfigError as exc:
         raise ConfigError(f"--ds: {exc}") from None
     try:
-        data = json.loads(path.read_text())
+        text = path.read_text()
+        data = json.loads(text)
+        check_json_keys(text, path, "DeepSpeed config")
     except json.JSONDecodeError as exc:
         raise ConfigError(
             f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"

@@ -17,7 +17,7 @@ import torch
 # fields of RunProgress written to run_state.json (best_prompts is saved as safetensors)
 _SAVED = (
     "config", "history", "best_epoch", "best_val", "epoch_loss", "images_seen", "train_seconds", "global_step",
-    "epoch", "data", "save_index", "zero_shot", "sessions",
+    "epoch", "data", "save_index", "zero_shot", "sessions", "nonfinite_skipped",
 )  # fmt: skip
 
 
@@ -37,6 +37,9 @@ class RunProgress:
     save_index: int = 0  # saves so far (orders checkpoints)
     zero_shot: dict[str, Any] | None = None
     sessions: list[dict[str, Any]] = field(default_factory=list)  # one per start / resume
+    nonfinite_skipped: list[dict[str, Any]] = field(
+        default_factory=list
+    )  # train.nonfinite=skip: steps skipped
     last_tag: str | None = None  # the newest checkpoint of this run
     config_changes_at_start: list[dict[str, Any]] = field(default_factory=list)
     session_images: int = 0  # images seen in this session (for images/s)

@@ -44,6 +44,7 @@ from scaleprompt.engine.distributed import barrier, broadcast_object, init_distr
 from scaleprompt.engine.evaluate import Evaluator
 from scaleprompt.engine.identity import compare, run_identity
 from scaleprompt.engine.model import PromptEngine, writing
+from scaleprompt.engine.nonfinite import NonFiniteError, NonFiniteGuard, describe, skipped_step
 from scaleprompt.engine.progress import RunProgress
 from scaleprompt.engine.run import (
     build_method,
@@ -54,7 +55,7 @@ from scaleprompt.engine.run import (
     training_fingerprint,
 )
 from scaleprompt.engine.trackers import Tracker, close_trackers, make_trackers
-from scaleprompt.errors import OutputError
+from scaleprompt.errors import OutputError, reported_elsewhere
 from scaleprompt.failpoints import failpoint
 from scaleprompt.locks import DirLock
 from scaleprompt.methods import build
@@ -299,9 +300,16 @@ class Trainer:
         bar = tqdm(total=self.epochs * (len(loader) // self.accumulation), initial=self.engine.global_steps,
                    disable=True if not self.dist.is_main else None,  # None: off when stderr is not a terminal
                    desc=self.cfg.method.name, dynamic_ncols=True)  # fmt: skip
-        with logging_redirect_tqdm():  # log lines print above the bar instead of through it
-            self._epochs(loader, run, bar)
-        bar.close()
+        # fp16: DeepSpeed's loss scaler skips its own gradient overflows; the loss is still watched
+        self._guard = NonFiniteGuard(self.trainable, self.dist.device,
+                                     watch_gradients=self.cfg.train.precision != "fp16")  # fmt: skip
+        self._window_loss: list[float] = []  # the micro-step losses of the current optimizer step
+        try:
+            with logging_redirect_tqdm():  # log lines print above the bar instead of through it
+                self._epochs(loader, run, bar)
+        finally:
+            self._guard.close()
+            bar.close()
 
     def _epochs(self, loader: ShardLoader, run: RunProgress, bar: tqdm) -> None:
         while loader.epoch < self.epochs:
@@ -310,8 +318,8 @@ class Trainer:
                 group["lr"] = lr
             self.engine.train()
             for batch in loader:
-                out = self._micro_step(batch, run)
-                if not self.engine.is_gradient_accumulation_boundary():
+                out, boundary = self._micro_step(batch, run, lr)
+                if not boundary:
                     continue
                 bar.update(1)
                 self._log_step(out, batch.labels, lr, run)
@@ -334,14 +342,50 @@ class Trainer:
             if self._stop_early():
                 break
 
-    def _micro_step(self, batch, run: RunProgress):
+    def _micro_step(self, batch, run: RunProgress, lr: float):
+        """One micro-step; at an accumulation boundary (returned) the optimizer step, unless something was not
+        finite on some rank (:mod:`scaleprompt.engine.nonfinite`): then the run stops, or the step is skipped."""
         out = self.engine(batch.images.to(self.dist.device), batch.labels.to(self.dist.device))
+        self._guard.watch_loss(out.loss, out.parts)
         self.engine.backward(out.loss)
-        self.engine.step()
+        boundary = self.engine.is_gradient_accumulation_boundary()  # (before step(), which advances it)
+        self._window_loss.append(out.loss.item())
+        bad = self._guard.verdict() if boundary else []
+        if bad:
+            self._skip_or_stop(bad, run, lr)
+            with skipped_step(self.optimizer, self.trainable):
+                self.engine.step()
+        else:
+            self.engine.step()
         images = len(batch.labels) * self.dist.world_size
-        run.epoch_loss = [run.epoch_loss[0] + out.loss.item(), run.epoch_loss[1] + 1]
         run.images_seen, run.session_images = run.images_seen + images, run.session_images + images
-        return out
+        if boundary:
+            if not bad:  # (the train loss averages the micro-steps of the optimizer steps taken)
+                run.epoch_loss = [run.epoch_loss[0] + sum(self._window_loss),
+                                  run.epoch_loss[1] + len(self._window_loss)]  # fmt: skip
+            self._window_loss = []
+        return out, boundary
+
+    def _skip_or_stop(self, bad: list[str], run: RunProgress, lr: float) -> None:
+        """``train.nonfinite``: stop (NonFiniteError, on every rank: the verdict was collective), or record a
+        skipped step while the run's budget of skips lasts."""
+        train = self.cfg.train
+        step = self.engine.global_steps + 1
+        what = describe(bad, step, lr)
+        if train.nonfinite == "skip" and len(run.nonfinite_skipped) < train.max_nonfinite_skips:
+            run.nonfinite_skipped.append({"step": step, "what": bad})
+            if self.dist.is_main:
+                logger.warning("%s: step skipped (%d of at most %d; train.max_nonfinite_skips)", what,
+                               len(run.nonfinite_skipped), train.max_nonfinite_skips)  # fmt: skip
+            return
+        if train.nonfinite == "skip":
+            what += f", after {len(run.nonfinite_skipped)} skipped steps (train.max_nonfinite_skips)"
+        last = f"the newest checkpoint is {run.last_tag}" if run.last_tag else "no checkpoint was saved yet"
+        error = NonFiniteError(
+            f"training diverged: {what}; stopped without taking that step ({last}). Lower optim.lr, enable "
+            f"optim.grad_clip, or set train.nonfinite=skip to skip rare bad steps"
+        )
+        raise error if self.dist.is_main else reported_elsewhere(error)
 
     def _validate(self, run: RunProgress, epoch: int, lr: float) -> dict[str, float]:
         """Validation accuracy after ``epoch``; the best epoch (on val, never on test) keeps its prompts."""
@@ -439,6 +483,7 @@ class Trainer:
             data=describe_data(self.setting), best_val_epoch=run.best_epoch, history=run.history,
             zero_shot=SelectionResult.parse(self.zero_shot, setting, "zero_shot", where) if self.zero_shot else None,
             config=cfg.to_dict(), config_changes=self.config_changes, stopped_early=self._stopped_early(run),
+            nonfinite_skipped=run.nonfinite_skipped,
             timing={
                 "train_seconds": run.train_seconds,
                 "images_per_second": run.images_seen / run.train_seconds if run.images_seen else 0.0,
@@ -476,8 +521,9 @@ class Trainer:
 
     def _log_step(self, out, labels: torch.Tensor, lr: float, run: RunProgress) -> None:
         step = self.engine.global_steps
-        if step % self.cfg.train.log_every_steps:
-            return
+        every = self.cfg.train.log_every_steps
+        if not every or step % every or (run.nonfinite_skipped and run.nonfinite_skipped[-1]["step"] == step):
+            return  # (0: no step lines; a skipped step's numbers are not finite)
         scalars = {
             "train/loss": out.loss.item(),
             "train/lr": lr,

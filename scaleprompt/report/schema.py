@@ -137,6 +137,8 @@ class RunResult:
     # a search trial stopped by its scheduler: {"epoch": k, "of": planned epochs, "reason": ...}; None = finished
     stopped_early: dict[str, Any] | None = None
     timing: dict[str, Any] = field(default_factory=dict)
+    # train.nonfinite=skip: the optimizer steps skipped for a non-finite loss or gradient ({"step", "what"})
+    nonfinite_skipped: list[dict[str, Any]] = field(default_factory=list)
     # ``scaleprompt eval``: the prompt file evaluated (path, sha256, selection, epoch, the run that trained it);
     # None = the numbers come from the training run itself
     evaluated: dict[str, Any] | None = None
