@@ -3,7 +3,8 @@
 * ``scaleprompt methods``: the registered methods and their config fields with defaults.
 * ``scaleprompt check [--model sp-tiny-vit-12]``: builds every method on a (tiny, offline) backbone, runs one
   SGD step on random images, saves and reloads the prompts, and prints a table.
-* ``scaleprompt inspect FILE``: the method, config, classes and backbone stored in a prompt file.
+* ``scaleprompt inspect FILE``: the method, config, classes and backbone stored in a prompt file, and whether its
+  tensor checksum is verified.
 * ``scaleprompt predict PROMPTS INPUT... [--output FILE]``: classify images (files, folders, globs) with trained
   prompts, one JSON line / CSV row per image.
 * ``scaleprompt convert --method NAME --official FILE --classnames a,b,c --out prompts.safetensors [key=value ...]``:
@@ -90,11 +91,19 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from scaleprompt.promptfile import read_prompt_header  # (no torch: answers at once)
+    """The metadata (JSON entries decoded, the others as strings), whether the tensor checksum is verified, and
+    the tensors' shapes. A damaged file or bad metadata is one line (exit 2)."""
+    # (no torch: answers at once)
+    from scaleprompt.promptfile import CHECKSUM_ENTRY, decode_metadata, read_prompt_bytes
 
-    meta, tensors = read_prompt_header(args.file)
-    report = {k: (json.loads(v) if k != "format" and k != "method" else v) for k, v in meta.items()}
-    report["tensors"] = {k: v["shape"] for k, v in tensors.items()}
+    raw = read_prompt_bytes(args.file)  # (verifies the checksum: a mismatch is an error naming the file)
+    report = decode_metadata(raw.meta, raw.path)
+    report["checksum"] = (
+        f"verified ({CHECKSUM_ENTRY})"
+        if raw.checksum == "verified"
+        else f"absent (the file records no {CHECKSUM_ENTRY}: its tensors cannot be verified)"
+    )
+    report["tensors"] = {k: v["shape"] for k, v in raw.table().items()}
     logger.info("%s", json.dumps(report, indent=2))
     return 0
 

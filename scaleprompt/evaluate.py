@@ -88,14 +88,18 @@ def _main(argv: Sequence[str], prog: str = "evaluate.py") -> int:
     from scaleprompt.engine.config import load_ds_config
     from scaleprompt.engine.eval_only import PromptEvaluation, default_output, evaluation_config
     from scaleprompt.errors import ScalepromptError, reported_elsewhere
+    from scaleprompt.methods.io import open_prompt_file
 
     try:
-        cfg = evaluation_config(args.prompts, args.config, overrides_of(args, rest))
+        prompts = open_prompt_file(
+            args.prompts
+        )  # (read once: the config, the prompts and the hash come from it)
+        cfg = evaluation_config(prompts, args.config, overrides_of(args, rest))
         ds_config = load_ds_config(args.ds) if args.ds else None
     except ScalepromptError as exc:  # every rank parses the same arguments: rank 0 reports it
         raise (reported_elsewhere(exc) if rank else exc) from None
     evaluation = PromptEvaluation(
-        args.prompts, cfg, ds_config, local_rank=args.local_rank, zero_shot=args.zero_shot
+        prompts, cfg, ds_config, local_rank=args.local_rank, zero_shot=args.zero_shot
     )
     results = evaluation.run(args.output or default_output(args.prompts, cfg))
     if rank == 0:

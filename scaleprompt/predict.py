@@ -7,6 +7,11 @@ Batch prediction (``scaleprompt predict``, :func:`run_predict`): :func:`expand_i
 (searched recursively) and glob patterns into one sorted list of image paths; :meth:`Predictor.predict_files`
 reads them lazily, one batch at a time, and yields one :class:`Prediction` (the path and the top-k classes with
 their probabilities) per image; :func:`write_predictions` writes them as JSON lines or CSV rows.
+
+A file name that is not valid UTF-8 (Python holds its bytes as surrogate escapes) is written in a readable,
+lossless form: each such byte as ``\\xNN`` (:func:`printable_path`). With ``--output``, the records go to a
+temporary file renamed onto the output at the end; if the run stops on an error, the records written so far are
+kept in ``<output>.partial`` (the error line says so).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +38,7 @@ from scaleprompt.backbone import load_clip
 from scaleprompt.data.transforms import clip_transform
 from scaleprompt.errors import OutputError, ScalepromptError, one_line
 from scaleprompt.methods.base import clean_classnames
-from scaleprompt.methods.io import PromptFileError, atomic_write, load_prompts, read_prompt_file
+from scaleprompt.methods.io import PromptFile, PromptFileError, load_prompts, open_prompt_file
 
 logger = logging.getLogger("scaleprompt")
 
@@ -60,12 +66,23 @@ class Prediction:
     top: list[tuple[str, float]]
 
     def record(self) -> dict[str, Any]:
-        """The JSON-lines record: ``{"path": ..., "top": [{"class": ..., "prob": ...}, ...]}``."""
-        return {"path": self.path, "top": [{"class": name, "prob": prob} for name, prob in self.top]}
+        """The JSON-lines record: ``{"path": ..., "top": [{"class": ..., "prob": ...}, ...]}`` (the path as
+        :func:`printable_path` writes it)."""
+        return {
+            "path": printable_path(self.path),
+            "top": [{"class": name, "prob": prob} for name, prob in self.top],
+        }
 
     def row(self) -> list[str | float]:
-        """The CSV row: ``path, class_1, prob_1, ..., class_k, prob_k``."""
-        return [self.path, *(value for pair in self.top for value in pair)]
+        """The CSV row: ``path, class_1, prob_1, ..., class_k, prob_k`` (the path as :func:`printable_path`
+        writes it)."""
+        return [printable_path(self.path), *(value for pair in self.top for value in pair)]
+
+
+def printable_path(path: str) -> str:
+    """``path`` as text that any UTF-8 writer can write: the bytes of a name that are not valid UTF-8 (held by
+    Python as surrogate escapes, ``os.fsdecode``) become ``\\xNN``; any other path is unchanged."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 # --- inputs ---------------------------------------------------------------------------------------------------
@@ -143,20 +160,22 @@ class Predictor:
     ``classnames``: classify with other classes than the file's; a method whose prompts belong to the training
     classes (e.g. class-specific CoOp context) refuses with its own error."""
 
-    def __init__(self, prompts: str | Path, pretrained: str | None = None, device: str = "cpu",
+    def __init__(self, prompts: str | Path | PromptFile, pretrained: str | None = None, device: str = "cpu",
                  classnames: Sequence[str] | None = None) -> None:  # fmt: skip
-        meta, _ = read_prompt_file(prompts)
-        backbone = json.loads(meta.get("backbone", "null"))
+        file = (
+            prompts if isinstance(prompts, PromptFile) else open_prompt_file(prompts)
+        )  # (read once, verified)
+        backbone = file.header.get("backbone")
         if not backbone:
             raise PromptFileError(
-                f"{prompts} does not record its backbone; build the method with load_prompts()"
+                f"{file.path} does not record its backbone; build the method with load_prompts()"
             )
         self.backbone = load_clip(
             backbone["model_name"], pretrained or backbone["pretrained"], device=device,
             init_seed=backbone.get("init_seed") or 0,
         )  # fmt: skip
         # loaded on its own classes, then moved: the method decides whether its prompts can move to others
-        self.method = load_prompts(prompts, self.backbone).to(device).eval()
+        self.method = load_prompts(file, self.backbone).to(device).eval()
         if classnames is not None and clean_classnames(classnames) != self.method.classnames:
             self.method.set_classnames(classnames)
         info = self.backbone.info
@@ -250,6 +269,53 @@ def write_predictions(predictions: Iterable[Prediction], stream: TextIO, fmt: st
     return count
 
 
+def _counted(predictions: Iterable[Prediction], written: list[int]) -> Iterator[Prediction]:
+    """``predictions``, counting in ``written[0]`` the ones the consumer is done with (it asks for the next one
+    only after writing the last)."""
+    for prediction in predictions:
+        yield prediction
+        written[0] += 1
+
+
+def write_output(output: Path, write: Callable[[TextIO, list[int]], int]) -> int:
+    """``write(stream, written)`` into a temporary file beside ``output``, renamed onto it once complete (``write``
+    returns the number of records and keeps the number written so far in ``written[0]``). If it stops on an
+    error, nothing already predicted is lost: the records written so far are kept in ``<output>.partial`` and the
+    error says so (an ``OSError`` becomes an :class:`OutputError` naming ``output``)."""
+    written = [0]
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
+    except OSError as exc:
+        raise OutputError(f"cannot write the predictions to {output}: {one_line(exc)}") from exc
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
+            count = write(fh, written)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, output)
+        return count
+    except BaseException as exc:
+        note = ""
+        if written[0]:
+            partial = output.with_name(output.name + ".partial")
+            try:
+                os.replace(tmp, partial)
+                note = f" (the {written[0]} records written before it are kept in {partial})"
+            except OSError:
+                pass
+        if isinstance(exc, OSError):
+            raise OutputError(f"cannot write the predictions to {output}: {one_line(exc)}{note}") from exc
+        if isinstance(exc, PredictInputError):
+            raise type(exc)(f"{exc}{note}") from exc
+        if note:
+            logger.warning("stopped:%s", note[:-1].replace(" (", " ", 1))
+        raise
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def run_predict(
     prompts: str | Path,
     inputs: Sequence[str | Path],
@@ -264,11 +330,11 @@ def run_predict(
     skip_bad: bool = False,
 ) -> int:
     """``scaleprompt predict``: classify every image of ``inputs`` (:func:`expand_inputs`) with the prompt file
-    and write one record per image to ``output`` (written atomically: no half file after an error), or to stdout
-    (nothing else goes there: records already written stay there if a later image stops the run). A tqdm bar on
-    stderr when there is more than one batch. An unreadable image stops the run with :class:`ImageReadError`
-    naming it; ``skip_bad``: it is logged (a warning naming it, and a count at the end) and gets no record.
-    Returns the exit code (0)."""
+    and write one record per image to ``output`` (:func:`write_output`: complete or not there; after an error the
+    records written so far are in ``<output>.partial``), or to stdout (nothing else goes there: records already
+    written stay there if a later image stops the run). A tqdm bar on stderr when there is more than one batch. An
+    unreadable image stops the run with :class:`ImageReadError` naming it; ``skip_bad``: it is logged (a warning
+    naming it, and a count at the end) and gets no record. Returns the exit code (0)."""
     if top_k < 1 or batch_size < 1:
         raise PredictInputError(f"--top-k ({top_k}) and --batch-size ({batch_size}) must be at least 1")
     fmt = output_format(output, fmt)
@@ -286,35 +352,25 @@ def run_predict(
         logger.warning("skipped: %s", exc)
         skipped.append(path)
 
-    def write(stream: TextIO) -> int:
+    def write(stream: TextIO, written: list[int]) -> int:
         bar = tqdm(paths, desc="predict", unit="img", file=sys.stderr, disable=len(paths) <= batch_size)
         # (logging_redirect_tqdm: a warning about a skipped image goes above the bar, not through it)
         with bar, logging_redirect_tqdm():
             predictions = predictor.predict_files(bar, k, batch_size, on_error=skip if skip_bad else None)
             try:
-                return write_predictions(predictions, stream, fmt, k)
+                return write_predictions(_counted(predictions, written), stream, fmt, k)
             except ImageReadError as exc:
                 raise ImageReadError(f"{exc} (--skip-bad skips unreadable images)") from exc
 
     if output is None:
         try:
-            count = write(sys.stdout)
+            count = write(sys.stdout, [0])
             sys.stdout.flush()
         except BrokenPipeError:  # the reader stopped (``| head``): not an error; keep Python's exit quiet
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 0
     else:
-        counted: list[int] = []
-
-        def write_file(tmp: str) -> None:
-            with open(tmp, "w", newline="", encoding="utf-8") as fh:
-                counted.append(write(fh))
-
-        try:
-            atomic_write(Path(output), write_file)
-        except OSError as exc:
-            raise OutputError(f"cannot write the predictions to {output}: {one_line(exc)}") from exc
-        count = counted[0]
+        count = write_output(Path(output), write)
     logger.info("wrote %d predictions to %s (%s)", count, output or "stdout", fmt)
     if skipped:
         logger.warning("skipped %d unreadable images of %d", len(skipped), len(paths))

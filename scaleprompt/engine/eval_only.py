@@ -19,6 +19,10 @@ The configuration, in order:
 The result is a :class:`~scaleprompt.report.schema.RunResult` whose only selection is the file's (``last`` or
 ``best_val`` for a training run's exports, ``last`` for other files) and whose ``evaluated`` names the file (path,
 sha256, selection, epoch, run).
+
+The file is read ONCE (:func:`~scaleprompt.methods.io.open_prompt_file`): its checksum is verified, and the
+config, the prompts that are evaluated and ``evaluated``'s sha256, selection and epoch all come from those same
+bytes, also when the file is replaced during the evaluation (training's final export replaces its files).
 """
 
 from __future__ import annotations
@@ -33,7 +37,6 @@ from typing import Any
 
 from scaleprompt.config import ConfigError
 from scaleprompt.data.datasets import dataset_display_name
-from scaleprompt.data.shards import sha256_file
 from scaleprompt.engine.config import REMOVED_KEYS, MethodSection, RunConfig, load_run_config
 from scaleprompt.engine.distributed import DistInfo, barrier, init_distributed, run_on_main
 from scaleprompt.engine.evaluate import Evaluator
@@ -46,7 +49,8 @@ from scaleprompt.engine.run import (
     describe_data,
     eval_loader,
 )
-from scaleprompt.promptfile import PromptFileError, read_prompt_header
+from scaleprompt.methods.io import PromptFile, open_prompt_file
+from scaleprompt.promptfile import PromptFileError
 from scaleprompt.report.schema import RunResult, SelectionResult
 
 logger = logging.getLogger(__name__)
@@ -54,18 +58,11 @@ logger = logging.getLogger(__name__)
 RUN_CONFIG = "config.json"  # what train.py writes next to the prompt files
 
 
-def prompt_file_header(path: str | Path) -> dict[str, Any]:
+def prompt_file_header(file: PromptFile) -> dict[str, Any]:
     """The decoded metadata of a prompt file: method, config, classnames, backbone, and where it came from."""
-    meta, _ = read_prompt_header(path)
-    decoded: dict[str, Any] = dict(meta)
-    for key in ("config", "classnames", "backbone"):
-        try:
-            decoded[key] = json.loads(meta[key])
-        except (KeyError, ValueError):
-            raise PromptFileError(f"{path}: the metadata entry {key!r} is missing or not JSON") from None
-    if not decoded["backbone"]:
-        raise PromptFileError(f"{path} does not record its backbone; it cannot be evaluated on its own")
-    return decoded
+    if not file.header.get("backbone"):
+        raise PromptFileError(f"{file.path} does not record its backbone; it cannot be evaluated on its own")
+    return file.header
 
 
 def run_config_of(path: Path) -> dict[str, Any]:
@@ -84,10 +81,14 @@ def run_config_of(path: Path) -> dict[str, Any]:
     return data
 
 
-def evaluation_config(prompts: str | Path, recipe: str | Path | None, overrides: Sequence[str]) -> RunConfig:
-    """The run config of an evaluation of ``prompts`` (see the module docstring for the order)."""
-    path = Path(prompts)
-    header = prompt_file_header(path)
+def evaluation_config(
+    prompts: str | Path | PromptFile, recipe: str | Path | None, overrides: Sequence[str]
+) -> RunConfig:
+    """The run config of an evaluation of ``prompts`` (a path, or the file already read: see the module docstring
+    for the order)."""
+    file = prompts if isinstance(prompts, PromptFile) else open_prompt_file(prompts)
+    path = file.path
+    header = prompt_file_header(file)
     base: str | Path | dict[str, Any] | None = recipe
     if base is None and (path.parent / RUN_CONFIG).is_file():
         logger.info("evaluation: the training run's config %s", path.parent / RUN_CONFIG)
@@ -117,12 +118,14 @@ def evaluation_config(prompts: str | Path, recipe: str | Path | None, overrides:
 
 class PromptEvaluation:
     """One evaluation of a prompt file under ``cfg`` (from :func:`evaluation_config`); ``ds_config``: the DeepSpeed
-    JSON (ZeRO-3 partitions a big frozen backbone over the ranks), default: the same plain engine training uses."""
+    JSON (ZeRO-3 partitions a big frozen backbone over the ranks), default: the same plain engine training uses.
+    ``prompts``: a path, or the file already read (the one ``cfg`` was made from: the same bytes)."""
 
-    def __init__(self, prompts: str | Path, cfg: RunConfig, ds_config: dict[str, Any] | None = None,
+    def __init__(self, prompts: str | Path | PromptFile, cfg: RunConfig, ds_config: dict[str, Any] | None = None,
                  local_rank: int | None = None, zero_shot: bool = False) -> None:  # fmt: skip
-        self.path, self.cfg, self.ds_config, self.zero_shot = Path(prompts), cfg, ds_config, zero_shot
-        self.header = prompt_file_header(self.path)
+        self.file = prompts if isinstance(prompts, PromptFile) else open_prompt_file(prompts)
+        self.path, self.cfg, self.ds_config, self.zero_shot = self.file.path, cfg, ds_config, zero_shot
+        self.header = prompt_file_header(self.file)
         self.dist: DistInfo = init_distributed(local_rank)
 
     def run(self, output: str | Path) -> dict[str, Any]:
@@ -142,7 +145,9 @@ class PromptEvaluation:
             setting, lambda shards, split: eval_loader(cfg, info, self.dist, shards, split), self.dist.device
         )
         zero_shot = self._zero_shot(backbone, setting, evaluator) if self.zero_shot else None
-        method = load_prompts(self.path, backbone)  # (checks the backbone's shapes against the file's)
+        method = load_prompts(
+            self.file, backbone
+        )  # (the bytes read; checks the backbone's shapes, finiteness)
         if method.classnames != list(setting.classnames) or self.header.get("templates_from") == "dataset":
             method.set_classnames(
                 setting.classnames, setting.templates
@@ -185,7 +190,7 @@ class PromptEvaluation:
         header = self.header
         epoch = header.get("epoch")
         return {
-            "path": str(self.path.resolve()), "sha256": sha256_file(self.path), "selection": selection,
+            "path": str(self.path.resolve()), "sha256": self.file.sha256, "selection": selection,
             "epoch": int(epoch) if epoch is not None and epoch.isdigit() else None, "run": header.get("run"),
         }  # fmt: skip
 

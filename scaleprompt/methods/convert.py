@@ -633,6 +633,11 @@ def _load(model: PromptMethod, plan: _Plan, src: _Source) -> None:
         official, value = plan.tensors[name]
         if not value.is_floating_point():
             raise src.error(f"official tensor {official} has dtype {value.dtype}, not a floating point type")
+        bad = int((~torch.isfinite(value)).sum())
+        if bad:
+            raise src.error(
+                f"official tensor {official} has {bad} of {value.numel()} values that are not finite"
+            )
         if tuple(value.shape) != tuple(own[name].shape):
             raise src.error(
                 f"official tensor {official} has shape {list(value.shape)}, {model.name}'s {name} needs "

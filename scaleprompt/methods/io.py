@@ -4,7 +4,15 @@ file's metadata. Writes are atomic; nothing is unpickled on load.
 The metadata records the config as the method runs it (a fixed-text method's templates resolved), and
 ``templates_from: "dataset"`` when those templates are the dataset's own (the recipe left ``templates`` unset):
 the loaded method then follows the template rule again, so on another dataset (a transfer target) it takes that
-dataset's template, as during training."""
+dataset's template, as during training.
+
+Every file :func:`save_prompts` writes records ``tensors_sha256``, the checksum of its tensor data (defined in
+:mod:`scaleprompt.promptfile`). Every reader (:func:`open_prompt_file`, :func:`read_prompt_file`,
+:func:`load_prompts`, and so ``scaleprompt eval``, ``predict`` and ``inspect``) reads the file's bytes once,
+verifies the checksum against them (a mismatch is a :class:`PromptFileError` naming the file; a file without one
+loads with a warning, once per file) and parses header and tensors from the same bytes.
+:func:`verify_prompt_tensors` does the same check for tensors read some other way. :func:`load_prompts` also refuses
+prompts that are not finite (:func:`check_finite`: a run that diverged exports NaN prompts, with a valid checksum)."""
 
 from __future__ import annotations
 
@@ -12,13 +20,14 @@ import dataclasses
 import json
 import os
 import tempfile
-from collections.abc import Sequence
-from dataclasses import asdict
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
 from safetensors.torch import save_file
 from torch import nn
 
@@ -26,9 +35,21 @@ from scaleprompt.backbone import Backbone
 from scaleprompt.config import to_dict
 from scaleprompt.methods.base import FixedTextConfig, FixedTextMethod, PromptMethod
 from scaleprompt.methods.registry import build, make_config
-from scaleprompt.promptfile import FORMAT, PromptFileError
+from scaleprompt.promptfile import (
+    CHECKSUM_ENTRY,
+    FORMAT,
+    Checksum,
+    PromptFileError,
+    check_checksum,
+    decode_metadata,
+    read_prompt_bytes,
+    safetensors_sha256,
+)
 
-__all__ = ["FORMAT", "PromptFileError", "load_prompts", "read_prompt_file", "save_prompts"]
+__all__ = [
+    "FORMAT", "PromptFile", "PromptFileError", "check_finite", "load_prompts", "open_prompt_file",
+    "read_prompt_file", "save_prompts", "tensors_sha256", "verify_prompt_tensors",
+]  # fmt: skip
 
 
 def atomic_write(path: Path, write: Any) -> None:
@@ -60,35 +81,84 @@ def prompt_metadata(method: PromptMethod) -> dict[str, str]:
     return meta
 
 
+def tensors_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
+    """The checksum (``tensors_sha256``, :mod:`scaleprompt.promptfile`) of ``tensors`` as a safetensors file holds
+    them (computed on their safetensors serialization, so it is the checksum of the file's bytes by definition)."""
+    return safetensors_sha256(
+        save_safetensors({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()})
+    )
+
+
+def verify_prompt_tensors(
+    meta: Mapping[str, str], tensors: Mapping[str, torch.Tensor], path: str | Path
+) -> Checksum:
+    """Check ``tensors`` (read from ``path`` with metadata ``meta``) against the ``tensors_sha256`` that ``meta``
+    records: ``"verified"``, ``"absent"`` (no checksum: a warning, once per file) or a :class:`PromptFileError`
+    naming ``path``."""
+    return check_checksum(dict(meta), tensors_sha256(tensors), path)
+
+
+def check_finite(tensors: Mapping[str, torch.Tensor], path: str | Path) -> None:
+    """A :class:`PromptFileError` naming ``path``, the first tensor with values that are not finite (NaN or inf)
+    and how many (a run that diverged exports such prompts)."""
+    for name in sorted(tensors):
+        value = tensors[name]
+        if value.is_floating_point() or value.is_complex():
+            bad = int((~torch.isfinite(value)).sum())
+            if bad:
+                raise PromptFileError(
+                    f"{path}: tensor {name} has {bad} of {value.numel()} values that are not finite (NaN or inf); "
+                    "the training that wrote it diverged (lower optim.lr?)"
+                )
+
+
 def save_prompts(
     method: PromptMethod, path: str | Path, extra_metadata: dict[str, str] | None = None
 ) -> Path:
     """Write the method's trained tensors + config to ``path`` (a ``.safetensors`` file); ``extra_metadata``
-    adds string entries (e.g. where converted prompts came from)."""
+    adds string entries (e.g. where converted prompts came from). The file records the checksum of its tensors
+    (``tensors_sha256``)."""
     path = Path(path)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in method.prompt_state_dict().items()}
-    metadata = {**prompt_metadata(method), **(extra_metadata or {})}
+    metadata = {**prompt_metadata(method), **(extra_metadata or {}), CHECKSUM_ENTRY: tensors_sha256(tensors)}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
     return path
 
 
-def read_prompt_file(path: str | Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
-    path = Path(path)
-    if not path.is_file():
-        raise PromptFileError(f"prompt file not found: {path}")
+@dataclass(frozen=True)
+class PromptFile:
+    """A prompt file read once (:func:`open_prompt_file`): the metadata (``meta``: as stored, ``header``: decoded
+    by :func:`~scaleprompt.promptfile.decode_metadata`), the tensors, the SHA-256 of the bytes they were parsed
+    from and whether the tensor checksum was ``"verified"`` or is ``"absent"``."""
+
+    path: Path
+    meta: dict[str, str]
+    header: dict[str, Any]
+    tensors: dict[str, torch.Tensor]
+    sha256: str
+    checksum: Checksum
+
+
+def open_prompt_file(path: str | Path) -> PromptFile:
+    """Read a prompt file's bytes once; verify its checksum, decode its metadata and parse its tensors from those
+    bytes (a file replaced meanwhile changes nothing). Bad files are a :class:`PromptFileError` naming them."""
+    raw = read_prompt_bytes(path)
+    header = decode_metadata(raw.meta, raw.path)
     try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - safe_open has no __iter__
+        tensors = load_safetensors(raw.data)
     except Exception as exc:  # noqa: BLE001 - any parse failure means a corrupt file
-        raise PromptFileError(f"{path} is not a readable safetensors file: {exc}") from exc
-    if meta.get("format") != FORMAT:
-        raise PromptFileError(f"{path} is not a scaleprompt prompt file (format={meta.get('format')!r})")
-    return meta, tensors
+        raise PromptFileError(f"{raw.path} is not a readable safetensors file: {exc}") from exc
+    return PromptFile(raw.path, raw.meta, header, tensors, raw.sha256, raw.checksum)
+
+
+def read_prompt_file(path: str | Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """The metadata and the tensors of a prompt file (:func:`open_prompt_file`)."""
+    file = open_prompt_file(path)
+    return file.meta, file.tensors
 
 
 def load_prompts(
-    path: str | Path, backbone: Backbone | nn.Module, classnames: Sequence[str] | None = None
+    path: str | Path | PromptFile, backbone: Backbone | nn.Module, classnames: Sequence[str] | None = None
 ) -> PromptMethod:
     """Rebuild the saved method on ``backbone`` (``load_clip``'s, or a bare open_clip CLIP, which is not checked
     against the file's backbone) and load its trained tensors (strict: names and shapes).
@@ -96,9 +166,14 @@ def load_prompts(
     ``classnames`` defaults to the saved ones; pass others to evaluate the same prompts on new classes
     (methods whose prompts do not depend on the class count). The method classifies with the saved templates;
     :meth:`~scaleprompt.methods.base.PromptMethod.set_classnames` with another dataset's templates moves a
-    fixed-text method whose templates came from its dataset (``templates_from``) to those."""
-    meta, tensors = read_prompt_file(path)
-    saved_backbone = json.loads(meta.get("backbone", "null"))
+    fixed-text method whose templates came from its dataset (``templates_from``) to those.
+
+    ``path`` may be a file already read (:func:`open_prompt_file`). A damaged file (checksum), bad metadata or
+    prompts that are not finite are a :class:`PromptFileError` naming the file."""
+    file = path if isinstance(path, PromptFile) else open_prompt_file(path)
+    path, meta, header, tensors = file.path, file.meta, file.header, file.tensors
+    check_finite(tensors, path)
+    saved_backbone = header.get("backbone")
     backbone = Backbone.of(backbone)
     info = backbone.info
     if saved_backbone and info is not None:
@@ -108,8 +183,8 @@ def load_prompts(
                     f"{path} was trained on backbone {saved_backbone.get('model_name')} ({key}="
                     f"{saved_backbone.get(key)}), this backbone {info.model_name} has {key}={getattr(info, key)}"
                 )
-    config = make_config(meta["method"], json.loads(meta["config"]))
-    names = list(classnames) if classnames is not None else json.loads(meta["classnames"])
+    config = make_config(meta["method"], header["config"])
+    names = list(classnames) if classnames is not None else header["classnames"]
     saved_templates = None
     if meta.get("templates_from") == "dataset" and isinstance(config, FixedTextConfig):
         saved_templates = config.templates  # the dataset's template(s), under the template rule
