@@ -172,7 +172,7 @@ def read_yaml_mapping(path: str | Path, what: str, expected: str) -> dict[str, A
         try:
             node = loader.get_single_node()
             if node is not None:
-                pass
+                _check_yaml_keys(node, path, what)
             data = (loader.construct_document(node) if node is not None else None) or {}
         finally:
             loader.dispose()
@@ -221,4 +221,4 @@ def check_json_keys(text: str, source: str | Path, what: str) -> None:
             return i + 1
         return decoder.raw_decode(text, i)[1]
 
-    return
+    walk(0, ())

@@ -92,3 +92,87 @@ def test_values_are_coerced_losslessly():
 def test_prompt_longer_than_text_context_is_a_clear_error(clip2):
     with pytest.raises(ValueError, match="needs 21 tokens but the text encoder's context holds 16"):
         methods.build("coop", clip2, ["golden retriever"], n_ctx=16)
+
+
+# --- duplicate keys: YAML recipes and spaces, DeepSpeed JSON ----------------------------------------------------
+RECIPE_DUPLICATES = [
+    # (text, key path, lines)
+    ("model:\n  name: sp-micro-clip\nmethod:\n  name: coop\n  args:\n    n_ctx: 4\n    n_ctx: 8\n",
+     "method.args.n_ctx", "lines 6 and 7"),
+    ("optim:\n  lr: 0.1\nmethod:\n  name: coop\noptim:\n  epochs: 2\n", "optim", "lines 1 and 5"),
+    ("eval:\n  targets: [{name: a, name: b}]\n", "eval.targets[0].name", "line 2"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("text,key,lines", RECIPE_DUPLICATES, ids=["nested", "top-level", "in-a-list"])
+def test_a_duplicate_yaml_key_in_a_recipe_is_named_with_its_lines(tmp_path, text, key, lines):
+    from scaleprompt.engine.config import load_run_config
+
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_run_config(path)
+    assert str(err.value) == (
+        f"{path}: duplicate key {key!r} in the recipe ({lines}): only the last value would be used, silently; "
+        "keep one"
+    )
+
+
+def test_yaml_repeats_that_are_not_duplicates_still_load(tmp_path):
+    """The same key in different mappings, and YAML's own merge keys (a key overriding a merged one), load."""
+    from scaleprompt.config import read_yaml_mapping
+
+    path = tmp_path / "ok.yaml"
+    path.write_text("base: &b {lr: 0.1, epochs: 2}\noptim:\n  <<: *b\n  lr: 0.2\nother: {lr: 0.3}\n")
+    data = read_yaml_mapping(path, "recipe", "sections")
+    assert data["optim"] == {"lr": 0.2, "epochs": 2} and data["other"] == {"lr": 0.3}
+
+
+def test_a_duplicate_parameter_in_a_search_space_is_named(tmp_path):
+    from scaleprompt.search.space import load_space
+
+    path = tmp_path / "space.yaml"
+    path.write_text("metric: val_top1\nparams:\n  optim.lr: {type: float, low: 0.1, high: 0.2}\n"
+                    "  optim.lr: {type: loguniform, low: 0.001, high: 0.1}\n")  # fmt: skip
+    with pytest.raises(
+        ConfigError, match=r"duplicate key 'params.optim.lr' in the search space \(lines 3 and 4\)"
+    ):
+        load_space(path)
+
+
+def test_a_duplicate_key_in_a_deepspeed_json_is_named_with_its_lines(tmp_path):
+    from scaleprompt.engine.config import load_ds_config
+
+    path = tmp_path / "ds.json"
+    text = '{\n  "train_batch_size": 8,\n  "zero_optimization": {\n    "stage": 2,\n    "stage": 3\n  }\n}\n'
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_ds_config(path)
+    assert str(err.value).startswith(
+        f"{path}: duplicate key 'zero_optimization.stage' in the DeepSpeed config (lines 4 and 5)"
+    )
+    path.write_text('{"a": [{"x": 1}, {"x": 2, "y": [1, {"z": "\\"", "z": 2}]}], "zero_optimization": {}}')
+    with pytest.raises(ConfigError, match=r"duplicate key 'a\[1\]\.y\[1\]\.z' .*\(line 1\)"):
+        load_ds_config(path)
+    path.write_text(text.replace('"stage": 3', '"overlap_comm": true'))  # (no duplicate: loads)
+    assert load_ds_config(path)["zero_optimization"] == {"stage": 2, "overlap_comm": True}
+
+
+@pytest.mark.slow
+def test_train_py_refuses_a_duplicate_key_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    from engine_utils import ROOT, env
+
+    path = tmp_path / "ds.json"
+    path.write_text('{"zero_optimization": {"stage": 2},\n "zero_optimization": {"stage": 3}}\n')
+    cmd = [sys.executable, "scaleprompt/train.py", "--config", "microworld/coop", "--ds", str(path),
+           f"train.output_dir={tmp_path / 'out'}"]  # fmt: skip
+    done = subprocess.run(cmd, cwd=ROOT, env=env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines() == [
+        f"train.py: error: {path}: duplicate key 'zero_optimization' in the DeepSpeed config (lines 1 and 2): only "
+        "the last value would be used, silently; keep one"
+    ]
+    assert not (tmp_path / "out").exists()
