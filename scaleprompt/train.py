@@ -8,6 +8,8 @@
 ``--local_rank`` (passed by the deepspeed launcher) is accepted; ``--resume`` continues from the newest complete
 checkpoint in ``train.output_dir``. Every other argument is a ``key=value`` override of the recipe. A bad
 config, dataset or checkpoint is reported in one line with exit code 2 (``--debug`` shows the traceback).
+SIGTERM / SIGINT / SIGHUP on any rank stop every rank at the same step with a checkpoint, one line, exit code
+128 + signal; a peer rank's death is one line, exit code 75 (:mod:`scaleprompt.engine.signals`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     epilog = (
         "overrides: key=value, after the recipe (e.g. optim.epochs=5 data.dataset=OxfordPets); the keys and their "
         f"defaults:\n{keys}\nmethod.args.<field>=...: the method's own fields (scaleprompt methods lists them)"
+        "\n\nstopping: SIGTERM, SIGINT (Ctrl-C) or SIGHUP on any rank stops every rank at the next optimizer step,"
+        "\nsaves it (train.checkpoint_on_signal) and exits with 128 + the signal (SIGTERM 143, SIGINT 130); the same"
+        "\nsignal again 2 s later abandons at once (the newest complete checkpoint stays). A rank whose launcher"
+        "\nvanished stops as on SIGTERM; a rank whose peer died exits with 75. Continue with --resume."
     )
     parser = argparse.ArgumentParser(
         prog=prog, description=__doc__.split("\n\n")[0], epilog=epilog,
@@ -76,24 +82,57 @@ def main(argv: Sequence[str] | None = None, prog: str = "train.py") -> int:
 
 def _main(argv: Sequence[str], prog: str = "train.py") -> int:
     args, overrides = parse_args(argv, prog)
+    from scaleprompt.engine import signals
     from scaleprompt.engine.config import load_ds_config, load_run_config
-    from scaleprompt.engine.trainer import Trainer
-    from scaleprompt.errors import ScalepromptError, reported_elsewhere
+    from scaleprompt.engine.distributed import shutdown
+    from scaleprompt.errors import ScalepromptError, debug_requested, reported_elsewhere
 
     rank = int(os.environ.get("RANK", 0))
+    signals.install(prog, rank)
+    cfg = None
     try:
-        cfg = load_run_config(args.config, overrides)
-        ds_config = load_ds_config(args.ds) if args.ds else None
-    except ScalepromptError as exc:  # every rank parses the same arguments: rank 0 reports it
-        raise (reported_elsewhere(exc) if rank else exc) from None
-    from scaleprompt.logs import setup_rank_logging
+        try:
+            cfg = load_run_config(args.config, overrides)
+            ds_config = load_ds_config(args.ds) if args.ds else None
+        except ScalepromptError as exc:  # every rank parses the same arguments: rank 0 reports it
+            raise (reported_elsewhere(exc) if rank else exc) from None
+        from scaleprompt.logs import setup_rank_logging
 
-    setup_rank_logging(rank)
-    trainer = Trainer(cfg, ds_config, local_rank=args.local_rank, resume=args.resume)
-    results = trainer.fit()
+        setup_rank_logging(rank)
+        from scaleprompt.engine.trainer import Trainer
+
+        trainer = Trainer(cfg, ds_config, local_rank=args.local_rank, resume=args.resume)
+        results = trainer.fit()
+        signals.begin_exit()
+        shutdown()
+    except signals.Stopped as stop:
+        signals.begin_exit()
+        if stop.step is None and cfg is not None:
+            stop.latest = _newest_checkpoint(Path(cfg.train.output_dir))
+        if rank == 0 or stop.rank == rank:
+            signals.exit_line(prog, signals.stop_line(stop))
+        shutdown(collective=stop.step is not None)  # (agreed: every rank is here; otherwise no collective)
+        return stop.exit_code
+    except Exception as exc:
+        if not signals.peer_lost(exc) or debug_requested(sys.argv):
+            raise
+        signals.begin_exit()
+        signals.exit_line(prog, signals.peer_lost_line(rank, exc))
+        return signals.EXIT_PEER_LOST
     if rank == 0:
         summarize(results)
     return 0
+
+
+def _newest_checkpoint(out: Path) -> str | None:
+    """The newest complete checkpoint's folder in ``out`` (None: none yet), for the stop line."""
+    from scaleprompt.engine.checkpoint import CheckpointManager
+
+    try:
+        tag = CheckpointManager(out / "checkpoints", 1, 0).latest()
+    except Exception:  # noqa: BLE001 - only a hint in the stop line
+        return None
+    return str(out / "checkpoints" / tag) if tag else None
 
 
 def summarize(results: dict) -> None:

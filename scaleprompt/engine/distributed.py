@@ -11,6 +11,7 @@ On CPU the backend is gloo and, when every rank is local (MASTER_ADDR on loopbac
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import tempfile
@@ -30,6 +31,7 @@ if not torch.cuda.is_available():  # before deepspeed is imported: no accelerato
 
 logger = logging.getLogger(__name__)
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+_rendezvous_file: str | None = None  # the file rendezvous of this process's group (removed by shutdown)
 T = TypeVar("T")
 
 
@@ -70,6 +72,7 @@ def init_distributed(local_rank_arg: int | None = None) -> DistInfo:
         os.close(fd)
         os.unlink(path)
         init_method = f"file://{path}"
+        atexit.register(_remove_rendezvous, path)  # (one process: nobody else reads it; also after a failure)
     local = local_world == world_size and (  # (a file rendezvous on a shared filesystem may span nodes)
         init_method is not None
         and init_method.startswith("file://")
@@ -80,16 +83,63 @@ def init_distributed(local_rank_arg: int | None = None) -> DistInfo:
     if not cuda and "OMP_NUM_THREADS" not in os.environ:  # ranks share the cores: no oversubscription
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local_world)))
     if not torch.distributed.is_initialized():
+        global _rendezvous_file
+        _rendezvous_file = (
+            init_method[len("file://") :] if init_method and init_method.startswith("file://") else None
+        )
         with captured_prints("deepspeed"):  # ("DeepSpeed ... op built successfully", once per rank)
             deepspeed.init_distributed(
                 dist_backend="nccl" if cuda else "gloo", init_method=init_method, rank=rank,
                 world_size=world_size, verbose=False, auto_mpi_discovery=False,
             )  # fmt: skip
+    if not cuda and os.environ.get("LOCAL_SIZE") == str(world_size):
+        _unlink_shm_buffers()
     # a launcher shows each node's GPUs to all its ranks (index = local rank); Ray shows each worker only its own
     device = torch.device("cuda", local_rank % torch.cuda.device_count()) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
     return DistInfo(torch.distributed.get_rank(), torch.distributed.get_world_size(), local_rank, device)
+
+
+def _unlink_shm_buffers() -> None:
+    """Remove the names of DeepSpeed's shared-memory all-reduce buffers (one of ~66 MB per rank in /dev/shm,
+    created when every rank of a deepspeed launch is on one CPU machine, and never removed by DeepSpeed). After a
+    barrier every rank has mapped every buffer: the mappings stay valid, and nothing is left behind even by a
+    killed run."""
+    # DeepSpeed's csrc/cpu/comm/shm.cpp names them <prefix>_<uid>_<master addr>_<master port>_<rank>
+    addr, port = os.environ.get("MASTER_ADDR", ""), os.environ.get("MASTER_PORT", "")
+    path = f"/dev/shm/deepspeed_allreduce_buffer_{os.getuid()}_{addr}_{port}_{torch.distributed.get_rank()}"
+    torch.distributed.barrier()  # (every rank decides the same: by the environment only)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        logger.debug("could not remove %s: %s", path, exc)
+
+
+def shutdown(collective: bool = True) -> None:
+    """The end of a run on this rank: a barrier (``collective``: every rank is here too), then the process group
+    is destroyed, which removes a file rendezvous once its last rank has left."""
+    if not torch.distributed.is_initialized():
+        return
+    if collective:
+        try:
+            torch.distributed.barrier()
+        except RuntimeError as exc:  # (a peer already gone: nothing to wait for)
+            logger.debug("final barrier: %s", exc)
+    torch.distributed.destroy_process_group()
+    if _rendezvous_file is not None:  # (each rank after its own destroy: the last one leaves nothing)
+        _remove_rendezvous(_rendezvous_file)
+
+
+def _remove_rendezvous(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        logger.debug("could not remove the rendezvous file %s: %s", path, exc)
 
 
 def barrier() -> None:
@@ -101,6 +151,13 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum over ranks (in place); a no-op without a process group."""
     if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
         torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
+    return tensor
+
+
+def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
+    """Element-wise maximum over ranks (in place); a no-op without a process group."""
+    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
     return tensor
 
 

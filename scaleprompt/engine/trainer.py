@@ -33,6 +33,7 @@ from scaleprompt.config import ConfigError, to_dict
 from scaleprompt.data.datasets import dataset_display_name
 from scaleprompt.data.loader import ShardLoader
 from scaleprompt.data.shards import read_manifest
+from scaleprompt.engine import signals
 from scaleprompt.engine.checkpoint import (
     CheckpointError,
     CheckpointManager,
@@ -119,6 +120,7 @@ class Trainer:
         self.report = report
         self.finish = finish  # resume=True and stop here: evaluate the newest checkpoint as the run's end
         self._last_saved: Path | None = None
+        self._stopping: tuple[int, int | None] | None = None  # (signal, rank that got it): all ranks stop
         self._lock: DirLock | None = None
         self.trackers: list[Tracker] = []  # train.report_to, rank 0 only (made when training starts)
         run_on_main(self._take_output_dir)
@@ -305,7 +307,8 @@ class Trainer:
                                      watch_gradients=self.cfg.train.precision != "fp16")  # fmt: skip
         self._window_loss: list[float] = []  # the micro-step losses of the current optimizer step
         try:
-            with logging_redirect_tqdm():  # log lines print above the bar instead of through it
+            # log lines print above the bar instead of through it; a stop signal waits for a step boundary
+            with logging_redirect_tqdm(), signals.deferred():
                 self._epochs(loader, run, bar)
         finally:
             self._guard.close()
@@ -323,7 +326,7 @@ class Trainer:
                     continue
                 bar.update(1)
                 self._log_step(out, batch.labels, lr, run)
-                if self._stop_early():
+                if self._stop_early() or self._stop_agreed():
                     break
                 if self._step_checkpoint_due(loader):
                     self._save(loader, run)
@@ -339,6 +342,7 @@ class Trainer:
             self._last_saved = saved or self._last_saved
             if self.report is not None and metrics is not None and loader.epoch < self.epochs:
                 self.report(metrics, saved)  # (after the checkpoint: a search can attach it)
+            self._stop_on_signal(loader, run)
             if self._stop_early():
                 break
 
@@ -429,6 +433,28 @@ class Trainer:
         epoch_due = epoch_done and (bool(every_epochs) and loader.epoch % every_epochs == 0)
         last = epoch_done and loader.epoch == self.epochs
         return step_due or epoch_due or last or self._stop_early()
+
+    def _stop_agreed(self) -> bool:
+        """A stop signal on any rank, agreed by every rank at this optimizer-step boundary (one small all-reduce;
+        none where no rank handles signals, e.g. a search trial)."""
+        if self._stopping is None:
+            signum, rank = signals.agree(self.dist.device)
+            if signum:
+                self._stopping = (signum, rank)
+        return self._stopping is not None
+
+    def _stop_on_signal(self, loader: ShardLoader, run: RunProgress) -> None:
+        """After an agreed stop: every rank saves this step's checkpoint together (``train.checkpoint_on_signal``;
+        once), then raises :class:`signals.Stopped`."""
+        if not self._stop_agreed():
+            return
+        assert self._stopping is not None
+        folder = None
+        if self.cfg.train.checkpoint_on_signal:
+            saved = run.global_step == self.engine.global_steps and run.last_tag is not None
+            folder = self.ckpt.root / str(run.last_tag) if saved else self._save(loader, run)
+        raise signals.Stopped(*self._stopping[:1], signals.reason(), self._stopping[1],
+                              step=self.engine.global_steps, checkpoint=folder)  # fmt: skip
 
     def _stop_early(self) -> bool:
         return bool(self.cfg.train.max_steps) and self.engine.global_steps >= self.cfg.train.max_steps
