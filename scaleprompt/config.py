@@ -202,7 +202,7 @@ def check_json_keys(text: str, source: str | Path, what: str) -> None:
     def walk(i: int, path: tuple[Any, ...]) -> int:
         i = skip(i)
         if text.startswith("{", i):
-            i, first = skip(i + 1), {}
+            i, first = skip(i + 1), dict[str, int]()
             while not text.startswith("}", i):
                 start = i
                 key, i = json.decoder.scanstring(text, i + 1)  # type: ignore[attr-defined]
