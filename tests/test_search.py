@@ -22,7 +22,8 @@ from engine_utils import ROOT, base_overrides, env, launch, make_color_folder
 from scaleprompt.config import ConfigError
 from scaleprompt.engine.config import load_run_config
 from scaleprompt.methods import list_methods
-from scaleprompt.search.report import TrialRecord, choose_best, write_best_recipe
+from scaleprompt.search.options import SearchFailed, SearchOptions
+from scaleprompt.search.report import TrialRecord, choose_best, read_results, summarize, write_best_recipe
 from scaleprompt.search.space import SpaceError, check_space, load_space
 
 SPACE = """
@@ -157,8 +158,14 @@ def test_shipped_spaces_fit_every_shipped_recipe():
         check_space(load_space(space), recipe, [], NAMES, TEMPLATES, structures)
 
 
+# a valid results.json (what a trial's run writes; the sweep's files trust nothing less)
+RUN = {"format": "scaleprompt.run/3", "method": "provp_ref", "dataset": "folder", "setting": "fewshot", "shots": 4,
+       "seed": 1, "backbone": "sp-tiny-vit", "pretrained": None,
+       "results": {"last": {"test": {"top1": 50.0, "mean_per_class": 50.0, "images": 16}}}}  # fmt: skip
+
+
 def record(trial_id: str, metrics: dict, **params) -> TrialRecord:
-    return TrialRecord(trial_id, params, metrics, Path("/nowhere") / trial_id)
+    return TrialRecord(trial_id, params, metrics, Path("/nowhere") / trial_id, results=RUN)
 
 
 def test_best_trial_is_chosen_among_finished_trials_on_validation():
@@ -193,6 +200,70 @@ def test_best_recipe_keeps_the_base_schedule_and_names_its_sweep(tmp_path):
     )
     path = write_best_recipe(recipe, ["optim.epochs=2"], space, best, tmp_path, keep_schedule=True)
     assert load_run_config(path).optim.epochs == 2
+
+
+def test_a_trial_without_valid_results_is_never_finished_ranked_or_best(tmp_path):
+    """Tune recorded these trials as finished (or stopped), but their run folder has no results.json, a broken one,
+    or one that is not a run: trials.csv, report.md and summary.json say so, count them with the failed trials, and
+    the best trial and its recipe come from the one trial with valid results, although its value is the lowest."""
+    space = load_space(write(tmp_path, "space.yaml", SPACE))
+    sweep = tmp_path / "sweep"
+    final = {"epoch": 2, "epochs": 2, "final": True}
+    cases = {  # trial id -> (val_top1, results.json text or None)
+        "good": (60.0, json.dumps(RUN)),
+        "missing": (90.0, None),
+        "broken": (91.0, json.dumps(RUN)[:40]),
+        "notarun": (92.0, json.dumps({**RUN, "results": {}})),
+    }
+    trials = []
+    for i, (trial_id, (value, text)) in enumerate(cases.items()):
+        run = sweep / f"trial_{trial_id}" / "run"
+        run.mkdir(parents=True)
+        if text is not None:
+            (run / "results.json").write_text(text)
+        params = {"method.args.n_ctx": 2 + 2 * (i % 2), "optim.lr": 0.01 * (i + 1)}
+        trials.append(TrialRecord(trial_id, params, {**final, "val_top1": value}, run.parent))
+    stopped = TrialRecord("stopped", {"method.args.n_ctx": 2, "optim.lr": 0.02}, {"epoch": 1, "val_top1": 99.0},
+                          sweep / "trial_stopped")  # fmt: skip
+    trials.append(stopped)
+    for trial in trials:
+        read_results(trial)
+    statuses = {t.trial_id: t.status for t in trials}
+    assert statuses["good"] == "finished"
+    assert (
+        statuses["missing"]
+        == f"finished without results: {sweep / 'trial_missing/run/results.json'} is missing"
+    )
+    assert statuses["broken"].startswith(f"finished without results: {sweep / 'trial_broken/run/results.json'} is "
+                                         "not readable JSON")  # fmt: skip
+    assert statuses["notarun"] == (f"finished without results: {sweep / 'trial_notarun/run/results.json'}: results "
+                                   "has no 'last' (last-epoch) results")  # fmt: skip
+    assert statuses["stopped"].startswith("stopped early at epoch 1 without results: ")
+    assert choose_best(trials, "val_top1", "max").trial_id == "good"
+
+    study = optuna.create_study(direction="maximize")
+    recipe = str(MICRO / "provp_ref.yaml")
+    summary = summarize(trials, space, recipe, [], sweep, study, SearchOptions(quiet=True))
+    assert (summary["finished"], summary["failed"], summary["without_results"]) == (1, 4, 4)
+    assert summary["best_trial"] == "good" and summary["best_metric"] == 60.0
+    assert "trial: good, val_top1 = 60" in Path(summary["best_recipe"]).read_text()
+    assert {r["trial_id"]: r["status"] for r in rows(tmp_path)} == statuses  # (the sweep is <tmp>/sweep)
+    report = (sweep / "report.md").read_text()
+    assert (
+        "1 finished, 0 stopped early by the scheduler, 4 failed (4 of them ended without a valid results.json"
+        in (report)
+    )
+    assert "`good` (`trial_good/run`)" in report and "| **val_top1** | **60.00** |" in report
+    by_value = report.split("### method.args.n_ctx")[1].split("###")[0]
+    assert "| 2 | 60.00 | 1 | 0 (—) | 2 |" in by_value and "| 4 | — | 0 | 0 (—) | 2 |" in by_value
+    assert (
+        f"| missing | finished without results: {sweep / 'trial_missing/run/results.json'} is missing |"
+        in report
+    )
+    with pytest.raises(
+        SearchFailed, match=r"no trial of the sweep finished \(3 failed: .*finished without results"
+    ):
+        summarize(trials[1:4], space, recipe, [], sweep, study, SearchOptions(quiet=True))
 
 
 # --- real sweeps ------------------------------------------------------------------------------------------------

@@ -6,14 +6,20 @@ check_space`), writes the shards once, runs the trials (progress: a line per tri
 of the trials ASHA stopped (:func:`~scaleprompt.search.trial.finish_trial`), then the sweep's files
 (:mod:`scaleprompt.search.report`). A sweep in which no trial finished raises :class:`SearchFailed`. Tune's
 driver state is kept restorable across a killed driver (:mod:`scaleprompt.search.driver_state`).
+
+One driver per sweep: the driver holds a :class:`~scaleprompt.locks.DirLock` on ``<sweep>/.lock`` for its whole
+life, taken before any check, shard or Ray work; a second driver of the sweep (fresh or ``--resume``) is refused
+at once with a :class:`~scaleprompt.locks.LockError` naming the holder and changes nothing. The lock is an
+``flock``: a killed driver's lock dies with it, and ``--resume`` takes it over.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,20 +35,11 @@ from scaleprompt.engine.checkpoint import atomic_json
 from scaleprompt.engine.config import load_run_config
 from scaleprompt.engine.run import build_setting
 from scaleprompt.errors import one_line
+from scaleprompt.locks import DirLock, LockError
 from scaleprompt.recipes import resolve_recipe
 from scaleprompt.search.driver_state import repair_driver_state
-from scaleprompt.search.options import SearchFailed, SearchOptions
-from scaleprompt.search.report import (
-    TrialRecord,
-    choose_best,
-    distinct_errors,
-    fmt,
-    importances,
-    write_best_recipe,
-    write_plots,
-    write_report,
-    write_trials_csv,
-)
+from scaleprompt.search.options import SearchOptions
+from scaleprompt.search.report import TrialRecord, fmt, read_results, summarize
 from scaleprompt.search.space import SearchSpace, check_space, load_space
 from scaleprompt.search.trial import TrialJob, finish_trial, nest, run_trial, sample_of, trial_dirname
 
@@ -168,9 +165,35 @@ def _claim_sweep(sweep: Path, record: dict[str, Any], resume: bool) -> None:
     atomic_json(path, record)
 
 
+LOCK = ".lock"  # <sweep>/.lock: the driver's lock
+
+
+@contextlib.contextmanager
+def sweep_lock(sweep: Path) -> Iterator[DirLock]:
+    """Hold the sweep's driver lock (``<sweep>/.lock``) for the block; taken: a :class:`LockError` naming the holder.
+    A sweep folder made only for the lock (a fresh sweep that stopped before writing its ``sweep.json``, e.g. a
+    failed pre-flight) is removed again."""
+    created = not sweep.exists()
+    try:
+        lock = DirLock(sweep / LOCK, f"sweep {sweep}").acquire(wait=False)
+    except LockError as exc:
+        raise LockError(
+            f"{exc}; one driver per sweep: wait for it to end (or stop it), then --resume"
+        ) from None
+    try:
+        yield lock
+    finally:
+        if created and not (sweep / "sweep.json").exists():
+            with contextlib.suppress(OSError):  # (while still holding it: no other driver got in between)
+                (sweep / LOCK).unlink()
+                sweep.rmdir()
+        lock.release()
+
+
 def run_search(space_path: str | Path, recipe: str | Path | None, overrides: Sequence[str] = (),
                options: SearchOptions | None = None, ds_config: dict | None = None) -> dict[str, Any]:  # fmt: skip
-    """Run (or resume) a sweep; returns its summary (also in ``<sweep>/summary.json``)."""
+    """Run (or resume) a sweep; returns its summary (also in ``<sweep>/summary.json``). The driver holds the
+    sweep's lock throughout (:func:`sweep_lock`)."""
     opts = options or SearchOptions()
     # a file or a packaged name (scaleprompt.recipes), as an absolute path for the trials and the sweep record
     recipe = str(resolve_recipe(recipe, "config").resolve()) if recipe else None
@@ -178,6 +201,15 @@ def run_search(space_path: str | Path, recipe: str | Path | None, overrides: Seq
     overrides = list(overrides)
     space = load_space(space_path)
     base = load_run_config(recipe, overrides)
+    name = opts.name or f"{space.name}-{base.method.name}"
+    sweep = Path(opts.storage).resolve() / name
+    with sweep_lock(sweep):
+        return _run_search(space_path, recipe, overrides, opts, ds_config, space, base, sweep)
+
+
+def _run_search(space_path: Path, recipe: str | None, overrides: list[str], opts: SearchOptions,
+                ds_config: dict | None, space: SearchSpace, base: Any, sweep: Path) -> dict[str, Any]:  # fmt: skip
+    name, storage = sweep.name, sweep.parent
     check_space(
         space, recipe, overrides, ["a class"], ["a photo of a {}."]
     )  # in seconds, before any data work
@@ -187,9 +219,6 @@ def run_search(space_path: str | Path, recipe: str | Path | None, overrides: Seq
     )  # (the real class names)
     logger.info("search space %s checked on %s (%s): %s", space.name, base.model.name, base.method.name,
                 ", ".join(f"{k} {s.describe()}" for k, s in space.params.items()))  # fmt: skip
-    name = opts.name or f"{space.name}-{base.method.name}"
-    storage = Path(opts.storage).resolve()
-    sweep = storage / name
     _claim_sweep(sweep, _sweep_record(space_path, recipe, overrides, opts), opts.resume)
     init_ray(opts.address, opts.dashboard, port=opts.dashboard_port)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # (with verbose=0: Tune prints nothing; Progress does)
@@ -270,17 +299,12 @@ def _records(grid: Any) -> list[TrialRecord]:
     return trials
 
 
-def _read_results(trial: TrialRecord) -> None:
-    path = trial.path / "run" / "results.json"
-    trial.results = json.loads(path.read_text()) if path.is_file() else None
-
-
 def _finish_stopped(trials: list[TrialRecord], job: TrialJob, opts: SearchOptions) -> None:
     """Write the results of the trials ASHA stopped (Ray tasks with a trial's resources, in parallel)."""
     pending = {}
     for trial in trials:
-        _read_results(trial)
-        if trial.kind != "stopped" or (trial.results and trial.results.get("stopped_early")):
+        read_results(trial)
+        if trial.tune_kind != "stopped" or (trial.results and trial.results.get("stopped_early")):
             continue
         reason = f"stopped early by the ASHA scheduler after epoch {trial.epoch}"
         single = job.workers == 1
@@ -299,41 +323,4 @@ def _finish_stopped(trials: list[TrialRecord], job: TrialJob, opts: SearchOption
             logger.warning(
                 "trial %s: its results could not be written: %s", trial.trial_id, trial.extra["finish_error"]
             )
-        _read_results(trial)
-
-
-def summarize(trials: list[TrialRecord], space: SearchSpace, recipe: str | None, overrides: list[str], sweep: Path,
-              study: Any, opts: SearchOptions) -> dict[str, Any]:  # fmt: skip
-    write_trials_csv(trials, space, sweep / "trials.csv")
-    best = choose_best(trials, space.metric, space.mode)
-    counts = {k: sum(t.kind == k for t in trials) for k in ("finished", "stopped", "failed")}
-    summary: dict[str, Any] = {"sweep": str(sweep), "trials": len(trials), **counts,
-                               "errors": distinct_errors(trials), "metric": space.metric, "mode": space.mode}  # fmt: skip
-    if best is not None:
-        recipe_path = write_best_recipe(recipe, overrides, space, best, sweep, opts.keep_sweep_schedule)
-        summary.update(best_trial=best.trial_id, best_params=best.params, best_metric=best.value(space.metric),
-                       best_test=best.test_numbers(), best_run=str(best.path / "run"),
-                       best_recipe=str(recipe_path))  # fmt: skip
-    summary["importances"] = {k.replace("/", "."): v for k, v in importances(study).items()}
-    plots, skipped = write_plots(study, sweep / "plots")
-    summary["plots"], summary["plots_skipped"] = [str(p) for p in plots], skipped
-    summary["report"] = str(write_report(trials, space, best, sweep, recipe, overrides, plots))
-    atomic_json(sweep / "summary.json", json.loads(json.dumps(summary, default=str)))
-    _log_table(trials, space)
-    if best is None:
-        errors = "; ".join(f"{len(ids)} x {message}" for message, ids in summary["errors"].items())
-        raise SearchFailed(f"no trial of the sweep finished ({counts['failed']} failed: {errors or 'no errors'}); "
-                           f"see {sweep / 'report.md'}")  # fmt: skip
-    logger.info("best %s = %.2f (trial %s); report: %s; recipe: %s", space.metric, summary["best_metric"],
-                best.trial_id, summary["report"], summary["best_recipe"])  # fmt: skip
-    return summary
-
-
-def _log_table(trials: Sequence[TrialRecord], space: SearchSpace) -> None:
-    keys = list(space.params)
-    header = ["trial", "status", *[k.split(".")[-1] for k in keys], space.metric]
-    rows = [[t.trial_id, t.status[:60], *[fmt(t.params.get(k)) for k in keys],
-             "-" if t.value(space.metric) is None else f"{t.value(space.metric):.2f}"] for t in trials]  # fmt: skip
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        logger.info("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
+        read_results(trial)

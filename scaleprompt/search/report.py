@@ -3,7 +3,10 @@
 
 Statuses: ``finished`` (the trial trained its whole schedule and wrote its results), ``stopped early at epoch k``
 (the scheduler stopped it; its results are the prompts of epoch k, never comparable with finished trials),
-``failed: <error>`` (a configuration / data error, not retried, or an infrastructure fault after its retries).
+``failed: <error>`` (a configuration / data error, not retried, or an infrastructure fault after its retries),
+``finished without results: <why>`` / ``stopped early at epoch k without results: <why>`` (Tune recorded the trial
+as done, but its ``run/results.json`` is missing or not a valid run file: counted with the failed trials, never
+ranked, never the best; :func:`read_results` checks the file).
 
 The best trial (:func:`choose_best`): among the FINISHED trials only, the best value of the space's metric
 (validation split) at the trial's last epoch -- the prompts a run of the recipe ends with, and the number the
@@ -27,7 +30,10 @@ import optuna
 import yaml
 from optuna.visualization import matplotlib as ovm
 
+from scaleprompt.engine.checkpoint import atomic_json
 from scaleprompt.engine.config import load_run_config
+from scaleprompt.report.schema import ResultsError, RunResult
+from scaleprompt.search.options import SearchFailed, SearchOptions
 from scaleprompt.search.space import SearchSpace, trial_overrides
 
 logger = logging.getLogger(__name__)
@@ -45,14 +51,16 @@ class TrialRecord:
     metrics: dict[str, Any]
     path: Path
     error: str | None = None  # a Tune error: an infrastructure fault whose retries ran out
-    results: dict[str, Any] | None = None  # <path>/run/results.json
+    results: dict[str, Any] | None = None  # <path>/run/results.json, a valid run file (read_results)
+    results_error: str | None = None  # why there are no results (read_results): missing, not JSON, not a run
     extra: dict[str, Any] = field(default_factory=dict)  # Tune's own columns (time, iterations)
     checkpoint: Any = (
         None  # Tune's last checkpoint of the trial (a stopped trial's results are written from it)
     )
 
     @property
-    def kind(self) -> str:
+    def tune_kind(self) -> str:
+        """What Tune recorded: ``finished``, ``stopped`` (by the scheduler) or ``failed``."""
         if self.error or self.metrics.get("failed") or not self.metrics:
             return "failed"
         return (
@@ -60,7 +68,23 @@ class TrialRecord:
         )
 
     @property
+    def missing_results(self) -> str | None:
+        """Why a trial Tune recorded as finished / stopped has no valid results.json (None: it has one)."""
+        if self.tune_kind == "failed" or self.results is not None:
+            return None
+        return self.results_error or f"no results read from {self.path / 'run' / 'results.json'}"
+
+    @property
+    def kind(self) -> str:
+        """``finished``, ``stopped`` or ``failed``; a trial without a valid results.json is ``failed``."""
+        return "failed" if self.missing_results else self.tune_kind
+
+    @property
     def status(self) -> str:
+        missing = self.missing_results
+        if missing:
+            done = "finished" if self.tune_kind == "finished" else f"stopped early at epoch {self.epoch}"
+            return f"{done} without results: {missing}"
         if self.kind == "failed":
             return f"failed: {self.failure}"
         if self.kind == "stopped":
@@ -69,6 +93,10 @@ class TrialRecord:
 
     @property
     def failure(self) -> str:
+        missing = self.missing_results
+        if missing:
+            done = "finished" if self.tune_kind == "finished" else "stopped early"
+            return f"{done} without results: {missing}"
         return self.error or self.metrics.get("failed") or "no result reported"
 
     @property
@@ -90,6 +118,26 @@ class TrialRecord:
         for name, acc in (last.get("targets") or {}).items():
             out[f"test_{name}"] = acc["top1"]
         return out
+
+
+def read_results(trial: TrialRecord) -> None:
+    """Read ``<trial>/run/results.json`` into ``trial.results`` if it is a valid run file
+    (:meth:`~scaleprompt.report.schema.RunResult.from_dict`); else ``trial.results`` is None and
+    ``trial.results_error`` says why (missing, not JSON, not a run)."""
+    path = trial.path / "run" / "results.json"
+    trial.results, trial.results_error = None, None
+    if not path.is_file():
+        trial.results_error = f"{path} is missing"
+        return
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        RunResult.from_dict(data, path)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        trial.results_error = f"{path} is not readable JSON ({' '.join(str(exc).split())})"
+    except ResultsError as exc:
+        trial.results_error = " ".join(str(exc).split())
+    else:
+        trial.results = data
 
 
 def choose_best(trials: Sequence[TrialRecord], metric: str, mode: str) -> TrialRecord | None:
@@ -159,6 +207,47 @@ def write_best_recipe(recipe: str | None, overrides: Sequence[str], space: Searc
     return out
 
 
+# --- the sweep's files --------------------------------------------------------------------------------------
+def summarize(trials: list[TrialRecord], space: SearchSpace, recipe: str | None, overrides: list[str], sweep: Path,
+              study: Any, opts: SearchOptions) -> dict[str, Any]:  # fmt: skip
+    """Write the sweep's files (trials.csv, best_recipe.yaml, plots, report.md, summary.json) and log the table of
+    trials; returns the summary. No trial finished with valid results: :class:`SearchFailed`."""
+    write_trials_csv(trials, space, sweep / "trials.csv")
+    best = choose_best(trials, space.metric, space.mode)
+    counts = {k: sum(t.kind == k for t in trials) for k in ("finished", "stopped", "failed")}
+    counts["without_results"] = sum(bool(t.missing_results) for t in trials)  # (counted in "failed" too)
+    summary: dict[str, Any] = {"sweep": str(sweep), "trials": len(trials), **counts,
+                               "errors": distinct_errors(trials), "metric": space.metric, "mode": space.mode}  # fmt: skip
+    if best is not None:
+        recipe_path = write_best_recipe(recipe, overrides, space, best, sweep, opts.keep_sweep_schedule)
+        summary.update(best_trial=best.trial_id, best_params=best.params, best_metric=best.value(space.metric),
+                       best_test=best.test_numbers(), best_run=str(best.path / "run"),
+                       best_recipe=str(recipe_path))  # fmt: skip
+    summary["importances"] = {k.replace("/", "."): v for k, v in importances(study).items()}
+    plots, skipped = write_plots(study, sweep / "plots")
+    summary["plots"], summary["plots_skipped"] = [str(p) for p in plots], skipped
+    summary["report"] = str(write_report(trials, space, best, sweep, recipe, overrides, plots))
+    atomic_json(sweep / "summary.json", json.loads(json.dumps(summary, default=str)))
+    _log_table(trials, space)
+    if best is None:
+        errors = "; ".join(f"{len(ids)} x {message}" for message, ids in summary["errors"].items())
+        raise SearchFailed(f"no trial of the sweep finished ({counts['failed']} failed: {errors or 'no errors'}); "
+                           f"see {sweep / 'report.md'}")  # fmt: skip
+    logger.info("best %s = %.2f (trial %s); report: %s; recipe: %s", space.metric, summary["best_metric"],
+                best.trial_id, summary["report"], summary["best_recipe"])  # fmt: skip
+    return summary
+
+
+def _log_table(trials: Sequence[TrialRecord], space: SearchSpace) -> None:
+    keys = list(space.params)
+    header = ["trial", "status", *[k.split(".")[-1] for k in keys], space.metric]
+    rows = [[t.trial_id, t.status[:60], *[fmt(t.params.get(k)) for k in keys],
+             "-" if t.value(space.metric) is None else f"{t.value(space.metric):.2f}"] for t in trials]  # fmt: skip
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        logger.info("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
+
+
 # --- report.md ----------------------------------------------------------------------------------------------
 def _groups(
     trials: Sequence[TrialRecord], key: str, space: SearchSpace
@@ -196,12 +285,14 @@ def write_report(trials: Sequence[TrialRecord], space: SearchSpace, best: TrialR
                  recipe: str | None, overrides: Sequence[str], plots: Sequence[Path]) -> Path:  # fmt: skip
     metric = space.metric
     kinds = {k: [t for t in trials if t.kind == k] for k in ("finished", "stopped", "failed")}
+    missing = sum(bool(t.missing_results) for t in trials)
     lines = [
         f"# Ablation report: {space.name} ({sweep.name})",
         "",
         f"Recipe `{recipe or '(defaults)'}` with `{' '.join(overrides) or '-'}`. {len(trials)} trials: "
         f"{len(kinds['finished'])} finished, {len(kinds['stopped'])} stopped early by the scheduler, "
-        f"{len(kinds['failed'])} failed.",
+        f"{len(kinds['failed'])} failed"
+        + (f" ({missing} of them ended without a valid results.json: not ranked)." if missing else "."),
         "",
         f"Numbers are `{metric}` (validation split, %) at each trial's last epoch. Tables use the finished trials "
         "only (same schedule, comparable); a stopped trial's number comes from fewer epochs and is shown "
