@@ -161,6 +161,13 @@ def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
+    """Element-wise maximum over ranks (in place); a no-op without a process group."""
+    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
+    return tensor
+
+
 def run_on_main(fn: Callable[[], T]) -> T:
     """``fn()`` on rank 0 only; its result, or the exception it raised, on every rank (so an error on rank 0,
     e.g. a locked output folder or a bad dataset, stops every rank with the same message instead of leaving the

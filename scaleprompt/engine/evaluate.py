@@ -34,6 +34,28 @@ def accuracy_from_counts(correct: Tensor, total: Tensor) -> dict[str, float]:
     return {"top1": top1, "mean_per_class": per_class, "images": int(total.sum().item())}
 
 
+def in_lockstep(batches: Iterable, device) -> Iterator[tuple[Tensor, Tensor] | Tensor]:
+    """``batches`` with every rank taking the same number of turns: a rank whose share of the evaluation set is
+    exhausted while another rank still has batches gets a discarded stand-in (zeros of the others' image shape,
+    one image). Under ZeRO-3 each forward gathers partitioned weights collectively, so ranks with different batch
+    counts (shards split per rank: 50 test shards over 8 ranks) would wait for each other forever. One small
+    all-reduce per turn; yields a real batch, or a stand-in image tensor to run and discard."""
+    from scaleprompt.engine.distributed import all_reduce_max
+
+    iterator = iter(batches)
+    while True:
+        batch = next(iterator, None)
+        shape = batch[0].shape[1:] if batch is not None else ()
+        mine = torch.tensor([batch is not None, *shape, *[0] * (3 - len(shape))], dtype=torch.long)
+        anyone = all_reduce_max(mine.to(device)).cpu()
+        if batch is not None:
+            yield batch
+        elif anyone[0]:
+            yield torch.zeros(1, *anyone[1:].tolist())
+        else:
+            return
+
+
 @torch.no_grad()
 def evaluate(
     logits_fn: Callable[[Tensor], Tensor],
@@ -41,17 +63,22 @@ def evaluate(
     num_classes: int,
     device,
     expected_images: int | None = None,
+    lockstep: bool = False,
 ) -> dict[str, float]:
     """Accuracy of ``logits_fn`` over ``batches`` of (images, labels, ...); counts are summed over ranks, so
     every rank returns the accuracy over the whole (rank-split) evaluation set. The result's ``images`` is the
     number of images evaluated over all ranks; it must equal ``expected_images`` (default: the loader's
     ``expected_images``, i.e. the manifest count of an eval :class:`~scaleprompt.data.loader.ShardLoader`), else
-    :class:`~scaleprompt.data.shards.DataError` (on every rank: the check follows the all-reduce)."""
+    :class:`~scaleprompt.data.shards.DataError` (on every rank: the check follows the all-reduce).
+    ``lockstep``: every rank runs the same number of forwards (:func:`in_lockstep`; needed under ZeRO-3)."""
     if expected_images is None:
         expected_images = getattr(batches, "expected_images", None)
     correct = torch.zeros(num_classes, dtype=torch.long)
     total = torch.zeros(num_classes, dtype=torch.long)
-    for batch in batches:
+    for batch in in_lockstep(batches, device) if lockstep else batches:
+        if isinstance(batch, Tensor):  # a stand-in: this rank's share is done, the others' is not
+            logits_fn(batch.to(device))
+            continue
         images, labels = batch[0].to(device), batch[1]
         c, t = class_counts(logits_fn(images).float(), labels, num_classes)
         correct += c
@@ -84,7 +111,8 @@ class Evaluator:
             return {}
         module = model.module
         module.eval()
-        return evaluate(module, self.loader(shards, split), len(manifest["classnames"]), self.device)
+        return evaluate(module, self.loader(shards, split), len(manifest["classnames"]), self.device,
+                        lockstep=model.zero_stage == 3 and model.dist.world_size > 1)  # fmt: skip
 
     @contextlib.contextmanager
     def on_classes(self, model: PromptEngine, test_set: EvalSet) -> Iterator[None]:

@@ -153,31 +153,37 @@ class PromptEngine:
         return self.engine if self.engine is not None else self.method
 
     @contextlib.contextmanager
-    def gathered(self) -> Iterator[None]:
-        """Outside the engine's forward, ZeRO-3 parameters must be gathered explicitly."""
+    def gathered(self, prompts_only: bool = False, modify: bool = False) -> Iterator[None]:
+        """Outside the engine's forward, ZeRO-3 parameters must be gathered explicitly: all of them (the text
+        side's rebuild for other classes reads frozen weights), or only the trained ones (``prompts_only``: a
+        snapshot or an export needs nothing else). ``modify``: what is written to them inside is kept. DeepSpeed
+        treats a gather without a modifier rank as read-only and restores the old partitions on exit; with one,
+        rank 0's values are broadcast and partitioned again (every rank writes the same values here)."""
         if self.engine is not None and self.zero_stage == 3:
             import deepspeed
 
-            with deepspeed.zero.GatheredParameters(list(self.method.parameters())):
+            params = list(self.trainable if prompts_only else self.method.parameters())
+            with deepspeed.zero.GatheredParameters(params, modifier_rank=0 if modify else None):
                 yield
         else:
             yield
 
     def snapshot(self) -> dict[str, torch.Tensor]:
         """A CPU copy of the prompts (the best-validation prompts are kept this way)."""
-        with self.gathered():
+        with self.gathered(prompts_only=True):
             return {k: v.detach().cpu().clone() for k, v in self.method.prompt_state_dict().items()}
 
     def load_snapshot(self, snapshot: dict[str, torch.Tensor]) -> None:
+        """Set the prompts to ``snapshot`` on every rank (under ZeRO-3 into every rank's partition)."""
         params = dict(self.method.named_parameters())
-        with self.gathered(), torch.no_grad():
+        with self.gathered(prompts_only=True, modify=True), torch.no_grad():
             for k, v in snapshot.items():
                 params[k].copy_(v.to(params[k].device))
 
     def export(self, path: Path, extra_metadata: dict[str, str] | None = None) -> None:
         """Write the prompt file (rank 0; collective under ZeRO-3); ``extra_metadata``: string entries added to the
         file's metadata (which selection of which run the prompts are)."""
-        with self.gathered():
+        with self.gathered(prompts_only=True):
             if self.dist.is_main:
                 with writing(path):
                     save_prompts(self.method, path, extra_metadata)
