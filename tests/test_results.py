@@ -475,7 +475,8 @@ def test_ignored_fields_are_explicit():
         "train.checkpoint_every_epochs", "train.checkpoint_every_steps", "train.keep_checkpoints",
         "eval.every_epochs", "eval.batch_size", "eval.zero_shot_baseline", "eval.targets", "eval.targets_root",
         "data.cache_dir", "data.root", "data.shards", "data.max_bad_samples", "data.strict_classnames", "model.cache_dir",
-        "model.grad_checkpointing", "model.text_chunk",
+        "model.grad_checkpointing", "model.text_chunk", "train.nonfinite", "train.max_nonfinite_skips",
+        "train.checkpoint_on_signal",
     }  # fmt: skip
     # optim.epochs and train.max_steps may change on resume, but they change what was trained
     assert "optim.epochs" not in VARIANT_IGNORED and "train.max_steps" not in VARIANT_IGNORED
@@ -690,3 +691,64 @@ def test_module_runs_as_a_script(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "| coop | 72.00 ± 1.00 | 65.00 ± 1.00 | 47.00 ± 1.00 | 56.00 | 3 |" in result.stderr
     assert (tmp_path / "results_transfer.md").is_file()
+
+
+# ------------------------------------------------------------------------------------------- same test data
+
+
+def with_images(data: dict, **counts: int) -> dict:
+    """``data`` with ``images`` set per split of its last results (``novel=1``; ``ImageNetV2=1`` for a target)."""
+    last = data["results"]["last"]
+    for split, n in counts.items():
+        (last[split] if split in last else last["targets"][split])["images"] = n
+    return data
+
+
+def test_seeds_tested_on_different_images_are_refused_in_one_line(tmp_path, capsys):
+    """The issue's case: one seed scored on 1 test image, two on 1600, in one cell: never a mean of the three."""
+    paths = [
+        write_run(
+            tmp_path, with_images(run_json("coop", "OxfordPets", seed, "fewshot", {"test": split(v)}), test=n)
+        )
+        for seed, v, n in [(1, 80.0, 1600), (2, 100.0, 1), (3, 82.0, 1600)]
+    ]
+    out = tmp_path / "tables"
+    assert main([str(tmp_path), "--out-dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [
+        "scaleprompt results: error: fewshot coop on OxfordPets (16 shots, ViT-B-16/openai): its runs were tested on "
+        f"different data, not averaged: test split with 1 image ({paths[1]}); 1600 images ({paths[0]}, {paths[2]}); "
+        "pass only the runs of one test set, or rerun the others on it"
+    ]
+    assert not out.exists()
+    rows = aggregate(load_runs([paths[0], paths[2]]))  # the runs of one test set: averaged
+    assert [(r.n, r.values["test"].mean) for r in rows] == [(2, 81.0)]
+
+
+def test_base_novel_and_transfer_target_counts_are_compared_split_by_split(tmp_path):
+    b2n = [with_images(run_json("coop", "EuroSAT", s, "base2new", b2n_result(90, 60)), base=500, novel=n)
+           for s, n in [(1, 400), (2, 399)]]  # fmt: skip
+    with pytest.raises(ResultsError, match=r"base2new coop on EuroSAT .*: novel split with 399 images \("):
+        aggregate(b2n)
+    targets = {"test": split(70), "targets": {"ImageNetV2": split(60), "ImageNetSketch": split(50)}}
+    transfer = [
+        with_images(run_json("coop", "ImageNet", s, "transfer", json.loads(json.dumps(targets))), test=50000,
+                    ImageNetV2=10000, ImageNetSketch=n)
+        for s, n in [(1, 50889), (2, 50889), (3, 2)]
+    ]  # fmt: skip
+    with pytest.raises(
+        ResultsError, match=r"target ImageNetSketch split with 2 images \(<run 2>\); 50889 images"
+    ):
+        aggregate(transfer)
+    transfer[2]["results"]["last"]["targets"]["ImageNetSketch"]["images"] = 50889
+    assert [r.n for r in aggregate(transfer)] == [3]
+
+
+def test_test_counts_only_bind_the_seeds_of_one_cell(tmp_path):
+    """Different variants (a sweep's trials) may be tested on different sets: each is its own row; a run that
+    recorded no count (scaleprompt.run/1) is not compared."""
+    runs = [with_images(sweep_run(0, "optim.lr=0.05"), base=10, novel=10),
+            with_images(sweep_run(0, "optim.lr=0.002"), base=500, novel=400)]  # fmt: skip
+    assert [r.label for r in aggregate(runs)] == ["provp_ref (lr=0.002)", "provp_ref (lr=0.05)"]
+    old = [run_json("coop", "OxfordPets", s, "fewshot", {"test": split(80)}) for s in (1, 2)]
+    assert [r.n for r in aggregate([with_images(old[0], test=1600), old[1]])] == [2]

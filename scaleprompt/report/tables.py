@@ -27,6 +27,9 @@ Conventions (also written under every table):
 
 * A cell is the mean ± the sample standard deviation (n - 1) over seeds; with one seed the std is 0.00. The
   "Seeds" column gives the number of seeds behind the row's cells (a range when they differ).
+* The seeds of a cell must have been tested on the same data: runs whose test image counts (``images`` of each
+  test split, base / novel, transfer target) differ are refused with an error naming them and their counts, never
+  averaged (a run tested on 1 image next to runs tested on 1600).
 * Variants: runs are grouped by (setting, method, dataset, shots, backbone, pretrained), and within a group only
   runs of the same configuration are averaged over seeds. The run configs (``results.json`` ``config``,
   flattened) are compared, ignoring :data:`VARIANT_IGNORED` (the seed, paths, logging, checkpointing, ...); the
@@ -445,6 +448,7 @@ def aggregate(
                         f"two runs of {_describe(key, variant)} with seed {seed}: {by_seed[seed][1]} and {m.source}"
                     )
                 by_seed[seed] = (m.result, m.source)
+            check_same_test_data(members, key[0], _describe(key, variant))
             rows.append(_make_row(key, by_seed, selection, metric, variant))
     rows.sort(
         key=lambda r: (
@@ -453,6 +457,37 @@ def aggregate(
         )
     )  # fmt: skip
     return rows
+
+
+def tested_on(result: Mapping[str, Any], setting: str) -> dict[str, int]:
+    """The test images behind one selection's numbers, by split (``test``; ``base`` / ``novel``; ``target X``), as
+    far as the run recorded them (``images``: results.json of scaleprompt.run/2 and later)."""
+    splits = {"base2new": ("base", "novel")}.get(setting, ("test",))
+    counts = {s: result[s].get("images") for s in splits if isinstance(result.get(s), Mapping)}
+    if setting == "transfer":
+        counts.update({f"target {t}": v.get("images") for t, v in (result.get("targets") or {}).items()})
+    return {k: v for k, v in counts.items() if isinstance(v, int)}
+
+
+def check_same_test_data(members: Sequence[_Member], setting: str, cell: str) -> None:
+    """The seeds of one cell must have been tested on the same data: the same test image count per split. A run
+    tested on 1 image is never averaged with runs tested on 1600: :class:`ResultsError` naming the cell, the split,
+    and the runs with each count. (The data fingerprint in results.json cannot be compared: it covers each seed's own
+    few-shot training sample.)"""
+    by_split: dict[str, dict[int, list[str]]] = {}
+    for m in members:
+        for split, images in tested_on(m.result, setting).items():
+            by_split.setdefault(split, {}).setdefault(images, []).append(m.source)
+    for split, counts in by_split.items():
+        if len(counts) > 1:
+            shown = "; ".join(
+                f"{n} image{'s' if n != 1 else ''} ({', '.join(sources)})"
+                for n, sources in sorted(counts.items())
+            )
+            raise ResultsError(
+                f"{cell}: its runs were tested on different data, not averaged: {split} split with {shown}; pass "
+                "only the runs of one test set, or rerun the others on it"
+            )
 
 
 def _make_row(
