@@ -91,8 +91,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    """The metadata (JSON entries decoded, the others as strings), whether the tensor checksum is verified, and
-    the tensors' shapes. A damaged file or bad metadata is one line (exit 2)."""
+    """The metadata (JSON entries decoded, the others as strings), whether the tensor checksum is verified, the
+    tensors' shapes and their counts of values that are not finite. A damaged file or bad metadata is one line
+    (exit 2)."""
     # (no torch: answers at once)
     from scaleprompt.promptfile import CHECKSUM_ENTRY, decode_metadata, read_prompt_bytes
 
@@ -104,7 +105,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         else f"absent (the file records no {CHECKSUM_ENTRY}: its tensors cannot be verified)"
     )
     report["tensors"] = {k: v["shape"] for k, v in raw.table().items()}
+    report["non_finite_values"] = raw.non_finite()  # (eval, predict and load_prompts refuse such a file)
     logger.info("%s", json.dumps(report, indent=2))
+    if report["non_finite_values"]:
+        logger.warning("%s holds values that are not finite: eval and predict refuse it", args.file)
     return 0
 
 

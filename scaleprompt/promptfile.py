@@ -76,7 +76,15 @@ def _parse_header(head: bytes, size: int) -> tuple[dict[str, str], dict[str, dic
 
 def _checked_format(meta: dict[str, str], path: Path) -> None:
     if meta.get("format") != FORMAT:
-        raise PromptFileError(f"{path} is not a scaleprompt prompt file (format={meta.get('format')!r})")
+        hint = (
+            ": bare tensors, as in a checkpoint's best_prompts.safetensors; a training run exports its prompts as "
+            "prompts.safetensors and prompts_best_val.safetensors"
+            if "format" not in meta
+            else ""
+        )
+        raise PromptFileError(
+            f"{path} is not a scaleprompt prompt file (format={meta.get('format')!r}{hint})"
+        )
 
 
 def read_prompt_header(path: str | Path) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
@@ -158,6 +166,28 @@ class RawPromptFile:
     def table(self) -> dict[str, dict[str, Any]]:
         """name -> ``{"dtype", "shape"}``."""
         return {k: {"dtype": v["dtype"], "shape": v["shape"]} for k, v in self.entries.items()}
+
+    def non_finite(self) -> dict[str, int]:
+        """name -> how many of its values are NaN or inf, for the floating point tensors that have any (numpy on
+        the file's bytes: no torch)."""
+        import numpy as np
+
+        kinds = {"F16": "<f2", "F32": "<f4", "F64": "<f8"}
+        found = {}
+        for name in sorted(self.entries):
+            entry = self.entries[name]
+            begin, end = entry["data_offsets"]
+            data = self.data[self.start + begin : self.start + end]
+            if entry["dtype"] == "BF16":  # (the upper half of a float32)
+                values = (np.frombuffer(data, "<u2").astype("<u4") << 16).view("<f4")
+            elif entry["dtype"] in kinds:
+                values = np.frombuffer(data, kinds[entry["dtype"]])
+            else:
+                continue
+            count = int((~np.isfinite(values)).sum())
+            if count:
+                found[name] = count
+        return found
 
 
 def read_prompt_bytes(path: str | Path) -> RawPromptFile:

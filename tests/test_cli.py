@@ -132,6 +132,7 @@ def test_datasets_inspect_results_tune_and_pretrain_run(tmp_path, caplog):
         assert main(["inspect", str(path)]) == 0
     report = json.loads(caplog.records[-1].getMessage())
     assert report["method"] == "coop" and report["classnames"] == ["cat", "dog"]
+    assert report["checksum"] == "verified (tensors_sha256)" and report["tensors"] == {"ctx": [2, 64]}
     assert main(["results", str(tmp_path / "no-runs-here")]) == 2  # one line, exit 2
     assert main(["tune", "--space", str(tmp_path / "missing.yaml")]) == 2
     assert (

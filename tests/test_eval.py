@@ -5,7 +5,10 @@ same world size), in every setting, also under the deepspeed launcher."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -110,10 +113,16 @@ def test_eval_of_a_file_outside_its_run_takes_flags_and_reports_zero_shot(data, 
     assert json.loads(default.read_text())["results"] == got["results"]
 
 
-def test_bad_evaluations_are_one_line_errors(data, tmp_path, capsys):
-    source, _ = data
-    train(source, tmp_path, "method.name=coop", "method.args.n_ctx=2", "method.args.class_specific=true")
-    prompts = str(tmp_path / "run/prompts.safetensors")
+@pytest.fixture(scope="module")
+def csc(data, tmp_path_factory) -> Path:
+    """The run folder of a class-specific CoOp training run (2 epochs, validation)."""
+    tmp = tmp_path_factory.mktemp("csc")
+    train(data[0], tmp, "method.name=coop", "method.args.n_ctx=2", "method.args.class_specific=true")
+    return tmp / "run"
+
+
+def test_bad_evaluations_are_one_line_errors(csc, tmp_path, capsys):
+    prompts = str(csc / "prompts.safetensors")
     assert main(["eval", str(tmp_path / "missing.safetensors")]) == 2
     assert "prompt file not found" in capsys.readouterr().err
     assert main(["eval", prompts, "model.name=sp-tiny-vit-12"]) == 2
@@ -126,6 +135,69 @@ def test_bad_evaluations_are_one_line_errors(data, tmp_path, capsys):
     assert "eval.nonsense" in capsys.readouterr().err
     assert main(["eval", prompts, "method.args.n_ctx=4"]) == 2  # (the file decides: never silently replaced)
     assert "decides the method" in capsys.readouterr().err
+
+
+def test_inspect_reads_every_file_a_training_run_writes(csc, caplog, capsys):
+    """The run's exports carry plain-string selection / epoch / run entries (before: JSONDecodeError) and a
+    verified checksum; a checkpoint's bare best prompts are refused in one line."""
+    for name, selection in (("prompts.safetensors", "last"), ("prompts_best_val.safetensors", "best_val")):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="scaleprompt"):
+            assert main(["inspect", str(csc / name)]) == 0
+        report = json.loads(caplog.records[-1].getMessage())
+        assert report["selection"] == selection and report["run"] == str(csc.resolve())
+        assert report["epoch"].isdigit() and report["method"] == "coop" and report["config"]["n_ctx"] == 2
+        assert report["checksum"].startswith("verified") and report["non_finite_values"] == {}
+        assert report["classnames"] == ["blue", "green", "red", "yellow"]
+    for best in sorted(csc.rglob("best_prompts.safetensors")):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="scaleprompt"):
+            code = main(["inspect", str(best)])
+        if code == 0:  # (a checkpoint that keeps its best prompts as a prompt file)
+            assert json.loads(caplog.records[-1].getMessage())["checksum"].startswith("verified")
+        else:
+            err = capsys.readouterr().err
+            assert code == 2 and len(err.splitlines()) == 1 and "is not a scaleprompt prompt file" in err
+
+
+@pytest.mark.slow
+def test_eval_records_the_hash_selection_and_epoch_of_the_bytes_it_evaluated(b2n, tmp_path, monkeypatch):
+    """The file is replaced by another export between reading it and evaluating (as training's final export
+    replaces its files): the results, sha256, selection and epoch are all those of the bytes read (before: the
+    old file's selection and epoch beside the new file's prompts and hash). The new file is the run's best_val
+    export with its prompts set to NaN (a valid checksum): evaluating it instead could not pass unnoticed."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from scaleprompt.engine import eval_only
+    from scaleprompt.methods.io import tensors_sha256
+
+    folder, trained = b2n
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("config.json", "prompts.safetensors"):
+        shutil.copy(folder / "run" / name, run / name)
+    with safe_open(str(folder / "run/prompts_best_val.safetensors"), framework="pt") as fh:
+        meta = fh.metadata()
+        tensors = {k: torch.full_like(fh.get_tensor(k), float("nan")) for k in fh.keys()}  # noqa: SIM118
+    save_file(tensors, str(tmp_path / "new.safetensors"), {**meta, "tensors_sha256": tensors_sha256(tensors)})
+    last = (run / "prompts.safetensors").read_bytes()
+    build_setting = eval_only.build_setting
+
+    def replace_the_file_then_build(cfg):
+        shutil.copy(tmp_path / "new.safetensors", run / "new")
+        os.replace(run / "new", run / "prompts.safetensors")
+        return build_setting(cfg)
+
+    monkeypatch.setattr(eval_only, "build_setting", replace_the_file_then_build)
+    got = evaluate(str(run / "prompts.safetensors"), "--output", str(tmp_path / "got.json"))
+    assert (run / "prompts.safetensors").read_bytes() == (
+        tmp_path / "new.safetensors"
+    ).read_bytes()  # (it was)
+    assert got["evaluated"]["sha256"] == hashlib.sha256(last).hexdigest()
+    assert (got["evaluated"]["selection"], got["evaluated"]["epoch"]) == ("last", trained["epochs"])
+    assert got["results"] == {"last": trained["results"]["last"]}
 
 
 @pytest.mark.slow

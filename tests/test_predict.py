@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -178,9 +179,31 @@ def test_a_corrupt_image_is_named_or_skipped_with_skip_bad(prompts, photos, caps
     err = capsys.readouterr().err.splitlines()[-1]  # (after the progress bar)
     assert err.startswith(f"scaleprompt: error: cannot read image {bad}: ") and "--skip-bad" in err
     assert not out.exists()  # written atomically: no half file
+    partial = photos / "p.jsonl.partial"  # nothing already predicted is lost: the first batch's 2 records
+    assert err.endswith(f"(the 2 records written before it are kept in {partial})")
+    assert [r["path"] for r in records(partial.read_text())] == [
+        str(photos / "photos" / n) for n in ("C.PNG", "a.jpg")
+    ]
     with caplog.at_level(logging.WARNING, logger="scaleprompt"):
         assert main(["predict", str(prompts), str(photos / "photos"), "-o", str(out), "--skip-bad"]) == 0
     paths = [r["path"] for r in records(out.read_text())]
     assert len(paths) == 5 and str(bad) not in paths
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any(str(bad) in w for w in warnings) and any("skipped 1 unreadable" in w for w in warnings)
+
+
+def test_a_file_name_that_is_not_utf8_is_written_readably_in_csv_and_jsonl(prompts, tmp_path, capsys):
+    """A real file whose name holds the byte 0xE9 (Latin-1 "é"; before: UnicodeEncodeError, every prediction
+    lost): the name is written with that byte as ``\\xe9``, the other records as they are."""
+    folder = tmp_path / "imgs"
+    image(folder / "a.png", 0)
+    odd = os.fsdecode(os.path.join(os.fsencode(folder), b"caf\xe9.png"))  # (surrogate-escaped in Python)
+    image(Path(odd), 1)
+    assert os.path.exists(os.path.join(os.fsencode(folder), b"caf\xe9.png"))
+    shown = f"{folder}/caf\\xe9.png"
+    out = tmp_path / "x.csv"
+    assert main(["predict", str(prompts), str(folder), "--output", str(out)]) == 0
+    with open(out, newline="", encoding="utf-8") as fh:
+        assert [r[0] for r in csv.reader(fh)][1:] == [str(folder / "a.png"), shown]
+    assert main(["predict", str(prompts), str(folder)]) == 0  # JSON lines on stdout
+    assert [r["path"] for r in records(capsys.readouterr().out)] == [str(folder / "a.png"), shown]

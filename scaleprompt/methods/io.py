@@ -139,21 +139,26 @@ class PromptFile:
     checksum: Checksum
 
 
-def open_prompt_file(path: str | Path) -> PromptFile:
+def open_prompt_file(path: str | Path, allow_non_finite: bool = False) -> PromptFile:
     """Read a prompt file's bytes once; verify its checksum, decode its metadata and parse its tensors from those
-    bytes (a file replaced meanwhile changes nothing). Bad files are a :class:`PromptFileError` naming them."""
+    bytes (a file replaced meanwhile changes nothing); unless ``allow_non_finite``, refuse tensors with values
+    that are not finite (:func:`check_finite`). Bad files are a :class:`PromptFileError` naming them."""
     raw = read_prompt_bytes(path)
     header = decode_metadata(raw.meta, raw.path)
     try:
         tensors = load_safetensors(raw.data)
     except Exception as exc:  # noqa: BLE001 - any parse failure means a corrupt file
         raise PromptFileError(f"{raw.path} is not a readable safetensors file: {exc}") from exc
+    if not allow_non_finite:
+        check_finite(tensors, raw.path)
     return PromptFile(raw.path, raw.meta, header, tensors, raw.sha256, raw.checksum)
 
 
-def read_prompt_file(path: str | Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+def read_prompt_file(
+    path: str | Path, allow_non_finite: bool = False
+) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     """The metadata and the tensors of a prompt file (:func:`open_prompt_file`)."""
-    file = open_prompt_file(path)
+    file = open_prompt_file(path, allow_non_finite)
     return file.meta, file.tensors
 
 
