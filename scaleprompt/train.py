@@ -15,6 +15,7 @@ SIGTERM / SIGINT / SIGHUP on any rank stop every rank at the same step with a ch
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -118,6 +119,8 @@ def _main(argv: Sequence[str], prog: str = "train.py") -> int:
             raise
         signals.begin_exit()
         signals.exit_line(prog, signals.peer_lost_line(rank, exc))
+        with contextlib.suppress(Exception):
+            shutdown(collective=False)
         return signals.EXIT_PEER_LOST
     if rank == 0:
         summarize(results)

@@ -50,13 +50,17 @@ def env(tmp: Path) -> dict[str, str]:
 
 
 def launch(args: list[str], tmp: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    left: list[Path] = []
     try:
         proc = subprocess.run(args, cwd=ROOT, env=env(tmp), capture_output=True, text=True, timeout=timeout)
     finally:
-        if "--master_port" in args:  # DeepSpeed leaves its all-reduce buffers (2 x 69 MB of RAM) in /dev/shm
-            port = args[args.index("--master_port") + 1]
-            for buffer in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_127.0.0.1_{port}_*"):
+        if "--master_port" in args:  # DeepSpeed's all-reduce buffers (2 x 66 MB of RAM) in /dev/shm: the run
+            port = args[args.index("--master_port") + 1]  # removes their names; a failed one may leave them
+            left = list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_127.0.0.1_{port}_*"))
+            for buffer in left:
                 buffer.unlink(missing_ok=True)
+    if proc.returncode == 0 and left:
+        raise AssertionError(f"{args[:4]} left its shared-memory buffers: {[p.name for p in left]}")
     if proc.returncode != 0:
         raise AssertionError(
             f"{args[:4]} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"

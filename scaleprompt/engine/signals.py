@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -41,7 +42,9 @@ import torch
 logger = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-REPEAT_GRACE_S = 2.0  # the same stop request: a signal to the group, and launch.py forwarding it to the ranks
+# a repeat within this many seconds is the same stop request (a signal to the process group reaches a rank directly
+# and again through launch.py, which forwards it)
+REPEAT_GRACE_S = float(os.environ.get("SCALEPROMPT_SIGNAL_REPEAT_S", "2"))
 WATCH_INTERVAL_S = 0.5  # how often a launched rank checks that its launcher is still there
 EXIT_PEER_LOST = 75  # sysexits' EX_TEMPFAIL: a peer rank died, the run can be resumed
 
@@ -188,11 +191,16 @@ def abandon(signum: int) -> None:
     """Leave now: one line (rank 0), this process's children killed, exit 128 + ``signum``. Whatever was being
     written is an incomplete ``.partial-*`` checkpoint, never the newest complete one."""
     _state.exiting = True
-    if _state.rank == 0:
-        os.write(2, (f"{_state.prog}: {signal_name(signum)} again: abandoned at once, nothing more saved; "
-                     "continue from the newest complete checkpoint with --resume\n").encode())  # fmt: skip
-    kill_children()
-    os._exit(128 + signum)
+    try:
+        signal.signal(
+            signal.SIGCHLD, signal.SIG_DFL
+        )  # (torch's handler raises for each killed DataLoader worker)
+        if _state.rank == 0:
+            os.write(2, (f"{_state.prog}: {signal_name(signum)} again: abandoned at once, nothing more saved; "
+                         "continue from the newest complete checkpoint with --resume\n").encode())  # fmt: skip
+        kill_children()
+    finally:
+        os._exit(128 + signum)
 
 
 def kill_children() -> None:
@@ -267,7 +275,7 @@ def peer_lost(exc: BaseException) -> bool:
 
 def stop_line(stop: Stopped) -> str:
     """What the user reads: the signal (and who got it), the step, the checkpoint, how to continue."""
-    by = f"{stop.reason} ({signal_name(stop.signum)})" if stop.reason else signal_name(stop.signum)
+    by = f"because {stop.reason}," if stop.reason else f"by {signal_name(stop.signum)}"
     if stop.rank:
         by += f" on rank {stop.rank}"
     if stop.step is not None:
@@ -278,14 +286,15 @@ def stop_line(stop: Stopped) -> str:
         where = f"outside a training step; newest complete checkpoint {stop.latest}"
     else:
         where = "outside a training step; no checkpoint yet (--resume starts fresh)"
-    return f"stopped by {by} {where}; continue with --resume (exit code {stop.exit_code})"
+    return f"stopped {by} {where}; continue with --resume (exit code {stop.exit_code})"
 
 
 def peer_lost_line(rank: int, exc: BaseException) -> str:
     """A collective failed on ``rank`` (a peer died): what happened, and that the run can be resumed."""
     from scaleprompt.errors import one_line
 
-    detail = one_line(exc)
+    detail = re.sub(r"\[[^\]]*\.(?:cc|cpp|h):\d+\]\s*", "", one_line(exc))  # (gloo's source locations)
+    detail = detail.split(". This is typically")[0]
     detail = detail if len(detail) <= 160 else detail[:157] + "..."
     return (f"rank {rank}: a peer rank died or left (a collective failed: {detail}); nothing more saved; "
             f"continue from the newest complete checkpoint with --resume (exit code {EXIT_PEER_LOST})")  # fmt: skip
