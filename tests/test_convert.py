@@ -27,7 +27,7 @@ from scaleprompt.methods.convert import (
     convert_official_file,
     read_official_checkpoint,
 )
-from scaleprompt.methods.io import read_prompt_file
+from scaleprompt.methods.io import open_prompt_file, read_prompt_file
 
 from conftest import CLASSNAMES
 
@@ -238,6 +238,9 @@ def test_a_converted_official_checkpoint_computes_the_same_logits(case, clip12, 
         assert torch.equal(done.method.logits(images), expected)
     meta, _ = read_prompt_file(out)
     assert json.loads(meta["converted_from"])["epoch"] == 5
+    assert (
+        open_prompt_file(out).checksum == "verified"
+    )  # (save_prompts' tensors_sha256, as training's exports)
     assert set(done.mapping) == set(reference.prompt_state_dict())
 
 
@@ -338,6 +341,16 @@ def test_a_shape_mismatch_names_the_official_tensor_and_both_shapes(clip12, tmp_
     path = save_official(tmp_path, state)
     with pytest.raises(
         OfficialCheckpointError, match=r"official tensor ctx has shape \[4, 31\], coop's ctx needs \[4, 32\]"
+    ):
+        convert_official(path, "coop", clip12, CLASSNAMES)
+
+
+def test_an_official_tensor_that_is_not_finite_is_refused_naming_it(clip12, tmp_path):
+    state = _coop_state(clip12, n_ctx=4)
+    state["ctx"][1, :3] = float("nan")
+    path = save_official(tmp_path, state)
+    with pytest.raises(
+        OfficialCheckpointError, match=r"official tensor ctx has 3 of 128 values that are not finite"
     ):
         convert_official(path, "coop", clip12, CLASSNAMES)
 
