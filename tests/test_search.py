@@ -450,6 +450,8 @@ def test_a_killed_driver_resumes_and_completes_the_sweep(tmp_path, colors):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (storage / "sweep" / "trials.csv").exists(), "the driver must die before the sweep ends"
+    # the killed driver's lock file still names it; the lock itself died with it, and the next driver takes it over
+    assert json.loads((storage / "sweep" / ".lock").read_text())["pid"] == proc.pid
     ray = str(Path(sys.executable).parent / "ray")  # the killed driver's local cluster may outlive it
     subprocess.run([ray, "stop", "--force"], env=env(tmp_path), capture_output=True, check=False, timeout=120)
     again = subprocess.run(cmd, cwd=ROOT, env=env(tmp_path), capture_output=True, text=True, timeout=120)
@@ -463,6 +465,55 @@ def test_a_killed_driver_resumes_and_completes_the_sweep(tmp_path, colors):
     trials = rows(storage)
     assert len(trials) == 4 and all(t["status"] == "finished" for t in trials), trials  # (--full-schedule)
     check_trial_runs(trials, tensorboard=False)  # (the sweep's overrides: train.report_to=none)
+
+
+@pytest.mark.slow
+def test_one_driver_per_sweep_a_second_one_is_refused_and_changes_nothing(tmp_path, colors):
+    """While a driver runs a trial of the sweep, a second driver of it (--resume, or fresh) exits 2 at once with one
+    line naming the holder, before Ray: it restarts no trial (no run.attempt-N) and the first driver finishes every
+    trial with its results. (The first driver is held by SIGSTOP meanwhile, so it cannot end first.)"""
+    import socket
+
+    space = write(tmp_path, "space.yaml", SPACE)
+    storage = tmp_path / "search"
+    cmd = [
+        *sweep_cmd(space, storage, "--full-schedule", samples=1, concurrent=1),
+        *overrides(colors, tmp_path),
+    ]
+    log = tmp_path / "first.log"
+    with open(log, "w") as fh:
+        first = subprocess.Popen(cmd, cwd=ROOT, env=env(tmp_path), stdout=fh, stderr=subprocess.STDOUT,
+                                 start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.time() + 300
+        while (
+            time.time() < deadline
+            and first.poll() is None
+            and not any(p.stat().st_size for p in storage.glob("sweep/*/result.json"))
+        ):
+            time.sleep(0.05)
+        assert first.poll() is None, "the sweep ended before a trial reported: " + log.read_text()[-3000:]
+        os.kill(first.pid, signal.SIGSTOP)  # (the driver only: its trial keeps its Ray worker)
+        sweep_json = (storage / "sweep" / "sweep.json").read_bytes()
+        for extra in (["--resume"], []):
+            second = subprocess.run([*cmd, *extra], cwd=ROOT, env=env(tmp_path), capture_output=True, text=True,
+                                    timeout=300)  # fmt: skip
+            assert second.returncode == 2, second.stderr[-3000:]
+            (line,) = second.stderr.strip().splitlines()
+            assert line.startswith(f"tune/ablation.py: error: sweep {storage / 'sweep'} is in use by pid {first.pid} "
+                                   f"on host {socket.gethostname()} (since "), line  # fmt: skip
+            assert line.endswith("one driver per sweep: wait for it to end (or stop it), then --resume"), line
+        assert (storage / "sweep" / "sweep.json").read_bytes() == sweep_json
+        assert not list(storage.glob("sweep/*/run.attempt-*"))
+        os.kill(first.pid, signal.SIGCONT)
+        assert first.wait(timeout=600) == 0, log.read_text()[-3000:]
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    (trial,) = rows(storage)
+    assert trial["status"] == "finished", trial
+    check_trial_runs([trial], tensorboard=False)
+    assert not list(storage.glob("sweep/*/run.attempt-*"))
 
 
 LOOPBACK = {"0100007F", "00000000000000000000000001000000", "0000000000000000FFFF00000100007F"}
@@ -619,6 +670,34 @@ def test_a_truncated_driver_state_is_restored_from_the_killed_driver_s_staging_c
     shutil.rmtree(ray_temp)
     with pytest.raises(ConfigError, match=f"search_gen_state-{session}.json is truncated"):
         repair_driver_state(sweep, ray_temp)
+
+
+def test_the_sweep_lock_names_its_holder_and_leaves_no_empty_sweep_folder(tmp_path):
+    """In-process checks of the driver's lock (the two-driver sweep test runs real drivers): a second holder is
+    refused naming the first; a sweep folder made only for the lock goes away with it; an unwritable storage is
+    one named error."""
+    import socket
+
+    from scaleprompt.errors import OutputError
+    from scaleprompt.locks import LockError
+    from scaleprompt.search.driver import sweep_lock
+
+    sweep = tmp_path / "storage" / "sweep"
+    with sweep_lock(sweep):
+        with pytest.raises(LockError) as err, sweep_lock(sweep):
+            pass
+        assert f"sweep {sweep} is in use by pid {os.getpid()} on host {socket.gethostname()}" in str(
+            err.value
+        )
+        assert str(err.value).endswith("one driver per sweep: wait for it to end (or stop it), then --resume")
+    assert not sweep.exists()  # (no sweep.json was written: nothing is left)
+    with sweep_lock(sweep):
+        (sweep / "sweep.json").write_text("{}")
+    assert (sweep / "sweep.json").is_file()
+    (tmp_path / "file").write_text("")
+    bad = tmp_path / "file" / "sweep"
+    with pytest.raises(OutputError, match=f"cannot lock the sweep folder {bad}: "), sweep_lock(bad):
+        pass
 
 
 def test_a_trial_restarted_from_scratch_sets_an_earlier_attempt_aside(tmp_path):

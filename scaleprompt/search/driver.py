@@ -34,7 +34,7 @@ from scaleprompt.config import ConfigError
 from scaleprompt.engine.checkpoint import atomic_json
 from scaleprompt.engine.config import load_run_config
 from scaleprompt.engine.run import build_setting
-from scaleprompt.errors import one_line
+from scaleprompt.errors import OutputError, one_line
 from scaleprompt.locks import DirLock, LockError
 from scaleprompt.recipes import resolve_recipe
 from scaleprompt.search.driver_state import repair_driver_state
@@ -180,6 +180,8 @@ def sweep_lock(sweep: Path) -> Iterator[DirLock]:
         raise LockError(
             f"{exc}; one driver per sweep: wait for it to end (or stop it), then --resume"
         ) from None
+    except OSError as exc:  # (an unwritable --storage)
+        raise OutputError(f"cannot lock the sweep folder {sweep}: {exc}") from None
     try:
         yield lock
     finally:
