@@ -162,10 +162,13 @@ def test_load_rejects_tensor_shape_mismatch(tmp_path, clip12):
     from safetensors import safe_open
     from safetensors.torch import save_file
 
+    from scaleprompt.methods.io import tensors_sha256
+
     with safe_open(str(path), framework="pt") as fh:
         meta = fh.metadata()
-    save_file({"ctx": torch.zeros(5, 32)}, str(path), metadata=meta)
-    with pytest.raises(PromptFileError, match="shape"):
+    tensors = {"ctx": torch.zeros(5, 32)}  # (its own checksum: the shape check refuses it, not the checksum)
+    save_file(tensors, str(path), metadata={**meta, "tensors_sha256": tensors_sha256(tensors)})
+    with pytest.raises(PromptFileError, match=r"tensor ctx has shape \(5, 32\), the method needs \(4, 32\)"):
         load_prompts(path, clip12)
 
 
