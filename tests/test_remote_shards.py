@@ -108,9 +108,13 @@ def test_the_template_names_one_file_with_exactly_braces():
         == "pipe:aws s3 cp s3://b/fm/train-000000.tar -"
     )
     assert (
-        remote_url("pipe:curl -s https://h/{x}/{}?v={}", "a b.tar")
-        == "pipe:curl -s https://h/{x}/'a b.tar'?v='a b.tar'"
+        remote_url("pipe:curl -s https://h/{x}/{}?v={}", "a_b.tar")
+        == "pipe:curl -s https://h/{x}/a_b.tar?v=a_b.tar"
     )
+    with pytest.raises(
+        DataError, match=r"^refusing to read 'a b\.tar' from remote shard folder .*not a plain shard"
+    ):
+        remote_url("pipe:curl -s https://h/{}", "a b.tar")  # (names are data: see test_shard_trust.py)
     with pytest.raises(
         DataError, match=r"remote shard folder 'pipe:cat /b/manifest.json' names no file: .*\{\}"
     ):

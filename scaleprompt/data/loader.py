@@ -18,7 +18,9 @@ Two modes:
   is read exactly once (disjoint shards per rank, then per worker).
 
 A sample that cannot be decoded is skipped and counted (``loader.skipped``); past ``max_bad_samples`` per
-worker the run stops with :class:`DataError` naming the sample. A missing local shard is a :class:`DataError`.
+worker the run stops with :class:`DataError` naming the sample. Images are decoded by
+:func:`~scaleprompt.data.images.load_rgb`: an image whose header says it is larger than Pillow's pixel limit (a
+decompression bomb) is such a sample and is never decoded; 16-bit grayscale is scaled to 8 bit, not clipped. A missing local shard is a :class:`DataError`.
 
 Integrity checks, each a :class:`DataError` naming the file, shard or sample:
 
@@ -59,11 +61,11 @@ from typing import NamedTuple
 import braceexpand
 import torch
 import webdataset as wds
-from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_expander, tarfile_samples
 
-from scaleprompt.data.remote import PipeStream, is_pipe, is_remote_folder, remote_url
+from scaleprompt.data.images import load_rgb
+from scaleprompt.data.remote import PipeStream, is_pipe, is_remote_folder, remote_command, remote_url
 from scaleprompt.data.shards import DataError, check_shards, read_manifest  # (DataError: torch-free home)
 from scaleprompt.data.transforms import clip_transform
 
@@ -99,6 +101,17 @@ class ShardSource:
         return is_remote_folder(self.shard_dir)
 
     @property
+    def commands(self) -> dict[str, list[str]]:
+        """url -> the argument vector that prints the shard (remote folders: the shard name is an argument of the
+        command, never shell text; empty otherwise)."""
+        if not self.remote:
+            return {}
+        template = str(self.shard_dir)
+        return {
+            u: remote_command(template, e["name"]) for u, e in zip(self.urls, self.entries or (), strict=True)
+        }
+
+    @property
     def stream_hashes(self) -> dict[str, str]:
         """url -> manifest sha256 of the shards checked as they stream (remote folders; empty otherwise)."""
         if not self.remote:
@@ -110,6 +123,8 @@ def resolve_source(source: str | Path | Sequence[str], split: str = "train") -> 
     """Shard URLs (+ class names and sample count when a manifest is available)."""
     remote = is_remote_folder(source)
     if remote or (not is_pipe(source) and isinstance(source, str | Path) and Path(source).is_dir()):
+        if not remote:  # (absolute: no shard path can read as a URL scheme or a pipe: command)
+            source = Path(source).absolute()
         manifest = read_manifest(str(source) if remote else source)
         if split not in manifest["splits"]:
             raise DataError(f"{source} has no {split!r} split (has {sorted(manifest['splits'])})")
@@ -161,8 +176,7 @@ def decode_sample(sample: dict, transform, num_classes: int | None = None) -> tu
     if key is None:
         raise ValueError(f"no image in sample (keys: {sorted(k for k in sample if not k.startswith('__'))})")
     label = sample_label(sample, num_classes)
-    with Image.open(io.BytesIO(sample[key])) as img:
-        image = transform(img.convert("RGB"))
+    image = transform(load_rgb(io.BytesIO(sample[key])))  # (a decompression bomb is refused before decoding)
     return image, label, sample["__key__"]
 
 
@@ -171,12 +185,13 @@ class ShardStream(IterableDataset):
 
     def __init__(self, urls, *, train, batch_size, transform, rank, world_size, seed, shuffle_buffer,
                  resampled, max_bad_samples, drop_last, epoch, counts=None, num_classes=None,
-                 strict=False, hashes=None) -> None:  # fmt: skip
+                 strict=False, hashes=None, commands=None) -> None:  # fmt: skip
         super().__init__()
         # url -> manifest sample count, and url -> sha256 of the shards hashed as they stream (both checked when the
         # shard ends); classes for the label range; strict: an undecodable sample is an error (eval over a manifest)
         self.counts, self.num_classes, self.strict = dict(counts or {}), num_classes, strict
         self.hashes = dict(hashes or {})
+        self.commands = dict(commands or {})  # url -> argument vector of a remote folder's shard
         self.urls, self.train, self.batch_size, self.transform = list(urls), train, batch_size, transform
         self.rank, self.world_size, self.seed, self.shuffle_buffer = rank, world_size, seed, shuffle_buffer
         self.resampled, self.max_bad, self.drop_last, self.epoch = (
@@ -210,7 +225,7 @@ class ShardStream(IterableDataset):
         readers take a damaged header for the end of the archive); a remote folder's shard must have its manifest
         sha256, hashed as it streamed (so its samples were already delivered when a mismatch is found)."""
         for url in urls:
-            pipe = PipeStream(url) if is_pipe(url) else None
+            pipe = PipeStream(url, self.commands.get(url)) if is_pipe(url) else None
             try:
                 n = yield from _tar_samples(url, pipe)
                 digest = pipe.finish() if pipe is not None else None
@@ -396,7 +411,7 @@ class ShardLoader:
             rank=self.rank, world_size=self.world_size, seed=self.seed, shuffle_buffer=self.shuffle_buffer,
             resampled=self.resampled, max_bad_samples=self.max_bad, drop_last=self.train, epoch=epoch,
             counts=self.src.counts, num_classes=len(self.src.classnames) if has_manifest else None,
-            strict=has_manifest and not self.train, hashes=self.src.stream_hashes,
+            strict=has_manifest and not self.train, hashes=self.src.stream_hashes, commands=self.src.commands,
         )  # fmt: skip
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch * 7919 + self.rank)
         loader = DataLoader(

@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import random
+import re
 import tarfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -33,6 +34,7 @@ from pathlib import Path
 from PIL import Image
 
 from scaleprompt.data.datasets import DatasetError, DatasetSplits, Datum
+from scaleprompt.data.images import open_image, to_rgb
 from scaleprompt.data.protocols import Protocol, apply_protocol
 from scaleprompt.locks import DirLock
 
@@ -44,6 +46,8 @@ PLAN = ".plan.json"
 SPLITS = ("train", "val", "test")
 EXT = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png"}
 LOCK = ".lock"
+# what a shard may be called in a manifest: a plain file name (no separator, no URL scheme, no shell character)
+SHARD_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,250}\.tar")
 
 
 class DataError(DatasetError):
@@ -69,14 +73,14 @@ def _image_bytes(path: str, max_size: int | None) -> tuple[bytes, str]:
         raise DatasetError(f"image not found: {src}") from None
     ext = EXT.get(src.suffix.lower(), src.suffix.lower().lstrip("."))
     try:
-        with Image.open(io.BytesIO(raw)) as img:
+        with open_image(io.BytesIO(raw)) as img:  # (a decompression bomb is refused before decoding)
             img.load()
             if max_size is None or min(img.size) <= max_size:
                 return raw, ext
             scale = max_size / min(img.size)
             size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
-            small = img.convert("RGB").resize(size, Image.Resampling.BICUBIC)
-    except (OSError, ValueError) as exc:
+            small = to_rgb(img).resize(size, Image.Resampling.BICUBIC)
+    except (OSError, ValueError) as exc:  # (ImageTooLarge is a ValueError)
         raise DatasetError(f"image cannot be decoded: {src} ({exc})") from exc
     out = io.BytesIO()
     if ext == "png":
@@ -352,7 +356,7 @@ def read_manifest(shard_dir: str | Path) -> dict:
         from scaleprompt.data.remote import read_remote_manifest  # (remote imports this module)
 
         return read_remote_manifest(shard_dir)
-    path = Path(shard_dir) / MANIFEST
+    path = Path(shard_dir).absolute() / MANIFEST
     if not path.is_file():
         raise DataError(f"no {MANIFEST} in {shard_dir}: not a finished scaleprompt shard folder")
     return parse_manifest(path.read_bytes(), str(path))
@@ -398,8 +402,11 @@ def _manifest_problem(manifest: dict) -> str | None:
                 and isinstance(entry.get("sha256"), str) and len(entry["sha256"]) == 64
             ):  # fmt: skip
                 return f"split {split!r} shard #{i} lacks 'name', 'count' or 'sha256'"
-            if entry["name"] != Path(entry["name"]).name or entry["name"] in ("", ".", ".."):
-                return f"split {split!r} shard name {entry['name']!r} is not a file name"
+            if not SHARD_NAME.fullmatch(entry["name"]):
+                return (
+                    f"split {split!r} shard name {entry['name']!r} is not a plain shard file name (letters, digits, "
+                    "'.', '_', '-', ending in .tar)"
+                )
         total = sum(e["count"] for e in info["shards"])
         if total != info["count"]:
             return f"split {split!r} has count {info['count']} but its shards hold {total}"
