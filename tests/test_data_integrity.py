@@ -19,6 +19,7 @@ import tarfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from engine_utils import COLORS, ROOT, make_color_folder
@@ -141,6 +142,59 @@ def test_changed_images_give_a_new_cache_folder(tmp_path, caplog):
     assert ensure(data, cache) == third
     (data / "test" / "green" / "000.png").unlink()  # a removed image
     assert ensure(data, cache) not in (first, second, third)
+
+
+def same_size_same_mtime_rewrite(image: Path) -> None:
+    """Rewrite ``image`` with other pixels of the same byte size, then put its mtime back (``touch -r``)."""
+    reference = image.with_name("reference")
+    shutil.copy2(image, reference)
+    pixels = np.asarray(Image.open(image)).copy()
+    for flip in range(1, 256):  # one pixel changed: the PNG almost always keeps its size
+        pixels[0, 0, 0] ^= flip
+        out = io.BytesIO()
+        Image.fromarray(pixels).save(out, format="PNG")
+        if len(out.getvalue()) == image.stat().st_size:
+            break
+        pixels[0, 0, 0] ^= flip
+    assert len(out.getvalue()) == image.stat().st_size and out.getvalue() != image.read_bytes()
+    image.write_bytes(out.getvalue())  # (in place: the same inode)
+    subprocess.run(["touch", "-r", str(reference), str(image)], check=True)
+    assert image.stat().st_mtime_ns == reference.stat().st_mtime_ns
+    reference.unlink()
+
+
+def test_an_image_rewritten_with_the_same_size_and_mtime_gives_new_shards(tmp_path, caplog):
+    data = make_folder(tmp_path / "flowers")
+    cache = tmp_path / "cache"
+    first = ensure(data, cache)
+    image = data / "test" / "red" / "000.png"
+    before = image.stat()
+    same_size_same_mtime_rewrite(image)
+    after = image.stat()
+    assert (after.st_size, after.st_mtime_ns, after.st_ino) == (
+        before.st_size,
+        before.st_mtime_ns,
+        before.st_ino,
+    )
+    with caplog.at_level(logging.INFO, logger="scaleprompt.data.cache"):
+        second = ensure(data, cache)
+    assert second != first and "ctimes / inodes differ" in caplog.text
+    with tarfile.open(second / "test-000000.tar") as tar:  # the new shards hold the new image's bytes
+        payloads = [tar.extractfile(m).read() for m in tar.getmembers() if m.name.endswith(".png")]  # type: ignore[union-attr]
+    assert image.read_bytes() in payloads
+    assert ensure(data, cache) == second  # and nothing else changed: reused
+    # an image replaced by another file (a new inode) of the same size and mtime
+    replacement = image.with_name("new.tmp")
+    shutil.copy2(image, replacement)
+    os.replace(replacement, image)
+    assert image.stat().st_ino != after.st_ino
+    assert ensure(data, cache) not in (first, second)
+    # a shard folder written with write_shards directly: its plan notices the rewrite too
+    out = tmp_path / "direct"
+    write_shards(load_dataset(f"folder:{data}"), out)
+    same_size_same_mtime_rewrite(image)
+    with pytest.raises(DatasetError, match=r"holds shards of a different dataset / protocol / layout"):
+        write_shards(load_dataset(f"folder:{data}"), out)
 
 
 def test_a_half_written_cache_folder_is_completed(tmp_path):

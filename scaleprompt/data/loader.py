@@ -26,7 +26,7 @@ Integrity checks, each a :class:`DataError` naming the file, shard or sample:
 
 * a shard folder's ``manifest.json`` must be valid (:func:`~scaleprompt.data.shards.read_manifest`);
 * before the first batch, every LOCAL shard this rank is responsible for is hashed and compared with its manifest
-  sha256 (once per process: cached by path, size and mtime). Eval: the shards the rank reads. Train: the rank's
+  sha256 (once per process: cached by path, size, mtime, ctime and inode). Eval: the shards the rank reads. Train: the rank's
   1/world share of the split, so the ranks together hash every shard once (a mismatch on any rank stops the job);
 * a REMOTE folder's shards are not hashed up front (that would download each twice): their bytes are hashed as
   they stream, and compared with the manifest sha256 when the shard ends. The shard's samples have then already

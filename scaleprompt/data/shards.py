@@ -12,7 +12,7 @@ writes; a second writer of the same folder waits for the first, then finds its f
 
 Reading checks the manifest: :func:`read_manifest` refuses a damaged or inconsistent ``manifest.json``
 (:class:`DataError` naming the file) and :func:`check_shards` compares each shard's sha256 with its manifest
-entry, hashing a file once per process (cached by path, size and mtime).
+entry, hashing a file once per process (cached by path, size, mtime, ctime and inode).
 """
 
 from __future__ import annotations
@@ -132,20 +132,28 @@ def shard_entry(path: Path, count: int) -> dict:
     return {"name": path.name, "count": count, "sha256": sha256_file(path)}
 
 
-# absolute path -> (size, mtime_ns, sha256): a file is hashed once per process until its size or mtime changes
-_SHA_CACHE: dict[str, tuple[int, int, str]] = {}
+def file_identity(path: str | Path) -> tuple[int, int, int, int]:
+    """(size, mtime_ns, ctime_ns, inode) of a file: what tells that it changed without reading it. Size and mtime
+    alone miss a file rewritten with the same size whose mtime was put back (``touch -r``); no one can set a ctime,
+    and a file replaced by another (a rename) has another inode."""
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
+
+
+# absolute path -> (file identity, sha256): a file is hashed once per process until its identity changes
+_SHA_CACHE: dict[str, tuple[tuple[int, int, int, int], str]] = {}
 
 
 def cached_sha256(path: str | Path) -> str:
-    """``sha256`` of ``path``, remembered in this process by (path, size, mtime_ns)."""
+    """``sha256`` of ``path``, remembered in this process by its path and :func:`file_identity`."""
     key = os.path.abspath(path)
-    st = os.stat(key)
+    identity = file_identity(key)
     hit = _SHA_CACHE.get(key)
-    if hit is not None and hit[:2] == (st.st_size, st.st_mtime_ns):
-        return hit[2]
+    if hit is not None and hit[0] == identity:
+        return hit[1]
     digest = sha256_file(key)
     # (keyed by the stat from BEFORE hashing: a file changed while it was hashed is hashed again next time)
-    _SHA_CACHE[key] = (st.st_size, st.st_mtime_ns, digest)
+    _SHA_CACHE[key] = (identity, digest)
     return digest
 
 
@@ -309,14 +317,15 @@ def _class_counts(items: list[Datum], num_classes: int) -> list[int]:
 
 
 def _fingerprint(items: tuple[tuple[str, int, str, str], ...]) -> str:
-    """What a shard is made of: sample list plus each source file's size and mtime (a changed image = a new plan)."""
+    """What a shard is made of: sample list plus each source file's :func:`file_identity` (a changed image = a new
+    plan)."""
     digest = hashlib.sha256()
     for path, label, classname, rel in items:
         try:
-            st = os.stat(path)
+            identity = file_identity(path)
         except FileNotFoundError:
             raise DatasetError(f"image not found: {path}") from None
-        digest.update(repr((path, label, classname, rel, st.st_size, st.st_mtime_ns)).encode())
+        digest.update(repr((path, label, classname, rel, *identity)).encode())
     return digest.hexdigest()
 
 
