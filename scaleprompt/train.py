@@ -76,9 +76,13 @@ def main(argv: Sequence[str] | None = None, prog: str = "train.py") -> int:
     """``prog``: the command's name in usage and error lines (``scaleprompt train`` runs this too)."""
     from functools import partial
 
+    from scaleprompt.engine import signals
     from scaleprompt.errors import run_entry_point
 
-    return run_entry_point(partial(_main, prog=prog), argv, prog=prog)
+    try:
+        return run_entry_point(partial(_main, prog=prog), argv, prog=prog)
+    finally:
+        signals.uninstall()  # (the caller's own handlers again, e.g. a test process's)
 
 
 def _main(argv: Sequence[str], prog: str = "train.py") -> int:
@@ -110,7 +114,7 @@ def _main(argv: Sequence[str], prog: str = "train.py") -> int:
         signals.begin_exit()
         if stop.step is None and cfg is not None:
             stop.latest = _newest_checkpoint(Path(cfg.train.output_dir))
-        if rank == 0 or stop.rank == rank:
+        if rank == 0:  # (one line: every rank stops; another rank's signal is named in it)
             signals.exit_line(prog, signals.stop_line(stop))
         shutdown(collective=stop.step is not None)  # (agreed: every rank is here; otherwise no collective)
         return stop.exit_code

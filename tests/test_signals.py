@@ -4,6 +4,7 @@ line with a documented exit code, no traceback, no surviving child, and a checkp
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -252,8 +253,11 @@ def test_one_process_agrees_on_its_own_request_and_ignores_signals_in_forked_chi
             assert signals.requested() == signal.SIGTERM
             assert signals.agree(torch.device("cpu")) == (signal.SIGTERM, 0)
             child = os.fork()
-            if child == 0:  # a forked worker: the stop signals are blocked
-                os._exit(0 if signal.SIGTERM in signal.pthread_sigmask(signal.SIG_BLOCK, []) else 1)
+            if child == 0:  # a forked worker: the stop signals are blocked, it dies with its parent
+                death = ctypes.c_int()
+                ctypes.CDLL(None).prctl(2, ctypes.byref(death))  # PR_GET_PDEATHSIG
+                blocked = signal.SIGTERM in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+                os._exit(0 if blocked and death.value == signal.SIGKILL else 1)
             assert os.waitpid(child, 0)[1] == 0
             signals.begin_exit()
     finally:

@@ -19,12 +19,14 @@ Exit codes: 128 + the signal's number (SIGINT 130, SIGTERM 143, SIGHUP 129), als
 
 A launched rank (``LOCAL_RANK`` set) also watches its launcher: when its parent process exits, or, under
 DeepSpeed's ``launch.py``, the ``deepspeed`` runner above it, the rank stops as on SIGTERM within about a second.
-DataLoader workers (forked after :func:`install`) block these signals: their process stops them.
+DataLoader workers (forked after :func:`install`) block these signals (their process stops them) and, on Linux,
+die with their process.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import re
@@ -46,6 +48,7 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 # and again through launch.py, which forwards it)
 REPEAT_GRACE_S = float(os.environ.get("SCALEPROMPT_SIGNAL_REPEAT_S", "2"))
 WATCH_INTERVAL_S = 0.5  # how often a launched rank checks that its launcher is still there
+PR_SET_PDEATHSIG = 1  # (linux/prctl.h)
 EXIT_PEER_LOST = 75  # sysexits' EX_TEMPFAIL: a peer rank died, the run can be resumed
 
 
@@ -76,6 +79,7 @@ class _State:
     exiting: bool = False
     previous: dict[int, object] = field(default_factory=dict)
     fork_hook: bool = False
+    fork_in_main: bool = False  # (set before each fork: whether the main thread forks)
 
 
 _state = _State()
@@ -105,18 +109,32 @@ def install(prog: str = "train.py", rank: int = 0) -> None:
             _state.previous[signum] = current
             signal.signal(signum, _handle)
     if not _state.fork_hook:
-        os.register_at_fork(after_in_child=_after_fork_in_child)
+        os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
         _state.fork_hook = True
     if "LOCAL_RANK" in os.environ and os.getppid() != 1:
         threading.Thread(target=_watch_launcher, name="scaleprompt-launcher-watch", daemon=True).start()
 
 
+def _before_fork() -> None:
+    _state.fork_in_main = threading.current_thread() is threading.main_thread()
+
+
 def _after_fork_in_child() -> None:
     """A DataLoader worker forked by the run blocks the stop signals: torch's worker handler would let a SIGTERM
     from anyone but its parent (``launch.py``, a signal to the process group) kill it mid-step, failing the step.
-    The run stops its workers itself; a worker whose run vanished exits on its own (torch's parent watchdog)."""
-    if _state.pid is not None and os.getppid() == _state.pid:
-        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    The run stops its workers itself. On Linux a worker forked by the main thread also dies with its run (a
+    SIGKILLed rank left its workers running for seconds, printing a traceback)."""
+    parent = _state.pid
+    if parent is None or os.getppid() != parent:
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    if _state.fork_in_main and sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):
+            return
+        if os.getppid() != parent:  # (the run died before the prctl)
+            os._exit(1)
 
 
 def uninstall() -> None:
@@ -233,12 +251,12 @@ def _watch_launcher() -> None:
     except psutil.Error:
         return
     parent = os.getppid()
-    while not _state.exiting:
+    while not _state.exiting and installed():
         time.sleep(WATCH_INTERVAL_S)
         gone = next((pid for pid, started in watched.items() if not _alive(pid, started)), None)
         if gone is None and os.getppid() == parent:
             continue
-        if _state.signum or _state.exiting:
+        if _state.signum or _state.exiting or not installed():
             return
         _state.reason = f"the launcher (pid {gone if gone is not None else parent}) exited"
         os.kill(os.getpid(), signal.SIGTERM)  # (the main thread's handler: the same path as a real SIGTERM)
