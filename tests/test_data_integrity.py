@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from engine_utils import COLORS, ROOT, make_color_folder
+from engine_utils import COLORS, ROOT, base_overrides, launch, make_color_folder, results
 from PIL import Image
 
 from scaleprompt.data import shards
@@ -195,6 +195,38 @@ def test_an_image_rewritten_with_the_same_size_and_mtime_gives_new_shards(tmp_pa
     same_size_same_mtime_rewrite(image)
     with pytest.raises(DatasetError, match=r"holds shards of a different dataset / protocol / layout"):
         write_shards(load_dataset(f"folder:{data}"), out)
+
+
+def test_a_class_with_fewer_images_than_the_shots_is_refused_unless_allowed(tmp_path, caplog):
+    data = make_folder(tmp_path / "flowers")  # 2 training images per class
+    shutil.copy(data / "train" / "red" / "000.png", data / "train" / "red" / "002.png")  # red: 3
+    cache = tmp_path / "cache"
+    three = Protocol(shots=3, seed=1, subset="all")
+    with pytest.raises(DataError, match=r"^flowers: 3 of 4 classes have fewer than 3 training images for 3-shot: "
+                       r"'blue' \(2\), 'green' \(2\), 'yellow' \(2\); add images, lower data.shots, or set "
+                       r"data.allow_fewer_shots=true"):  # fmt: skip
+        ensure(data, cache, three)
+    assert not list(cache.glob("*/*.tar")), "refused before writing a shard"
+    with caplog.at_level(logging.WARNING, logger="scaleprompt.data.shards"):
+        out = ensure_shards(f"folder:{data}", None, three, SPLITS, cache, shard_size=100, min_shards=1,
+                            allow_fewer_shots=True)  # fmt: skip
+    assert "training on 2 to 3 images per class" in caplog.text
+    assert read_manifest(out)["splits"]["train"]["class_counts"] == [2, 2, 3, 2]  # blue, green, red, yellow
+    with pytest.raises(
+        DataError, match=r"3 of 4 classes have fewer than 3"
+    ):  # a reused folder is checked too
+        ensure(data, cache, three)
+    # every class has the shots: no error, Dassl's draw as before
+    two = ensure(data, cache, Protocol(shots=2, seed=1, subset="all"))
+    assert read_manifest(two)["splits"]["train"]["class_counts"] == [2, 2, 2, 2]
+    # base-to-novel: only the classes a folder trains on count (base: blue, green; novel: red (3), yellow)
+    with pytest.raises(DataError, match=r"^flowers: 2 of 2 classes .*: 'blue' \(2\), 'green' \(2\);"):
+        ensure(data, cache, Protocol(shots=3, seed=1, subset="base"))
+    with pytest.raises(DataError, match=r"^flowers: 1 of 2 classes .*: 'yellow' \(2\);"):
+        ensure(data, cache, Protocol(shots=3, seed=1, subset="new"))
+    ensure(
+        data, cache, Protocol(shots=3, seed=1, subset="new"), ("test",)
+    )  # no train split written: no check
 
 
 def test_a_half_written_cache_folder_is_completed(tmp_path):
@@ -424,3 +456,26 @@ def test_a_class_folder_without_images_is_named(tmp_path):
     Image.new("RGB", (8, 8)).save(flat / "a" / "1.png")
     with pytest.raises(DatasetError, match=rf"class folder {re.escape(str(flat / 'b'))} holds no images"):
         load_dataset(f"folder:{flat}")
+
+
+@pytest.mark.slow
+def test_train_py_refuses_fewer_shots_in_one_line_and_records_them_when_allowed(tmp_path, capsys):
+    from scaleprompt.train import main
+
+    data = make_color_folder(tmp_path / "colors", n_train=3, n_val=1, n_test=1)  # 3 training images per class
+    (data / "train" / "red" / "002.png").unlink()  # red: 2
+    out = tmp_path / "out"
+    args = [
+        *base_overrides(data, tmp_path / "cache", out),
+        "data.shots=4",
+        "method.name=upt",
+        "optim.epochs=1",
+    ]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("train.py: error: colors: 4 of 4 classes have fewer than 4 training images for 4-shot: "
+                          "'blue' (3), 'green' (3), 'red' (2), 'yellow' (3); add images") and "\n" not in err  # fmt: skip
+    assert not out.exists() or not (out / "results.json").exists()
+    launch([sys.executable, "scaleprompt/train.py", *args, "data.allow_fewer_shots=true"], out, timeout=300)
+    res = results(out)
+    assert res["data"]["train_shots_per_class"] == {"min": 2, "max": 3} and res["shots"] == 4

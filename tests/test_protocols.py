@@ -9,7 +9,12 @@ import pytest
 
 from scaleprompt.config import ConfigError
 from scaleprompt.data import DatasetSplits, Datum, Protocol, apply_protocol, fewshot, harmonic_mean
-from scaleprompt.data.protocols import evaluation_targets, split_by_label, subsample_classes
+from scaleprompt.data.protocols import (
+    evaluation_targets,
+    fewer_shots_problem,
+    split_by_label,
+    subsample_classes,
+)
 
 
 def d(name: str, label: int) -> Datum:
@@ -137,3 +142,14 @@ def test_transfer_targets_and_hm():
     )
     assert harmonic_mean(80.0, 60.0) == pytest.approx(2 * 80 * 60 / 140)
     assert harmonic_mean(0.0, 0.0) == 0.0
+
+
+def test_fewer_shots_problem_names_the_short_classes_first_few_and_count():
+    names = [f"class{i}" for i in range(8)]
+    assert fewer_shots_problem("pets", names, [16] * 8, 16) is None
+    assert fewer_shots_problem("pets", names, [3] * 8, 0) is None  # all images: nothing to miss
+    problem = fewer_shots_problem("pets", names, [16, 10, 16, 2, 9, 8, 7, 6], 16)
+    assert problem == (
+        "pets: 6 of 8 classes have fewer than 16 training images for 16-shot: 'class1' (10), 'class3' (2), "
+        "'class4' (9), 'class5' (8), 'class6' (7) and 1 more"
+    )

@@ -55,8 +55,10 @@ from scaleprompt.data.shards import (
     SPLITS,
     DataError,
     _write_json,
+    check_shots,
     file_identity,
     finished_manifest,
+    read_manifest,
     write_shards_locked,
 )
 from scaleprompt.locks import DirLock
@@ -79,27 +81,43 @@ def ensure_shards(
     *,
     shard_size: int,
     min_shards: int,
+    allow_fewer_shots: bool = False,
 ) -> Path:
     """The cache folder of ``dataset`` (a :func:`~scaleprompt.data.datasets.load_dataset` spec, with ``root``)
     after ``protocol``, holding ``splits``; written if the cache has no finished folder for this exact key (see
-    the module docstring). Call it on one process per file system (rank 0): a concurrent call waits."""
+    the module docstring). Call it on one process per file system (rank 0): a concurrent call waits.
+
+    A few-shot protocol with classes that have fewer training images than its shots is a :class:`DataError` naming
+    them unless ``allow_fewer_shots`` (checked on a reused folder too: one written with it is not silently reused
+    without it)."""
     ds = load_dataset(dataset, root)
     key = cache_key(dataset, root, ds, protocol, splits, shard_size=shard_size, min_shards=min_shards)
     out = Path(cache_dir) / folder_name(dataset, protocol, splits, key)
     if _reusable(out, key):
+        _check_reused_shots(out, protocol, allow_fewer_shots)
         logger.info("shard cache: reusing %s", out)
         return out
     with DirLock(out / LOCK, f"shard folder {out}").acquire(wait=True):
         if _reusable(out, key):  # finished by the writer this call waited for
+            _check_reused_shots(out, protocol, allow_fewer_shots)
             logger.info("shard cache: reusing %s (written meanwhile by another process)", out)
             return out
         _explain_new_folder(out, key)
         _write_json(out / SOURCE, key)
         write_shards_locked(
             ds, out, protocol, splits=splits, shard_size=shard_size, min_shards=min_shards, processes=1,
-            max_image_size=None, overwrite=False,
+            max_image_size=None, overwrite=False, allow_fewer_shots=allow_fewer_shots,
         )  # fmt: skip
     return out
+
+
+def _check_reused_shots(out: Path, protocol: Protocol, allow_fewer_shots: bool) -> None:
+    """:func:`~scaleprompt.data.shards.check_shots` on a finished folder's train split (its manifest's counts)."""
+    manifest = read_manifest(out)
+    train = manifest["splits"].get("train")
+    if train is not None and train.get("class_counts") is not None:
+        check_shots(manifest["dataset"], manifest["classnames"], train["class_counts"], protocol.shots,
+                    allow_fewer_shots)  # fmt: skip
 
 
 def dataset_source(dataset: str, root: str | Path | None, ds: DatasetSplits) -> dict:
@@ -170,7 +188,7 @@ def _stat_all(paths: list[str]) -> list[tuple[int, ...]]:
     writer names it if it is needed)."""
 
     def stat_chunk(chunk: list[str]) -> list[tuple[int, ...]]:
-        out = []
+        out: list[tuple[int, ...]] = []
         for path in chunk:
             try:
                 out.append(file_identity(path))

@@ -5,6 +5,11 @@ Few-shot sampling reproduces Dassl's ``generate_fewshot_dataset`` call for call:
 the same stream as Dassl's ``random.seed(seed)`` at start-up; items are grouped by label in order of first
 appearance; each label takes ``rng.sample(items, K)`` (all items when fewer); train is sampled first, then val with
 ``min(K, 4)`` shots, from the same stream.
+
+Dassl takes every image of a class that has fewer than K. Here that is refused unless asked for
+(:func:`fewer_shots_problem`, checked by the shard writer and the shard cache): a class-folder dataset with 10
+training images per class asked for 16 shots would otherwise train on 10 and be labelled 16-shot. When every class
+has K images the draw is Dassl's, unchanged.
 """
 
 from __future__ import annotations
@@ -65,6 +70,24 @@ def fewshot(items: Sequence[Datum], shots: int, rng: random.Random) -> list[Datu
     for group in split_by_label(items).values():
         out.extend(rng.sample(group, shots) if len(group) >= shots else group)
     return out
+
+
+def fewer_shots_problem(
+    dataset: str, classnames: Sequence[str], counts: Sequence[int], shots: int
+) -> str | None:
+    """What is wrong when some of ``classnames`` have fewer than ``shots`` training images (``counts``: the images
+    per class after the protocol, i.e. min(shots, available)): one line naming them (first few + count); None when
+    every class has ``shots`` (or ``shots`` <= 0: all images)."""
+    if shots < 1:
+        return None
+    short = [f"{name!r} ({n})" for name, n in zip(classnames, counts, strict=True) if n < shots]
+    if not short:
+        return None
+    more = f" and {len(short) - 5} more" if len(short) > 5 else ""
+    return (
+        f"{dataset}: {len(short)} of {len(classnames)} classes have fewer than {shots} training images for "
+        f"{shots}-shot: {', '.join(short[:5])}{more}"
+    )
 
 
 def subsample_classes(*splits: Sequence[Datum], subset: Subset = "all") -> tuple[list[Datum], ...]:

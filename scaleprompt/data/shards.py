@@ -35,7 +35,7 @@ from PIL import Image
 
 from scaleprompt.data.datasets import DatasetError, DatasetSplits, Datum
 from scaleprompt.data.images import open_image, to_rgb
-from scaleprompt.data.protocols import Protocol, apply_protocol
+from scaleprompt.data.protocols import Protocol, apply_protocol, fewer_shots_problem
 from scaleprompt.locks import DirLock
 
 logger = logging.getLogger(__name__)
@@ -196,17 +196,22 @@ def write_shards(
     processes: int = 1,
     max_image_size: int | None = None,
     overwrite: bool = False,
+    allow_fewer_shots: bool = False,
 ) -> dict:
     """Write the shards of ``ds`` (after ``protocol``, if given) to ``out_dir``; returns the manifest.
 
     Holds the folder's lock (``<out_dir>/.lock``) while writing: a concurrent writer of the same folder waits, then
-    returns the manifest the first one finished (nothing is rewritten when the folder is complete)."""
+    returns the manifest the first one finished (nothing is rewritten when the folder is complete). A few-shot
+    protocol whose train split is written refuses classes with fewer training images than its shots (a
+    :class:`DataError` naming them) unless ``allow_fewer_shots``: then they keep the images they have (the
+    manifest's ``class_counts`` record how many)."""
     _check_sizes(shard_size, min_shards, processes)
     out = Path(out_dir)
     with DirLock(out / LOCK, f"shard folder {out}").acquire(wait=True):
         return write_shards_locked(
             ds, out, protocol, splits=splits, shard_size=shard_size, min_shards=min_shards,
             processes=processes, max_image_size=max_image_size, overwrite=overwrite,
+            allow_fewer_shots=allow_fewer_shots,
         )  # fmt: skip
 
 
@@ -221,11 +226,15 @@ def write_shards_locked(
     processes: int,
     max_image_size: int | None,
     overwrite: bool,
+    allow_fewer_shots: bool = False,
 ) -> dict:
     """:func:`write_shards` for a caller that already holds ``<out>/.lock``."""
     _check_sizes(shard_size, min_shards, processes)
     if protocol is not None:
         ds = apply_protocol(ds, protocol)
+        if "train" in splits:
+            check_shots(ds.name, ds.classnames, _class_counts(ds.train, len(ds.classnames)), protocol.shots,
+                        allow_fewer_shots)  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     jobs: list[ShardJob] = []
     layout: dict[str, list[tuple[str, int]]] = {}
@@ -284,6 +293,24 @@ def write_shards_locked(
         "wrote %d shards (%s) to %s", len(jobs), ", ".join(f"{s}: {len(v)}" for s, v in layout.items()), out
     )
     return manifest
+
+
+def check_shots(
+    dataset: str, classnames: list[str], counts: list[int], shots: int, allow_fewer: bool
+) -> None:
+    """A :class:`DataError` when some classes have fewer than ``shots`` training images (``counts`` per class), or
+    with ``allow_fewer`` a warning naming them (see :func:`~scaleprompt.data.protocols.fewer_shots_problem`)."""
+    problem = fewer_shots_problem(dataset, classnames, counts, shots)
+    if problem is None:
+        return
+    if not allow_fewer:
+        raise DataError(
+            f"{problem}; add images, lower data.shots, or set data.allow_fewer_shots=true to train on the images "
+            "there are (results.json then records the real shots per class)"
+        )
+    logger.warning(
+        "data.allow_fewer_shots: training on %d to %d images per class: %s", min(counts), max(counts), problem
+    )
 
 
 def _check_sizes(shard_size: int, min_shards: int, processes: int) -> None:

@@ -68,6 +68,9 @@ class DataConfig:
     shards: str | None = None
     cache_dir: str = "runs/shards"
     shots: int = 16  # few-shot K (<= 0: all training images)
+    # a class with fewer than `shots` training images is an error naming it; true: train on the images there are
+    # (results.json's data.train_shots_per_class records the real min / max)
+    allow_fewer_shots: bool = False
     template_set: Literal["coop", "provp"] = "coop"  # hand-crafted templates of fixed-text methods
     image_size: int | None = None  # None = the backbone's
     train_augment: bool = True  # False: train on the test transform (deterministic inputs)

@@ -50,7 +50,8 @@ def cached_shards(
 
     def build_folder() -> str:
         return str(ensure_shards(dataset, root, protocol, splits, cfg.data.cache_dir,
-                                 shard_size=cfg.data.shard_size, min_shards=cfg.data.min_shards))  # fmt: skip
+                                 shard_size=cfg.data.shard_size, min_shards=cfg.data.min_shards,
+                                 allow_fewer_shots=cfg.data.allow_fewer_shots))  # fmt: skip
 
     return run_on_main(build_folder)
 
@@ -225,6 +226,12 @@ def training_fingerprint(setting: EvalSetting) -> str:
 
 def describe_data(setting: EvalSetting) -> dict[str, Any]:
     """What results were computed on: shard folder names (named by their cache key; a remote folder by its
-    ``pipe:`` template) and the data fingerprint (the same for a folder and its remote copy)."""
-    return {"shards": {k: v if is_remote_folder(v) else Path(v).name for k, v in setting.folders.items()},
-            "fingerprint": shard_fingerprint(setting.folders)}  # fmt: skip
+    ``pipe:`` template), the data fingerprint (the same for a folder and its remote copy) and the training images
+    per class (``train_shots_per_class``: min / max, from the train split's manifest; below ``data.shots`` only with
+    ``data.allow_fewer_shots``)."""
+    out = {"shards": {k: v if is_remote_folder(v) else Path(v).name for k, v in setting.folders.items()},
+           "fingerprint": shard_fingerprint(setting.folders)}  # fmt: skip
+    counts = read_manifest(setting.train)["splits"].get("train", {}).get("class_counts")
+    if counts:
+        out["train_shots_per_class"] = {"min": min(counts), "max": max(counts)}
+    return out
