@@ -112,6 +112,29 @@ def test_a_crafted_local_manifest_name_is_refused_and_runs_nothing(shard_dir, tm
     assert not marker.exists()
 
 
+@pytest.mark.slow
+def test_train_py_on_a_crafted_folder_refuses_in_one_line_and_runs_nothing(
+    shard_dir, tmp_path, monkeypatch, capsys
+):
+    """The issue's case: ``data.shards=.`` in a folder whose manifest names ``pipe:touch PWNED;cat ...``."""
+    from scaleprompt.train import main
+
+    folder = Path(shutil.copytree(shard_dir, tmp_path / "crafted"))
+    name = evil_names()[0]
+    craft(folder, name)
+    monkeypatch.chdir(folder)
+    args = ["model.name=sp-tiny-vit", "data.shards=.", "data.shots=0", "data.num_workers=0", "method.name=upt",
+            f"train.output_dir={tmp_path / 'out'}", "train.report_to=none"]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"train.py: error: {folder / 'manifest.json'} is damaged or inconsistent: split 'test' shard name {name!r} "
+        "is not a plain shard file name (letters, digits, '.', '_', '-', ending in .tar); delete the shard folder "
+        "to rebuild it"
+    )
+    assert not (folder / MARK).exists()
+
+
 def test_a_local_folder_is_read_through_its_absolute_path(shard_dir, tmp_path, monkeypatch):
     """Every shard path handed to an opener (webdataset's or ours) is absolute: no relative path can read as a URL
     scheme or a pipe: command."""

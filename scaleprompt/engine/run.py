@@ -229,7 +229,7 @@ def describe_data(setting: EvalSetting) -> dict[str, Any]:
     ``pipe:`` template), the data fingerprint (the same for a folder and its remote copy) and the training images
     per class (``train_shots_per_class``: min / max, from the train split's manifest; below ``data.shots`` only with
     ``data.allow_fewer_shots``)."""
-    out = {"shards": {k: v if is_remote_folder(v) else Path(v).name for k, v in setting.folders.items()},
+    out = {"shards": {k: v if is_remote_folder(v) else Path(v).resolve().name for k, v in setting.folders.items()},
            "fingerprint": shard_fingerprint(setting.folders)}  # fmt: skip
     counts = read_manifest(setting.train)["splits"].get("train", {}).get("class_counts")
     if counts:
