@@ -91,9 +91,7 @@ def _main(argv: Sequence[str], prog: str = "evaluate.py") -> int:
     from scaleprompt.methods.io import open_prompt_file
 
     try:
-        prompts = open_prompt_file(
-            args.prompts
-        )  # (read once: the config, the prompts and the hash come from it)
+        prompts = open_prompt_file(args.prompts)  # (read once: config, prompts and hash come from it)
         cfg = evaluation_config(prompts, args.config, overrides_of(args, rest))
         ds_config = load_ds_config(args.ds) if args.ds else None
     except ScalepromptError as exc:  # every rank parses the same arguments: rank 0 reports it

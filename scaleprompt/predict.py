@@ -162,9 +162,7 @@ class Predictor:
 
     def __init__(self, prompts: str | Path | PromptFile, pretrained: str | None = None, device: str = "cpu",
                  classnames: Sequence[str] | None = None) -> None:  # fmt: skip
-        file = (
-            prompts if isinstance(prompts, PromptFile) else open_prompt_file(prompts)
-        )  # (read once, verified)
+        file = prompts if isinstance(prompts, PromptFile) else open_prompt_file(prompts)  # (read once)
         backbone = file.header.get("backbone")
         if not backbone:
             raise PromptFileError(

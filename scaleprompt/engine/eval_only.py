@@ -145,9 +145,7 @@ class PromptEvaluation:
             setting, lambda shards, split: eval_loader(cfg, info, self.dist, shards, split), self.dist.device
         )
         zero_shot = self._zero_shot(backbone, setting, evaluator) if self.zero_shot else None
-        method = load_prompts(
-            self.file, backbone
-        )  # (the bytes read; checks the backbone's shapes, finiteness)
+        method = load_prompts(self.file, backbone)  # (the bytes read; checks the backbone's shapes)
         if method.classnames != list(setting.classnames) or self.header.get("templates_from") == "dataset":
             method.set_classnames(
                 setting.classnames, setting.templates
