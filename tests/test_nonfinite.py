@@ -175,3 +175,29 @@ def test_skip_mode_stops_after_its_budget(colors, tmp_path):
                 "train.max_nonfinite_skips=2", "train.log_every_steps=0")  # fmt: skip
     with pytest.raises(NonFiniteError, match=r"after 2 skipped steps \(train.max_nonfinite_skips\)"):
         t.fit()
+
+
+def test_a_checkpoints_best_prompts_are_verified_against_their_own_checksum(tmp_path):
+    """The best prompts a resume continues with carry ``tensors_sha256`` (beside COMPLETE.json's file hashes): a
+    file whose tensors differ from the checksum it records is refused naming it."""
+    from safetensors.torch import save_file
+
+    from scaleprompt.methods.io import tensors_sha256
+    from scaleprompt.promptfile import PromptFileError
+
+    folder = tmp_path / "checkpoints" / "step00000001"
+    folder.mkdir(parents=True)
+    atomic_json(folder / "run_state.json", {"tag": "step00000001"})
+    atomic_json(folder / "COMPLETE.json", {"tag": "step00000001", "files": {}, "identity": {}})
+    good = {"ctx": torch.ones(2, 3)}
+    save_file(
+        good, str(folder / "best_prompts.safetensors"), metadata={"tensors_sha256": tensors_sha256(good)}
+    )
+    loaded = CheckpointManager(tmp_path / "checkpoints").load(None, "step00000001")
+    assert torch.equal(loaded.best_prompts["ctx"], good["ctx"])
+    other = {"ctx": torch.zeros(2, 3)}
+    save_file(
+        other, str(folder / "best_prompts.safetensors"), metadata={"tensors_sha256": tensors_sha256(good)}
+    )
+    with pytest.raises(PromptFileError, match="best_prompts.safetensors is damaged"):
+        CheckpointManager(tmp_path / "checkpoints").load(None, "step00000001")

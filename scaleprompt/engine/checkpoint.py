@@ -218,7 +218,10 @@ class CheckpointManager:
             if best_prompts:
                 from safetensors.torch import save_file
 
-                save_file({k: v.contiguous() for k, v in best_prompts.items()}, str(partial / BEST))
+                from scaleprompt.methods.io import tensors_sha256
+
+                best = {k: v.contiguous() for k, v in best_prompts.items()}
+                save_file(best, str(partial / BEST), metadata={"tensors_sha256": tensors_sha256(best)})
             _write_json(partial / STATE, {**state, "format": FORMAT, "tag": final.name})
             files = {
                 str(p.relative_to(partial)): sha256_file(p) for p in sorted(partial.rglob("*")) if p.is_file()
@@ -352,10 +355,16 @@ class CheckpointManager:
             if path is None:
                 raise CheckpointError(f"DeepSpeed could not load checkpoint {folder}")
         best = None
-        if (folder / BEST).is_file():
-            from safetensors.torch import load_file
+        if (folder / BEST).is_file():  # (hashed in COMPLETE.json; its own checksum since issue 23)
+            from safetensors import safe_open
 
-            best = load_file(str(folder / BEST))
+            from scaleprompt.methods.io import verify_prompt_tensors
+
+            with safe_open(str(folder / BEST), framework="pt") as fh:
+                meta = fh.metadata() or {}
+                best = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - safe_open has no __iter__
+            if "tensors_sha256" in meta:
+                verify_prompt_tensors(meta, best, folder / BEST)
         rng_file = folder / f"rng_rank{self.rank}.json"
         rng = _read_json(rng_file, "RNG state") if rng_file.is_file() else None
         return Loaded(tag, state, best, rng)
