@@ -274,3 +274,21 @@ def test_the_read_timeout_is_checked(monkeypatch, shard_dir):
         read_remote_manifest(f"pipe:cat {shard_dir}/{{}}")
     monkeypatch.setenv("SCALEPROMPT_PIPE_TIMEOUT", "0")  # no limit: reads as usual
     assert read_remote_manifest(f"pipe:cat {shard_dir}/{{}}") == read_manifest(shard_dir)
+
+
+def test_the_read_timeout_works_with_descriptors_past_1024(shard_dir, monkeypatch):
+    """A big run holds many files open: the wait for output must not be limited to descriptors below 1024."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"the descriptor limit is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        monkeypatch.setenv("SCALEPROMPT_PIPE_TIMEOUT", "60")
+        assert read_remote_manifest(f"pipe:cat {shard_dir}/{{}}") == read_manifest(shard_dir)
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -253,15 +253,13 @@ class PipeStream:
         if self.timeout is None:
             return
         deadline = time.monotonic() + self.timeout
+        poller = select.poll()  # (not select.select: it refuses descriptors >= 1024, common in a big run)
+        poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            try:
-                ready, _, _ = select.select([fd], [], [], left)
-            except InterruptedError:  # (a signal: wait again)
-                continue
-            if ready:
+            if poller.poll(max(1, int(left * 1000))):  # (readable, or closed: either ends the wait)
                 return
         self.stalled = (
             f"shard command {self.url} wrote nothing for {self.timeout:g} s ({self.size} bytes read before): killed "
