@@ -15,7 +15,6 @@ SIGTERM / SIGINT / SIGHUP on any rank stop every rank at the same step with a ch
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
 import sys
@@ -89,7 +88,7 @@ def _main(argv: Sequence[str], prog: str = "train.py") -> int:
     args, overrides = parse_args(argv, prog)
     from scaleprompt.engine import signals
     from scaleprompt.engine.config import load_ds_config, load_run_config
-    from scaleprompt.engine.distributed import shutdown
+    from scaleprompt.engine.distributed import forget_rendezvous, shutdown
     from scaleprompt.errors import ScalepromptError, debug_requested, reported_elsewhere
 
     rank = int(os.environ.get("RANK", 0))
@@ -116,15 +115,17 @@ def _main(argv: Sequence[str], prog: str = "train.py") -> int:
             stop.latest = _newest_checkpoint(Path(cfg.train.output_dir))
         if rank == 0:  # (one line: every rank stops; another rank's signal is named in it)
             signals.exit_line(prog, signals.stop_line(stop))
-        shutdown(collective=stop.step is not None)  # (agreed: every rank is here; otherwise no collective)
+        if stop.step is not None:  # (agreed: every rank is here)
+            shutdown()
+        else:
+            forget_rendezvous()
         return stop.exit_code
     except Exception as exc:
+        signals.begin_exit()
+        forget_rendezvous()  # (every rank leaves: the run is over)
         if not signals.peer_lost(exc) or debug_requested(sys.argv):
             raise
-        signals.begin_exit()
         signals.exit_line(prog, signals.peer_lost_line(rank, exc))
-        with contextlib.suppress(Exception):
-            shutdown(collective=False)
         return signals.EXIT_PEER_LOST
     if rank == 0:
         summarize(results)

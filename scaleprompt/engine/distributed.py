@@ -133,6 +133,12 @@ def shutdown(collective: bool = True) -> None:
         _remove_rendezvous(_rendezvous_file)
 
 
+def forget_rendezvous() -> None:
+    """Remove this group's file rendezvous without a collective (a failed or stopped run, every rank leaving)."""
+    if _rendezvous_file is not None:
+        _remove_rendezvous(_rendezvous_file)
+
+
 def _remove_rendezvous(path: str) -> None:
     try:
         os.unlink(path)
@@ -151,13 +157,6 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum over ranks (in place); a no-op without a process group."""
     if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
         torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
-    return tensor
-
-
-def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
-    """Element-wise maximum over ranks (in place); a no-op without a process group."""
-    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
-        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
     return tensor
 
 

@@ -10,9 +10,9 @@ SIGHUP (a closed terminal) stop the run cleanly on any rank:
 * elsewhere (setting up, the final evaluation) :class:`Stopped` is raised at once: nothing half-done is kept
   (checkpoints and results are written atomically), ``--resume`` continues from the newest complete checkpoint;
 * the same signal arriving again within :data:`REPEAT_GRACE_S` is the same request (a signal to the process group
-  reaches each rank twice: directly and forwarded by DeepSpeed's ``launch.py``); a later one abandons the run at
-  once (its children killed, exit code 128 + signal), even in the middle of a save: the previous complete
-  checkpoint stays the newest.
+  reaches each rank twice: directly and forwarded by DeepSpeed's ``launch.py``; ``SCALEPROMPT_SIGNAL_REPEAT_S``
+  changes the 2 s); a later one abandons the run at once (its children killed, exit code 128 + signal), even in
+  the middle of a save: the previous complete checkpoint stays the newest.
 
 Exit codes: 128 + the signal's number (SIGINT 130, SIGTERM 143, SIGHUP 129), also when the launcher vanished
 (counted as SIGTERM); :data:`EXIT_PEER_LOST` (75, EX_TEMPFAIL) when a collective failed because a peer rank died.
@@ -210,9 +210,8 @@ def abandon(signum: int) -> None:
     written is an incomplete ``.partial-*`` checkpoint, never the newest complete one."""
     _state.exiting = True
     try:
-        signal.signal(
-            signal.SIGCHLD, signal.SIG_DFL
-        )  # (torch's handler raises for each killed DataLoader worker)
+        # (torch's SIGCHLD handler would raise for each DataLoader worker killed below)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         if _state.rank == 0:
             os.write(2, (f"{_state.prog}: {signal_name(signum)} again: abandoned at once, nothing more saved; "
                          "continue from the newest complete checkpoint with --resume\n").encode())  # fmt: skip
@@ -272,9 +271,9 @@ def _alive(pid: int, started: float) -> bool:
 
 
 # --- a peer rank died -------------------------------------------------------------------------------------------
-PEER_LOST_MARKERS = (
+PEER_LOST_MARKERS = (  # what gloo / NCCL say when the other end of a collective is gone
     "connection closed by peer", "connection reset by peer", "broken pipe", "socket closed", "connection refused",
-    "timed out", "timeout", "no route to host", "nccl", "gloo", "remote process exited",
+    "timed out", "no route to host", "remote process exited", "ncclremoteerror", "communicator was aborted",
 )  # fmt: skip
 
 
