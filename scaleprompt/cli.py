@@ -145,7 +145,7 @@ def cmd_shards(args: argparse.Namespace) -> int:
     manifest = write_shards(
         dataset, args.out, protocol, splits=tuple(args.splits), shard_size=args.shard_size,
         min_shards=args.min_shards, processes=args.processes, max_image_size=args.max_image_size,
-        overwrite=args.overwrite,
+        overwrite=args.overwrite, allow_fewer_shots=args.allow_fewer_shots,
     )  # fmt: skip
     for split, info in manifest["splits"].items():
         logger.info("%-5s %7d images in %4d shards", split, info["count"], len(info["shards"]))
@@ -328,6 +328,10 @@ def build_parser() -> argparse.ArgumentParser:
     shards.add_argument(
         "--shots", type=int, default=None, help="few-shot K (omit: no protocol; 0: all images)"
     )
+    shards.add_argument(
+        "--allow-fewer-shots", action="store_true",
+        help="classes with fewer training images than --shots keep what they have (default: refused, naming them)",
+    )  # fmt: skip
     shards.add_argument("--seed", type=int, default=1, help="few-shot sampling seed (default: 1)")
     shards.add_argument(
         "--subset", choices=["all", "base", "new"], default="all", help="classes: all, base half or new half"

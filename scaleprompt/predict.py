@@ -35,6 +35,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from scaleprompt.backbone import load_clip
+from scaleprompt.data.images import load_rgb, to_rgb
 from scaleprompt.data.transforms import clip_transform
 from scaleprompt.errors import OutputError, ScalepromptError, one_line
 from scaleprompt.methods.base import clean_classnames
@@ -187,8 +188,9 @@ class Predictor:
     def load_image(self, path: str | Path) -> Tensor:
         """The transformed ``[3, H, W]`` image of a file; :class:`ImageReadError` names a file that cannot be read."""
         try:
-            with Image.open(path) as img:
-                rgb = img.convert("RGB")  # (decodes the whole image: a truncated file fails here)
+            rgb = load_rgb(
+                path
+            )  # (decodes the whole image: a truncated file fails here; 16-bit scaled, bombs refused)
         except Exception as exc:  # noqa: BLE001 - whatever PIL raises, the file is unreadable
             raise ImageReadError(f"cannot read image {path}: {one_line(exc)}") from exc
         return self.transform(rgb)
@@ -199,7 +201,7 @@ class Predictor:
 
     def probabilities(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """``[N, C]`` class probabilities."""
-        return self._probabilities(torch.stack([self.transform(img.convert("RGB")) for img in images]))
+        return self._probabilities(torch.stack([self.transform(to_rgb(img)) for img in images]))
 
     def predict_files(
         self,

@@ -27,6 +27,21 @@ def test_shards_command_writes_the_embedded_dataset(tmp_path):
     assert (tmp_path / "data" / "fashion_mnist" / "split_zhou_FashionMNIST.json").is_file()
 
 
+def test_shards_refuses_fewer_images_than_shots_unless_allowed(tmp_path, capsys):
+    from engine_utils import make_color_folder
+
+    data = make_color_folder(tmp_path / "colors", n_train=3, n_val=1, n_test=1)
+    args = ["shards", "--dataset", f"folder:{data}", "--out", str(tmp_path / "out"), "--shots", "4",
+            "--min-shards", "1", "--processes", "1"]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "have fewer than 4 training images for 4-shot" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out" / "manifest.json").exists()
+    assert main([*args, "--allow-fewer-shots"]) == 0
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["splits"]["train"]["count"] == 4 * 3  # 4 classes x the 3 images each has
+
+
 def test_check_command_runs_a_step_and_a_reload_per_method():
     assert main(["check", "--methods", "coop", "provp_ref", "--batch-size", "4"]) == 0
 

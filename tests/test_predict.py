@@ -207,3 +207,26 @@ def test_a_file_name_that_is_not_utf8_is_written_readably_in_csv_and_jsonl(promp
         assert [r[0] for r in csv.reader(fh)][1:] == [str(folder / "a.png"), shown]
     assert main(["predict", str(prompts), str(folder)]) == 0  # JSON lines on stdout
     assert [r["path"] for r in records(capsys.readouterr().out)] == [str(folder / "a.png"), shown]
+
+
+def test_predict_reads_a_16_bit_png_as_its_8_bit_values(prompts, tmp_path):
+    """predict decodes images like training does (scaleprompt.data.images): a 16-bit PNG is its values >> 8, not
+    convert("RGB")'s near-white clip."""
+    import numpy as np
+    from PIL import Image
+
+    from scaleprompt.predict import Predictor
+
+    values = (np.arange(32 * 32, dtype=np.int64).reshape(32, 32) * 64 + 31).astype(np.uint16)
+    Image.fromarray(values).save(tmp_path / "deep.png")
+    Image.fromarray(np.repeat((values >> 8).astype(np.uint8)[..., None], 3, axis=2)).save(
+        tmp_path / "eight.png"
+    )
+    predictor = Predictor(prompts)
+    torch.testing.assert_close(predictor.load_image(tmp_path / "deep.png"), predictor.load_image(tmp_path / "eight.png"),
+                               rtol=0, atol=0)  # fmt: skip
+    with Image.open(tmp_path / "deep.png") as img:
+        assert img.mode.startswith("I")
+        torch.testing.assert_close(
+            predictor.probabilities([img]), predictor.probabilities([Image.open(tmp_path / "eight.png")])
+        )

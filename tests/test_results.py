@@ -476,7 +476,7 @@ def test_ignored_fields_are_explicit():
         "eval.every_epochs", "eval.batch_size", "eval.zero_shot_baseline", "eval.targets", "eval.targets_root",
         "data.cache_dir", "data.root", "data.shards", "data.max_bad_samples", "data.strict_classnames", "model.cache_dir",
         "model.grad_checkpointing", "model.text_chunk", "train.nonfinite", "train.max_nonfinite_skips",
-        "train.checkpoint_on_signal",
+        "train.checkpoint_on_signal", "data.allow_fewer_shots",
     }  # fmt: skip
     # optim.epochs and train.max_steps may change on resume, but they change what was trained
     assert "optim.epochs" not in VARIANT_IGNORED and "train.max_steps" not in VARIANT_IGNORED
@@ -752,3 +752,18 @@ def test_test_counts_only_bind_the_seeds_of_one_cell(tmp_path):
     assert [r.label for r in aggregate(runs)] == ["provp_ref (lr=0.002)", "provp_ref (lr=0.05)"]
     old = [run_json("coop", "OxfordPets", s, "fewshot", {"test": split(80)}) for s in (1, 2)]
     assert [r.n for r in aggregate([with_images(old[0], test=1600), old[1]])] == [2]
+
+
+def test_a_run_trained_on_fewer_shots_than_its_label_is_its_own_variant(tmp_path):
+    """data.allow_fewer_shots: a "16-shot" run whose classes had 10-12 training images is never averaged with the
+    real 16-shot seeds; its row says how many shots per class it had."""
+    short = sweep_run(3, base=60)
+    short["data"] = {"train_shots_per_class": {"min": 10, "max": 12}}
+    full = sweep_run(2, base=82)
+    full["data"] = {"train_shots_per_class": {"min": 16, "max": 16}}
+    write_sweep(tmp_path, sweep_run(1, base=80), full, short)
+    rows = aggregate(load_runs(tmp_path))
+    assert [(r.label, r.seeds, r.values["base"].mean) for r in rows] == [
+        ("provp_ref", (1, 2), 81.0),
+        ("provp_ref (10-12 of 16 shots per class)", (3,), 60.0),
+    ]

@@ -16,7 +16,8 @@ from typing import Any
 MAY_CHANGE = frozenset({
     "train.output_dir", "train.log_every_steps", "train.report_to", "train.checkpoint_every_epochs",
     "train.checkpoint_every_steps", "train.keep_checkpoints", "train.max_steps", "train.checkpoint_on_signal",
-    "train.nonfinite", "train.max_nonfinite_skips",  # (a skipped step is recorded in the run's results)
+    "train.nonfinite", "train.max_nonfinite_skips",
+    "data.allow_fewer_shots",  # (refuses or allows; what was trained on is in the shard content, compared)  # (a skipped step is recorded in the run's results)
     "train.tensorboard",  # (removed, replaced by train.report_to: in the identity of older checkpoints)
     "eval.every_epochs", "eval.batch_size", "eval.zero_shot_baseline", "eval.targets", "eval.targets_root",
     "data.cache_dir", "data.root", "data.shards", "data.max_bad_samples", "data.strict_classnames", "model.cache_dir",

@@ -330,6 +330,20 @@ def _stopped_at(run: Mapping[str, Any]) -> str:
     return f"stopped at epoch {epoch}" if epoch is not None else "stopped early"
 
 
+def _fewer_shots(run: Mapping[str, Any]) -> str:
+    """``"10-12 of 16 shots per class"`` for a run that trained on fewer images per class than its ``shots`` say
+    (``data.allow_fewer_shots``: results.json's ``data.train_shots_per_class``), ``""`` otherwise."""
+    data = run.get("data")
+    per = data.get("train_shots_per_class") if isinstance(data, Mapping) else None
+    shots = run.get("shots")
+    if not isinstance(per, Mapping) or not isinstance(shots, int) or shots <= 0:
+        return ""
+    low, high = per.get("min"), per.get("max")
+    if not isinstance(low, int) or low >= shots:
+        return ""
+    return f"{low}{f'-{high}' if isinstance(high, int) and high != low else ''} of {shots} shots per class"
+
+
 def _variant_labels(
     keys: Sequence[str], values: Sequence[Mapping[str, Any]], stops: Sequence[str], precise: bool
 ) -> list[str]:
@@ -364,7 +378,8 @@ def _split_variants(
             if resolved is not None:
                 flats[i] = _with_args(flats[i], resolved)
         differing = _differing(flats)
-    stops = [_stopped_at(m.run) for m in members]
+    # a run stopped early, or trained on fewer shots than its label, is a variant of its own
+    stops = ["; ".join(p for p in (_stopped_at(m.run), _fewer_shots(m.run)) if p) for m in members]
     labels = _variant_labels(differing, flats, stops, precise=False)
     distinct = {
         (tuple(_canon(f.get(k)) if k in f else _ABSENT for k in differing), s)
