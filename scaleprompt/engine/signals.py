@@ -169,26 +169,27 @@ def deferred() -> Iterator[None]:
         raise Stopped(_state.signum, _state.reason, _state.rank)  # (arrived after the loop's last check)
 
 
-def agree(device: torch.device) -> tuple[int, int | None]:
-    """(signal, lowest rank that received it) of any rank's stop request, the same on every rank; (0, None):
-    none. One all-reduce (MAX) of two integers; nothing at all where no rank installed the handlers."""
+def agree(device: torch.device) -> tuple[int, int | None, str]:
+    """(signal, lowest rank that received it, why: "" for a plain signal) of any rank's stop request, the same on
+    every rank; (0, None, ""): none. One all-reduce (MAX) of three integers; nothing at all where no rank installed
+    the handlers."""
     if not installed():
-        return 0, None
+        return 0, None, ""
     world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
     signum = requested()
     if world == 1:
-        return signum, (rank if signum else None)
-    flag = torch.tensor([signum, -rank if signum else -world], dtype=torch.int64, device=device)
+        return signum, (rank if signum else None), _state.reason
+    launcher_gone = int(bool(_state.reason))
+    flag = torch.tensor(
+        [signum, -rank if signum else -world, launcher_gone], dtype=torch.int64, device=device
+    )
     torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-    signum, lowest = int(flag[0].item()), -int(flag[1].item())
+    signum, lowest, launcher_gone = int(flag[0].item()), -int(flag[1].item()), int(flag[2].item())
     if signum and not _state.signum:  # (another rank's request: this one is stopping too)
         _state.signum, _state.first_at = signum, time.monotonic()
-    return signum, (lowest if signum else None)
-
-
-def reason() -> str:
-    return _state.reason
+    why = _state.reason or ("the launcher exited" if launcher_gone else "")
+    return signum, (lowest if signum else None), why
 
 
 def _handle(signum: int, frame: object) -> None:
@@ -292,9 +293,9 @@ def peer_lost(exc: BaseException) -> bool:
 
 def stop_line(stop: Stopped) -> str:
     """What the user reads: the signal (and who got it), the step, the checkpoint, how to continue."""
-    by = f"because {stop.reason}," if stop.reason else f"by {signal_name(stop.signum)}"
-    if stop.rank:
-        by += f" on rank {stop.rank}"
+    by = f"by {signal_name(stop.signum)}" + (f" on rank {stop.rank}" if stop.rank else "")
+    if stop.reason:
+        by = f"because {stop.reason}" + (f" (seen by rank {stop.rank})" if stop.rank else "") + ","
     if stop.step is not None:
         saved = (f"checkpoint {stop.checkpoint}" if stop.checkpoint is not None
                  else "no checkpoint saved (train.checkpoint_on_signal=false)")  # fmt: skip

@@ -120,7 +120,7 @@ class Trainer:
         self.report = report
         self.finish = finish  # resume=True and stop here: evaluate the newest checkpoint as the run's end
         self._last_saved: Path | None = None
-        self._stopping: tuple[int, int | None] | None = None  # (signal, rank that got it): all ranks stop
+        self._stopping: tuple[int, int | None, str] | None = None  # (signal, rank that got it, why): all stop
         self._lock: DirLock | None = None
         self.trackers: list[Tracker] = []  # train.report_to, rank 0 only (made when training starts)
         run_on_main(self._take_output_dir)
@@ -438,9 +438,9 @@ class Trainer:
         """A stop signal on any rank, agreed by every rank at this optimizer-step boundary (one small all-reduce;
         none where no rank handles signals, e.g. a search trial)."""
         if self._stopping is None:
-            signum, rank = signals.agree(self.dist.device)
+            signum, rank, why = signals.agree(self.dist.device)
             if signum:
-                self._stopping = (signum, rank)
+                self._stopping = (signum, rank, why)
         return self._stopping is not None
 
     def _stop_on_signal(self, loader: ShardLoader, run: RunProgress) -> None:
@@ -453,8 +453,8 @@ class Trainer:
         if self.cfg.train.checkpoint_on_signal:
             saved = run.global_step == self.engine.global_steps and run.last_tag is not None
             folder = self.ckpt.root / str(run.last_tag) if saved else self._save(loader, run)
-        raise signals.Stopped(*self._stopping[:1], signals.reason(), self._stopping[1],
-                              step=self.engine.global_steps, checkpoint=folder)  # fmt: skip
+        signum, rank, why = self._stopping
+        raise signals.Stopped(signum, why, rank, step=self.engine.global_steps, checkpoint=folder)
 
     def _stop_early(self) -> bool:
         return bool(self.cfg.train.max_steps) and self.engine.global_steps >= self.cfg.train.max_steps
