@@ -72,7 +72,8 @@ def init_distributed(local_rank_arg: int | None = None) -> DistInfo:
         os.close(fd)
         os.unlink(path)
         init_method = f"file://{path}"
-        atexit.register(_remove_rendezvous, path)  # (one process: nobody else reads it; also after a failure)
+        # (one process: nobody else reads it; also after a failure)
+        atexit.register(_remove, path, "the rendezvous file")
     local = local_world == world_size and (  # (a file rendezvous on a shared filesystem may span nodes)
         init_method is not None
         and init_method.startswith("file://")
@@ -110,12 +111,7 @@ def _unlink_shm_buffers() -> None:
     addr, port = os.environ.get("MASTER_ADDR", ""), os.environ.get("MASTER_PORT", "")
     path = f"/dev/shm/deepspeed_allreduce_buffer_{os.getuid()}_{addr}_{port}_{torch.distributed.get_rank()}"
     torch.distributed.barrier()  # (every rank decides the same: by the environment only)
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        logger.debug("could not remove %s: %s", path, exc)
+    _remove(path, "DeepSpeed's all-reduce buffer")
 
 
 def shutdown(collective: bool = True) -> None:
@@ -130,22 +126,23 @@ def shutdown(collective: bool = True) -> None:
             logger.debug("final barrier: %s", exc)
     torch.distributed.destroy_process_group()
     if _rendezvous_file is not None:  # (each rank after its own destroy: the last one leaves nothing)
-        _remove_rendezvous(_rendezvous_file)
+        _remove(_rendezvous_file, "the rendezvous file")
 
 
 def forget_rendezvous() -> None:
     """Remove this group's file rendezvous without a collective (a failed or stopped run, every rank leaving)."""
     if _rendezvous_file is not None:
-        _remove_rendezvous(_rendezvous_file)
+        _remove(_rendezvous_file, "the rendezvous file")
 
 
-def _remove_rendezvous(path: str) -> None:
+def _remove(path: str, what: str) -> None:
+    """Unlink ``path`` if it is there (another rank may have been first); a failure is only logged."""
     try:
         os.unlink(path)
     except FileNotFoundError:
         pass
     except OSError as exc:
-        logger.debug("could not remove the rendezvous file %s: %s", path, exc)
+        logger.debug("could not remove %s %s: %s", what, path, exc)
 
 
 def barrier() -> None:
