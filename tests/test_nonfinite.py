@@ -201,3 +201,24 @@ def test_a_checkpoints_best_prompts_are_verified_against_their_own_checksum(tmp_
     )
     with pytest.raises(PromptFileError, match="best_prompts.safetensors is damaged"):
         CheckpointManager(tmp_path / "checkpoints").load(None, "step00000001")
+
+
+@pytest.mark.slow
+def test_train_py_exits_with_one_line_when_a_run_diverges_mid_epoch(colors, tmp_path):
+    """The issue's case through the real entry point: exit code 2, one line, promptly. (An error raised inside the
+    training loop left the training stream's DataLoader workers open; at interpreter exit multiprocessing sent them
+    a SIGTERM they block and joined them: the process never exited.)"""
+    import subprocess
+    import sys
+
+    from engine_utils import env
+
+    args = base_overrides(colors, tmp_path / "cache", tmp_path / "out") + [
+        "method.name=coop", "method.args.n_ctx=4", "optim.lr=1e30", "optim.epochs=3", "data.num_workers=1",
+    ]  # fmt: skip
+    proc = subprocess.run([sys.executable, "scaleprompt/train.py", *args], cwd=ROOT, env=env(tmp_path),
+                          capture_output=True, text=True, timeout=240)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("train.py: error:")]
+    assert len(errors) == 1 and "non-finite loss" in errors[0] and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out" / "results.json").exists()

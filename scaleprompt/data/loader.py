@@ -449,6 +449,15 @@ class ShardLoader:
             self._skipped[batch.worker] = batch.skipped
             yield batch
 
+    def close(self) -> None:
+        """Stop the training stream's DataLoader workers now (after an error or a stop), not whenever the loader is
+        collected: at interpreter exit multiprocessing joins daemon workers after a SIGTERM that the run's workers
+        block (:mod:`scaleprompt.engine.signals`), so a loader left open by an exception held the process forever."""
+        stream, self._stream = self._stream, None
+        shutdown = getattr(stream, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+
     @property
     def epoch(self) -> int:
         """Training epochs completed (batches consumed // batches per epoch)."""

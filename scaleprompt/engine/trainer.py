@@ -265,10 +265,17 @@ class Trainer:
         return results
 
     def _fit(self) -> dict[str, Any]:
+        loader = self._loader(self.setting.train, "train", train=True) if self.trainable else None
+        try:
+            return self._fit_with(loader)
+        finally:  # (the training stream's workers stop now: an error must not leave them to interpreter exit)
+            if loader is not None:
+                loader.close()
+
+    def _fit_with(self, loader: ShardLoader | None) -> dict[str, Any]:
         cfg, dist = self.cfg, self.dist
         run = RunProgress.fresh(cfg.to_dict())
         loaded = None
-        loader = self._loader(self.setting.train, "train", train=True) if self.trainable else None
         if self.resume_from is not None:
             loaded = self.ckpt.load(self.engine, self.resume_from)
             run = RunProgress.restore(loaded.state)
@@ -293,6 +300,7 @@ class Trainer:
             and not self._stop_early()
         ):
             self._train(loader, run)
+            loader.close()  # (not needed for the final evaluation)
         run.end_session()
         return self._final_results(run)
 
@@ -313,6 +321,7 @@ class Trainer:
         finally:
             self._guard.close()
             bar.close()
+            loader.close()  # (its workers stop now; an error must not leave them for interpreter exit)
 
     def _epochs(self, loader: ShardLoader, run: RunProgress, bar: tqdm) -> None:
         while loader.epoch < self.epochs:
