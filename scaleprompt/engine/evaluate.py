@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from scaleprompt.data.shards import DataError, read_manifest
-from scaleprompt.engine.distributed import all_reduce_sum
+from scaleprompt.engine.distributed import all_reduce_max, all_reduce_sum
 
 if TYPE_CHECKING:
     from scaleprompt.engine.model import PromptEngine
@@ -40,8 +40,6 @@ def in_lockstep(batches: Iterable, device) -> Iterator[tuple[Tensor, Tensor] | T
     one image). Under ZeRO-3 each forward gathers partitioned weights collectively, so ranks with different batch
     counts (shards split per rank: 50 test shards over 8 ranks) would wait for each other forever. One small
     all-reduce per turn; yields a real batch, or a stand-in image tensor to run and discard."""
-    from scaleprompt.engine.distributed import all_reduce_max
-
     iterator = iter(batches)
     while True:
         batch = next(iterator, None)

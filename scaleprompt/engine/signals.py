@@ -41,6 +41,8 @@ from pathlib import Path
 import psutil  # type: ignore[import-untyped]  # (a DeepSpeed dependency)
 import torch
 
+from scaleprompt.engine.distributed import all_reduce_max
+
 logger = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -184,7 +186,7 @@ def agree(device: torch.device) -> tuple[int, int | None, str]:
     flag = torch.tensor(
         [signum, -rank if signum else -world, launcher_gone], dtype=torch.int64, device=device
     )
-    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    all_reduce_max(flag)
     signum, lowest, launcher_gone = int(flag[0].item()), -int(flag[1].item()), int(flag[2].item())
     if signum and not _state.signum:  # (another rank's request: this one is stopping too)
         _state.signum, _state.first_at = signum, time.monotonic()
