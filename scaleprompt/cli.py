@@ -9,7 +9,10 @@
   prompts, one JSON line / CSV row per image.
 * ``scaleprompt convert --method NAME --official FILE --classnames a,b,c --out prompts.safetensors [key=value ...]``:
   an official release's checkpoint as a prompt file (docs/porting.md).
-* ``scaleprompt results RUNS... [--selection best_val]``: paper-style tables (markdown + CSV) from runs.
+* ``scaleprompt results RUNS... [--selection best_val] [--published]``: paper-style tables (markdown + CSV) from
+  runs; ``--published`` lays the papers' published averages beside them.
+* ``scaleprompt analyze variance|deviation|attention ...``: the papers' analyses (UPT's variance statistics and
+  figure, ProVP's feature deviation and t-SNE, prompt-token attention maps); see docs/findings.md.
 * ``scaleprompt train --config RECIPE [key=value ...]``: training in this process (= ``scaleprompt/train.py``).
 * ``scaleprompt eval PROMPTS [--dataset D --setting S --targets T...] [key=value ...]``: a prompt file tested as
   training tests its prompts, results in the ``results.json`` schema (= ``scaleprompt/evaluate.py``).
@@ -356,6 +359,12 @@ def build_parser() -> argparse.ArgumentParser:
         "results", help="paper-style tables from many runs' results.json", add_help=False
     )
     results.set_defaults(func=None)
+    analyze = sub.add_parser(
+        "analyze",
+        help="the papers' analyses: variance statistics, feature deviation, attention maps",
+        add_help=False,
+    )
+    analyze.set_defaults(func=None)
     train = sub.add_parser(
         "train", help="train prompts in this process (= scaleprompt/train.py; the deepspeed launcher and torchrun "
         "take the script path)", add_help=False,
@@ -436,6 +445,10 @@ def _main(argv: list[str]) -> int:
         from scaleprompt.report.tables import main as results_main
 
         return results_main(argv[1:])
+    if argv[:1] == ["analyze"]:  # so do the analyses
+        from scaleprompt.analysis.cli import main as analyze_main
+
+        return analyze_main(argv[1:], prog="scaleprompt analyze")
     if argv[:1] == ["train"]:  # so does training
         from scaleprompt.train import main as train_main
 
