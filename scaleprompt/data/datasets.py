@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import os
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -26,6 +27,7 @@ from scaleprompt.data.layout import (
     require_dir,
     require_file,
 )
+from scaleprompt.microworld.datasets import DATASETS as MICRO_DATASETS
 from scaleprompt.microworld.datasets import load_microworld
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm"}
@@ -250,6 +252,12 @@ def _json(name: str, directory: str, image_dir: str, split: str, *aliases: str) 
     register_dataset(name, split_json_reader(name, directory, image_dir, split), aliases=aliases)
 
 
+def _micro_alias(name: str) -> str:
+    """``MicroWorldNovelShapes`` -> ``microworld_novel_shapes``, ``MicroVarShape-Tight`` -> ``microvar_shape_tight``."""
+    flat = name.replace("MicroWorld", "Microworld").replace("MicroVar", "Microvar").replace("-", "")
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", flat).lower()
+
+
 def _fashion_mnist(root: Path | None) -> DatasetSplits:
     return load_fashion_mnist(Path(root) / "fashion_mnist" if root else None)
 
@@ -276,21 +284,8 @@ for _name, _directory, _images, _alias in (
     )
 register_dataset("FashionMNIST", _fashion_mnist, aliases=("fashion_mnist", "embedded"), generated=True)
 # the micro-world's downstream datasets (scaleprompt.microworld.datasets)
-register_dataset(
-    "MicroWorld", partial(load_microworld, "MicroWorld"), aliases=("microworld",), generated=True
-)
-register_dataset(
-    "MicroWorldSketch",
-    partial(load_microworld, "MicroWorldSketch"),
-    aliases=("microworld_sketch",),
-    generated=True,
-)
-register_dataset(
-    "MicroWorldClutter",
-    partial(load_microworld, "MicroWorldClutter"),
-    aliases=("microworld_clutter",),
-    generated=True,
-)
+for _name in MICRO_DATASETS:
+    register_dataset(_name, partial(load_microworld, _name), aliases=(_micro_alias(_name),), generated=True)
 
 BENCHMARKS = [
     "ImageNet", "Caltech101", "OxfordPets", "StanfordCars", "OxfordFlowers", "Food101",
