@@ -281,6 +281,10 @@ class PromptedVisionEncoder(nn.Module):
     pooled_only: bool = True
     # with fused_attention: the blocks' projections run frozen_linear (oneDNN on CPU); False: F.linear
     onednn_linear: bool = True
+    # an observer for analyses (``scaleprompt analyze attention``): called as ``hook(i, x, slots)`` with the input
+    # ``[B, T, Dv]`` of every block i (prompts in place) and the prompt slots' positions in it; it only reads.
+    # None (the default): one attribute test per block, nothing else
+    block_input_hook: Callable[[int, Tensor, slice], None] | None = None
 
     def __init__(self, clip: nn.Module) -> None:
         super().__init__()
@@ -347,6 +351,8 @@ class PromptedVisionEncoder(nn.Module):
                 if plan.mix == "progressive":
                     fresh = plan.alpha * x[:, slots] + (1.0 - plan.alpha) * fresh
                 x = self._replace(x, fresh, slots)
+            if self.block_input_hook is not None:
+                self.block_input_hook(i, x, slots)
             rows = (
                 x.new_zeros(batch, 1, dtype=torch.long) if cls_only and i == last else None
             )  # the class token
