@@ -32,7 +32,6 @@ keys of every attention and take a share of its softmax.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 from collections.abc import Callable
