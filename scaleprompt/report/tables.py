@@ -22,6 +22,8 @@ Pipeline (every step a pure function)::
 
 CLI: ``scaleprompt results RUNS...`` or ``python -m scaleprompt.report.tables RUNS... [--selection last|best_val] [--metric top1|mean_per_class]
 [--out-dir DIR]`` writes ``results_<setting>.md`` and ``.csv`` per setting present and logs the markdown.
+``--published`` adds, separately, each measured average beside the papers' published numbers
+(:mod:`scaleprompt.report.published`).
 
 Conventions (also written under every table):
 
@@ -932,9 +934,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "runs",
-        nargs="+",
+        nargs="*",
         metavar="RUNS",
-        help="results.json files, directories (searched recursively) or globs",
+        help="results.json files, directories (searched recursively) or globs (none: with --published, the "
+        "published table alone)",
     )
     parser.add_argument(
         "--selection", choices=SELECTIONS, default="last",
@@ -947,6 +950,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--out-dir", type=Path, default=None,
         help="write results_<setting>.md / .csv here (default: only log the tables)",
     )  # fmt: skip
+    parser.add_argument(
+        "--published", action="store_true",
+        help="after the tables, each measured average beside the papers' published numbers (with their "
+        "sources; published_vs_measured_<setting>.md / .csv); without RUNS, the published table itself",
+    )  # fmt: skip
+    parser.add_argument(
+        "--published-file", type=Path, default=None, metavar="FILE",
+        help="the published table to use (implies --published; default: the packaged "
+        "scaleprompt/report/published.json)",
+    )  # fmt: skip
     return parser
 
 
@@ -954,6 +967,16 @@ def _main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("scaleprompt").setLevel(logging.INFO)
+    published = None
+    if args.published or args.published_file is not None:  # validated first: a bad table costs nothing
+        from scaleprompt.report import published as pub
+
+        published = pub.load_published(args.published_file)
+        if not args.runs:
+            pub.report_published(published, args.out_dir)
+            return 0
+    if not args.runs:
+        raise ResultsError("no RUNS given: pass results.json files, folders or globs (or --published alone)")
     try:
         runs = load_runs(args.runs)
         rows = aggregate(runs, args.selection, args.metric)
@@ -972,6 +995,8 @@ def _main(argv: Sequence[str]) -> int:
             raise ResultsError(f"cannot write the tables to {args.out_dir}: {exc}") from None
         for md_path, csv_path in written.values():
             logger.info("wrote %s and %s", md_path, csv_path)
+    if published is not None:  # its own section and files: never part of the measured tables or their CSV
+        pub.report_comparisons(rows, published, args.out_dir)
     return 0
 
 
