@@ -88,7 +88,8 @@ def attention_weights(block: nn.Module, x: Tensor) -> Tensor:
         raise AnalysisError(
             f"this vision tower's blocks use {type(attn).__name__}, not nn.MultiheadAttention: no attention weights"
         )
-    h = block.ln_1(x)
+    ln_1: Any = block.ln_1
+    h = ln_1(x)
     return attn(h, h, h, need_weights=True, average_attn_weights=False)[1]
 
 
@@ -114,7 +115,9 @@ def block_attention(method: PromptMethod, images: Tensor, block: int) -> Attenti
             (method.image_features if isinstance(method, FeatureMethod) else method.logits)(images)
             if "x" not in seen:  # (a method that runs no prompted vision forward)
                 raise AnalysisError(f"{method.name} did not run its vision tower")
-            weights = attention_weights(vision.visual.transformer.resblocks[block], seen["x"]).float()
+            transformer: Any = vision.visual.transformer
+            blocks = transformer.resblocks
+            weights = attention_weights(blocks[block], seen["x"]).float()
     finally:
         vision.block_input_hook = None
     x, slots = seen["x"], seen["slots"]

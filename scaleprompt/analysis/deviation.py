@@ -157,7 +157,7 @@ def image_encoder(method: PromptMethod) -> Callable[[Tensor], Tensor]:
 def tsne_2d(prompted: Tensor, frozen: Tensor, perplexity: float) -> tuple[Any, float]:
     """The 2-D t-SNE of the joint set ``[prompted; frozen]`` (unit rows): ``([2N, 2] array, perplexity used)``."""
     import numpy as np
-    from sklearn.manifold import TSNE
+    from sklearn.manifold import TSNE  # type: ignore[import-untyped]
 
     points = np.concatenate([prompted.numpy(), frozen.numpy()]).astype(np.float64)
     used = float(min(perplexity, points.shape[0] - 1))
