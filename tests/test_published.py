@@ -9,6 +9,8 @@ import io
 import json
 import logging
 import math
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -68,6 +70,19 @@ def test_packaged_table_loads_and_every_number_has_a_source():
     assert [e.epochs for e in table.for_method("ivlp")] == [5, 20]
     provp_b2n = next(e for e in b2n if e.method == "ProVP-Ref")
     assert not provp_b2n.verified and "third-party README" in provp_b2n.note
+
+
+def test_docs_methods_shows_the_same_numbers():
+    """docs/methods.md's published figures are the packaged ones (a number changed in one place fails here)."""
+    docs = (ROOT / "docs" / "methods.md").read_text()
+    section = docs[docs.index("## Published figures") : docs.index("## Differences from the releases")]
+    for e in load_published().entries:
+        if e.setting == "base2new":
+            shown = " | ".join(f"{e.values[k]:.2f}" for k in ("base", "novel", "hm"))
+            assert f"| {shown} |" in section, e.label
+        else:
+            assert f"ProVP-Ref {e.values['accuracy']:.2f} %" in section
+    assert section.count("**not verified**") == sum(not e.verified for e in load_published().entries)
 
 
 def test_the_table_ships_as_package_data():
@@ -133,6 +148,23 @@ def test_a_bad_table_is_refused_in_one_line_and_nothing_is_written(tmp_path, cap
     with pytest.raises(PublishedError, match="repeats entry|missing|empty|not 2·B·N|percentage|not a scaleprompt|"
                        "must say|unknown field|not in 'dataset_sets'|must be an integer"):  # fmt: skip
         load_published(bad)
+
+
+def test_the_command_refuses_a_bad_table_in_one_line(tmp_path):
+    """A real process: exit code 2, one line on stderr naming the file and the entry, no traceback."""
+    data = _table()
+    data["entries"][5]["hm"] = 80.0
+    bad = tmp_path / "published.json"
+    bad.write_text(json.dumps(data))
+    result = subprocess.run(
+        [sys.executable, "-m", "scaleprompt.report.tables", "--published-file", str(bad)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"scaleprompt results: error: {bad}: entry 5 (IVLP): 'hm' 80.00 is not 2·B·N/(B+N) = 77.90 of its base "
+        "82.15 and novel 74.07 (tolerance 0.02)"
+    ]
 
 
 def test_a_table_that_is_not_json_or_not_there_is_one_line(tmp_path, capsys):
