@@ -57,7 +57,7 @@ def subcommands() -> list[str]:
 def test_the_subcommand_list_is_the_documented_one():
     assert set(subcommands()) == {
         "methods", "check", "inspect", "datasets", "recipes", "shards", "results", "train", "eval", "tune",
-        "pretrain-microworld", "predict", "convert", "plan",
+        "pretrain-microworld", "predict", "convert", "plan", "analyze",
     }  # fmt: skip
 
 
@@ -72,6 +72,18 @@ def test_every_subcommand_has_help_whose_usage_names_it(command, capsys):
         a.option_strings for a in _subparser(command)._actions if a.help is None and a.option_strings
     ]
     assert not undocumented, f"scaleprompt {command}: options without help: {undocumented}"
+
+
+@pytest.mark.parametrize("analysis", ["variance", "deviation", "attention"])
+def test_every_analysis_has_help_whose_usage_names_it(analysis, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["analyze", analysis, "--help"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: scaleprompt analyze {analysis} ")
+    parser = _subparser("analyze")
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[analysis]
+    undocumented = [a.option_strings for a in sub._actions if a.help is None and a.option_strings]
+    assert not undocumented, f"scaleprompt analyze {analysis}: options without help: {undocumented}"
 
 
 def _subparser(command: str) -> argparse.ArgumentParser:
@@ -92,6 +104,10 @@ def _subparser(command: str) -> argparse.ArgumentParser:
         from scaleprompt.search.cli import build_parser as tune_parser
 
         return tune_parser("scaleprompt tune")
+    if command == "analyze":
+        from scaleprompt.analysis.cli import build_parser as analyze_parser
+
+        return analyze_parser("scaleprompt analyze")
     if command == "pretrain-microworld":
         from scaleprompt.microworld.pretrain import build_parser as pretrain_parser
 

@@ -229,3 +229,39 @@ def test_train_crop_min_scale_reaches_the_transform():
     assert [
         t.scale for t in clip_transform(64, train=True).transforms if isinstance(t, RandomResizedCrop)
     ] == [(0.08, 1.0)]
+
+
+# --- the findings worlds (docs/findings.md) ----------------------------------------------------------------------
+def test_findings_worlds_have_the_pre_registered_class_structure():
+    shapes = mwd.DATASETS["MicroWorldNovelShapes"].classes
+    assert len(set(shapes)) == 64
+    assert {s for _, s in shapes[:32]} == {0, 1, 2, 3} and {s for _, s in shapes[32:]} == {4, 5, 6, 7}
+    assert {c for c, _ in shapes[:32]} == {c for c, _ in shapes[32:]} == set(range(8))
+    colours = mwd.DATASETS["MicroWorldNovelColours"].classes
+    assert len(set(colours)) == 64
+    assert {c for c, _ in colours[:32]} == {0, 2, 4, 6} and {c for c, _ in colours[32:]} == {1, 3, 5, 7}
+    assert mwd.DATASETS["MicroWorldNovelShapes"].style == mwd.DATASETS["MicroWorldClutter"].style
+    variance = {n: mwd.DATASETS[n] for n in mwd.VARIANCE_DATASETS}
+    assert len(variance) == 6 and len({d.seed for d in variance.values()}) == 6
+    names = {n: d.classnames() for n, d in variance.items()}
+    assert names["MicroVarShape-Tight"][:2] == ["red circle", "red square"]  # one colour, 8 shapes
+    assert names["MicroVarColour-Loose"][:2] == ["red circle", "orange circle"]  # one shape, 8 colours
+    assert names["MicroVarBoth-Tight"][:2] == ["red circle", "orange square"]  # both words differ
+    assert (
+        variance["MicroVarShape-Tight"].style.max_rotation == 0
+        and variance["MicroVarShape-Loose"].style.noise > 0
+    )
+
+
+def test_generated_folder_is_keyed_by_the_definition(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    ds = load_dataset("microvar_both_tight", tmp_path)  # alias
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (8 * 24, 8 * 8, 8 * 50)
+    assert ds.classnames == mwd.DATASETS["MicroVarBoth-Tight"].classnames()
+    first = Path(ds.test[0].path).read_bytes()
+    changed = replace(mwd.DATASETS["MicroVarBoth-Tight"], seed=999)  # another definition, same name
+    monkeypatch.setitem(mwd.DATASETS, "MicroVarBoth-Tight", changed)
+    again = load_dataset("MicroVarBoth-Tight", tmp_path)
+    assert again.image_root != ds.image_root  # never the old folder
+    assert Path(again.test[0].path).read_bytes() != first
