@@ -120,7 +120,8 @@ def _init_worker(threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger().handlers[0].setLevel(logging.WARNING)  # (the console: warnings; each run's log: all)
 
 
 def _execute(argv: list[str], log: str) -> tuple[int, float]:
