@@ -166,10 +166,14 @@ def test_feature_cache_hits_and_misses(tmp_path, backbone2, backbone12, caplog):
     assert not val.cache_hit and val.cache_key != first.cache_key and val.n_images == 3
     other = frozen_image_features(f"folder:{data}", backbone12, cache_dir=cache)
     assert not other.cache_hit and other.cache_key != first.cache_key and other.cache_file != first.cache_file
+    from scaleprompt.backbone import load_clip
+
+    reseeded = frozen_image_features(f"folder:{data}", load_clip("sp-tiny-vit", init_seed=1), cache_dir=cache)
+    assert not reseeded.cache_hit and reseeded.cache_key != first.cache_key  # same model name, other weights
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(data / "test" / "red" / "999.png")
     grown = frozen_image_features(f"folder:{data}", backbone2, cache_dir=cache)
     assert not grown.cache_hit and grown.n_images == 10 and grown.shards != first.shards
-    assert len(list((cache / "features").glob("*.safetensors"))) == 4  # nothing overwritten but the bad file
+    assert len(list((cache / "features").glob("*.safetensors"))) == 5  # nothing overwritten but the bad file
 
 
 # ----------------------------------------------------------------------------------------------- the command
@@ -325,6 +329,23 @@ def test_variance_statistics_only_and_base2new_gains(world, tmp_path):
     assert gains["warm"]["metric"] == "HM of base / novel top-1" and gains["warm"]["setting"] == "base2new"
     assert float(gains["warm"]["gain_mean"]) == pytest.approx(hm(80, 60) - hm(60, 40), abs=1e-4)
     assert float(gains["cool"]["gain_mean"]) == pytest.approx(hm(70, 50) - hm(60, 40), abs=1e-4)
+
+    # two datasets with the same classes and template share the text statistic: no line there (nan, logged), the
+    # visual one is fitted, the figure is drawn
+    tmp, specs, cache = world
+    twin = make_folder(tmp_path / "twin", ["red", "yellow"], seed=7)
+    runs = tmp_path / "twins"
+    for ds, top1 in (("warm", 60.0), ("twin", 70.0)):
+        write_run(runs, "coop", ds, 1, top1, zero_shot=50.0)
+    code = analyze_main(["variance", "--datasets", f"{specs['warm']},folder:{twin}", "--model", "sp-tiny-vit",
+                         "--cache-dir", str(cache), "--results", str(runs), "--out", str(tmp_path / "t")])  # fmt: skip
+    assert code == 0
+    fits = {f["statistic"]: f for f in read_csv(tmp_path / "t" / "variance_fits.csv")}
+    assert (
+        fits["inter_text_variance"]["slope"] == "nan" and fits["inter_text_variance"]["per_seed_slopes"] == ""
+    )
+    assert math.isfinite(float(fits["intra_visual_variance"]["slope"]))
+    assert (tmp_path / "t" / "variance_gain.png").read_bytes()[:8] == PNG_MAGIC
 
 
 @pytest.mark.slow

@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
+import math
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -350,11 +351,13 @@ def fit_gains(gains: Sequence[Gain], stats: Mapping[str, DatasetStatistics]) -> 
         common = sorted(set.intersection(*(set(g.per_seed_gains) for g in mine)))
         for name in STATISTICS:
             x = [getattr(stats[g.dataset], name) for g in mine]
-            if len(set(x)) < 2:
-                raise AnalysisError(
-                    f"{method}: every dataset it has runs on has the same {name} ({x[0]:.6f}): no line can be "
-                    "fitted; add datasets that differ"
-                )
+            if len(set(x)) < 2:  # (datasets with the same class names and template share the text statistic)
+                logger.warning(
+                    "%s: every dataset it has runs on has the same %s (%.6g): no line fitted (nan in the fits)",
+                    method, name, x[0],
+                )  # fmt: skip
+                fits.append(Fit(method, name, math.nan, math.nan, math.nan, len(mine), {}))
+                continue
             slope, intercept, r = fit_line(x, [g.gain_mean for g in mine])
             per_seed = {s: fit_line(x, [g.per_seed_gains[s] for g in mine])[0] for s in common}
             fits.append(Fit(method, name, slope, intercept, r, len(mine), per_seed))
@@ -416,24 +419,20 @@ def plot_gains(gains: Sequence[Gain], fits: Sequence[Fit], stats: Mapping[str, D
             mine = [g for g in gains if g.method == method]
             xs = [getattr(stats[g.dataset], name) for g in mine]
             ys = [g.gain_mean for g in mine]
-            ax.errorbar(xs, ys, yerr=[g.gain_std for g in mine], fmt=marker, color=colour, capsize=2, ms=6,
-                        alpha=0.9)  # fmt: skip
+            fit = next(f for f in fits if f.method == method and f.statistic == name)
+            flat = math.isnan(fit.slope)
+            ax.errorbar(xs, ys, yerr=[g.gain_std for g in mine], fmt=marker, color=colour, capsize=2, ms=6, alpha=0.9,
+                        label=f"{method}: no line (one value of the statistic)" if flat else None)  # fmt: skip
             for g, x, y in zip(mine, xs, ys, strict=True):
                 ax.annotate(
                     g.dataset, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7, color=colour
                 )
-            fit = next(f for f in fits if f.method == method and f.statistic == name)
+            if flat:
+                continue
             lo, hi = min(xs), max(xs)
-            pad = 0.05 * (hi - lo)
-            line_x = [lo - pad, hi + pad]
-            ax.plot(
-                line_x,
-                [fit.slope * v + fit.intercept for v in line_x],
-                "-",
-                color=colour,
-                lw=1.3,
-                label=f"{method}: slope {fit.slope:+.1f}, r = {fit.pearson_r:+.2f} ({fit.n_datasets} datasets)",
-            )
+            line_x = [lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo)]
+            ax.plot(line_x, [fit.slope * v + fit.intercept for v in line_x], "-", color=colour, lw=1.3,
+                    label=f"{method}: slope {fit.slope:+.4g}, r = {fit.pearson_r:+.2f} ({fit.n_datasets} datasets)")  # fmt: skip
         ax.axhline(0.0, color="0.5", ls=":", lw=0.8)
         ax.set_xlabel(STAT_LABELS[name], fontsize=8.5)
         ax.grid(alpha=0.3)
