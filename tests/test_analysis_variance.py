@@ -380,7 +380,14 @@ def test_bad_inputs_are_one_line_and_write_nothing(world, tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err, (extra, err)
         assert "Traceback" not in err
-    assert not out.exists()  # refused before anything was computed or written
+    missing = tmp_path / "nowhere"
+    code = analyze_main(["variance", "--datasets", f"{world[1]['warm']},folder:{missing}", "--model", "sp-tiny-vit",
+                         "--cache-dir", str(tmp_path / "cache"), "--out", str(out)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and str(missing) in err, err
+    assert (
+        not out.exists() and not (tmp_path / "cache").exists()
+    )  # refused before anything was computed or written
     # the real console command: an unknown dataset is one line
     proc = subprocess.run([sys.executable, "-m", "scaleprompt.cli", "analyze", "variance", "--datasets", "NoSuchSet",
                            "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip

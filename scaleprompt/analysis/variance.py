@@ -538,7 +538,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from scaleprompt.backbone import load_clip
-    from scaleprompt.data.datasets import dataset_display_name
+    from scaleprompt.data.datasets import dataset_display_name, load_dataset
 
     specs = _split_list(args.datasets, "--datasets")
     names = [dataset_display_name(s) for s in specs]  # (an unknown registry name: one line naming it)
@@ -554,6 +554,8 @@ def run(args: argparse.Namespace) -> int:
     setting, gains = method_gains(runs, names, methods, args.selection) if runs else ("", [])
     check_fittable(gains)  # (before any image is encoded)
     model, pretrained = _backbone_choice(args, runs)
+    for spec in specs:  # (a missing folder or root: one line now, not after the first datasets were encoded)
+        load_dataset(spec, args.root)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     backbone = load_clip(model, pretrained)
     backbone.model.to(device)
