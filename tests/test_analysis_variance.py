@@ -270,7 +270,7 @@ def test_variance_command_end_to_end(world, tmp_path, caplog):
     assert any("feature cache: hit" in r.getMessage() for r in caplog.records)  # (the command computed them)
 
     gains = read_csv(out / "variance_gains.csv")
-    assert list(gains[0]) == list(GAINS_COLUMNS)
+    assert list(gains[0]) == [*GAINS_COLUMNS, "gain_seed1", "gain_seed2"]  # (a column per seed of any row)
     by = {(g["method"], g["dataset"]): g for g in gains}
     assert sorted(by) == sorted([("coop", "warm"), ("coop", "cool"), ("coop", "all4"), ("vpt_deep", "warm"),
                                  ("vpt_deep", "cool")])  # fmt: skip
@@ -289,10 +289,12 @@ def test_variance_command_end_to_end(world, tmp_path, caplog):
     assert (g["zero_shot"], g["per_seed_gains"]) == ("31.5000", "1=19.0000;2=23.0000")
     assert by["coop", "all4"]["per_seed_gains"] == "1=39.0000;2=39.0000"
     assert by["vpt_deep", "warm"]["per_seed_gains"] == "1=4.0000"
+    assert (by["vpt_deep", "warm"]["gain_seed1"], by["vpt_deep", "warm"]["gain_seed2"]) == ("4.0000", "")
+    assert (by["coop", "cool"]["gain_seed1"], by["coop", "cool"]["gain_seed2"]) == ("19.0000", "23.0000")
     assert float(by["coop", "all4"]["inter_text_variance"]) == float(stats["all4"]["inter_text_variance"])
 
     fits = read_csv(out / "variance_fits.csv")
-    assert list(fits[0]) == list(FITS_COLUMNS)
+    assert list(fits[0]) == [*FITS_COLUMNS, "slope_seed1", "slope_seed2"]
     assert [(f["method"], f["statistic"]) for f in fits] == [
         ("coop", "intra_visual_variance"), ("coop", "inter_text_variance"),
         ("vpt_deep", "intra_visual_variance"), ("vpt_deep", "inter_text_variance"),
@@ -310,7 +312,10 @@ def test_variance_command_end_to_end(world, tmp_path, caplog):
     assert list(seeds) == ["1", "2"]
     x = [float(stats[d]["intra_visual_variance"]) for d in ("warm", "cool", "all4")]
     assert float(seeds["1"]) == pytest.approx(fit_line(x, [19, 19, 39])[0], rel=1e-4)
+    assert float(coop_intra["slope_seed1"]) == pytest.approx(float(seeds["1"]))
+    assert float(coop_intra["slope_seed2"]) == pytest.approx(float(seeds["2"]))
     assert fits[2]["per_seed_slopes"].split("=")[0] == "1" and ";" not in fits[2]["per_seed_slopes"]
+    assert fits[2]["slope_seed1"] != "" and fits[2]["slope_seed2"] == ""  # (seed 2: not on every dataset)
     assert (out / "variance_gain.png").read_bytes()[:8] == PNG_MAGIC
 
 

@@ -371,13 +371,19 @@ def _seeded(values: Mapping[int, float], fmt: str = ".4f") -> str:
     return ";".join(f"{s}={v:{fmt}}" for s, v in sorted(values.items()))
 
 
-def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> Path:
+def _write_csv(
+    path: Path, columns: Sequence[str], rows: Sequence[Mapping[str, Any]], per_seed: str = ""
+) -> Path:
+    """``columns``, then (``per_seed``: a prefix) one column per seed of any row, ``<prefix><seed>``, in seed order
+    (empty where a row has no such seed)."""
+    seeded = sorted({int(k[len(per_seed) :]) for r in rows for k in r if per_seed and k.startswith(per_seed)})
+    fields = [*columns, *(f"{per_seed}{s}" for s in seeded)]
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(columns))
+        writer = csv.DictWriter(fh, fieldnames=fields, restval="")
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: row[k] for k in columns})
+            writer.writerow({k: row[k] for k in fields if k in row})
     return path
 
 
@@ -389,7 +395,8 @@ def gain_rows(gains: Sequence[Gain], stats: Mapping[str, DatasetStatistics]) -> 
          "zero_shot_source": g.zero_shot_source, "gain_mean": f"{g.gain_mean:.4f}", "gain_std": f"{g.gain_std:.4f}",
          "per_seed_gains": _seeded(g.per_seed_gains),
          "intra_visual_variance": f"{stats[g.dataset].intra_visual_variance:.8g}",
-         "inter_text_variance": f"{stats[g.dataset].inter_text_variance:.8g}"}
+         "inter_text_variance": f"{stats[g.dataset].inter_text_variance:.8g}",
+         **{f"gain_seed{k}": f"{v:.4f}" for k, v in g.per_seed_gains.items()}}
         for g in gains
     ]  # fmt: skip
 
@@ -397,7 +404,8 @@ def gain_rows(gains: Sequence[Gain], stats: Mapping[str, DatasetStatistics]) -> 
 def fit_rows(fits: Sequence[Fit]) -> list[dict[str, Any]]:
     return [
         {"method": f.method, "statistic": f.statistic, "slope": f"{f.slope:.6g}", "intercept": f"{f.intercept:.6g}",
-         "pearson_r": f"{f.pearson_r:.4f}", "n_datasets": f.n_datasets, "per_seed_slopes": _seeded(f.per_seed_slopes, ".6g")}
+         "pearson_r": f"{f.pearson_r:.4f}", "n_datasets": f.n_datasets, "per_seed_slopes": _seeded(f.per_seed_slopes, ".6g"),
+         **{f"slope_seed{k}": f"{v:.6g}" for k, v in f.per_seed_slopes.items()}}
         for f in fits
     ]  # fmt: skip
 
@@ -577,8 +585,8 @@ def run(args: argparse.Namespace) -> int:
     if not gains:
         return 0
     fits = fit_gains(gains, stats)
-    gains_path = _write_csv(out / "variance_gains.csv", GAINS_COLUMNS, gain_rows(gains, stats))
-    fits_path = _write_csv(out / "variance_fits.csv", FITS_COLUMNS, fit_rows(fits))
+    gains_path = _write_csv(out / "variance_gains.csv", GAINS_COLUMNS, gain_rows(gains, stats), "gain_seed")
+    fits_path = _write_csv(out / "variance_fits.csv", FITS_COLUMNS, fit_rows(fits), "slope_seed")
     metric = METRIC_OF_SETTING[setting]
     logger.info(
         "gain over zero-shot (%s, points; %s runs, selection %s):\n%s\nfitted lines (gain = slope * statistic + "
