@@ -271,7 +271,7 @@ def method_gains(
             f"runs of {', '.join(outside)} (e.g. {example}) but --datasets has {', '.join(datasets)}: add the "
             "dataset or leave its runs out"
         )
-    by_path = {str(run.get("_path")): run for run in runs}
+    by_path = {str(run.get("_path", f"<run {i}>")): run for i, run in enumerate(runs)}  # (aggregate's names)
     present = [m for m in METHOD_ORDER if any(r.method == m for r in rows)]
     present += sorted({r.method for r in rows} - set(present))
     wanted = [m for m in present if m != ZSCLIP] if methods is None else list(methods)
