@@ -88,6 +88,10 @@ def batch_geometry(global_batch: int, micro_batch: int | None, world_size: int) 
     return micro_batch, accumulation
 
 
+def _same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def final_metrics(results: dict[str, Any]) -> dict[str, Any]:
     """The last report of a run (a search trial's final result), from its results: the last validated epoch's
     numbers (or the last prompts' validation numbers when nothing was trained), marked ``final``."""
@@ -502,8 +506,13 @@ class Trainer:
         self.model.export(self.out / "prompts.safetensors", self._provenance("last", run.epoch))
         if run.best_prompts is not None:
             final = self.model.snapshot()
-            self.model.load_snapshot(run.best_prompts)
-            selections["best_val"] = {"val": run.best_val, **self.evaluator.test_all(self.model)}
+            if _same_tensors(final, run.best_prompts):
+                # the best validation prompts are the last ones: the same test numbers, not tested twice
+                test = {k: v for k, v in selections["last"].items() if k != "val"}
+            else:
+                self.model.load_snapshot(run.best_prompts)
+                test = self.evaluator.test_all(self.model)
+            selections["best_val"] = {"val": run.best_val, **test}
             self.model.export(
                 self.out / "prompts_best_val.safetensors", self._provenance("best_val", run.best_epoch)
             )
