@@ -85,6 +85,33 @@ def run(colors, tmp_path, *extra, resume=False):
     return Trainer(cfg, json.loads(Path(ROOT / "ds_configs/zero1.json").read_text()), resume=resume).fit()
 
 
+def test_best_validation_prompts_equal_to_the_last_are_not_tested_twice(colors, tmp_path, monkeypatch):
+    from scaleprompt.engine.evaluate import Evaluator
+
+    calls: list[int] = []
+    original = Evaluator.test_all
+
+    def counting(self, model):
+        calls.append(1)
+        return original(self, model)
+
+    monkeypatch.setattr(Evaluator, "test_all", counting)
+    # validated after the last epoch only: the best-validation prompts ARE the last prompts
+    res = run(
+        colors,
+        tmp_path,
+        "method.name=coop",
+        "method.args.n_ctx=4",
+        "optim.epochs=2",
+        "eval.every_epochs=0",
+        "optim.lr=0.05",
+    )
+    last, best = res["results"]["last"], res["results"]["best_val"]
+    assert res["best_val_epoch"] == 2 and best["test"] == last["test"] and best["val"] == last["val"]
+    assert len(calls) == 1  # one test pass (it was two, with identical numbers)
+    assert (tmp_path / "out" / "prompts_best_val.safetensors").is_file()
+
+
 def test_fit_writes_results_prompts_and_checkpoints(colors, tmp_path):
     res = run(colors, tmp_path, "method.name=upt", "optim.lr=0.05", "optim.epochs=3")
     out = tmp_path / "out"
