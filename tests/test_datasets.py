@@ -82,7 +82,9 @@ def test_registry_lists_the_benchmarks_dg_targets_and_embedded_default():
     assert benchmarks == BENCHMARKS
     assert targets == DG_TARGETS
     assert benchmarks[1:] == CROSS_DATASET_TARGETS
-    generated = ["FashionMNIST", "MicroWorld", "MicroWorldSketch", "MicroWorldClutter"]
+    generated = ["FashionMNIST", "MicroWorld", "MicroWorldSketch", "MicroWorldClutter", "MicroWorldNovelShapes",
+                 "MicroWorldNovelColours", *(f"MicroVar{t}-{v}" for t in ("Shape", "Colour", "Both")
+                                              for v in ("Tight", "Loose"))]  # fmt: skip
     assert sorted(list_datasets()) == sorted([*benchmarks, *targets, *generated])
     for name in list_datasets():
         assert get_dataset(name).eval_only == (name in targets), name
