@@ -57,6 +57,7 @@ from scaleprompt.report.tables import (
     SETTINGS,
     Row,
     Table,
+    _number,
     backbone_label,
     make_tables,
     shots_label,
@@ -516,12 +517,6 @@ def comparison_markdown(comparisons: Sequence[Comparison]) -> str:
         lines += [f"- {note}" for note in _comparison_notes(c)]
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n" if parts else ""
-
-
-def _number(x: float | int | None) -> str:
-    if x is None:
-        return ""
-    return str(x) if isinstance(x, int) else f"{x:.4f}"
 
 
 def comparison_csv(comparisons: Sequence[Comparison]) -> str:
