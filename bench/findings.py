@@ -20,11 +20,12 @@ import json
 import logging
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -191,6 +192,7 @@ def read_result(run: Run, runs: Path) -> dict | None:
 @dataclass
 class Cell:
     values: list[float]
+    digits: int = 2
 
     @property
     def mean(self) -> float:
@@ -204,7 +206,8 @@ class Cell:
         return self.std**2 / len(self.values) if len(self.values) > 1 else 0.0
 
     def __str__(self) -> str:
-        return f"{self.mean:.2f} ± {self.std:.2f}" if len(self.values) > 1 else f"{self.mean:.2f}"
+        d = self.digits
+        return f"{self.mean:.{d}f} ± {self.std:.{d}f}" if len(self.values) > 1 else f"{self.mean:.{d}f}"
 
 
 def cells(plan: list[Run], runs: Path, part: str, world: str, metric: str) -> dict[str, Cell]:
@@ -435,11 +438,12 @@ def _deviation(run: Run, runs: Path) -> dict | None:
     return json.loads((out / "deviation.json").read_text())
 
 
-def claim4(plan: list[Run], runs: Path) -> tuple[list[list[str]], str]:
+def claim4(plan: list[Run], runs: Path, out: Path) -> tuple[list[list[str]], str]:
     mine = [r for r in plan if r.part == "b2n" and r.method in ("provp", "provp_ref") and r.label == r.method]
     cos: dict[tuple[str, str, str], list[float]] = {}
-    for run in mine:
-        result = _deviation(run, runs)
+    with ThreadPoolExecutor(2) as pool:  # (each a subprocess: two at a time on the two cores)
+        results = list(pool.map(lambda r: _deviation(r, runs), mine))
+    for run, result in zip(mine, results, strict=True):
         if result is None:
             continue
         for key in ("base", "novel"):
@@ -453,7 +457,7 @@ def claim4(plan: list[Run], runs: Path) -> tuple[list[list[str]], str]:
     parts: list[str] = []
     measured = []
     for world in B2N_WORLDS:
-        cells_ = {(m, k): Cell(cos[(world, m, k)]) for m in ("provp", "provp_ref") for k in ("base", "novel")
+        cells_ = {(m, k): Cell(cos[(world, m, k)], digits=4) for m in ("provp", "provp_ref") for k in ("base", "novel")
                   if (world, m, k) in cos}  # fmt: skip
         for m in ("provp", "provp_ref"):
             if (m, "base") in cells_:
@@ -466,20 +470,57 @@ def claim4(plan: list[Run], runs: Path) -> tuple[list[list[str]], str]:
                             f"{cells_[('provp', 'novel')]} (base / novel)")  # fmt: skip
     if not parts:
         return [], detail.getvalue()
-    figures = [str(r.folder(runs) / "deviation" / "deviation_tsne.png") for r in mine if r.seed == 1]
-    detail.write("\nt-SNE figures (seed 1): " + ", ".join(f"`{Path(f).relative_to(ROOT) if Path(f).is_relative_to(ROOT) else f}`"
-                                                      for f in figures) + "\n")  # fmt: skip
+    copied = []
+    for run in mine:  # the seed-1 figures beside the table
+        figure = run.folder(runs) / "deviation" / "deviation_tsne.png"
+        if run.seed == 1 and figure.is_file():
+            target = out / f"findings_tsne_{run.world}_{run.method}.png"
+            shutil.copyfile(figure, target)
+            copied.append(target.name)
+    if copied:
+        detail.write("\nt-SNE of prompted vs frozen features (seed 1, 400 images per panel): "
+                     + ", ".join(f"`{name}`" for name in copied) + "\n")  # fmt: skip
     return [["4 the re-formation loss keeps prompted features close to the frozen ones",
              "ProVP-Ref, deviation analysis (t-SNE) and the loss's motivation", "; ".join(measured),
              verdict(parts)]], detail.getvalue()  # fmt: skip
+
+
+def attention_figures(runs: Path, out: Path) -> str:
+    """UPT's / ProVP's qualitative figure: ``scaleprompt analyze attention`` of ProVP-Ref (seed 1, NovelShapes) on
+    the first test image of the first base class and of the first novel class."""
+    prompts = runs / "b2n" / "MicroWorldNovelShapes" / "provp_ref" / "seed1" / "prompts.safetensors"
+    if not prompts.is_file():
+        return ""
+    from scaleprompt.data.datasets import load_dataset
+
+    test = load_dataset("MicroWorldNovelShapes").test
+    images = [next(d for d in test if d.label == label).path for label in (0, 32)]
+    folder = runs / "attention"
+    cmd = [sys.executable, "-m", "scaleprompt.cli", "analyze", "attention", str(prompts), *map(str, images),
+           "--out", str(folder)]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        logger.error("analyze attention failed:\n%s", proc.stderr[-3000:])
+        return ""
+    names = []
+    for image, half in zip(images, ("base", "novel"), strict=True):
+        target = out / f"findings_attention_{half}.png"
+        shutil.copyfile(folder / f"{Path(image).stem}.attention.png", target)
+        names.append(f"`{target.name}` ({Path(image).parent.name.replace('_', ' ')}, {half})")
+    return ("\n#### Attention (`scaleprompt analyze attention`, ProVP-Ref seed 1 on MicroWorldNovelShapes, last block)"
+            "\n\n" + ", ".join(names) + "\n")  # fmt: skip
 
 
 def write_table(plan: list[Run], runs: Path, out: Path, minutes: float | None, quick: bool) -> str:
     rows1, detail1 = claim1(plan, runs)
     rows2, detail2 = claim2(plan, runs, out)
     rows3, detail3 = claim3(plan, runs)
-    rows4, detail4 = claim4(plan, runs)
-    rows, details = rows1 + rows2 + rows3 + rows4, [detail1, detail2, detail3, detail4]
+    out.mkdir(parents=True, exist_ok=True)
+    rows4, detail4 = claim4(plan, runs, out)
+    rows, details = (
+        rows1 + rows2 + rows3 + rows4,
+        [detail1, detail2, detail3, detail4, attention_figures(runs, out)],
+    )
     text = io.StringIO()
     text.write("### The papers' findings in miniature (pre-registered in docs/findings.md)\n\n")
     text.write("| claim | source | measured (mean ± std over seeds) | reproduced |\n|:---|:---|:---|:---|\n")
