@@ -228,13 +228,14 @@ def greater(a: Cell, b: Cell) -> str:
     return "margin" if diff > math.sqrt(a.se2() + b.se2()) else "mean"
 
 
-def verdict(parts: Sequence[str]) -> str:
-    """yes = all 'margin'; no = the first (main) part reversed; partly otherwise."""
+def verdict(parts: Sequence[str], main: bool = True) -> str:
+    """yes = every part 'margin'; no = the main part (the first, when ``main``) reversed, or every part reversed;
+    partly otherwise (docs/findings.md)."""
     if all(p == "margin" for p in parts):
         return "yes"
-    if parts[0] == "no" and all(p == "no" for p in parts):
+    if (main and parts[0] == "no") or all(p == "no" for p in parts):
         return "no"
-    return "partly" if any(p != "no" for p in parts) else "no"
+    return "partly"
 
 
 # --- claim 1 ------------------------------------------------------------------------------------------------------
@@ -257,8 +258,8 @@ def claim1(plan: list[Run], runs: Path) -> tuple[list[list[str]], str]:
                          f"{len(base[label].values)} |\n")  # fmt: skip
         gap = {k: Cell([b - n for b, n in zip(base[k].values, novel[k].values, strict=True)]) for k in base}
         if {"zsclip", "coop"} <= set(base):
-            per["1a"][world] = verdict([greater(base["coop"], base["zsclip"]),
-                                        greater(novel["zsclip"], novel["coop"])])  # fmt: skip
+            per["1a"][world] = verdict([greater(novel["zsclip"], novel["coop"]),  # (main: novel falls)
+                                        greater(base["coop"], base["zsclip"])])  # fmt: skip
             measured["1a"][world] = (f"CoOp {base['coop']} / {novel['coop']} vs zero-shot {base['zsclip']} / "
                                      f"{novel['zsclip']} (base / novel)")  # fmt: skip
         if {"coop", "cocoop"} <= set(base):
@@ -271,7 +272,7 @@ def claim1(plan: list[Run], runs: Path) -> tuple[list[list[str]], str]:
             measured["1c"][world] = f"novel ProVP-Ref {novel['provp_ref']} vs ProVP {novel['provp']}"
         if {"provp_ref", "maple", "cocoop", "coop"} <= set(base):
             per["1d"][world] = verdict([greater(hm["provp_ref"], hm["cocoop"]), greater(hm["maple"], hm["cocoop"]),
-                                        greater(hm["cocoop"], hm["coop"])])  # fmt: skip
+                                        greater(hm["cocoop"], hm["coop"])], main=False)  # fmt: skip
             measured["1d"][world] = (f"HM ProVP-Ref {hm['provp_ref']}, MaPLe {hm['maple']}, CoCoOp "
                                      f"{hm['cocoop']}, CoOp {hm['coop']}")  # fmt: skip
     claims = {

@@ -49,4 +49,6 @@ def test_verdict_rules_follow_the_pre_registration():
     assert bench.verdict(["margin", "margin"]) == "yes"
     assert bench.verdict(["margin", "mean"]) == "partly"
     assert bench.verdict(["margin", "no"]) == "partly"
-    assert bench.verdict(["no", "no"]) == "no"
+    assert bench.verdict(["no", "margin"]) == "no"  # the main (first) part reversed
+    assert bench.verdict(["no", "margin"], main=False) == "partly"  # (a ranking: no part is the main one)
+    assert bench.verdict(["no", "no"], main=False) == "no"
