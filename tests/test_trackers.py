@@ -17,8 +17,8 @@ from engine_utils import ROOT, base_overrides, env, make_color_folder
 
 from scaleprompt.config import ConfigError
 from scaleprompt.engine.config import load_run_config
-from scaleprompt.engine.identity import compare
 from scaleprompt.engine.trackers import TensorBoardTracker, WandbTracker, make_trackers, report_targets
+from scaleprompt.identity import compare
 
 RECIPE = ROOT / "configs" / "microworld" / "coop.yaml"  # (train.report_to: none)
 SPACE = "metric: val_top1\nmode: max\nparams:\n  optim.lr: {type: loguniform, low: 0.001, high: 0.1}\n"

@@ -10,7 +10,7 @@ test split(s) of the setting. Results go to ``<output_dir>/results.json``; the t
 ``<output_dir>/prompts.safetensors`` (and ``prompts_best_val.safetensors``).
 
 ``resume=True`` continues the newest complete checkpoint: refused, naming each difference, if the math or the
-data would change (:mod:`scaleprompt.engine.identity`); a no-op on a finished run; the run's history and best
+data would change (:mod:`scaleprompt.identity`); a no-op on a finished run; the run's history and best
 prompts come from the checkpoint (:mod:`scaleprompt.engine.progress`), so the results match an uninterrupted run.
 """
 
@@ -43,7 +43,6 @@ from scaleprompt.engine.checkpoint import (
 from scaleprompt.engine.config import OptimConfig, RunConfig
 from scaleprompt.engine.distributed import barrier, broadcast_object, init_distributed, run_on_main
 from scaleprompt.engine.evaluate import Evaluator
-from scaleprompt.engine.identity import compare, run_identity
 from scaleprompt.engine.model import PromptEngine, writing
 from scaleprompt.engine.nonfinite import NonFiniteError, NonFiniteGuard, describe, skipped_step
 from scaleprompt.engine.progress import RunProgress
@@ -58,6 +57,7 @@ from scaleprompt.engine.run import (
 from scaleprompt.engine.trackers import Tracker, close_trackers, make_trackers
 from scaleprompt.errors import OutputError, reported_elsewhere
 from scaleprompt.failpoints import failpoint
+from scaleprompt.identity import compare, run_identity
 from scaleprompt.locks import DirLock
 from scaleprompt.methods import build
 from scaleprompt.report.schema import RunResult, SelectionResult

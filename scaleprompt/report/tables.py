@@ -69,7 +69,7 @@ from typing import Any, Literal, NamedTuple
 
 from scaleprompt.data.datasets import BENCHMARKS, DG_TARGETS
 from scaleprompt.data.protocols import harmonic_mean
-from scaleprompt.engine.identity import MAY_CHANGE, flatten
+from scaleprompt.identity import MAY_CHANGE, flatten
 from scaleprompt.report.schema import METRICS, SELECTIONS, ResultsError, RunResult
 
 logger = logging.getLogger("scaleprompt.report.tables")  # not __name__: "__main__" under -m

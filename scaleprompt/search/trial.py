@@ -37,9 +37,9 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from scaleprompt.engine.checkpoint import atomic_json
 from scaleprompt.engine.config import load_run_config
 from scaleprompt.engine.distributed import barrier
-from scaleprompt.engine.identity import flatten
 from scaleprompt.engine.trainer import Trainer
 from scaleprompt.errors import ScalepromptError, one_line
+from scaleprompt.identity import flatten
 from scaleprompt.search.space import SearchSpace, trial_overrides
 
 logger = logging.getLogger(__name__)
