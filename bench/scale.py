@@ -3,7 +3,7 @@
 Each combination of backbone x method x ZeRO stage x precision x activation checkpointing is one launch of
 ``bench/scale_worker.py`` through the deepspeed launcher (``--world`` processes, gloo, file rendezvous, loopback
 only; ``--world 1`` runs plain python). The worker builds the backbone with ``pretrained=None`` (nothing is
-downloaded), wraps the method in the real ``PromptEngine`` with the chosen ``ds_configs/*.json`` and runs
+downloaded), wraps the method in the real ``PromptedModel`` with the chosen ``ds_configs/*.json`` and runs
 ``--steps`` training steps on a synthetic global batch that depends only on the seed and the step (so every stage
 sees the same batch). Per combination the table shows, for the worst rank:
 

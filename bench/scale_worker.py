@@ -1,5 +1,5 @@
 """One run of ``bench/scale.py``: a few real training steps of one method over a random-init open_clip backbone,
-inside the real :class:`~scaleprompt.engine.model.PromptEngine` (DeepSpeed ZeRO stage, precision and offload from
+inside the real :class:`~scaleprompt.engine.model.PromptedModel` (DeepSpeed ZeRO stage, precision and offload from
 the ``--ds`` JSON), launched by the driver through the deepspeed launcher (or plain python for 1 process).
 
 Every rank writes ``rank<R>.json`` into ``--out``:
@@ -33,7 +33,7 @@ import torch
 from scaleprompt.backbone import load_clip
 from scaleprompt.engine.config import load_ds_config, load_run_config
 from scaleprompt.engine.distributed import barrier, init_distributed
-from scaleprompt.engine.model import PromptEngine
+from scaleprompt.engine.model import PromptedModel
 from scaleprompt.methods.registry import build
 
 logger = logging.getLogger("scale_worker")
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     reset_peak_rss()
     start = time.perf_counter()
     ds_base = load_ds_config(args.ds) if args.ds else None
-    engine = PromptEngine(method, cfg, ds_base, dist, micro=args.micro, accumulation=1)
+    engine = PromptedModel(method, cfg, ds_base, dist, micro=args.micro, accumulation=1)
     engine_seconds = time.perf_counter() - start
     rss_engine, rss_after_engine = rss_field("VmHWM"), rss_field("VmRSS")
     frozen_held, frozen_total = held_bytes(frozen), full_bytes(frozen)

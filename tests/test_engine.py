@@ -261,7 +261,7 @@ def test_bf16_prompts_after_a_step_do_not_depend_on_the_zero_stage():
     rounding that moved CoOp's prompts by ~1e-2 after 3 steps; zero3.json turns it off.)"""
     from scaleprompt.backbone import load_clip
     from scaleprompt.engine.distributed import init_distributed
-    from scaleprompt.engine.model import PromptEngine
+    from scaleprompt.engine.model import PromptedModel
     from scaleprompt.methods.registry import build
 
     dist = init_distributed()
@@ -277,13 +277,13 @@ def test_bf16_prompts_after_a_step_do_not_depend_on_the_zero_stage():
             method = build("coop", load_clip("sp-tiny-vit-12", None), ["red cat", "blue dog", "green bird"],
                            **cfg.method.args)  # fmt: skip
             ds = json.loads((ROOT / "ds_configs" / f"{stage}.json").read_text())
-            engine = PromptEngine(method, cfg, ds, dist, micro=2, accumulation=1)
-            engine.module.train()
-            before = engine.snapshot()
+            model = PromptedModel(method, cfg, ds, dist, micro=2, accumulation=1)
+            model.module.train()
+            before = model.snapshot()
             for _ in range(2):
-                engine.module.backward(engine.module(images, labels).loss)
-                engine.module.step()
-            prompts[stage] = engine.snapshot()
+                model.module.backward(model.module(images, labels).loss)
+                model.module.step()
+            prompts[stage] = model.snapshot()
     finally:
         torch.nn.functional.linear = linear
     assert prompts["zero3"]["ctx"].dtype == torch.bfloat16 and not torch.equal(

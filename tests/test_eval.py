@@ -170,7 +170,7 @@ def test_eval_records_the_hash_selection_and_epoch_of_the_bytes_it_evaluated(b2n
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from scaleprompt.engine import eval_only
+    from scaleprompt.engine import assembly
     from scaleprompt.methods.io import tensors_sha256
 
     folder, trained = b2n
@@ -183,14 +183,14 @@ def test_eval_records_the_hash_selection_and_epoch_of_the_bytes_it_evaluated(b2n
         tensors = {k: torch.full_like(fh.get_tensor(k), float("nan")) for k in fh.keys()}  # noqa: SIM118
     save_file(tensors, str(tmp_path / "new.safetensors"), {**meta, "tensors_sha256": tensors_sha256(tensors)})
     last = (run / "prompts.safetensors").read_bytes()
-    build_setting = eval_only.build_setting
+    build_setting = assembly.build_setting
 
     def replace_the_file_then_build(cfg):
         shutil.copy(tmp_path / "new.safetensors", run / "new")
         os.replace(run / "new", run / "prompts.safetensors")
         return build_setting(cfg)
 
-    monkeypatch.setattr(eval_only, "build_setting", replace_the_file_then_build)
+    monkeypatch.setattr(assembly, "build_setting", replace_the_file_then_build)
     got = evaluate(str(run / "prompts.safetensors"), "--output", str(tmp_path / "got.json"))
     assert (run / "prompts.safetensors").read_bytes() == (
         tmp_path / "new.safetensors"

@@ -79,7 +79,7 @@ def test_a_skipped_step_leaves_prompts_and_optimizer_exactly_as_before(stage, op
     with momentum / Adam states (a zero-gradient step would still move SGD's momentum and Adam's moments)."""
     from scaleprompt.backbone import load_clip
     from scaleprompt.engine.distributed import init_distributed
-    from scaleprompt.engine.model import PromptEngine
+    from scaleprompt.engine.model import PromptedModel
     from scaleprompt.methods.registry import build
 
     dist = init_distributed()
@@ -96,24 +96,24 @@ def test_a_skipped_step_leaves_prompts_and_optimizer_exactly_as_before(stage, op
         torch.manual_seed(0)
         method = build("coop", load_clip("sp-tiny-vit", None), ["red cat", "blue dog", "green bird"],
                        **cfg.method.args)  # fmt: skip
-        engine = PromptEngine(method, cfg, ds, dist, micro=2, accumulation=1)
-        guard = NonFiniteGuard(engine.trainable, "cpu")
-        engine.module.train()
+        model = PromptedModel(method, cfg, ds, dist, micro=2, accumulation=1)
+        guard = NonFiniteGuard(model.trainable, "cpu")
+        model.module.train()
         skipped = []
         for images in batches:
-            out = engine.module(images, labels)
+            out = model.module(images, labels)
             guard.watch_loss(out.loss, out.parts)
-            engine.module.backward(out.loss)
+            model.module.backward(out.loss)
             verdict = guard.verdict()
             if verdict:
                 skipped.append(verdict)
-                with skipped_step(engine.optimizer, engine.trainable):
-                    engine.module.step()
+                with skipped_step(model.optimizer, model.trainable):
+                    model.module.step()
             else:
-                engine.module.step()
+                model.module.step()
         guard.close()
         assert skipped == ([] if len(batches) == 2 else [["loss", "ce", "gradient"]])
-        prompts.append(engine.snapshot())
+        prompts.append(model.snapshot())
     assert torch.isfinite(prompts[1]["ctx"]).all()
     torch.testing.assert_close(prompts[1], prompts[0], rtol=0, atol=0)
 

@@ -113,7 +113,7 @@ def test_a_run_on_a_dataset_with_its_own_template_trains_and_predicts_with_it(tm
     ]  # fmt: skip
     cfg = load_run_config(None, overrides)
     trainer = Trainer(cfg, json.loads(Path(ROOT / "ds_configs/zero1.json").read_text()))
-    assert trainer.method.templates == PETS and trainer.setting.templates == PETS
+    assert trainer.parts.method.templates == PETS and trainer.parts.setting.templates == PETS
     res = trainer.fit()
     assert res["dataset"] == "OxfordPets" and "test" in res["zero_shot"]
     from scaleprompt.predict import Predictor

@@ -4,7 +4,8 @@ One checkpoint is a folder ``<root>/<tag>/`` holding:
 
 * DeepSpeed's files (the prompts, optimizer state and step counters of every rank; frozen backbone excluded);
   read back with ``torch.load(weights_only=True)`` and an allow-list of the few plain DeepSpeed types they hold
-  (:func:`safe_checkpoint_engine`), so a crafted file is refused, never executed;
+  (:func:`use_weights_only_checkpoints`, set once when the DeepSpeed engine is made), so a crafted file is
+  refused, never executed;
 * ``run_state.json``: everything else the run needs to continue and to write the same ``results.json`` (step,
   data position, history, best epoch, zero-shot numbers, identity, recorded config changes);
 * ``best_prompts.safetensors``: the best-validation prompts so far; ``rng_rank<r>.json``: each rank's RNG states;
@@ -25,6 +26,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import random
 import re
 import shutil
@@ -35,11 +37,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from scaleprompt.data.shards import sha256_file
 from scaleprompt.engine.distributed import broadcast_object, run_everywhere
 from scaleprompt.errors import ScalepromptError
 from scaleprompt.failpoints import failpoint
+from scaleprompt.methods.io import tensors_sha256, verify_prompt_tensors
 
 logger = logging.getLogger(__name__)
 LATEST = "latest.json"
@@ -65,7 +70,8 @@ def _fsync_dir(path: Path) -> None:
 
 def finite_json(data: Any, where: str = "") -> tuple[Any, list[str]]:
     """``data`` with every non-finite float replaced by None (JSON has no NaN / Infinity: Python's ``json`` would
-    write the bare tokens, which no strict parser reads), and the paths of the values replaced."""
+    write the bare tokens, which no strict parser reads), and the paths of the values replaced (``where``: the path
+    of ``data`` itself, prefixed to them)."""
     replaced: list[str] = []
 
     def clean(value: Any, at: str) -> Any:
@@ -92,7 +98,7 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def atomic_json(path: Path, data: Any) -> None:
-    """Write JSON to ``path`` atomically (temporary file, fsync, rename)."""
+    """Write ``data`` as JSON to ``path`` atomically (temporary file, fsync, rename)."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         _write_json(tmp, data)
@@ -114,7 +120,9 @@ def _read_json(path: Path, what: str) -> Any:
 def rng_state() -> dict[str, Any]:
     """Python, numpy, torch (and CUDA) RNG states of this process as plain JSON values."""
     version, words, gauss = random.getstate()
-    name, keys, pos, has_gauss, cached = np.random.get_state()
+    legacy = np.random.get_state()
+    assert isinstance(legacy, tuple)  # (legacy=True, the default: MT19937's state as a tuple)
+    name, keys, pos, has_gauss, cached = legacy
     state: dict[str, Any] = {
         "python": [version, list(words), gauss],
         "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
@@ -126,6 +134,7 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore this process's RNG states from ``state`` (a :func:`rng_state`)."""
     version, words, gauss = state["python"]
     random.setstate((version, tuple(words), gauss))
     name, keys, pos, has_gauss, cached = state["numpy"]
@@ -138,6 +147,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 # --- weights-only loading of DeepSpeed's files -------------------------------------------------------------------
 def deepspeed_safe_globals() -> list[Any]:
     """The non-tensor types DeepSpeed (0.19) pickles into its checkpoint files: plain records, no behaviour."""
+    # (deepspeed imported here and below: ~5 s that the commands reading checkpoints without one never pay)
     from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
     from deepspeed.runtime.zero.config import ZeroStageEnum
     from deepspeed.utils.tensor_fragment import fragment_address
@@ -146,10 +156,9 @@ def deepspeed_safe_globals() -> list[Any]:
 
 
 def safe_torch_load(path: str | Path, map_location: Any = "cpu") -> Any:
-    """``torch.load`` that only rebuilds tensors, plain containers and the allow-listed DeepSpeed records.
-    Anything else (a crafted pickle calling ``os.system``, any class) is refused with a CheckpointError."""
-    import pickle
-
+    """``torch.load`` of ``path`` onto ``map_location`` that only rebuilds tensors, plain containers and the
+    allow-listed DeepSpeed records. Anything else (a crafted pickle calling ``os.system``, any class) is refused
+    with a CheckpointError."""
     try:
         with torch.serialization.safe_globals(deepspeed_safe_globals()):
             return torch.load(path, map_location=map_location, weights_only=True)
@@ -163,25 +172,39 @@ def safe_torch_load(path: str | Path, map_location: Any = "cpu") -> Any:
         raise CheckpointError(f"cannot read checkpoint file {path}: {exc}") from None
 
 
-def safe_checkpoint_engine(config: Any = None):
-    """A DeepSpeed checkpoint engine whose ``load`` is :func:`safe_torch_load` (saving is DeepSpeed's, with a
-    crash point after each file for the tests: a save killed between two of DeepSpeed's own files)."""
+def use_weights_only_checkpoints(ds_engine: Any) -> None:
+    """THE one place that sets a DeepSpeed engine's checkpoint engine: ``ds_engine`` (made by
+    :class:`~scaleprompt.engine.model.PromptedModel`) then loads with :func:`safe_torch_load` and saves with
+    DeepSpeed's own code plus a crash point after each file (for the tests: a save killed between two of
+    DeepSpeed's own files). DeepSpeed makes its checkpoint engine once, in its constructor; :class:`CheckpointManager`
+    refuses an engine without this one."""
     from deepspeed.runtime.checkpoint_engine import TorchCheckpointEngine
 
     class WeightsOnlyCheckpointEngine(TorchCheckpointEngine):
-        def save(self, state_dict, path: str):
+        weights_only = True
+
+        def save(self, state_dict: Any, path: str) -> None:
             super().save(state_dict, path)
             failpoint("checkpoint.deepspeed_file")
 
-        def load(self, path: str, map_location=None):
+        def load(self, path: str, map_location: Any = None) -> Any:
             return safe_torch_load(path, map_location=map_location if map_location is not None else "cpu")
 
-    return WeightsOnlyCheckpointEngine(config)
+    ds_engine.checkpoint_engine = WeightsOnlyCheckpointEngine(getattr(ds_engine, "_config", None))
+
+
+def _check_weights_only(ds_engine: Any) -> None:
+    if not getattr(getattr(ds_engine, "checkpoint_engine", None), "weights_only", False):
+        raise CheckpointError(
+            "a DeepSpeed engine without the weights-only checkpoint engine (use_weights_only_checkpoints)"
+        )
 
 
 # --- the manager -------------------------------------------------------------------------------------------------
 @dataclass
 class Loaded:
+    """What :meth:`CheckpointManager.load` returns besides the DeepSpeed engine's own state."""
+
     tag: str
     state: dict[str, Any]  # run_state.json
     best_prompts: dict[str, torch.Tensor] | None
@@ -189,6 +212,9 @@ class Loaded:
 
 
 class CheckpointManager:
+    """The checkpoints of one run under ``root``: the newest ``keep`` complete ones are kept; ``rank``: this
+    process's rank (rank 0 hashes, marks and renames)."""
+
     def __init__(self, root: str | Path, keep: int = 2, rank: int = 0) -> None:
         self.root, self.keep, self.rank = Path(root), keep, rank
 
@@ -197,17 +223,31 @@ class CheckpointManager:
         return self.rank == 0
 
     # saving --------------------------------------------------------------------------------------------------
-    def save(self, engine, tag: str, state: dict[str, Any], best_prompts: dict[str, torch.Tensor] | None,
-             identity: dict[str, Any]) -> Path:  # fmt: skip
-        """Collective: write ``tag`` on every rank, then (rank 0) hash, mark complete, rename, point latest."""
+    def save(
+        self,
+        ds_engine: Any,
+        tag: str,
+        state: dict[str, Any],
+        best_prompts: dict[str, torch.Tensor] | None,
+        identity: dict[str, Any],
+    ) -> Path:
+        """Collective: write checkpoint ``tag`` on every rank (``ds_engine``'s files, this rank's RNG), then
+        (rank 0) add the run ``state``, the ``best_prompts`` and the run ``identity``, hash, mark complete,
+        rename, point latest."""
+        _check_weights_only(ds_engine)
         partial = self.root / broadcast_object(
             f"{PARTIAL}{tag}-{uuid.uuid4().hex[:8]}" if self.is_main else None
         )
 
         def write_rank_files() -> None:
             self.root.mkdir(parents=True, exist_ok=True)
-            engine.save_checkpoint(str(self.root), tag=partial.name, client_state={}, save_latest=False,
-                                   exclude_frozen_parameters=True)  # fmt: skip
+            ds_engine.save_checkpoint(
+                str(self.root),
+                tag=partial.name,
+                client_state={},
+                save_latest=False,
+                exclude_frozen_parameters=True,
+            )
             _write_json(partial / f"rng_rank{self.rank}.json", rng_state())
 
         def complete() -> Path:
@@ -216,10 +256,6 @@ class CheckpointManager:
             failpoint("checkpoint.files_written")
             final = self._free_name(tag)
             if best_prompts:
-                from safetensors.torch import save_file
-
-                from scaleprompt.methods.io import tensors_sha256
-
                 best = {k: v.contiguous() for k, v in best_prompts.items()}
                 save_file(best, str(partial / BEST), metadata={"tensors_sha256": tensors_sha256(best)})
             _write_json(partial / STATE, {**state, "format": FORMAT, "tag": final.name})
@@ -280,8 +316,11 @@ class CheckpointManager:
         """Complete checkpoints, oldest first (by the save counter recorded in their state)."""
         if not self.root.is_dir():
             return []
-        tags = [p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")
-                and (p / COMPLETE).is_file()]  # fmt: skip
+        tags = [
+            p.name
+            for p in self.root.iterdir()
+            if p.is_dir() and not p.name.startswith(".") and (p / COMPLETE).is_file()
+        ]
 
         def order(tag: str) -> tuple[int, int, str]:
             try:
@@ -321,6 +360,7 @@ class CheckpointManager:
         return tag
 
     def verify(self, tag: str) -> None:
+        """Checkpoint ``tag`` is complete and every file it lists has its sha256, else :class:`CheckpointError`."""
         folder = self.root / tag
         marker = folder / COMPLETE
         if not marker.is_file():
@@ -336,30 +376,30 @@ class CheckpointManager:
                 raise CheckpointError(f"checkpoint file corrupt (sha256 mismatch): {path}")
 
     def read(self, tag: str) -> tuple[dict[str, Any], dict[str, Any]]:
-        """(run state, identity) of a verified checkpoint, without touching DeepSpeed."""
+        """(run state, identity) of the verified checkpoint ``tag``, without touching DeepSpeed."""
         folder = self.root / tag
         return _read_json(folder / STATE, "checkpoint state"), _read_json(folder / COMPLETE, "marker")[
             "identity"
         ]
 
-    def load(self, engine, tag: str) -> Loaded:
-        """Load ``tag`` into ``engine`` (weights-only) and return our own state, best prompts and RNG."""
+    def load(self, ds_engine: Any, tag: str) -> Loaded:
+        """Load checkpoint ``tag`` into ``ds_engine`` (weights-only; None: no DeepSpeed engine, only our files) and
+        return our own state, best prompts and RNG."""
         folder = self.root / tag
         state, _ = self.read(tag)
-        if engine is not None:
-            engine.checkpoint_engine = safe_checkpoint_engine(getattr(engine, "_config", None))
-            path, _ = engine.load_checkpoint(
-                str(self.root), tag=tag, load_module_strict=False, load_optimizer_states=True,
+        if ds_engine is not None:
+            _check_weights_only(ds_engine)
+            path, _ = ds_engine.load_checkpoint(
+                str(self.root),
+                tag=tag,
+                load_module_strict=False,
+                load_optimizer_states=True,
                 load_lr_scheduler_states=False,
-            )  # fmt: skip
+            )
             if path is None:
                 raise CheckpointError(f"DeepSpeed could not load checkpoint {folder}")
         best = None
         if (folder / BEST).is_file():  # (hashed in COMPLETE.json; its own checksum since issue 23)
-            from safetensors import safe_open
-
-            from scaleprompt.methods.io import verify_prompt_tensors
-
             with safe_open(str(folder / BEST), framework="pt") as fh:
                 meta = fh.metadata() or {}
                 best = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - safe_open has no __iter__

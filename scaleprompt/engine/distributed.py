@@ -90,9 +90,13 @@ def init_distributed(local_rank_arg: int | None = None) -> DistInfo:
         )
         with captured_prints("deepspeed"):  # ("DeepSpeed ... op built successfully", once per rank)
             deepspeed.init_distributed(
-                dist_backend="nccl" if cuda else "gloo", init_method=init_method, rank=rank,
-                world_size=world_size, verbose=False, auto_mpi_discovery=False,
-            )  # fmt: skip
+                dist_backend="nccl" if cuda else "gloo",
+                init_method=init_method,
+                rank=rank,
+                world_size=world_size,
+                verbose=False,
+                auto_mpi_discovery=False,
+            )
     if not cuda and os.environ.get("LOCAL_SIZE") == str(world_size):
         _unlink_shm_buffers()
     # a launcher shows each node's GPUs to all its ranks (index = local rank); Ray shows each worker only its own

@@ -2,11 +2,13 @@
 
 ``evaluation_config(prompts, recipe, overrides)`` assembles the :class:`RunConfig` of the evaluation and
 :class:`PromptEvaluation` runs it (every rank; under the deepspeed launcher the test sets are split over the
-ranks and the counts summed). Nothing is new here: the setting's shards come from THE shard cache
-(:func:`~scaleprompt.engine.run.build_setting`, the same folders as the training run when the data, shots and
-seed are the same), the method runs inside the same :class:`~scaleprompt.engine.model.PromptEngine` (precision,
-ZeRO stage of ``--ds``) and the same :class:`~scaleprompt.engine.evaluate.Evaluator` tests it. So the evaluation of
-a training run's ``prompts.safetensors`` with that run's config and world size gives its test numbers exactly.
+ranks and the counts summed). Nothing is new here: the run is put together by THE run assembly of training
+(:func:`~scaleprompt.engine.assembly.assemble`: the setting's shards from THE shard cache, the same folders as the
+training run when the data, shots and seed are the same; the method inside the same
+:class:`~scaleprompt.engine.model.PromptedModel`, precision and ZeRO stage of ``--ds``; the same
+:class:`~scaleprompt.engine.evaluate.Evaluator`), only its method comes from the file; and its result is built by
+the same :func:`~scaleprompt.engine.assembly.run_result`. So the evaluation of a training run's
+``prompts.safetensors`` with that run's config and world size gives its test numbers exactly.
 
 The configuration, in order:
 
@@ -35,23 +37,16 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from scaleprompt.backbone import Backbone
 from scaleprompt.config import ConfigError
 from scaleprompt.data.datasets import dataset_display_name
+from scaleprompt.engine.assembly import assemble, run_result, write_result
 from scaleprompt.engine.config import REMOVED_KEYS, MethodSection, RunConfig, load_run_config
-from scaleprompt.engine.distributed import DistInfo, barrier, init_distributed, run_on_main
-from scaleprompt.engine.evaluate import Evaluator
-from scaleprompt.engine.model import PromptEngine, writing
-from scaleprompt.engine.run import (
-    EvalSetting,
-    build_setting,
-    check_class_sets,
-    check_eval_shards,
-    describe_data,
-    eval_loader,
-)
-from scaleprompt.methods.io import PromptFile, open_prompt_file
+from scaleprompt.engine.distributed import DistInfo, init_distributed
+from scaleprompt.engine.run import EvalSetting
+from scaleprompt.methods.base import PromptMethod
+from scaleprompt.methods.io import PromptFile, load_prompts, open_prompt_file
 from scaleprompt.promptfile import PromptFileError
-from scaleprompt.report.schema import RunResult, SelectionResult
 
 logger = logging.getLogger(__name__)
 
@@ -59,14 +54,14 @@ RUN_CONFIG = "config.json"  # what train.py writes next to the prompt files
 
 
 def prompt_file_header(file: PromptFile) -> dict[str, Any]:
-    """The decoded metadata of a prompt file: method, config, classnames, backbone, and where it came from."""
+    """The decoded metadata of the prompt ``file``: method, config, classnames, backbone, and where it came from."""
     if not file.header.get("backbone"):
         raise PromptFileError(f"{file.path} does not record its backbone; it cannot be evaluated on its own")
     return file.header
 
 
 def run_config_of(path: Path) -> dict[str, Any]:
-    """A training run's ``config.json`` as a recipe: keys later versions removed (:data:`REMOVED_KEYS`; none of
+    """A training run's ``config.json`` (``path``) as a recipe: keys later versions removed (:data:`REMOVED_KEYS`; none of
     them changes the math) are dropped, so older runs stay evaluable."""
     try:
         data = json.loads(path.read_text())
@@ -84,8 +79,9 @@ def run_config_of(path: Path) -> dict[str, Any]:
 def evaluation_config(
     prompts: str | Path | PromptFile, recipe: str | Path | None, overrides: Sequence[str]
 ) -> RunConfig:
-    """The run config of an evaluation of ``prompts`` (a path, or the file already read: see the module docstring
-    for the order)."""
+    """The run config of an evaluation of ``prompts`` (a path, or the file already read) under the base ``recipe``
+    (None: the training run's config beside the file, else the defaults) and the ``key=value`` ``overrides`` (see
+    the module docstring for the order)."""
     file = prompts if isinstance(prompts, PromptFile) else open_prompt_file(prompts)
     path = file.path
     header = prompt_file_header(file)
@@ -117,12 +113,19 @@ def evaluation_config(
 
 
 class PromptEvaluation:
-    """One evaluation of a prompt file under ``cfg`` (from :func:`evaluation_config`); ``ds_config``: the DeepSpeed
-    JSON (ZeRO-3 partitions a big frozen backbone over the ranks), default: the same plain engine training uses.
-    ``prompts``: a path, or the file already read (the one ``cfg`` was made from: the same bytes)."""
+    """One evaluation of the prompt file ``prompts`` (a path, or the file already read: the one ``cfg`` was made
+    from, the same bytes) under ``cfg`` (from :func:`evaluation_config`); ``ds_config``: the DeepSpeed JSON (ZeRO-3
+    partitions a big frozen backbone over the ranks), default: the same plain DeepSpeed engine training uses;
+    ``local_rank``: the launcher's ``--local_rank``; ``zero_shot``: zero-shot CLIP's numbers on the same sets too."""
 
-    def __init__(self, prompts: str | Path | PromptFile, cfg: RunConfig, ds_config: dict[str, Any] | None = None,
-                 local_rank: int | None = None, zero_shot: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        prompts: str | Path | PromptFile,
+        cfg: RunConfig,
+        ds_config: dict[str, Any] | None = None,
+        local_rank: int | None = None,
+        zero_shot: bool = False,
+    ) -> None:
         self.file = prompts if isinstance(prompts, PromptFile) else open_prompt_file(prompts)
         self.path, self.cfg, self.ds_config, self.zero_shot = self.file.path, cfg, ds_config, zero_shot
         self.header = prompt_file_header(self.file)
@@ -130,71 +133,54 @@ class PromptEvaluation:
 
     def run(self, output: str | Path) -> dict[str, Any]:
         """Evaluate; rank 0 writes the results to ``output`` (atomically). Returns the results on every rank."""
-        from scaleprompt.backbone import load_clip
-        from scaleprompt.methods.io import load_prompts
-
         cfg, start = self.cfg, time.time()
-        setting = build_setting(cfg)  # (rank 0 finds or writes every shard folder of the setting)
-        run_on_main(lambda: check_eval_shards(setting))
-        saved = self.header["backbone"]
-        backbone = load_clip(cfg.model.name, cfg.model.pretrained, cache_dir=cfg.model.cache_dir,
-                             init_seed=saved.get("init_seed") or 0)  # fmt: skip
-        info = backbone.info
-        assert info is not None  # (load_clip's backbones always have it)
-        evaluator = Evaluator(
-            setting, lambda shards, split: eval_loader(cfg, info, self.dist, shards, split), self.dist.device
+        parts = assemble(
+            cfg,
+            self.dist,
+            self.ds_config,
+            training=False,
+            method=self._method,
+            zero_shot=self.zero_shot,
+            init_seed=self.header["backbone"].get("init_seed") or 0,
         )
-        zero_shot = self._zero_shot(backbone, setting, evaluator) if self.zero_shot else None
-        method = load_prompts(self.file, backbone)  # (the bytes read; checks the backbone's shapes)
-        if method.classnames != list(setting.classnames) or self.header.get("templates_from") == "dataset":
-            method.set_classnames(
-                setting.classnames, setting.templates
-            )  # (refused for class-specific prompts)
-        check_class_sets(cfg, method, setting)
-        method.text.chunk = cfg.model.text_chunk
-        model = PromptEngine(method, cfg, self.ds_config, self.dist, micro=1, accumulation=1, training=False)
+        model, evaluator = parts.model, parts.evaluator
         selection = self.header.get("selection") or "last"
-        metrics = {"val": evaluator.split(model, setting.train, "val"), **evaluator.test_all(model)}
-        where = f"the evaluation of {self.path}"
-        result = RunResult(
-            method=method.name, dataset=dataset_display_name(cfg.data.dataset), setting=cfg.eval.setting,
-            shots=cfg.data.shots, seed=cfg.train.seed, backbone=cfg.model.name, pretrained=cfg.model.pretrained,
-            results={selection: SelectionResult.parse(metrics, cfg.eval.setting, f"results.{selection}", where)},
-            world_size=self.dist.world_size, data=describe_data(setting), config=cfg.to_dict(),
-            zero_shot=SelectionResult.parse(zero_shot, cfg.eval.setting, "zero_shot", where) if zero_shot else None,
-            timing={"eval_seconds": time.time() - start}, evaluated=self._evaluated(selection),
-        ).to_dict()  # fmt: skip
-        if self.dist.is_main:
-            from scaleprompt.engine.checkpoint import atomic_json
-
-            output = Path(output)
-            with writing(output):
-                output.parent.mkdir(parents=True, exist_ok=True)
-                atomic_json(output, result)
-            logger.info("results: %s", output)
-        barrier()
+        metrics = {"val": evaluator.split(model, parts.setting.train, "val"), **evaluator.test_all(model)}
+        result = run_result(
+            cfg,
+            parts,
+            {selection: metrics},
+            f"the evaluation of {self.path}",
+            timing={"eval_seconds": time.time() - start},
+            evaluated=self._evaluated(selection),
+        )
+        write_result(Path(output), result, self.dist)
         return result
 
-    def _zero_shot(self, backbone: Any, setting: EvalSetting, evaluator: Evaluator) -> dict[str, Any]:
-        """Zero-shot CLIP's metrics on the same sets (before the backbone goes into an engine: ZeRO-3)."""
-        from scaleprompt.methods import build
-
-        zero_shot = build("zsclip", backbone, list(setting.classnames), dataset_templates=setting.templates)
-        return evaluator.test_all(
-            PromptEngine(zero_shot, self.cfg, None, self.dist, micro=1, accumulation=1, training=False)
-        )
+    def _method(self, backbone: Backbone, setting: EvalSetting) -> PromptMethod:
+        """The file's method (the bytes read; its backbone's shapes checked) on ``backbone``, classifying the
+        classes of ``setting`` (refused for class-specific prompts) with the dataset's template when it was
+        trained with its dataset's."""
+        method = load_prompts(self.file, backbone)
+        if method.classnames != list(setting.classnames) or self.header.get("templates_from") == "dataset":
+            method.set_classnames(setting.classnames, setting.templates)
+        return method
 
     def _evaluated(self, selection: str) -> dict[str, Any]:
         header = self.header
         epoch = header.get("epoch")
         return {
-            "path": str(self.path.resolve()), "sha256": self.file.sha256, "selection": selection,
-            "epoch": int(epoch) if epoch is not None and epoch.isdigit() else None, "run": header.get("run"),
-        }  # fmt: skip
+            "path": str(self.path.resolve()),
+            "sha256": self.file.sha256,
+            "selection": selection,
+            "epoch": int(epoch) if epoch is not None and epoch.isdigit() else None,
+            "run": header.get("run"),
+        }
 
 
 def default_output(prompts: str | Path, cfg: RunConfig) -> Path:
-    """``<folder of the file>/<file stem>.eval-<dataset>-<setting>.json`` (never a run's own results.json)."""
+    """Where the evaluation of the file ``prompts`` under ``cfg`` goes:
+    ``<folder of the file>/<file stem>.eval-<dataset>-<setting>.json`` (never a run's own results.json)."""
     path = Path(prompts)
     name = dataset_display_name(cfg.data.dataset)
     return path.with_name(f"{path.stem}.eval-{name}-{cfg.eval.setting}.json")

@@ -14,7 +14,7 @@ from scaleprompt.data.shards import DataError, read_manifest
 from scaleprompt.engine.distributed import all_reduce_max, all_reduce_sum
 
 if TYPE_CHECKING:
-    from scaleprompt.engine.model import PromptEngine
+    from scaleprompt.engine.model import PromptedModel
     from scaleprompt.engine.run import EvalSet, EvalSetting
 
 
@@ -102,18 +102,23 @@ class Evaluator:
     def __init__(self, setting: EvalSetting, loader: Callable[[str, str], Iterable], device) -> None:
         self.setting, self.loader, self.device = setting, loader, device
 
-    def split(self, model: PromptEngine, shards: str, split: str) -> dict[str, float]:
+    def split(self, model: PromptedModel, shards: str, split: str) -> dict[str, float]:
         """Accuracy of ``model`` on one split of a shard folder ({} if the folder has no such split)."""
         manifest = read_manifest(shards)
         if split not in manifest["splits"] or manifest["splits"][split]["count"] == 0:
             return {}
         module = model.module
         module.eval()
-        return evaluate(module, self.loader(shards, split), len(manifest["classnames"]), self.device,
-                        lockstep=model.zero_stage == 3 and model.dist.world_size > 1)  # fmt: skip
+        return evaluate(
+            module,
+            self.loader(shards, split),
+            len(manifest["classnames"]),
+            self.device,
+            lockstep=model.zero_stage == 3 and model.dist.world_size > 1,
+        )
 
     @contextlib.contextmanager
-    def on_classes(self, model: PromptEngine, test_set: EvalSet) -> Iterator[None]:
+    def on_classes(self, model: PromptedModel, test_set: EvalSet) -> Iterator[None]:
         """``model`` classifies ``test_set``'s classes, then the training classes again (ZeRO-3 parameters are
         gathered for the rebuild of the text side)."""
         setting, method = self.setting, model.method
@@ -128,7 +133,7 @@ class Evaluator:
             with model.gathered():
                 method.set_classnames(setting.classnames, setting.templates)
 
-    def test_all(self, model: PromptEngine) -> dict[str, Any]:
+    def test_all(self, model: PromptedModel) -> dict[str, Any]:
         """The setting's test metrics of ``model`` as it is now."""
         metrics = {}
         for test_set in self.setting.test_sets:

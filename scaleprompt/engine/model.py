@@ -1,10 +1,11 @@
-"""The method inside DeepSpeed: the engine, its client optimizer over the prompts, and what ZeRO-3 needs.
+"""The method inside DeepSpeed: the DeepSpeed engine, its client optimizer over the prompts, and what ZeRO-3 needs.
 
-:class:`PromptEngine` wraps a built method in a DeepSpeed engine (ZeRO 1/2/3, fp32 / bf16 / fp16) with a client
-torch SGD / AdamW over the prompt parameters only, a weights-only checkpoint engine, and the ZeRO-3 registration
-of the frozen tensors the encoders read directly. It holds state and offers what the loop and the evaluation need:
-the module to run (``module``), a context that gathers partitioned parameters (``gathered``), prompt snapshots and
-the export of the prompt file. A method without trainable parameters (zero-shot CLIP) gets no engine.
+:class:`PromptedModel` wraps a built method in a DeepSpeed engine (``ds_engine``; ZeRO 1/2/3, fp32 / bf16 / fp16)
+with a client torch SGD / AdamW over the prompt parameters only, the weights-only checkpoint engine
+(:func:`~scaleprompt.engine.checkpoint.use_weights_only_checkpoints`) and the ZeRO-3 registration of the frozen
+tensors the encoders read directly. It holds state and offers what the loop and the evaluation need: the module to
+run (``module``), a context that gathers partitioned parameters (``gathered``), prompt snapshots and the export of
+the prompt file. A method without trainable parameters (zero-shot CLIP) gets no DeepSpeed engine.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
+from safetensors import SafetensorError
 
 from scaleprompt.config import ConfigError
-from scaleprompt.engine.checkpoint import safe_checkpoint_engine
+from scaleprompt.engine.checkpoint import use_weights_only_checkpoints
 from scaleprompt.engine.config import RunConfig, describe_validation_error
 from scaleprompt.engine.distributed import DistInfo, barrier
 from scaleprompt.errors import OutputError
@@ -36,9 +39,11 @@ def deepspeed_config(
     world: int,
     precision: str,
     grad_clip: float = 0.0,
-) -> dict:
-    """The DS JSON with the batch geometry, clipping and precision of this run (the recipe wins; changes are
-    logged). Clipping is always written: DeepSpeed's own default is 1.0, the releases do not clip."""
+) -> dict[str, Any]:
+    """The DeepSpeed JSON of this run: ``base`` (the ``--ds`` JSON; None: ZeRO stage 0) with the batch geometry
+    ``micro`` x ``accumulation`` x ``world``, the ``precision`` and the clipping ``grad_clip`` of the recipe (the
+    recipe wins; changes are logged). Clipping is always written: DeepSpeed's own default is 1.0, the releases do
+    not clip."""
     cfg = copy.deepcopy(base or {"zero_optimization": {"stage": 0}})
     wanted = {
         "train_batch_size": micro * accumulation * world,
@@ -64,8 +69,6 @@ def deepspeed_config(
 @contextlib.contextmanager
 def writing(path: Path) -> Iterator[None]:
     """An OSError while writing ``path`` (disk full, permissions) as a one-line OutputError naming it."""
-    from safetensors import SafetensorError
-
     try:
         yield
     except (OSError, SafetensorError) as exc:
@@ -75,16 +78,25 @@ def writing(path: Path) -> Iterator[None]:
         ) from None
 
 
-class PromptEngine:
-    """``method`` in a DeepSpeed engine (when it has prompts to train) with ``micro`` x ``accumulation`` x world
-    size = the recipe's global batch."""
+class PromptedModel:
+    """``method`` in a DeepSpeed engine (when it has prompts to train), set up from the run config ``cfg``, the
+    DeepSpeed JSON ``ds_base`` and this process's place ``dist``, with ``micro`` x ``accumulation`` x world size =
+    the recipe's global batch. ``training=False``: the DeepSpeed engine only runs the method (evaluation); its batch
+    geometry is unused."""
 
-    def __init__(self, method: PromptMethod, cfg: RunConfig, ds_base: dict[str, Any] | None, dist: DistInfo,
-                 micro: int, accumulation: int, training: bool = True) -> None:  # fmt: skip
-        """``training=False``: the engine only runs the method (evaluation); its batch geometry is unused."""
+    def __init__(
+        self,
+        method: PromptMethod,
+        cfg: RunConfig,
+        ds_base: dict[str, Any] | None,
+        dist: DistInfo,
+        micro: int = 1,
+        accumulation: int = 1,
+        training: bool = True,
+    ) -> None:
         self.method, self.dist, self.training = method, dist, training
         self.trainable = method.trainable_parameters()
-        self.engine: Any = None
+        self.ds_engine: Any = None  # deepspeed.DeepSpeedEngine (untyped)
         self.optimizer: torch.optim.Optimizer | None = None
         self.zero_stage = 0
         if self.trainable:
@@ -95,8 +107,7 @@ class PromptEngine:
     def _initialize(
         self, cfg: RunConfig, ds_base: dict[str, Any] | None, micro: int, accumulation: int
     ) -> None:
-        import deepspeed
-        from pydantic import ValidationError
+        import deepspeed  # (here: ~5 s of import that a command without a DeepSpeed engine never pays)
 
         world = self.dist.world_size
         ds_cfg = deepspeed_config(
@@ -113,28 +124,39 @@ class PromptEngine:
                 self.trainable, lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay
             )
         try:
-            self.engine, self.optimizer, _, _ = deepspeed.initialize(
+            self.ds_engine, self.optimizer, _, _ = deepspeed.initialize(
                 model=self.method, model_parameters=self.trainable, optimizer=optimizer, config=ds_cfg
             )
         except ValidationError as exc:  # (load_ds_config checked the ZeRO section; this is the fallback)
             raise ConfigError(f"DeepSpeed config rejected: {describe_validation_error(exc)}") from None
-        self.engine.checkpoint_engine = safe_checkpoint_engine(getattr(self.engine, "_config", None))
+        use_weights_only_checkpoints(self.ds_engine)
         if self.zero_stage == 3:
             self._register_external_parameters()
         values = sum(getattr(p, "ds_numel", p.numel()) for p in self.trainable)  # (ZeRO-3: p is partitioned)
         if not self.training:
-            logger.info("DeepSpeed ZeRO-%d, %s, world %d (evaluation); %d prompt values", self.zero_stage,
-                        cfg.train.precision, world, values)  # fmt: skip
+            logger.info(
+                "DeepSpeed ZeRO-%d, %s, world %d (evaluation); %d prompt values",
+                self.zero_stage,
+                cfg.train.precision,
+                world,
+                values,
+            )
             return
         logger.info(
             "DeepSpeed ZeRO-%d, %s, micro batch %d x accumulation %d x world %d = %d; %d trainable values",
-            self.zero_stage, cfg.train.precision, micro, accumulation, world, optim.batch_size, values,
-        )  # fmt: skip
+            self.zero_stage,
+            cfg.train.precision,
+            micro,
+            accumulation,
+            world,
+            optim.batch_size,
+            values,
+        )
 
     def _register_external_parameters(self) -> None:
         """ZeRO-3 gathers a module's parameters when its forward runs; the encoders read a few frozen tensors
         directly (class / positional embeddings, projections, logit scale), so they are registered."""
-        import deepspeed
+        import deepspeed  # (import cost: see _initialize)
 
         register_external_parameter = deepspeed.zero.register_external_parameter
         m = self.method
@@ -149,8 +171,8 @@ class PromptEngine:
 
     @property
     def module(self) -> Any:
-        """What to run: the engine when there is one, else the method."""
-        return self.engine if self.engine is not None else self.method
+        """What to run: the DeepSpeed engine when there is one, else the method."""
+        return self.ds_engine if self.ds_engine is not None else self.method
 
     @contextlib.contextmanager
     def gathered(self, prompts_only: bool = False, modify: bool = False) -> Iterator[None]:
@@ -159,8 +181,8 @@ class PromptEngine:
         snapshot or an export needs nothing else). ``modify``: what is written to them inside is kept. DeepSpeed
         treats a gather without a modifier rank as read-only and restores the old partitions on exit; with one,
         rank 0's values are broadcast and partitioned again (every rank writes the same values here)."""
-        if self.engine is not None and self.zero_stage == 3:
-            import deepspeed
+        if self.ds_engine is not None and self.zero_stage == 3:
+            import deepspeed  # (import cost: see _initialize)
 
             params = list(self.trainable if prompts_only else self.method.parameters())
             with deepspeed.zero.GatheredParameters(params, modifier_rank=0 if modify else None):
@@ -174,14 +196,14 @@ class PromptEngine:
             return {k: v.detach().cpu().clone() for k, v in self.method.prompt_state_dict().items()}
 
     def load_snapshot(self, snapshot: dict[str, torch.Tensor]) -> None:
-        """Set the prompts to ``snapshot`` on every rank (under ZeRO-3 into every rank's partition)."""
+        """Set the prompts to ``snapshot`` (a :meth:`snapshot`) on every rank (under ZeRO-3 into every rank's partition)."""
         params = dict(self.method.named_parameters())
         with self.gathered(prompts_only=True, modify=True), torch.no_grad():
             for k, v in snapshot.items():
                 params[k].copy_(v.to(params[k].device))
 
     def export(self, path: Path, extra_metadata: dict[str, str] | None = None) -> None:
-        """Write the prompt file (rank 0; collective under ZeRO-3); ``extra_metadata``: string entries added to the
+        """Write the prompt file ``path`` (rank 0; collective under ZeRO-3); ``extra_metadata``: string entries added to the
         file's metadata (which selection of which run the prompts are)."""
         with self.gathered(prompts_only=True):
             if self.dist.is_main:

@@ -16,9 +16,21 @@ import torch
 
 # fields of RunProgress written to run_state.json (best_prompts is saved as safetensors)
 _SAVED = (
-    "config", "history", "best_epoch", "best_val", "epoch_loss", "images_seen", "train_seconds", "global_step",
-    "epoch", "data", "save_index", "zero_shot", "sessions", "nonfinite_skipped",
-)  # fmt: skip
+    "config",
+    "history",
+    "best_epoch",
+    "best_val",
+    "epoch_loss",
+    "images_seen",
+    "train_seconds",
+    "global_step",
+    "epoch",
+    "data",
+    "save_index",
+    "zero_shot",
+    "sessions",
+    "nonfinite_skipped",
+)
 
 
 @dataclass
@@ -59,8 +71,14 @@ class RunProgress:
     def start_session(self, checkpoint: str | None) -> None:
         """Record the start of a session (a fresh start or a resume from ``checkpoint``)."""
         self.session_start, self.session_images = time.time(), 0
-        self.sessions.append({"from_checkpoint": checkpoint, "step": self.global_step, "epoch": self.epoch,
-                              "started": time.time()})  # fmt: skip
+        self.sessions.append(
+            {
+                "from_checkpoint": checkpoint,
+                "step": self.global_step,
+                "epoch": self.epoch,
+                "started": time.time(),
+            }
+        )
 
     def end_session(self) -> None:
         self.train_seconds += time.time() - self.session_start

@@ -1,4 +1,5 @@
-"""Run assembly: from a :class:`RunConfig` to the parts of a run, with no training logic.
+"""The setting and the method of a run: from a :class:`RunConfig` to its data and its method, with no training
+logic (:func:`~scaleprompt.engine.assembly.assemble` puts a run together from these).
 
 * :func:`cached_shards` is THE shard-cache function (training data, novel classes, transfer targets, the search):
   rank 0 finds or writes the folder (keyed by source + listing + protocol, see :mod:`scaleprompt.data.cache`) and
@@ -7,7 +8,8 @@
   the prompts are judged on, each with its own class names and the dataset's hand-crafted template(s), and how the
   per-set accuracies combine (:class:`FewShot`: test; :class:`BaseToNovel`: base, novel, HM; :class:`Transfer`:
   source test + every target).
-* :func:`build_method` builds the method for the setting's training classes. The template rule is the method's
+* :func:`new_method` builds the method for the setting's training classes (:func:`build_method` also checks its
+  class prompts). The template rule is the method's
   (:class:`~scaleprompt.methods.base.FixedTextMethod`): a fixed-text method whose config leaves ``templates``
   unset takes each dataset's template (the training dataset's, then each transfer target's); a recipe's
   ``templates`` or a method that fixes its own (VPT-deep's MaPLe layout) is used on every dataset.
@@ -21,7 +23,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from scaleprompt.backbone import Backbone, BackboneInfo
 from scaleprompt.config import ConfigError
@@ -46,18 +48,27 @@ logger = logging.getLogger(__name__)
 def cached_shards(
     cfg: RunConfig, dataset: str, root: str | None, protocol: Protocol, splits: tuple[str, ...]
 ) -> str:
-    """The shard folder of ``dataset`` after ``protocol`` (written by rank 0 if the cache has none)."""
+    """The shard folder of ``dataset`` (its source under ``root``; None: the dataset's default) after
+    ``protocol``, with ``splits`` (written by rank 0 into the cache of the run ``cfg`` if it has none)."""
 
     def build_folder() -> str:
-        return str(ensure_shards(dataset, root, protocol, splits, cfg.data.cache_dir,
-                                 shard_size=cfg.data.shard_size, min_shards=cfg.data.min_shards,
-                                 allow_fewer_shots=cfg.data.allow_fewer_shots))  # fmt: skip
+        folder = ensure_shards(
+            dataset,
+            root,
+            protocol,
+            splits,
+            cfg.data.cache_dir,
+            shard_size=cfg.data.shard_size,
+            min_shards=cfg.data.min_shards,
+            allow_fewer_shots=cfg.data.allow_fewer_shots,
+        )
+        return str(folder)
 
     return run_on_main(build_folder)
 
 
 def dataset_templates(cfg: RunConfig, dataset: str) -> tuple[str, ...]:
-    """The hand-crafted template of ``dataset`` in the recipe's template set."""
+    """The hand-crafted template of ``dataset`` in the template set of the recipe ``cfg``."""
     return (dataset_template(dataset_display_name(dataset), cfg.data.template_set),)
 
 
@@ -82,6 +93,7 @@ class EvalSetting:
     test_sets: tuple[EvalSet, ...]
 
     def combine(self, metrics: Mapping[str, Metrics]) -> dict[str, Any]:
+        """The setting's metrics from ``metrics``, each test set's by its name."""
         raise NotImplementedError
 
     @property
@@ -123,12 +135,12 @@ def _test_set(name: str, folder: str, templates: tuple[str, ...]) -> EvalSet:
 
 
 def build_setting(cfg: RunConfig) -> EvalSetting:
-    """Find or write every shard folder of the run's setting (rank 0) and describe its test sets."""
+    """Find or write every shard folder of the setting of the run ``cfg`` (rank 0) and describe its test sets."""
     setting = cfg.eval.setting
     templates = dataset_templates(cfg, cfg.data.dataset)
     if cfg.data.shards and setting == "base2new":
         raise ConfigError("data.shards: base-to-novel builds its base and novel shards itself; unset it")
-    subset = "base" if setting == "base2new" else "all"
+    subset: Literal["all", "base"] = "base" if setting == "base2new" else "all"
     protocol = Protocol(shots=cfg.data.shots, seed=cfg.train.seed, subset=subset)
     train = cfg.data.shards or cached_shards(
         cfg, cfg.data.dataset, cfg.data.root, protocol, ("train", "val", "test")
@@ -151,7 +163,7 @@ def build_setting(cfg: RunConfig) -> EvalSetting:
 
 
 def check_eval_shards(setting: EvalSetting) -> None:
-    """The val / test shards' sha256 before any training or evaluation (a corrupt test shard found after hours of
+    """The val / test shards' sha256 of every folder of ``setting`` before any training or evaluation (a corrupt test shard found after hours of
     training would waste them); train shards are checked by the loader at first use, each rank its own share.
 
     A remote folder (``pipe:`` template) is not hashed here: that would download its val / test shards one extra
@@ -169,29 +181,47 @@ def check_eval_shards(setting: EvalSetting) -> None:
 
 
 def eval_loader(cfg: RunConfig, info: BackboneInfo, dist: DistInfo, shards: str, split: str) -> ShardLoader:
-    """The evaluation loader of one split: every image once (split over the ranks), the test transform."""
+    """The evaluation loader of ``split`` of the shard folder ``shards`` for the run ``cfg`` on the backbone
+    ``info`` describes: every image once (split over the ranks of ``dist``), the test transform."""
     return ShardLoader(
-        shards, split, batch_size=cfg.eval.batch_size, train=False, image_size=cfg.data.image_size or info.image_size,
-        mean=info.mean, std=info.std, num_workers=cfg.data.num_workers, max_bad_samples=cfg.data.max_bad_samples,
-        seed=cfg.train.seed, rank=dist.rank, world_size=dist.world_size,
-    )  # fmt: skip
+        shards,
+        split,
+        batch_size=cfg.eval.batch_size,
+        train=False,
+        image_size=cfg.data.image_size or info.image_size,
+        mean=info.mean,
+        std=info.std,
+        num_workers=cfg.data.num_workers,
+        max_bad_samples=cfg.data.max_bad_samples,
+        seed=cfg.train.seed,
+        rank=dist.rank,
+        world_size=dist.world_size,
+    )
+
+
+def new_method(cfg: RunConfig, backbone: Backbone, setting: EvalSetting) -> PromptMethod:
+    """The method of the recipe ``cfg`` over the frozen ``backbone``, for the training classes and template(s) of
+    ``setting`` (its class prompts unchecked: :func:`build_method`)."""
+    return build(
+        cfg.method.name,
+        backbone,
+        list(setting.classnames),
+        dataset_templates=setting.templates,
+        **cfg.method.args,
+    )
 
 
 def build_method(cfg: RunConfig, backbone: Backbone, setting: EvalSetting) -> PromptMethod:
-    """The recipe's method over the frozen backbone, for the setting's training classes and template(s).
-
-    The class prompts of every class set the setting tests (novel classes, transfer targets) are checked before
-    training (:func:`check_class_sets`)."""
-    method = build(cfg.method.name, backbone, list(setting.classnames), dataset_templates=setting.templates,
-                   **cfg.method.args)  # fmt: skip
+    """:func:`new_method`, then the class prompts of every class set ``setting`` tests (novel classes, transfer
+    targets) are checked before training (:func:`check_class_sets`)."""
+    method = new_method(cfg, backbone, setting)
     check_class_sets(cfg, method, setting)
-    method.text.chunk = cfg.model.text_chunk  # (memory only: the same math)
     return method
 
 
 def check_class_sets(cfg: RunConfig, method: PromptMethod, setting: EvalSetting) -> None:
-    """The class prompts of every class set of the setting (training classes, novel classes, transfer targets)
-    (:meth:`~scaleprompt.methods.base.PromptMethod.classname_problems`): warnings, or with
+    """The class prompts of ``method`` for every class set of ``setting`` (training classes, novel classes,
+    transfer targets) (:meth:`~scaleprompt.methods.base.PromptMethod.classname_problems`): warnings, or with
     ``data.strict_classnames`` a :class:`ConfigError` naming the classes."""
     class_sets = [
         (setting.classnames, setting.templates),
@@ -206,7 +236,8 @@ def check_class_sets(cfg: RunConfig, method: PromptMethod, setting: EvalSetting)
 
 
 def shard_fingerprint(folders: Mapping[str, str]) -> str:
-    """sha256 over the manifests' class names and shard hashes: the exact data a run trains and tests on."""
+    """sha256 over the class names and shard hashes of the manifests of ``folders`` (by role): the exact data a run
+    trains and tests on."""
     digest = hashlib.sha256()
     for role, folder in sorted(folders.items()):
         manifest = read_manifest(folder)
@@ -219,18 +250,22 @@ def shard_fingerprint(folders: Mapping[str, str]) -> str:
 
 
 def training_fingerprint(setting: EvalSetting) -> str:
-    """The fingerprint of the data the prompts are TRAINED on (part of a run's identity for ``--resume``; test
+    """The fingerprint of the data the prompts are TRAINED on in ``setting`` (part of a run's identity for ``--resume``; test
     sets such as transfer targets may change on a resume)."""
     return shard_fingerprint({"train": setting.train})
 
 
 def describe_data(setting: EvalSetting) -> dict[str, Any]:
-    """What results were computed on: shard folder names (named by their cache key; a remote folder by its
+    """What the results of ``setting`` were computed on: shard folder names (named by their cache key; a remote folder by its
     ``pipe:`` template), the data fingerprint (the same for a folder and its remote copy) and the training images
     per class (``train_shots_per_class``: min / max, from the train split's manifest; below ``data.shots`` only with
     ``data.allow_fewer_shots``)."""
-    out = {"shards": {k: v if is_remote_folder(v) else Path(v).resolve().name for k, v in setting.folders.items()},
-           "fingerprint": shard_fingerprint(setting.folders)}  # fmt: skip
+    out: dict[str, Any] = {
+        "shards": {
+            k: v if is_remote_folder(v) else Path(v).resolve().name for k, v in setting.folders.items()
+        },
+        "fingerprint": shard_fingerprint(setting.folders),
+    }
     counts = read_manifest(setting.train)["splits"].get("train", {}).get("class_counts")
     if counts:
         out["train_shots_per_class"] = {"min": min(counts), "max": max(counts)}

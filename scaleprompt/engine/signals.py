@@ -58,8 +58,15 @@ class Stopped(BaseException):  # noqa: N818 - a stop, not an error; BaseExceptio
     """The run stops on a signal (``signum``; ``rank``: the lowest rank that received it). ``step`` and
     ``checkpoint`` are set when the ranks agreed on the step and saved (``checkpoint`` None: not saved)."""
 
-    def __init__(self, signum: int, reason: str = "", rank: int | None = None, step: int | None = None,
-                 checkpoint: Path | None = None, latest: str | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        signum: int,
+        reason: str = "",
+        rank: int | None = None,
+        step: int | None = None,
+        checkpoint: Path | None = None,
+        latest: str | None = None,
+    ) -> None:
         super().__init__(signum)
         self.signum, self.reason, self.rank = signum, reason, rank
         self.step, self.checkpoint, self.latest = step, checkpoint, latest
@@ -216,8 +223,13 @@ def abandon(signum: int) -> None:
         # (torch's SIGCHLD handler would raise for each DataLoader worker killed below)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         if _state.rank == 0:
-            os.write(2, (f"{_state.prog}: {signal_name(signum)} again: abandoned at once, nothing more saved; "
-                         "continue from the newest complete checkpoint with --resume\n").encode())  # fmt: skip
+            os.write(
+                2,
+                (
+                    f"{_state.prog}: {signal_name(signum)} again: abandoned at once, nothing more saved; "
+                    "continue from the newest complete checkpoint with --resume\n"
+                ).encode(),
+            )
         kill_children()
     finally:
         os._exit(128 + signum)
@@ -275,9 +287,17 @@ def _alive(pid: int, started: float) -> bool:
 
 # --- a peer rank died -------------------------------------------------------------------------------------------
 PEER_LOST_MARKERS = (  # what gloo / NCCL say when the other end of a collective is gone
-    "connection closed by peer", "connection reset by peer", "broken pipe", "socket closed", "connection refused",
-    "timed out", "no route to host", "remote process exited", "ncclremoteerror", "communicator was aborted",
-)  # fmt: skip
+    "connection closed by peer",
+    "connection reset by peer",
+    "broken pipe",
+    "socket closed",
+    "connection refused",
+    "timed out",
+    "no route to host",
+    "remote process exited",
+    "ncclremoteerror",
+    "communicator was aborted",
+)
 
 
 def peer_lost(exc: BaseException) -> bool:
@@ -299,8 +319,11 @@ def stop_line(stop: Stopped) -> str:
     if stop.reason:
         by = f"because {stop.reason}" + (f" (seen by rank {stop.rank})" if stop.rank else "") + ","
     if stop.step is not None:
-        saved = (f"checkpoint {stop.checkpoint}" if stop.checkpoint is not None
-                 else "no checkpoint saved (train.checkpoint_on_signal=false)")  # fmt: skip
+        saved = (
+            f"checkpoint {stop.checkpoint}"
+            if stop.checkpoint is not None
+            else "no checkpoint saved (train.checkpoint_on_signal=false)"
+        )
         where = f"at step {stop.step}; {saved}"
     elif stop.latest:
         where = f"outside a training step; newest complete checkpoint {stop.latest}"
@@ -316,8 +339,10 @@ def peer_lost_line(rank: int, exc: BaseException) -> str:
     detail = re.sub(r"\[[^\]]*\.(?:cc|cpp|h):\d+\]\s*", "", one_line(exc))  # (gloo's source locations)
     detail = detail.split(". This is typically")[0]
     detail = detail if len(detail) <= 160 else detail[:157] + "..."
-    return (f"rank {rank}: a peer rank died or left (a collective failed: {detail}); nothing more saved; "
-            f"continue from the newest complete checkpoint with --resume (exit code {EXIT_PEER_LOST})")  # fmt: skip
+    return (
+        f"rank {rank}: a peer rank died or left (a collective failed: {detail}); nothing more saved; "
+        f"continue from the newest complete checkpoint with --resume (exit code {EXIT_PEER_LOST})"
+    )
 
 
 def exit_line(prog: str, text: str) -> None:

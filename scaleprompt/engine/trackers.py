@@ -128,10 +128,14 @@ class WandbTracker:
             os.replace(tmp, id_file)
         try:
             self.run = wandb.init(
-                project=os.environ.get("WANDB_PROJECT") or WANDB_PROJECT, dir=str(out), id=run_id,
-                name="/".join(out.resolve().parts[-2:]), config=dict(config), resume="allow",
+                project=os.environ.get("WANDB_PROJECT") or WANDB_PROJECT,
+                dir=str(out),
+                id=run_id,
+                name="/".join(out.resolve().parts[-2:]),
+                config=dict(config),
+                resume="allow",
                 reinit="create_new",  # (never finishes a W&B run of the caller's)
-            )  # fmt: skip
+            )
         except (wandb.errors.UsageError, wandb.errors.AuthenticationError) as exc:
             raise ConfigError(
                 f"{KEY}: wandb could not start a run: {exc} (log in with `wandb login`, or set WANDB_MODE=offline "
@@ -147,8 +151,9 @@ class WandbTracker:
         self.run.finish(exit_code=1 if failed else 0)
 
 
-def make_trackers(report_to: str | Sequence[str], out: Path, config: Mapping[str, Any],
-                  resume_step: int | None = None) -> list[Tracker]:  # fmt: skip
+def make_trackers(
+    report_to: str | Sequence[str], out: Path, config: Mapping[str, Any], resume_step: int | None = None
+) -> list[Tracker]:
     """The trackers of a run writing to ``out`` (rank 0 only). ``resume_step``: the global step of the checkpoint
     a resumed run continues (None: a fresh run)."""
     trackers: list[Tracker] = []
