@@ -7,16 +7,22 @@ value checks; a bad value raises :class:`ConfigError` naming the field.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, Union, get_args, get_origin
+
+import yaml
 
 from scaleprompt.errors import ScalepromptError
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 
 
 class ConfigError(ScalepromptError, ValueError):
@@ -137,8 +143,6 @@ def _check_yaml_keys(
 ) -> None:
     """Raise a :class:`ConfigError` on the first key that a mapping of the composed YAML ``node`` holds twice (at any
     depth; merge keys ``<<`` and anchors are YAML's own way to repeat and are left alone)."""
-    import yaml
-
     if id(node) in seen:  # (a recursive alias)
         return
     seen = seen | {id(node)}
@@ -162,8 +166,6 @@ def read_yaml_mapping(path: str | Path, what: str, expected: str) -> dict[str, A
     file (``what``: "recipe", "search space"; ``expected``: what the mapping holds). A key given twice in one mapping
     (at any depth) is such a problem: the error names the key path and both lines (YAML would keep the last value
     silently)."""
-    import yaml
-
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{what} not found: {path}")
@@ -187,8 +189,6 @@ def check_json_keys(text: str, source: str | Path, what: str) -> None:
     """Raise a :class:`ConfigError` naming ``source``, the key path and both lines when an object of the JSON
     ``text`` (already known to parse) holds a key twice, at any depth (``json.loads`` keeps the last value
     silently)."""
-    import json
-
     decoder = json.JSONDecoder()
 
     def skip(i: int) -> int:
@@ -205,7 +205,7 @@ def check_json_keys(text: str, source: str | Path, what: str) -> None:
             i, first = skip(i + 1), dict[str, int]()
             while not text.startswith("}", i):
                 start = i
-                key, i = json.decoder.scanstring(text, i + 1)  # type: ignore[attr-defined]
+                key, i = json.decoder.scanstring(text, i + 1)  # type: ignore[attr-defined]  # (not in typeshed)
                 if key in first:
                     raise _duplicate(source, what, (*path, key), (first[key], line(start)))
                 first[key] = line(start)

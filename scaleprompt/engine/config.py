@@ -1,9 +1,15 @@
 """The typed run configuration: a recipe YAML merged with ``key=value`` overrides.
 
 ``load_run_config("configs/provp_ref/base2new.yaml", ["optim.lr=0.05", "model.name=ViT-L-14"])`` merges with
-OmegaConf's structured configs (an unknown key is an error naming it) and returns :class:`RunConfig`, whose
-dataclasses validate their values in ``__post_init__`` (errors name the field). Method fields live under
-``method.args`` and are validated against the method's own config dataclass.
+OmegaConf's structured configs (an unknown key is an error naming it) and returns :class:`RunConfig`.
+``derive_run_config(cfg, {"optim.lr": 0.05})`` merges typed values into a config already loaded the same way
+(a sweep derives each trial's config from its base so, without strings).
+
+Validation has two steps. Each section's ``__post_init__`` checks its own fields (types, ranges; errors name the
+field) and nothing else. :func:`check_run_config` then makes, in one place, the checks that need another layer's
+knowledge: the method name and its ``method.args`` (the method registry), the trackers of ``train.report_to``
+(:mod:`scaleprompt.engine.trackers`) and what the method asks of the other sections. :func:`load_run_config` and
+:func:`derive_run_config` end with it; a :class:`RunConfig` built by hand is checked by calling it.
 """
 
 from __future__ import annotations
@@ -14,14 +20,26 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from scaleprompt.config import ConfigError, check_json_keys, check_types, read_yaml_mapping, require, to_dict
+from scaleprompt.config import (
+    ConfigError,
+    check_json_keys,
+    check_types,
+    from_dict,
+    read_yaml_mapping,
+    require,
+    to_dict,
+)
+from scaleprompt.engine.trackers import report_targets
 from scaleprompt.recipes import resolve_recipe
 from scaleprompt.report.schema import Setting  # (one definition: the results schema)
+
+if TYPE_CHECKING:
+    from scaleprompt.methods.base import PromptMethod
 
 logger = logging.getLogger(__name__)
 
@@ -53,10 +71,7 @@ class MethodSection:
     args: dict[str, Any] = field(default_factory=dict)  # fields of the method's config dataclass
 
     def __post_init__(self) -> None:
-        check_types(self, "method.")
-        from scaleprompt.methods import make_config
-
-        make_config(self.name, self.args)  # unknown method / key / bad value -> ConfigError naming it
+        check_types(self, "method.")  # (the name and the args against the method: check_run_config)
 
 
 @dataclass
@@ -88,8 +103,11 @@ class DataConfig:
     def __post_init__(self) -> None:
         check_types(self, "data.")
         require(self.num_workers >= 0, "data.num_workers", "must be >= 0")
-        require(0 < self.train_crop_min_scale <= 1, "data.train_crop_min_scale",
-                f"must be in (0, 1], got {self.train_crop_min_scale}")  # fmt: skip
+        require(
+            0 < self.train_crop_min_scale <= 1,
+            "data.train_crop_min_scale",
+            f"must be in (0, 1], got {self.train_crop_min_scale}",
+        )
         require(
             self.min_shards >= 1 and self.shard_size >= 1, "data.min_shards", "min_shards, shard_size >= 1"
         )
@@ -177,13 +195,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         check_types(self, "train.")
         require(self.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
-        for name in ("checkpoint_every_epochs", "checkpoint_every_steps", "log_every_steps", "max_steps",
-                     "max_nonfinite_skips"):  # fmt: skip
+        counts = ("checkpoint_every_epochs", "checkpoint_every_steps", "log_every_steps", "max_steps")
+        for name in (*counts, "max_nonfinite_skips"):
             value = getattr(self, name)
             require(value >= 0, f"train.{name}", f"must be >= 0 (0: never / no limit), got {value}")
-        from scaleprompt.engine.trackers import report_targets
-
-        self.report_to = report_targets(self.report_to)
+        # (report_to becomes the list of tracker names in check_run_config: the trackers know their names)
 
 
 # removed keys and what replaced them (appended to the unknown-key error of an older recipe or override)
@@ -202,20 +218,6 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
-    def __post_init__(self) -> None:
-        from scaleprompt.methods import method_class
-
-        if self.method.args.get("class_specific") and self.eval.setting != "fewshot":
-            raise ConfigError(
-                f"method.args.class_specific: a class-specific context cannot move to other classes, so it cannot "
-                f"be tested in eval.setting={self.eval.setting} (use the fewshot setting)"
-            )
-        if self.optim.epochs == 0 and method_class(self.method.name).trains:
-            raise ConfigError(
-                f"optim.epochs: 0 trains nothing; {self.method.name} needs >= 1 epoch "
-                "(for zero-shot CLIP use method.name=zsclip or eval.zero_shot_baseline=true)"
-            )
-
     def to_dict(self) -> dict[str, Any]:
         return {k: to_dict(getattr(self, k)) for k in ("model", "method", "data", "optim", "eval", "train")}
 
@@ -224,56 +226,113 @@ def run_config_keys() -> list[str]:
     """Every ``section.key`` of the run config with its default (what ``train.py --help`` lists): the keys a recipe
     YAML and a ``key=value`` override may set. ``method.args`` holds the method's own fields (``scaleprompt
     methods``)."""
+    defaults = RunConfig()
     lines = []
-    for section in dataclasses.fields(RunConfig):
-        for f in dataclasses.fields(section.default_factory):  # type: ignore[arg-type]
-            if f.default is not dataclasses.MISSING:
-                default = f.default
-            elif f.default_factory is not dataclasses.MISSING:
-                default = f.default_factory()
-            else:
-                default = "(required)"
-            lines.append(f"{section.name}.{f.name} = {default!r}")
+    for section in dataclasses.fields(defaults):
+        part = getattr(defaults, section.name)
+        lines += [f"{section.name}.{f.name} = {getattr(part, f.name)!r}" for f in dataclasses.fields(part)]
     return lines
 
 
 def load_run_config(
     recipe: str | Path | Mapping[str, Any] | None = None, overrides: Sequence[str] = ()
 ) -> RunConfig:
-    """Recipe YAML (may be None) + ``key=value`` overrides -> validated :class:`RunConfig`. The recipe: a file, or a
-    packaged name from anywhere (``provp_ref/base2new``: :func:`scaleprompt.recipes.resolve_recipe`)."""
-    base = OmegaConf.structured(RunConfig)
-    layers = [base]
-    if isinstance(recipe, Mapping):  # (a config already read, e.g. a run's config.json)
+    """The command line's config: ``recipe`` (a YAML file, a packaged name such as ``provp_ref/base2new``:
+    :func:`scaleprompt.recipes.resolve_recipe`; a mapping already read, e.g. a run's ``config.json``; or None for
+    the defaults) with the ``key=value`` strings of ``overrides`` merged in, validated (:func:`check_run_config`).
+    An ``overrides`` item that sets another ``method.name`` than the recipe's keeps only the recipe's method args
+    that the new method has."""
+    layers = [OmegaConf.structured(RunConfig)]
+    if isinstance(recipe, Mapping):
         layers.append(OmegaConf.create(dict(recipe)))
     elif recipe is not None:
         path = resolve_recipe(recipe, "config")
-        recipe_data = read_yaml_mapping(path, "recipe", "sections (model, method, data, ...)")
-        layers.append(OmegaConf.create(recipe_data))
+        layers.append(
+            OmegaConf.create(read_yaml_mapping(path, "recipe", "sections (model, method, data, ...)"))
+        )
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not key=value")
-    dotlist = OmegaConf.from_dotlist(list(overrides))
-    try:
-        merged = OmegaConf.merge(*layers)
-        new_method = OmegaConf.select(dotlist, "method.name")
-        if new_method and new_method != merged.method.name:
-            # another method than the recipe's: keep only the recipe's method args that the new method has
-            from scaleprompt.methods import method_class
+    return _merged(layers, OmegaConf.from_dotlist(list(overrides)))
 
-            fields = method_class(new_method).config_class.__dataclass_fields__
+
+def derive_run_config(base: RunConfig, values: Mapping[str, Any]) -> RunConfig:
+    """``base`` with ``values`` merged in, validated (:func:`check_run_config`): ``values`` maps run-config keys
+    to typed values (``{"optim.lr": 0.05, "method.args.n_ctx": 4}``), merged as :func:`load_run_config` merges
+    its overrides (another ``method.name`` keeps only the base's method args that the new method has), with no
+    string in between. ``base`` itself is left as it is."""
+    changes: dict[str, Any] = {}
+    for key, value in values.items():
+        *parents, leaf = key.split(".")
+        node = changes
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return _merged(
+        [OmegaConf.structured(RunConfig), OmegaConf.create(base.to_dict())], OmegaConf.create(changes)
+    )
+
+
+def _merged(layers: list[DictConfig], changes: DictConfig) -> RunConfig:
+    """``changes`` merged over the merged ``layers``; OmegaConf's errors become one-line ConfigErrors naming the
+    key (with what replaced a removed key)."""
+    try:
+        merged = cast(DictConfig, OmegaConf.merge(*layers))
+        new_method = OmegaConf.select(changes, "method.name")
+        if new_method and new_method != merged.method.name:
+            # another method: keep only the method args that the new method has
+            fields = _method_class(new_method).config_class.__dataclass_fields__
             kept = {k: v for k, v in merged.method.args.items() if k in fields}
             dropped = sorted(set(merged.method.args) - set(kept))
             if dropped:
-                logger.info("method.name=%s: recipe args %s belong to %s, dropped", new_method, dropped,
-                            merged.method.name)  # fmt: skip
+                logger.info(
+                    "method.name=%s: recipe args %s belong to %s, dropped",
+                    new_method,
+                    dropped,
+                    merged.method.name,
+                )
             merged.method.args = kept
-        merged = OmegaConf.merge(merged, dotlist)
-        return OmegaConf.to_object(merged)
+        cfg = OmegaConf.to_object(OmegaConf.merge(merged, changes))
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None)
         message = str(exc).splitlines()[0] + REMOVED_KEYS.get(key or "", "")
         raise ConfigError(message if not key or message.startswith(key) else f"{key}: {message}") from None
+    assert isinstance(cfg, RunConfig)  # (OmegaConf.structured(RunConfig) makes one)
+    return check_run_config(cfg)
+
+
+def _method_class(name: str) -> type[PromptMethod]:
+    """The registered method ``name``; an unknown name is a ConfigError listing the registered ones."""
+    # imported here: the registry imports torch and every method (4.5 s), and train.py --help / scaleprompt
+    # --help list this module's keys without them
+    from scaleprompt.methods import method_class
+
+    return method_class(name)
+
+
+def check_run_config(cfg: RunConfig) -> RunConfig:
+    """The checks of ``cfg`` (a :class:`RunConfig` whose sections checked their own fields) that need another
+    layer's knowledge, in one place; returns ``cfg`` with ``train.report_to`` as the list of tracker names.
+    In order: ``method.name`` is registered and ``method.args`` are valid fields of its config (the method
+    registry); ``train.report_to`` names known, installed trackers (:func:`scaleprompt.engine.trackers.
+    report_targets`); a class-specific context is tested in the fewshot setting only; a method that trains has
+    ``optim.epochs`` >= 1. Each failure is a :class:`ConfigError` naming the key."""
+    method = _method_class(cfg.method.name)
+    from_dict(
+        method.config_class, cfg.method.args, where=cfg.method.name
+    )  # (an unknown key / bad value: named)
+    cfg.train.report_to = report_targets(cfg.train.report_to)
+    if cfg.method.args.get("class_specific") and cfg.eval.setting != "fewshot":
+        raise ConfigError(
+            f"method.args.class_specific: a class-specific context cannot move to other classes, so it cannot "
+            f"be tested in eval.setting={cfg.eval.setting} (use the fewshot setting)"
+        )
+    if cfg.optim.epochs == 0 and method.trains:
+        raise ConfigError(
+            f"optim.epochs: 0 trains nothing; {cfg.method.name} needs >= 1 epoch "
+            "(for zero-shot CLIP use method.name=zsclip or eval.zero_shot_baseline=true)"
+        )
+    return cfg
 
 
 def describe_validation_error(exc: Any, prefix: str = "") -> str:
