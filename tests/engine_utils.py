@@ -32,10 +32,19 @@ def make_color_folder(root: Path, n_train: int = 16, n_val: int = 4, n_test: int
 
 def base_overrides(data: Path, cache: Path, out: Path) -> list[str]:
     return [
-        "model.name=sp-tiny-vit", f"data.dataset=folder:{data}", f"data.cache_dir={cache}", "data.num_workers=1",
-        "data.min_shards=2", "data.shots=0", "optim.batch_size=16", "optim.warmup_epochs=0", "eval.batch_size=64",
-        f"train.output_dir={out}", "train.log_every_steps=1000", "train.report_to=none",
-    ]  # fmt: skip
+        "model.name=sp-tiny-vit",
+        f"data.dataset=folder:{data}",
+        f"data.cache_dir={cache}",
+        "data.num_workers=1",
+        "data.min_shards=2",
+        "data.shots=0",
+        "optim.batch_size=16",
+        "optim.warmup_epochs=0",
+        "eval.batch_size=64",
+        f"train.output_dir={out}",
+        "train.log_every_steps=1000",
+        "train.report_to=none",
+    ]
 
 
 def env(tmp: Path) -> dict[str, str]:
@@ -43,9 +52,12 @@ def env(tmp: Path) -> dict[str, str]:
     tmp.mkdir(parents=True, exist_ok=True)  # (the file rendezvous lives here)
     e = dict(os.environ)
     e.update(
-        SCALEPROMPT_INIT_METHOD=f"file://{tmp}/rdzv", GLOO_SOCKET_IFNAME="lo", DS_ACCELERATOR="cpu",
-        PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1",
-    )  # fmt: skip
+        SCALEPROMPT_INIT_METHOD=f"file://{tmp}/rdzv",
+        GLOO_SOCKET_IFNAME="lo",
+        DS_ACCELERATOR="cpu",
+        PYTHONPATH=str(ROOT),
+        OMP_NUM_THREADS="1",
+    )
     return e
 
 

@@ -16,8 +16,16 @@ from scaleprompt.engine.trainer import Trainer
 
 ZERO1 = json.loads((ROOT / "ds_configs/zero1.json").read_text())
 # global batch 16 = micro batch 8 x 2 accumulation steps; a checkpoint after every optimizer step
-ARGS = ["method.name=coop", "method.args.n_ctx=4", "optim.lr=0.05", "optim.epochs=2", "optim.micro_batch_size=8",
-        "train.checkpoint_every_steps=1", "train.keep_checkpoints=10", "train.log_every_steps=1"]  # fmt: skip
+ARGS = [
+    "method.name=coop",
+    "method.args.n_ctx=4",
+    "optim.lr=0.05",
+    "optim.epochs=2",
+    "optim.micro_batch_size=8",
+    "train.checkpoint_every_steps=1",
+    "train.keep_checkpoints=10",
+    "train.log_every_steps=1",
+]
 
 
 @pytest.fixture(scope="module")

@@ -25,8 +25,13 @@ def test_lr_schedule_is_constant_warmup_then_cosine_per_epoch():
     opt = OptimConfig(lr=0.1, epochs=5, warmup_epochs=1, warmup_lr=1e-5)
     got = [lr_at_epoch(e, opt) for e in range(5)]
     # Dassl: epoch 0 at 1e-5, then CosineAnnealingLR(T_max=5) from its step 0: 0.05 (1 + cos(pi t / 5))
-    expected = [1e-5, 0.1, 0.05 * (1 + math.cos(math.pi / 5)), 0.05 * (1 + math.cos(2 * math.pi / 5)),
-                0.05 * (1 + math.cos(3 * math.pi / 5))]  # fmt: skip
+    expected = [
+        1e-5,
+        0.1,
+        0.05 * (1 + math.cos(math.pi / 5)),
+        0.05 * (1 + math.cos(2 * math.pi / 5)),
+        0.05 * (1 + math.cos(3 * math.pi / 5)),
+    ]
     assert got == pytest.approx(expected)
     assert lr_at_epoch(0, OptimConfig(lr=0.1, epochs=5, warmup_epochs=0)) == pytest.approx(0.1)
 
@@ -42,9 +47,12 @@ def test_batch_geometry_keeps_micro_x_accumulation_x_world_equal_to_the_recipe()
 def test_deepspeed_config_takes_the_geometry_and_precision_from_the_recipe():
     base = json.loads(Path(ROOT / "ds_configs/zero2.json").read_text())
     cfg = deepspeed_config(base, micro=4, accumulation=2, world=2, precision="bf16")
-    assert (cfg["train_batch_size"], cfg["train_micro_batch_size_per_gpu"], cfg["gradient_accumulation_steps"]) == (
-        16, 4, 2,
-    )  # fmt: skip
+    geometry = (
+        cfg["train_batch_size"],
+        cfg["train_micro_batch_size_per_gpu"],
+        cfg["gradient_accumulation_steps"],
+    )
+    assert geometry == (16, 4, 2)
     assert cfg["bf16"]["enabled"] and not cfg["fp16"]["enabled"] and cfg["zero_optimization"]["stage"] == 2
     assert base["train_batch_size"] == 32, "the JSON template is not modified"
 
@@ -141,8 +149,15 @@ def test_a_run_logs_one_line_per_epoch_and_tensorboard_on_one_axis(colors, tmp_p
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     with caplog.at_level(logging.INFO, logger="scaleprompt"):
-        res = run(colors, tmp_path, "method.name=coop", "method.args.n_ctx=2", "optim.epochs=2",
-                  "train.report_to=tensorboard", "train.log_every_steps=1")  # fmt: skip
+        res = run(
+            colors,
+            tmp_path,
+            "method.name=coop",
+            "method.args.n_ctx=2",
+            "optim.epochs=2",
+            "train.report_to=tensorboard",
+            "train.log_every_steps=1",
+        )
     epochs = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
     assert len(epochs) == 2 and epochs[0].startswith("epoch 1/2  train loss ")
     assert f"val top1 {res['history'][1]['val']['top1']:.2f}" in epochs[1] and "  lr " in epochs[1]
@@ -158,8 +173,16 @@ def test_a_run_logs_one_line_per_epoch_and_tensorboard_on_one_axis(colors, tmp_p
 
 
 def test_base_to_novel_and_transfer_settings(colors, tmp_path):
-    b2n = run(colors, tmp_path / "b2n", "method.name=coop", "method.args.n_ctx=4", "eval.setting=base2new",
-              "optim.epochs=1", "optim.lr=0.01", "eval.zero_shot_baseline=true")  # fmt: skip
+    b2n = run(
+        colors,
+        tmp_path / "b2n",
+        "method.name=coop",
+        "method.args.n_ctx=4",
+        "eval.setting=base2new",
+        "optim.epochs=1",
+        "optim.lr=0.01",
+        "eval.zero_shot_baseline=true",
+    )
     assert set(b2n["zero_shot"]) == {"base", "novel", "hm"} and b2n["zero_shot"]["novel"]["images"] == 16
     last = b2n["results"]["last"]
     assert last["base"]["images"] == 16 and last["novel"]["images"] == 16
@@ -168,8 +191,16 @@ def test_base_to_novel_and_transfer_settings(colors, tmp_path):
         if last["base"]["top1"] + last["novel"]["top1"]
         else 0.0
     )
-    transfer = run(colors, tmp_path / "tr", "method.name=provp", "method.args.n_ctx=2", "eval.setting=transfer",
-                   "eval.targets=[FashionMNIST]", f"data.root={tmp_path / 'data'}", "optim.epochs=1")  # fmt: skip
+    transfer = run(
+        colors,
+        tmp_path / "tr",
+        "method.name=provp",
+        "method.args.n_ctx=2",
+        "eval.setting=transfer",
+        "eval.targets=[FashionMNIST]",
+        f"data.root={tmp_path / 'data'}",
+        "optim.epochs=1",
+    )
     target = transfer["results"]["last"]["targets"]["FashionMNIST"]
     assert target["images"] == 1000 and 0 <= target["top1"] <= 100
 
@@ -214,8 +245,11 @@ def test_resume_continues_where_it_stopped(colors, tmp_path):
 def test_report_callback_gets_validation_metrics_and_the_epoch_checkpoint(colors, tmp_path):
     """The hook a search trial uses: metrics per validated epoch, after that epoch's checkpoint is complete; the
     last one, marked final, only after results.json and the prompts are written."""
-    cfg = load_run_config(None, base_overrides(colors, tmp_path / "cache", tmp_path / "out") + [
-        "method.name=provp", "method.args.n_ctx=2", "optim.epochs=2"])  # fmt: skip
+    cfg = load_run_config(
+        None,
+        base_overrides(colors, tmp_path / "cache", tmp_path / "out")
+        + ["method.name=provp", "method.args.n_ctx=2", "optim.epochs=2"],
+    )
     calls = []
     out = tmp_path / "out"
 
@@ -237,7 +271,10 @@ def test_finish_evaluates_the_newest_checkpoint_as_stopped_early(colors, tmp_pat
     """What a search does with a trial its scheduler stopped: resume=True + finish=reason trains nothing more and
     writes results.json from the newest checkpoint, labelled with its epoch; the prompts are that epoch's."""
     overrides = base_overrides(colors, tmp_path / "cache", tmp_path / "out") + [
-        "method.name=provp", "method.args.n_ctx=2", "optim.epochs=1"]  # fmt: skip
+        "method.name=provp",
+        "method.args.n_ctx=2",
+        "optim.epochs=1",
+    ]
     first = Trainer(load_run_config(None, overrides)).fit()  # the state of a trial killed after its epoch 1
     saved = load_file(tmp_path / "out" / "prompts.safetensors")["prompts"]
     (tmp_path / "out" / "results.json").unlink()
@@ -246,8 +283,11 @@ def test_finish_evaluates_the_newest_checkpoint_as_stopped_early(colors, tmp_pat
     results = Trainer(
         cfg, None, resume=True, finish="stopped early by the ASHA scheduler after epoch 1"
     ).fit()
-    assert results["stopped_early"] == {"epoch": 1, "of": 3, "reason": "stopped early by the ASHA scheduler after "
-                                        "epoch 1"}  # fmt: skip
+    assert results["stopped_early"] == {
+        "epoch": 1,
+        "of": 3,
+        "reason": "stopped early by the ASHA scheduler after epoch 1",
+    }
     assert [h["epoch"] for h in results["history"]] == [1] and results["steps"] == first["steps"]
     torch.testing.assert_close(
         load_file(tmp_path / "out" / "prompts.safetensors")["prompts"], saved, rtol=0, atol=0
@@ -265,8 +305,16 @@ def test_bf16_prompts_after_a_step_do_not_depend_on_the_zero_stage():
     from scaleprompt.methods.registry import build
 
     dist = init_distributed()
-    cfg = load_run_config(None, ["method.name=coop", "method.args.n_ctx=4", "train.precision=bf16",
-                                 "optim.batch_size=2", "optim.lr=0.5"])  # fmt: skip
+    cfg = load_run_config(
+        None,
+        [
+            "method.name=coop",
+            "method.args.n_ctx=4",
+            "train.precision=bf16",
+            "optim.batch_size=2",
+            "optim.lr=0.5",
+        ],
+    )
     g = torch.Generator().manual_seed(0)
     images, labels = torch.randn(2, 3, 32, 32, generator=g), torch.tensor([0, 2])
     linear = torch.nn.functional.linear  # (DeepSpeed's ZeRO-3 linear, if enabled, replaces it process-wide)
@@ -274,8 +322,12 @@ def test_bf16_prompts_after_a_step_do_not_depend_on_the_zero_stage():
     try:
         for stage in ("zero2", "zero3"):
             torch.manual_seed(0)
-            method = build("coop", load_clip("sp-tiny-vit-12", None), ["red cat", "blue dog", "green bird"],
-                           **cfg.method.args)  # fmt: skip
+            method = build(
+                "coop",
+                load_clip("sp-tiny-vit-12", None),
+                ["red cat", "blue dog", "green bird"],
+                **cfg.method.args,
+            )
             ds = json.loads((ROOT / "ds_configs" / f"{stage}.json").read_text())
             model = PromptedModel(method, cfg, ds, dist, micro=2, accumulation=1)
             model.module.train()

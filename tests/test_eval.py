@@ -18,8 +18,8 @@ from engine_utils import ROOT, base_overrides, deepspeed_cmd, launch, make_color
 from scaleprompt.cli import main
 from scaleprompt.engine.config import load_run_config
 from scaleprompt.engine.trainer import Trainer
+from scaleprompt.report.load import load_runs
 from scaleprompt.report.schema import RunResult
-from scaleprompt.report.tables import load_runs
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +77,7 @@ def test_eval_reproduces_the_run_s_last_and_best_validation_numbers(b2n, tmp_pat
     )
     # the file is a valid run result, read back by the tables (its only selection is the file's)
     RunResult.from_dict(best, "best.json")
-    assert [r["results"].keys() for r in load_runs([tmp_path / "best.json"])] == [{"best_val"}]
+    assert [r.result.results.keys() for r in load_runs([tmp_path / "best.json"])] == [{"best_val"}]
 
 
 @pytest.mark.slow
@@ -85,8 +85,14 @@ def test_eval_in_transfer_matches_the_training_run(data, tmp_path):
     """Transfer with a fixed-text method whose template is the dataset's (ProVP: EuroSAT's template on the source,
     the default one on the target, as in training)."""
     source, target = data
-    transfer = train(source, tmp_path / "tr", "method.name=provp", "method.args.n_ctx=2", "eval.setting=transfer",
-                     f'eval.targets=["folder:{target}"]')  # fmt: skip
+    transfer = train(
+        source,
+        tmp_path / "tr",
+        "method.name=provp",
+        "method.args.n_ctx=2",
+        "eval.setting=transfer",
+        f'eval.targets=["folder:{target}"]',
+    )
     got = evaluate(str(tmp_path / "tr/run/prompts.safetensors"), "--output", str(tmp_path / "tr.json"))
     assert got["results"]["last"] == transfer["results"]["last"]
     assert set(got["results"]["last"]["targets"]) == {"colours"}
@@ -101,8 +107,17 @@ def test_eval_of_a_file_outside_its_run_takes_flags_and_reports_zero_shot(data, 
     alone = tmp_path / "alone" / "p.safetensors"
     alone.parent.mkdir()
     shutil.copy(folder / "run/prompts.safetensors", alone)
-    flags = ["--dataset", f"folder:{source}", "--setting", "base2new", "--shots", "0",
-             f"data.cache_dir={folder / 'cache'}", "data.min_shards=2", "data.num_workers=1"]  # fmt: skip
+    flags = [
+        "--dataset",
+        f"folder:{source}",
+        "--setting",
+        "base2new",
+        "--shots",
+        "0",
+        f"data.cache_dir={folder / 'cache'}",
+        "data.min_shards=2",
+        "data.num_workers=1",
+    ]
     got = evaluate(str(alone), *flags, "--zero-shot", "--output", str(tmp_path / "alone.json"))
     assert got["results"]["last"]["base"] == trained["results"]["last"]["base"]
     assert got["results"]["last"]["novel"] == trained["results"]["last"]["novel"]
@@ -205,16 +220,27 @@ def test_eval_under_the_deepspeed_launcher_reproduces_a_two_rank_run(data, tmp_p
     """Train base-to-novel on 2 ranks (ZeRO-2), evaluate its prompts on 2 ranks: the same numbers."""
     source, _ = data
     overrides = base_overrides(source, tmp_path / "cache", tmp_path / "run") + [
-        "method.name=maple", "method.args.prompt_depth=2", "optim.epochs=1", "optim.lr=0.05", "eval.setting=base2new",
-    ]  # fmt: skip
+        "method.name=maple",
+        "method.args.prompt_depth=2",
+        "optim.epochs=1",
+        "optim.lr=0.05",
+        "eval.setting=base2new",
+    ]
     launch(deepspeed_cmd(2, "scaleprompt/train.py", "--ds", "ds_configs/zero2.json", *overrides), tmp_path)
     trained = json.loads((tmp_path / "run/results.json").read_text())
     out = tmp_path / "eval.json"
     proc = launch(
-        deepspeed_cmd(2, "scaleprompt/evaluate.py", str(tmp_path / "run/prompts.safetensors"), "--ds",
-                      "ds_configs/zero2.json", "--output", str(out)),
+        deepspeed_cmd(
+            2,
+            "scaleprompt/evaluate.py",
+            str(tmp_path / "run/prompts.safetensors"),
+            "--ds",
+            "ds_configs/zero2.json",
+            "--output",
+            str(out),
+        ),
         tmp_path / "eval",  # (a fresh file rendezvous)
-    )  # fmt: skip
+    )
     got = json.loads(out.read_text())
     assert got["world_size"] == 2 and got["results"]["last"] == trained["results"]["last"]
     assert "prompts.safetensors: last, epoch 1" in proc.stderr + proc.stdout
@@ -236,5 +262,8 @@ def test_a_saved_fixed_text_method_keeps_the_template_rule(tmp_path):
         assert loaded.class_prompts() == trained.class_prompts()
         trained.set_classnames(["blue", "yellow"], plain)
         loaded.set_classnames(["blue", "yellow"], plain)
-        assert loaded.class_prompts() == trained.class_prompts() == [[t.format(c) for c in ("blue", "yellow")]
-                                                                      for t in on_target]  # fmt: skip
+        assert (
+            loaded.class_prompts()
+            == trained.class_prompts()
+            == [[t.format(c) for c in ("blue", "yellow")] for t in on_target]
+        )

@@ -63,10 +63,16 @@ def test_results_json_is_always_strict_json(tmp_path):
 
 @pytest.mark.parametrize(
     "override, field",
-    [("optim.lr=.inf", "optim.lr"), ("optim.lr=nan", "optim.lr"), ("optim.weight_decay=-.inf", "optim.weight_decay"),
-     ("method.args.lam=.nan", "lam"), ("train.log_every_steps=-1", "train.log_every_steps"),
-     ("eval.batch_size=0", "eval.batch_size"), ("train.max_nonfinite_skips=-2", "train.max_nonfinite_skips")],
-)  # fmt: skip
+    [
+        ("optim.lr=.inf", "optim.lr"),
+        ("optim.lr=nan", "optim.lr"),
+        ("optim.weight_decay=-.inf", "optim.weight_decay"),
+        ("method.args.lam=.nan", "lam"),
+        ("train.log_every_steps=-1", "train.log_every_steps"),
+        ("eval.batch_size=0", "eval.batch_size"),
+        ("train.max_nonfinite_skips=-2", "train.max_nonfinite_skips"),
+    ],
+)
 def test_non_finite_and_negative_settings_are_refused_at_config_time(override, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         load_run_config(None, ["method.name=provp_ref", override])
@@ -83,8 +89,17 @@ def test_a_skipped_step_leaves_prompts_and_optimizer_exactly_as_before(stage, op
     from scaleprompt.methods.registry import build
 
     dist = init_distributed()
-    cfg = load_run_config(None, ["method.name=coop", "method.args.n_ctx=4", "optim.batch_size=2", "optim.lr=0.5",
-                                 f"optim.name={optim}", "optim.weight_decay=0.01"])  # fmt: skip
+    cfg = load_run_config(
+        None,
+        [
+            "method.name=coop",
+            "method.args.n_ctx=4",
+            "optim.batch_size=2",
+            "optim.lr=0.5",
+            f"optim.name={optim}",
+            "optim.weight_decay=0.01",
+        ],
+    )
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(2, 3, 32, 32, generator=g), torch.randn(2, 3, 32, 32, generator=g)
     bad = a.clone()
@@ -94,8 +109,9 @@ def test_a_skipped_step_leaves_prompts_and_optimizer_exactly_as_before(stage, op
     prompts = []
     for batches in ([a, b], [a, bad, b]):
         torch.manual_seed(0)
-        method = build("coop", load_clip("sp-tiny-vit", None), ["red cat", "blue dog", "green bird"],
-                       **cfg.method.args)  # fmt: skip
+        method = build(
+            "coop", load_clip("sp-tiny-vit", None), ["red cat", "blue dog", "green bird"], **cfg.method.args
+        )
         model = PromptedModel(method, cfg, ds, dist, micro=2, accumulation=1)
         guard = NonFiniteGuard(model.trainable, "cpu")
         model.module.train()
@@ -133,8 +149,16 @@ def test_a_diverging_run_stops_with_one_line_and_writes_no_result(colors, tmp_pa
     """optim.lr=1e30 used to finish with exit 0, a test top-1 of 1/64 (argmax over NaN logits), NaN prompts and a
     bare NaN in results.json. Now: NonFiniteError naming the step, what and the lr; no results, no prompt file, and
     the checkpoint that exists holds finite prompts only."""
-    t = trainer(colors, tmp_path, "method.name=coop", "method.args.n_ctx=4", "optim.lr=1e30", "optim.epochs=3", "train.checkpoint_every_steps=1",
-                "train.log_every_steps=0")  # fmt: skip
+    t = trainer(
+        colors,
+        tmp_path,
+        "method.name=coop",
+        "method.args.n_ctx=4",
+        "optim.lr=1e30",
+        "optim.epochs=3",
+        "train.checkpoint_every_steps=1",
+        "train.log_every_steps=0",
+    )
     with pytest.raises(
         NonFiniteError, match=r"non-finite loss.* at optimizer step 2 \(lr 1e\+30\).*step00000001"
     ):
@@ -161,8 +185,16 @@ def test_skip_mode_skips_a_bad_step_records_it_and_finishes(colors, tmp_path, mo
         return out
 
     monkeypatch.setattr(CoOp, "loss", poisoned)
-    t = trainer(colors, tmp_path, "method.name=coop", "method.args.n_ctx=4", "optim.lr=0.01", "optim.epochs=2", "train.nonfinite=skip",
-                "train.log_every_steps=1")  # fmt: skip
+    t = trainer(
+        colors,
+        tmp_path,
+        "method.name=coop",
+        "method.args.n_ctx=4",
+        "optim.lr=0.01",
+        "optim.epochs=2",
+        "train.nonfinite=skip",
+        "train.log_every_steps=1",
+    )
     res = t.fit()
     assert res["nonfinite_skipped"] == [{"step": 3, "what": ["loss", "ce", "gradient"]}]
     assert all(math.isfinite(h["train_loss"]) for h in res["history"])
@@ -171,8 +203,17 @@ def test_skip_mode_skips_a_bad_step_records_it_and_finishes(colors, tmp_path, mo
 
 
 def test_skip_mode_stops_after_its_budget(colors, tmp_path):
-    t = trainer(colors, tmp_path, "method.name=coop", "method.args.n_ctx=4", "optim.lr=1e30", "optim.epochs=3", "train.nonfinite=skip",
-                "train.max_nonfinite_skips=2", "train.log_every_steps=0")  # fmt: skip
+    t = trainer(
+        colors,
+        tmp_path,
+        "method.name=coop",
+        "method.args.n_ctx=4",
+        "optim.lr=1e30",
+        "optim.epochs=3",
+        "train.nonfinite=skip",
+        "train.max_nonfinite_skips=2",
+        "train.log_every_steps=0",
+    )
     with pytest.raises(NonFiniteError, match=r"after 2 skipped steps \(train.max_nonfinite_skips\)"):
         t.fit()
 
@@ -214,10 +255,20 @@ def test_train_py_exits_with_one_line_when_a_run_diverges_mid_epoch(colors, tmp_
     from engine_utils import env
 
     args = base_overrides(colors, tmp_path / "cache", tmp_path / "out") + [
-        "method.name=coop", "method.args.n_ctx=4", "optim.lr=1e30", "optim.epochs=3", "data.num_workers=1",
-    ]  # fmt: skip
-    proc = subprocess.run([sys.executable, "scaleprompt/train.py", *args], cwd=ROOT, env=env(tmp_path),
-                          capture_output=True, text=True, timeout=240)  # fmt: skip
+        "method.name=coop",
+        "method.args.n_ctx=4",
+        "optim.lr=1e30",
+        "optim.epochs=3",
+        "data.num_workers=1",
+    ]
+    proc = subprocess.run(
+        [sys.executable, "scaleprompt/train.py", *args],
+        cwd=ROOT,
+        env=env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert proc.returncode == 2, proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("train.py: error:")]
     assert len(errors) == 1 and "non-finite loss" in errors[0] and "Traceback" not in proc.stderr

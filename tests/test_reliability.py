@@ -72,8 +72,14 @@ def test_an_epoch_end_step_checkpoint_is_saved_once_and_a_finished_run_resumes_a
     colors, tmp_path, caplog
 ):
     # 2 steps per epoch: the step-4 checkpoint falls on the end of epoch 2 (it used to be saved twice there)
-    first = fit(colors, tmp_path, "method.name=provp", "method.args.n_ctx=2", "optim.epochs=3",
-                "train.checkpoint_every_steps=4")  # fmt: skip
+    first = fit(
+        colors,
+        tmp_path,
+        "method.name=provp",
+        "method.args.n_ctx=2",
+        "optim.epochs=3",
+        "train.checkpoint_every_steps=4",
+    )
     out = tmp_path / "out"
     assert tags(out) == ["step00000004", "step00000006"] and latest(out) == "step00000006"
     assert first["checkpoint"] == "step00000006" and first["steps"] == 6
@@ -81,8 +87,15 @@ def test_an_epoch_end_step_checkpoint_is_saved_once_and_a_finished_run_resumes_a
     assert [h["epoch"] for h in state["history"]] == [1, 2], "saved after epoch 2's validation"
     before = (out / "results.json").read_bytes()
     with caplog.at_level("INFO", logger="scaleprompt"):
-        again = fit(colors, tmp_path, "method.name=provp", "method.args.n_ctx=2", "optim.epochs=3",
-                    "train.checkpoint_every_steps=4", resume=True)  # fmt: skip
+        again = fit(
+            colors,
+            tmp_path,
+            "method.name=provp",
+            "method.args.n_ctx=2",
+            "optim.epochs=3",
+            "train.checkpoint_every_steps=4",
+            resume=True,
+        )
     assert "already finished" in caplog.text
     assert (
         again == first
@@ -135,8 +148,14 @@ def test_a_run_killed_at_any_point_of_a_save_resumes_to_identical_results(
     colors, tmp_path, launched_reference, point
 ):
     cmd = [sys.executable, "scaleprompt/train.py", *overrides(colors, tmp_path, *UPT)]
-    killed = subprocess.run(cmd, cwd=ROOT, env={**env(tmp_path), "SCALEPROMPT_FAILPOINT": point},
-                            capture_output=True, text=True, timeout=600)  # fmt: skip
+    killed = subprocess.run(
+        cmd,
+        cwd=ROOT,
+        env={**env(tmp_path), "SCALEPROMPT_FAILPOINT": point},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     out = tmp_path / "out"
     assert not (out / "results.json").exists()
@@ -160,8 +179,14 @@ def test_two_ranks_killed_during_a_save_resume_to_identical_results(colors, tmp_
     launch(deepspeed_cmd(2, "scaleprompt/train.py", *args, *overrides(colors, tmp_path, *UPT, out=ref)), ref)
     out = tmp_path / "out"
     cmd = deepspeed_cmd(2, "scaleprompt/train.py", *args, *overrides(colors, tmp_path, *UPT, out=out))
-    killed = subprocess.run(cmd, cwd=ROOT, env={**env(out), "SCALEPROMPT_FAILPOINT": "checkpoint.marked_complete@4"},
-                            capture_output=True, text=True, timeout=600)  # fmt: skip
+    killed = subprocess.run(
+        cmd,
+        cwd=ROOT,
+        env={**env(out), "SCALEPROMPT_FAILPOINT": "checkpoint.marked_complete@4"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert killed.returncode != 0 and not (out / "results.json").exists(), killed.stderr[-3000:]
     assert latest(out) == "step00000003" and any(
         p.name.startswith(".partial-") for p in (out / "checkpoints").iterdir()
@@ -206,20 +231,35 @@ def test_a_resume_that_changes_math_or_data_is_refused_naming_each_difference(co
         (["optim.epochs=1"], ["optim.epochs: 2 -> 1"]),
     ):
         with pytest.raises(CheckpointError, match="belongs to another run") as err:
-            fit(colors, tmp_path, *[o for o in base if o.split("=")[0] not in {c.split("=")[0] for c in change}],
-                *change, resume=True)  # fmt: skip
+            fit(
+                colors,
+                tmp_path,
+                *[o for o in base if o.split("=")[0] not in {c.split("=")[0] for c in change}],
+                *change,
+                resume=True,
+            )
         for name in named:
             assert name in str(err.value), (name, str(err.value))
     after = {p: p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file() and p.name != ".lock"}
     assert after == before, "a refused resume changes nothing"
     # fields that cannot change the numbers may change; each is recorded with the epoch / step it took effect
-    res = fit(colors, tmp_path, "method.name=provp", "method.args.n_ctx=2", "optim.epochs=3",
-              "train.log_every_steps=7", "eval.batch_size=32", resume=True)  # fmt: skip
+    res = fit(
+        colors,
+        tmp_path,
+        "method.name=provp",
+        "method.args.n_ctx=2",
+        "optim.epochs=3",
+        "train.log_every_steps=7",
+        "eval.batch_size=32",
+        resume=True,
+    )
     assert [h["epoch"] for h in res["history"]] == [1, 2, 3] and res["steps"] == 6
     assert sorted((c["field"], c["from"], c["to"], c["epoch"], c["step"]) for c in res["config_changes"]) == [
-        ("eval.batch_size", 64, 32, 1, 3), ("optim.epochs", 2, 3, 1, 3), ("train.log_every_steps", 1000, 7, 1, 3),
+        ("eval.batch_size", 64, 32, 1, 3),
+        ("optim.epochs", 2, 3, 1, 3),
+        ("train.log_every_steps", 1000, 7, 1, 3),
         ("train.max_steps", 3, 0, 1, 3),
-    ]  # fmt: skip
+    ]
 
 
 def test_a_fresh_run_never_reuses_a_folder_that_holds_a_run(colors, tmp_path):
@@ -252,7 +292,7 @@ def test_a_killed_holder_frees_its_lock_even_if_a_forked_worker_lives_on(tmp_pat
         "if child == 0:\n    os.close(1); os.close(2); time.sleep(60); os._exit(0)\n"
         "print(child, flush=True)\n"
         "os.kill(os.getpid(), signal.SIGKILL)\n"
-    )  # fmt: skip
+    )
     done = subprocess.run(
         [sys.executable, "-c", script], cwd=ROOT, env=env(tmp_path), capture_output=True, text=True
     )
@@ -297,8 +337,9 @@ def test_two_concurrent_runs_on_one_output_folder(colors, tmp_path):
 def tiny_disk(tmp_path):
     mount = tmp_path / "tiny"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True,
-                          text=True)  # fmt: skip
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True, text=True
+    )
     if done.returncode != 0:
         pytest.skip(
             f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode}): disk-full not tested"
@@ -371,16 +412,36 @@ def test_bad_inputs_are_one_line_errors_named_before_any_work(colors, tmp_path, 
 
 
 def test_a_launched_run_reports_errors_in_one_line_with_exit_code_2(tmp_path):
-    done = subprocess.run([sys.executable, "scaleprompt/train.py", "data.datset=x"], cwd=ROOT, env=env(tmp_path),
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "scaleprompt/train.py", "data.datset=x"],
+        cwd=ROOT,
+        env=env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert (
         done.returncode == 2
         and done.stderr.strip().splitlines() == [done.stderr.strip()]
         and "data.datset" in done.stderr
     ), done.stderr
-    cli = subprocess.run([sys.executable, "-m", "scaleprompt.cli", "shards", "--dataset", f"folder:{tmp_path}/nope",
-                          "--out", str(tmp_path / "s")], cwd=ROOT, env=env(tmp_path), capture_output=True, text=True,
-                         timeout=300)  # fmt: skip
+    cli = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "scaleprompt.cli",
+            "shards",
+            "--dataset",
+            f"folder:{tmp_path}/nope",
+            "--out",
+            str(tmp_path / "s"),
+        ],
+        cwd=ROOT,
+        env=env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert cli.returncode == 2 and len(cli.stderr.strip().splitlines()) == 1 and "nope" in cli.stderr, (
         cli.stderr
     )

@@ -84,8 +84,14 @@ def test_settings_combine_their_test_sets():
 
 def split_file(colors: Path, path: Path) -> Path:
     """A CoOp-format split file over a ``make_color_folder`` tree (named after a registered dataset: its template)."""
-    rows = {s: [[str(p.relative_to(colors)), i, p.parent.name] for i, c in enumerate(sorted(p.name for p in (colors / s).iterdir()))
-                for p in sorted((colors / s / c).iterdir())] for s in ("train", "val", "test")}  # fmt: skip
+    rows = {
+        s: [
+            [str(p.relative_to(colors)), i, p.parent.name]
+            for i, c in enumerate(sorted(p.name for p in (colors / s).iterdir()))
+            for p in sorted((colors / s / c).iterdir())
+        ]
+        for s in ("train", "val", "test")
+    }
     path.write_text(json.dumps(rows))
     return path
 
@@ -93,8 +99,16 @@ def split_file(colors: Path, path: Path) -> Path:
 def test_a_transfer_target_is_tested_with_its_own_template(tmp_path):
     colors = make_color_folder(tmp_path / "colors", n_train=2, n_val=1, n_test=2)
     target = split_file(colors, tmp_path / "EuroSAT.json")
-    cfg = load_run_config(None, [*base_overrides(colors, tmp_path / "cache", tmp_path / "out"), "data.min_shards=1",
-                                 "eval.setting=transfer", f"eval.targets=[{target}]", f"eval.targets_root={colors}"])  # fmt: skip
+    cfg = load_run_config(
+        None,
+        [
+            *base_overrides(colors, tmp_path / "cache", tmp_path / "out"),
+            "data.min_shards=1",
+            "eval.setting=transfer",
+            f"eval.targets=[{target}]",
+            f"eval.targets_root={colors}",
+        ],
+    )
     setting = build_setting(cfg)
     assert isinstance(setting, Transfer) and setting.templates == PHOTO
     assert [(t.name, t.templates) for t in setting.test_sets] == [("test", PHOTO), ("EuroSAT", SATELLITE)]
@@ -108,9 +122,13 @@ def test_a_run_on_a_dataset_with_its_own_template_trains_and_predicts_with_it(tm
     split = split_file(colors, tmp_path / "OxfordPets.json")
     overrides = base_overrides(colors, tmp_path / "cache", tmp_path / "out")
     overrides = [o for o in overrides if not o.startswith("data.dataset=")] + [
-        f"data.dataset={split}", f"data.root={colors}", "method.name=provp", "method.args.n_ctx=2",
-        "optim.epochs=1", "eval.zero_shot_baseline=true",
-    ]  # fmt: skip
+        f"data.dataset={split}",
+        f"data.root={colors}",
+        "method.name=provp",
+        "method.args.n_ctx=2",
+        "optim.epochs=1",
+        "eval.zero_shot_baseline=true",
+    ]
     cfg = load_run_config(None, overrides)
     trainer = Trainer(cfg, json.loads(Path(ROOT / "ds_configs/zero1.json").read_text()))
     assert trainer.parts.method.templates == PETS and trainer.parts.setting.templates == PETS

@@ -43,8 +43,15 @@ def train_cmd(colors: Path, tmp: Path, *extra: str) -> list[str]:
 
 
 def start(cmd: list[str], tmp: Path, **env_extra: str) -> subprocess.Popen:
-    return subprocess.Popen(cmd, cwd=ROOT, env={**env(tmp), **env_extra}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    return subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env={**env(tmp), **env_extra},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
@@ -120,8 +127,12 @@ def test_sigint_is_one_line_and_a_second_signal_during_the_save_abandons_it(colo
     the 3rd save (after DeepSpeed's model states, after its optimizer states): the first asks for a stop, the
     second abandons the save at once; the previous complete checkpoint stays the newest."""
     cmd = [*train_cmd(colors, tmp_path, *UPT), "--ds", "ds_configs/zero1.json"]  # (2 DeepSpeed files a save)
-    proc = start(cmd, tmp_path, SCALEPROMPT_FAILPOINT="checkpoint.deepspeed_file@5+:SIGINT",
-                 SCALEPROMPT_SIGNAL_REPEAT_S="0")  # fmt: skip
+    proc = start(
+        cmd,
+        tmp_path,
+        SCALEPROMPT_FAILPOINT="checkpoint.deepspeed_file@5+:SIGINT",
+        SCALEPROMPT_SIGNAL_REPEAT_S="0",
+    )
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 128 + signal.SIGINT, err[-3000:]
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
@@ -144,8 +155,14 @@ def test_sigint_is_one_line_and_a_second_signal_during_the_save_abandons_it(colo
 
 # --- the deepspeed launcher, 2 ranks ----------------------------------------------------------------------------
 def ds_start(colors: Path, tmp: Path) -> tuple[subprocess.Popen, str]:
-    cmd = deepspeed_cmd(2, "scaleprompt/train.py", "--ds", "ds_configs/zero2.json",
-                        *base_overrides(colors, tmp / "cache", tmp / "out"), *UPT)  # fmt: skip
+    cmd = deepspeed_cmd(
+        2,
+        "scaleprompt/train.py",
+        "--ds",
+        "ds_configs/zero2.json",
+        *base_overrides(colors, tmp / "cache", tmp / "out"),
+        *UPT,
+    )
     return start(cmd, tmp), cmd[cmd.index("--master_port") + 1]
 
 
@@ -207,8 +224,10 @@ def test_ranks_of_a_killed_launcher_stop_within_seconds(colors, tmp_path):
     err = proc.stderr.read()
     lines = stop_lines(err)
     assert len(lines) == 1 and "Traceback" not in err, err[-4000:]
-    said = re.search(rf"stopped because the launcher( \(pid {proc.pid}\))? exited( \(seen by rank 1\))?, at step (\d+);",
-                     lines[0])  # fmt: skip
+    said = re.search(
+        rf"stopped because the launcher( \(pid {proc.pid}\))? exited( \(seen by rank 1\))?, at step (\d+);",
+        lines[0],
+    )
     assert said and "exit code 143" in lines[0], lines[0]
     assert latest(out) == f"step{int(said.group(3)):08d}"
     assert leftovers(port, tmp_path) == []

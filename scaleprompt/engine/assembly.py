@@ -18,11 +18,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
 from scaleprompt.backbone import Backbone, BackboneInfo, load_clip
 from scaleprompt.data.datasets import dataset_display_name
+from scaleprompt.encoders import EncoderOptions
 from scaleprompt.engine.checkpoint import atomic_json
 from scaleprompt.engine.config import RunConfig
 from scaleprompt.engine.distributed import DistInfo, barrier, run_on_main
@@ -34,6 +36,7 @@ from scaleprompt.engine.run import (
     check_class_sets,
     check_eval_shards,
     describe_data,
+    encoder_options,
     eval_loader,
     new_method,
 )
@@ -43,8 +46,9 @@ from scaleprompt.report.schema import RunResult, SelectionResult
 
 logger = logging.getLogger(__name__)
 
-MethodSource = Callable[[Backbone, EvalSetting], PromptMethod]
-"""Where a run's method comes from: ``(backbone, setting) -> method`` (default: built from the recipe)."""
+MethodSource = Callable[[Backbone, EvalSetting, EncoderOptions], PromptMethod]
+"""Where a run's method comes from: ``(backbone, setting, encoder options) -> method`` (default: built from the
+recipe, :func:`~scaleprompt.engine.run.new_method`)."""
 
 
 @dataclass(frozen=True)
@@ -81,10 +85,10 @@ def assemble(
     every shard folder; the val / test shards are checked), the backbone (``init_seed``: the seed of a random
     initialisation, see :func:`~scaleprompt.backbone.load_clip`), the evaluator, the zero-shot baseline, the
     method, and the method in a DeepSpeed engine made from ``ds_config`` (None: ZeRO stage 0) with ``micro`` x
-    ``accumulation`` x world size = the global batch (``training=False``: an evaluation, the geometry unused).
+    ``accumulation`` x world size = the global batch (``training``: False for an evaluation, the geometry unused).
 
-    ``method``: where the method comes from (default: :func:`~scaleprompt.engine.run.new_method`, the recipe's);
-    its class prompts of every class set of the setting are then checked. ``zero_shot``: True computes zero-shot
+    ``method``: where the method comes from (default: :func:`~scaleprompt.engine.run.new_method`, the recipe's),
+    given the run's :func:`~scaleprompt.engine.run.encoder_options`; its class prompts of every class set of the setting are then checked. ``zero_shot``: True computes zero-shot
     CLIP's test metrics of the setting (before the backbone goes into a DeepSpeed engine: ZeRO-3 partitions it),
     a dict reuses numbers computed before (a resumed run's), False leaves them out."""
     setting = build_setting(cfg)
@@ -106,9 +110,9 @@ def assemble(
         baseline = zero_shot_baseline(cfg, dist, backbone, setting, evaluator)
     else:
         baseline = None
-    made = method(backbone, setting) if method is not None else new_method(cfg, backbone, setting)
+    options = encoder_options(cfg)
+    made = (method or partial(new_method, cfg))(backbone, setting, options)
     check_class_sets(cfg, made, setting)
-    made.text.chunk = cfg.model.text_chunk  # (memory only: the same math)
     model = PromptedModel(made, cfg, ds_config, dist, micro, accumulation, training=training)
     return RunParts(setting, backbone, made, evaluator, baseline, model)
 

@@ -48,8 +48,9 @@ class DistInfo:
 
 
 def init_distributed(local_rank_arg: int | None = None) -> DistInfo:
-    """Create the process group (once) through DeepSpeed and return this process's place in it."""
-    import deepspeed
+    """Create the process group (once) through DeepSpeed and return this process's place in it;
+    ``local_rank_arg``: the launcher's ``--local_rank`` (used when the environment has no ``LOCAL_RANK``)."""
+    import deepspeed  # (here: ~5 s of import that the commands without a process group never pay)
 
     rank = int(os.environ.get("RANK", 0))
     world_size = int(os.environ.get("WORLD_SIZE", 1))
@@ -155,21 +156,21 @@ def barrier() -> None:
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """Sum over ranks (in place); a no-op without a process group."""
+    """``tensor`` summed over ranks (in place); a no-op without a process group."""
     if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
         torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
     return tensor
 
 
 def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
-    """Element-wise maximum over ranks (in place); a no-op without a process group."""
+    """The element-wise maximum of ``tensor`` over ranks (in place); a no-op without a process group."""
     if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
         torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
     return tensor
 
 
 def run_on_main(fn: Callable[[], T]) -> T:
-    """``fn()`` on rank 0 only; its result, or the exception it raised, on every rank (so an error on rank 0,
+    """``fn`` called on rank 0 only: its result, or the exception it raised, on every rank (so an error on rank 0,
     e.g. a locked output folder or a bad dataset, stops every rank with the same message instead of leaving the
     others waiting at the next barrier)."""
     outcome: tuple[str, Any] = ("ok", None)
@@ -187,7 +188,7 @@ def run_on_main(fn: Callable[[], T]) -> T:
 
 
 def run_everywhere(fn: Callable[[], T]) -> T:
-    """``fn()`` on every rank; if it raised on ANY rank, every rank raises (the first failing rank's error)."""
+    """``fn`` called on every rank; if it raised on ANY rank, every rank raises (the first failing rank's error)."""
     try:
         outcome: tuple[str, Any] = ("ok", fn())
     except Exception as exc:  # noqa: BLE001 - re-raised on every rank below

@@ -40,6 +40,7 @@ from typing import Any
 from scaleprompt.backbone import Backbone
 from scaleprompt.config import ConfigError
 from scaleprompt.data.datasets import dataset_display_name
+from scaleprompt.encoders import EncoderOptions
 from scaleprompt.engine.assembly import assemble, run_result, write_result
 from scaleprompt.engine.config import REMOVED_KEYS, MethodSection, RunConfig, load_run_config
 from scaleprompt.engine.distributed import DistInfo, init_distributed
@@ -157,11 +158,11 @@ class PromptEvaluation:
         write_result(Path(output), result, self.dist)
         return result
 
-    def _method(self, backbone: Backbone, setting: EvalSetting) -> PromptMethod:
-        """The file's method (the bytes read; its backbone's shapes checked) on ``backbone``, classifying the
-        classes of ``setting`` (refused for class-specific prompts) with the dataset's template when it was
-        trained with its dataset's."""
-        method = load_prompts(self.file, backbone)
+    def _method(self, backbone: Backbone, setting: EvalSetting, options: EncoderOptions) -> PromptMethod:
+        """The file's method (the bytes read; its backbone's shapes checked) on ``backbone``, its encoders run with
+        ``options``, classifying the classes of ``setting`` (refused for class-specific prompts) with the
+        dataset's template when it was trained with its dataset's."""
+        method = load_prompts(self.file, backbone, options=options)
         if method.classnames != list(setting.classnames) or self.header.get("templates_from") == "dataset":
             method.set_classnames(setting.classnames, setting.templates)
         return method

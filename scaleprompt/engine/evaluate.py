@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 
 
 def class_counts(logits: Tensor, labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
-    """Per-class (correct, total) counts of one batch: ``[C]`` each (int64)."""
+    """Per-class (correct, total) counts of one batch (``logits`` against ``labels``): ``[num_classes]`` each
+    (int64)."""
     hit = (logits.argmax(dim=-1) == labels).long()
     correct = torch.zeros(num_classes, dtype=torch.long).index_add_(0, labels.cpu(), hit.cpu())
     total = torch.bincount(labels.cpu(), minlength=num_classes)
@@ -27,7 +28,8 @@ def class_counts(logits: Tensor, labels: Tensor, num_classes: int) -> tuple[Tens
 
 
 def accuracy_from_counts(correct: Tensor, total: Tensor) -> dict[str, float]:
-    """Top-1 over all images and the mean of per-class accuracies (classes with images), in percent."""
+    """Top-1 over all images and the mean of per-class accuracies (classes with images), in percent, from the
+    per-class ``correct`` and ``total`` counts."""
     seen = total > 0
     top1 = 100.0 * correct.sum().item() / max(1, total.sum().item())
     per_class = 100.0 * (correct[seen].double() / total[seen].double()).mean().item() if seen.any() else 0.0
@@ -37,7 +39,7 @@ def accuracy_from_counts(correct: Tensor, total: Tensor) -> dict[str, float]:
 def in_lockstep(batches: Iterable, device) -> Iterator[tuple[Tensor, Tensor] | Tensor]:
     """``batches`` with every rank taking the same number of turns: a rank whose share of the evaluation set is
     exhausted while another rank still has batches gets a discarded stand-in (zeros of the others' image shape,
-    one image). Under ZeRO-3 each forward gathers partitioned weights collectively, so ranks with different batch
+    one image, on ``device``). Under ZeRO-3 each forward gathers partitioned weights collectively, so ranks with different batch
     counts (shards split per rank: 50 test shards over 8 ranks) would wait for each other forever. One small
     all-reduce per turn; yields a real batch, or a stand-in image tensor to run and discard."""
     iterator = iter(batches)
@@ -63,7 +65,8 @@ def evaluate(
     expected_images: int | None = None,
     lockstep: bool = False,
 ) -> dict[str, float]:
-    """Accuracy of ``logits_fn`` over ``batches`` of (images, labels, ...); counts are summed over ranks, so
+    """Accuracy of ``logits_fn`` over ``batches`` of (images, labels, ...) of ``num_classes`` classes (images moved
+    to ``device``); counts are summed over ranks, so
     every rank returns the accuracy over the whole (rank-split) evaluation set. The result's ``images`` is the
     number of images evaluated over all ranks; it must equal ``expected_images`` (default: the loader's
     ``expected_images``, i.e. the manifest count of an eval :class:`~scaleprompt.data.loader.ShardLoader`), else
@@ -97,13 +100,14 @@ class Evaluator:
     """Tests prompts on an evaluation setting: each of its sets with its own classes and templates (for the
     methods that take them), then the training classes again; metrics combined as the setting says.
 
-    ``loader(shards, split)`` makes the evaluation loader of one split (exact pass, test transform)."""
+    ``setting``: the sets; ``loader(shards, split)`` makes the evaluation loader of one split (exact pass, test
+    transform); ``device``: where the images go."""
 
     def __init__(self, setting: EvalSetting, loader: Callable[[str, str], Iterable], device) -> None:
         self.setting, self.loader, self.device = setting, loader, device
 
     def split(self, model: PromptedModel, shards: str, split: str) -> dict[str, float]:
-        """Accuracy of ``model`` on one split of a shard folder ({} if the folder has no such split)."""
+        """Accuracy of ``model`` on ``split`` of the shard folder ``shards`` ({} if the folder has no such split)."""
         manifest = read_manifest(shards)
         if split not in manifest["splits"] or manifest["splits"][split]["count"] == 0:
             return {}

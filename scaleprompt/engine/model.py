@@ -81,8 +81,8 @@ def writing(path: Path) -> Iterator[None]:
 class PromptedModel:
     """``method`` in a DeepSpeed engine (when it has prompts to train), set up from the run config ``cfg``, the
     DeepSpeed JSON ``ds_base`` and this process's place ``dist``, with ``micro`` x ``accumulation`` x world size =
-    the recipe's global batch. ``training=False``: the DeepSpeed engine only runs the method (evaluation); its batch
-    geometry is unused."""
+    the recipe's global batch. ``training``: False when the DeepSpeed engine only runs the method (evaluation); its
+    batch geometry is then unused."""
 
     def __init__(
         self,

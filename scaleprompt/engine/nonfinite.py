@@ -38,8 +38,8 @@ class NonFiniteError(ScalepromptError):
 
 
 class NonFiniteGuard:
-    """Marks of non-finite values for one run; ``params``: the trainable parameters (hooked unless
-    ``watch_gradients`` is False)."""
+    """Marks of non-finite values for one run, kept on ``device``; ``params``: the trainable parameters (hooked
+    unless ``watch_gradients`` is False)."""
 
     def __init__(self, params: list[torch.nn.Parameter], device: Any, watch_gradients: bool = True) -> None:
         self.device = device
@@ -55,7 +55,8 @@ class NonFiniteGuard:
         self._grad_mark += (~torch.isfinite(grad)).any()
 
     def watch_loss(self, loss: Tensor, parts: dict[str, Tensor]) -> None:
-        """Mark the micro-step's total loss and each named part that is not finite (device only)."""
+        """Mark the micro-step's total ``loss`` and each named loss part of ``parts`` that is not finite (device
+        only)."""
         if self._loss_marks is None:
             self.names = ["loss", *parts]
             self._loss_marks = torch.zeros(len(self.names), device=self.device)
@@ -83,7 +84,7 @@ class NonFiniteGuard:
 
 
 def describe(bad: list[str], step: int, lr: float) -> str:
-    """One line: what was not finite at which optimizer step, with which lr."""
+    """One line: what was not finite (``bad``, a verdict) at optimizer step ``step``, with ``lr``."""
     parts = [b for b in bad if b not in ("loss", GRADIENT)]
     if parts:
         what = f"loss part{'s' if len(parts) > 1 else ''} {', '.join(parts)}"
@@ -133,7 +134,7 @@ def _local_data(p: torch.nn.Parameter) -> Tensor:
 def skipped_step(optimizer: Any, params: list[torch.nn.Parameter]) -> Iterator[None]:
     """Everything an optimizer step may change, put back after it: the trainable values this rank holds, the
     torch optimizer's parameters (DeepSpeed's fp32 master copies) and its states (momentum, Adam moments and
-    step). Run DeepSpeed's ``engine.step()`` inside: its counters and gradient buffers advance as for any step,
+    step) of ``optimizer`` (DeepSpeed's) and the trainable ``params``. Run DeepSpeed's ``ds_engine.step()`` inside: its counters and gradient buffers advance as for any step,
     the prompts and the optimizer do not."""
     base = _base_optimizer(optimizer)
     masters = _masters(optimizer, base)

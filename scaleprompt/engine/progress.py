@@ -59,10 +59,12 @@ class RunProgress:
 
     @classmethod
     def fresh(cls, config: dict[str, Any]) -> RunProgress:
+        """The progress of a run that starts now with the run config ``config``."""
         return cls(config=config)
 
     @classmethod
     def restore(cls, state: dict[str, Any]) -> RunProgress:
+        """The progress saved in a checkpoint's run ``state`` (its ``run_state.json``)."""
         run = cls(**{k: state[k] for k in _SAVED if k in state})
         run.last_tag = state.get("tag")
         run.config_changes_at_start = list(state.get("config_changes", []))
@@ -85,6 +87,7 @@ class RunProgress:
         self.session_start = time.time()
 
     def to_state(self, config_changes: list[dict[str, Any]]) -> dict[str, Any]:
+        """What a checkpoint saves (``run_state.json``), with the run's ``config_changes`` so far."""
         state = {k: getattr(self, k) for k in _SAVED}
         state["train_seconds"] = self.train_seconds + time.time() - self.session_start
         return {**state, "config_changes": config_changes}

@@ -34,6 +34,7 @@ from scaleprompt.data.protocols import Protocol, harmonic_mean
 from scaleprompt.data.remote import is_remote_folder
 from scaleprompt.data.shards import check_shards, read_manifest
 from scaleprompt.data.templates import dataset_template
+from scaleprompt.encoders import EncoderOptions
 from scaleprompt.engine.config import RunConfig
 from scaleprompt.engine.distributed import DistInfo, run_on_main
 from scaleprompt.methods import build
@@ -105,9 +106,12 @@ class EvalSetting:
 
 
 class FewShot(EvalSetting):
+    """Train and test on the same classes."""
+
     kind = "fewshot"
 
     def combine(self, metrics: Mapping[str, Metrics]) -> dict[str, Any]:
+        """The test set's ``metrics``."""
         return {"test": metrics["test"]}
 
 
@@ -117,6 +121,7 @@ class BaseToNovel(EvalSetting):
     kind = "base2new"
 
     def combine(self, metrics: Mapping[str, Metrics]) -> dict[str, Any]:
+        """Base and novel ``metrics`` and the harmonic mean of their top-1."""
         base, novel = metrics["base"], metrics["novel"]
         return {"base": base, "novel": novel, "hm": harmonic_mean(base["top1"], novel["top1"])}
 
@@ -127,6 +132,7 @@ class Transfer(EvalSetting):
     kind = "transfer"
 
     def combine(self, metrics: Mapping[str, Metrics]) -> dict[str, Any]:
+        """The source's test ``metrics``, then every target's by name."""
         return {"test": metrics["test"], "targets": {t.name: metrics[t.name] for t in self.test_sets[1:]}}
 
 
@@ -199,22 +205,31 @@ def eval_loader(cfg: RunConfig, info: BackboneInfo, dist: DistInfo, shards: str,
     )
 
 
-def new_method(cfg: RunConfig, backbone: Backbone, setting: EvalSetting) -> PromptMethod:
-    """The method of the recipe ``cfg`` over the frozen ``backbone``, for the training classes and template(s) of
-    ``setting`` (its class prompts unchecked: :func:`build_method`)."""
+def encoder_options(cfg: RunConfig) -> EncoderOptions:
+    """How the encoders of the run ``cfg``'s method run (``model.text_chunk``: memory only, the same math)."""
+    return EncoderOptions(text_chunk=cfg.model.text_chunk)
+
+
+def new_method(
+    cfg: RunConfig, backbone: Backbone, setting: EvalSetting, options: EncoderOptions
+) -> PromptMethod:
+    """The method of the recipe ``cfg`` over the frozen ``backbone``, its encoders run with ``options``, for the
+    training classes and template(s) of ``setting`` (its class prompts unchecked: :func:`build_method`)."""
     return build(
         cfg.method.name,
         backbone,
         list(setting.classnames),
         dataset_templates=setting.templates,
+        options=options,
         **cfg.method.args,
     )
 
 
 def build_method(cfg: RunConfig, backbone: Backbone, setting: EvalSetting) -> PromptMethod:
-    """:func:`new_method`, then the class prompts of every class set ``setting`` tests (novel classes, transfer
-    targets) are checked before training (:func:`check_class_sets`)."""
-    method = new_method(cfg, backbone, setting)
+    """:func:`new_method` (the method of ``cfg`` over ``backbone``) with the run's :func:`encoder_options`, then the
+    class prompts of every class set
+    ``setting`` tests (novel classes, transfer targets) are checked before training (:func:`check_class_sets`)."""
+    method = new_method(cfg, backbone, setting, encoder_options(cfg))
     check_class_sets(cfg, method, setting)
     return method
 
@@ -222,7 +237,7 @@ def build_method(cfg: RunConfig, backbone: Backbone, setting: EvalSetting) -> Pr
 def check_class_sets(cfg: RunConfig, method: PromptMethod, setting: EvalSetting) -> None:
     """The class prompts of ``method`` for every class set of ``setting`` (training classes, novel classes,
     transfer targets) (:meth:`~scaleprompt.methods.base.PromptMethod.classname_problems`): warnings, or with
-    ``data.strict_classnames`` a :class:`ConfigError` naming the classes."""
+    ``data.strict_classnames`` of ``cfg`` a :class:`ConfigError` naming the classes."""
     class_sets = [
         (setting.classnames, setting.templates),
         *((t.classnames, t.templates) for t in setting.test_sets),

@@ -42,6 +42,7 @@ import psutil  # type: ignore[import-untyped]  # (a DeepSpeed dependency)
 import torch
 
 from scaleprompt.engine.distributed import all_reduce_max
+from scaleprompt.errors import one_line
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +56,9 @@ EXIT_PEER_LOST = 75  # sysexits' EX_TEMPFAIL: a peer rank died, the run can be r
 
 
 class Stopped(BaseException):  # noqa: N818 - a stop, not an error; BaseException: no `except Exception` eats it
-    """The run stops on a signal (``signum``; ``rank``: the lowest rank that received it). ``step`` and
-    ``checkpoint`` are set when the ranks agreed on the step and saved (``checkpoint`` None: not saved)."""
+    """The run stops on a signal (``signum``; ``reason``: why, "" for a plain signal; ``rank``: the lowest rank that
+    received it). ``step`` and ``checkpoint`` are set when the ranks agreed on the step and saved (``checkpoint``
+    None: not saved); ``latest``: the newest complete checkpoint otherwise."""
 
     def __init__(
         self,
@@ -95,6 +97,7 @@ _state = _State()
 
 
 def signal_name(signum: int) -> str:
+    """``signum``'s name (``SIGTERM``), or ``signal <n>``."""
     try:
         return signal.Signals(signum).name
     except ValueError:
@@ -108,7 +111,8 @@ def installed() -> bool:
 
 def install(prog: str = "train.py", rank: int = 0) -> None:
     """Handle :data:`STOP_SIGNALS` in this process (main thread only; a signal whose disposition is not the default,
-    e.g. SIGHUP ignored under ``nohup``, is left alone) and, in a launched rank, watch the launcher."""
+    e.g. SIGHUP ignored under ``nohup``, is left alone) and, in a launched rank, watch the launcher. ``prog``: the
+    entry point the stop lines name; ``rank``: this process's rank."""
     if threading.current_thread() is not threading.main_thread():
         return
     _state.pid, _state.prog, _state.rank = os.getpid(), prog, rank
@@ -180,7 +184,7 @@ def deferred() -> Iterator[None]:
 
 def agree(device: torch.device) -> tuple[int, int | None, str]:
     """(signal, lowest rank that received it, why: "" for a plain signal) of any rank's stop request, the same on
-    every rank; (0, None, ""): none. One all-reduce (MAX) of three integers; nothing at all where no rank installed
+    every rank; (0, None, ""): none. One all-reduce (MAX) of three integers on ``device``; nothing at all where no rank installed
     the handlers."""
     if not installed():
         return 0, None, ""
@@ -314,7 +318,7 @@ def peer_lost(exc: BaseException) -> bool:
 
 
 def stop_line(stop: Stopped) -> str:
-    """What the user reads: the signal (and who got it), the step, the checkpoint, how to continue."""
+    """What the user reads of the ``stop``: the signal (and who got it), the step, the checkpoint, how to continue."""
     by = f"by {signal_name(stop.signum)}" + (f" on rank {stop.rank}" if stop.rank else "")
     if stop.reason:
         by = f"because {stop.reason}" + (f" (seen by rank {stop.rank})" if stop.rank else "") + ","
@@ -333,9 +337,8 @@ def stop_line(stop: Stopped) -> str:
 
 
 def peer_lost_line(rank: int, exc: BaseException) -> str:
-    """A collective failed on ``rank`` (a peer died): what happened, and that the run can be resumed."""
-    from scaleprompt.errors import one_line
-
+    """A collective failed on ``rank`` (a peer died; ``exc``: the error): what happened, and that the run can be
+    resumed."""
     detail = re.sub(r"\[[^\]]*\.(?:cc|cpp|h):\d+\]\s*", "", one_line(exc))  # (gloo's source locations)
     detail = detail.split(". This is typically")[0]
     detail = detail if len(detail) <= 160 else detail[:157] + "..."
@@ -346,6 +349,7 @@ def peer_lost_line(rank: int, exc: BaseException) -> str:
 
 
 def exit_line(prog: str, text: str) -> None:
-    """One line on stderr, written at once (no logging: the handlers may be mid-record)."""
+    """``text`` as one line on stderr after ``prog``, written at once (no logging: the handlers may be
+    mid-record)."""
     sys.stderr.write(f"{prog}: {text}\n")
     sys.stderr.flush()
