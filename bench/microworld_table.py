@@ -4,7 +4,7 @@ Each run is ``scaleprompt/train.py --config configs/microworld/<method>.yaml`` (
 DeepSpeed on CPU) on a shifted micro-world dataset (default ``MicroWorldClutter``; 16 shots of the 32 base
 classes; 50 test images per class, base and novel), with ``train.seed`` = each seed. Finished runs are kept
 under ``--runs`` and skipped when the bench is started again. The table is built from the runs' results.json by
-``scaleprompt.report.tables`` (mean ± sample std over seeds) and written as markdown + CSV, with a PNG bar
+``scaleprompt.report`` (mean ± sample std over seeds) and written as markdown + CSV, with a PNG bar
 chart of Base / Novel / HM per method and the zero-shot HM as a dashed line.
 
     .venv/bin/python bench/microworld_table.py                       # 9 methods x 3 seeds, about 30-40 minutes
@@ -30,7 +30,10 @@ sys.path.insert(0, str(ROOT))
 
 from scaleprompt.methods.registry import list_methods  # noqa: E402
 from scaleprompt.plots import grouped_bars  # noqa: E402
-from scaleprompt.report.tables import aggregate, base2new_tables, load_runs, to_csv, to_markdown  # noqa: E402
+from scaleprompt.report.aggregate import aggregate  # noqa: E402
+from scaleprompt.report.load import load_runs  # noqa: E402
+from scaleprompt.report.render import to_csv, to_markdown  # noqa: E402
+from scaleprompt.report.tables import base2new_tables  # noqa: E402
 
 logger = logging.getLogger("bench.microworld_table")
 

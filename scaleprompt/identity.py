@@ -13,17 +13,42 @@ from __future__ import annotations
 from typing import Any
 
 # run-config fields a resume may change (they do not change the trained prompts' math or data)
-MAY_CHANGE = frozenset({
-    "train.output_dir", "train.log_every_steps", "train.report_to", "train.checkpoint_every_epochs",
-    "train.checkpoint_every_steps", "train.keep_checkpoints", "train.max_steps", "train.checkpoint_on_signal",
-    "train.nonfinite", "train.max_nonfinite_skips",
-    "data.allow_fewer_shots",  # (refuses or allows; what was trained on is in the shard content, compared)  # (a skipped step is recorded in the run's results)
-    "train.tensorboard",  # (removed, replaced by train.report_to: in the identity of older checkpoints)
-    "eval.every_epochs", "eval.batch_size", "eval.zero_shot_baseline", "eval.targets", "eval.targets_root",
-    "data.cache_dir", "data.root", "data.shards", "data.max_bad_samples", "data.strict_classnames", "model.cache_dir",
-    "model.grad_checkpointing", "model.text_chunk",
-    "optim.epochs",
-})  # fmt: skip
+MAY_CHANGE = frozenset(
+    {
+        # where the run writes, how it logs and checkpoints
+        "train.output_dir",
+        "train.log_every_steps",
+        "train.report_to",
+        "train.tensorboard",  # (removed, replaced by train.report_to: in the identity of older checkpoints)
+        "train.checkpoint_every_epochs",
+        "train.checkpoint_every_steps",
+        "train.keep_checkpoints",
+        "train.max_steps",
+        "train.checkpoint_on_signal",
+        # what to do on a non-finite step (a skipped step is recorded in the run's results)
+        "train.nonfinite",
+        "train.max_nonfinite_skips",
+        # how often and on what the run is evaluated besides its own test split
+        "eval.every_epochs",
+        "eval.batch_size",
+        "eval.zero_shot_baseline",
+        "eval.targets",
+        "eval.targets_root",
+        # where the data and weights are read from (what was trained on is in the shard content, compared)
+        "data.allow_fewer_shots",  # (refuses or allows)
+        "data.cache_dir",
+        "data.root",
+        "data.shards",
+        "data.max_bad_samples",
+        "data.strict_classnames",
+        "model.cache_dir",
+        # memory savers that compute the same numbers
+        "model.grad_checkpointing",
+        "model.text_chunk",
+        # a resume may extend the run (never shorten it: see compare)
+        "optim.epochs",
+    }
+)
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from scaleprompt.commands.results import main
 from scaleprompt.data.datasets import BENCHMARKS
 from scaleprompt.report.published import PublishedError, load_published, packaged_path
-from scaleprompt.report.tables import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -157,7 +157,7 @@ def test_the_command_refuses_a_bad_table_in_one_line(tmp_path):
     bad = tmp_path / "published.json"
     bad.write_text(json.dumps(data))
     result = subprocess.run(
-        [sys.executable, "-m", "scaleprompt.report.tables", "--published-file", str(bad)],
+        [sys.executable, "-m", "scaleprompt.commands.results", "--published-file", str(bad)],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert result.returncode == 2

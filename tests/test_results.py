@@ -16,20 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from scaleprompt.report.tables import (
-    ResultsError,
-    Stat,
-    aggregate,
-    base2new_tables,
-    fewshot_tables,
-    format_cell,
-    load_runs,
-    main,
-    make_tables,
-    to_csv,
-    to_markdown,
-    transfer_tables,
-)
+from scaleprompt.commands.results import main
+from scaleprompt.report.aggregate import Stat, aggregate
+from scaleprompt.report.load import load_runs
+from scaleprompt.report.render import format_cell, to_csv, to_markdown
+from scaleprompt.report.schema import ResultsError
+from scaleprompt.report.tables import base2new_tables, fewshot_tables, make_tables, transfer_tables
 
 
 def hm(b: float, n: float) -> float:
@@ -467,7 +459,7 @@ def test_runs_differing_only_in_ignored_fields_are_one_row(tmp_path):
 
 
 def test_ignored_fields_are_explicit():
-    from scaleprompt.report.tables import VARIANT_IGNORED, ignored_fields
+    from scaleprompt.report.variants import VARIANT_IGNORED, ignored_fields
 
     assert ignored_fields("last") == VARIANT_IGNORED
     assert set(VARIANT_IGNORED) == {
@@ -572,7 +564,7 @@ def test_load_runs_accepts_files_directories_and_globs(tmp_path):
     assert len(load_runs(str(tmp_path / "b2n" / "**" / "coop" / "**" / "results.json"))) == 6  # a glob
     one = next((tmp_path / "fs").rglob("results.json"))
     runs = load_runs([one, tmp_path / "fs", str(one)])  # the same file reached three times is read once
-    assert len(runs) == 13 and runs[0]["_path"] == str(one)
+    assert len(runs) == 13 and runs[0].source == str(one)
     with pytest.raises(FileNotFoundError, match="nothing-here"):
         load_runs(tmp_path / "nothing-here")
     with pytest.raises(FileNotFoundError, match="no run results match"):
@@ -622,7 +614,7 @@ def test_transfer_without_targets_and_optional_val(tmp_path):
     with pytest.raises(ResultsError, match="targets must be a non-empty object"):
         load_runs(path)
     path.write_text(json.dumps(run_json("coop", "ImageNet", 1, "fewshot", {"test": split(70), "val": None})))
-    assert load_runs(path)[0]["results"]["last"]["test"]["top1"] == 70
+    assert load_runs(path)[0].result.results["last"].test.top1 == 70
 
 
 @pytest.mark.parametrize("text", ["{not json", "", "[1, 2]", '"results"'])
@@ -685,7 +677,7 @@ def test_main_errors_name_the_file(tmp_path, capsys):
 def test_module_runs_as_a_script(tmp_path):
     make_transfer(tmp_path / "runs")
     result = subprocess.run(
-        [sys.executable, "-m", "scaleprompt.report.tables", str(tmp_path / "runs"), "--out-dir", str(tmp_path)],
+        [sys.executable, "-m", "scaleprompt.commands.results", str(tmp_path / "runs"), "--out-dir", str(tmp_path)],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr

@@ -16,7 +16,7 @@ Image features: every image of the chosen split (default ``test``: the images th
 classes, no sampling, computed once through the shard cache (:mod:`scaleprompt.analysis.features`).
 
 With ``--results``, the gain of each method over zero-shot per dataset (runs read and grouped by
-:func:`scaleprompt.report.tables.load_runs` / :func:`~scaleprompt.report.tables.aggregate`): few-shot runs: test
+:func:`scaleprompt.report.load.load_runs` / :func:`~scaleprompt.report.aggregate.aggregate`): few-shot runs: test
 top-1; base-to-novel runs: the HM of base and novel top-1 (per seed, as the tables compute it). Zero-shot: the
 ``zsclip`` runs of the dataset (mean over their runs) when given, else each run's own recorded baseline
 (``eval.zero_shot_baseline=true``: ``zero_shot`` in results.json). A gain is per seed (the run's accuracy minus
@@ -251,8 +251,8 @@ def method_gains(
     """The setting of ``runs`` and the gain of every trained method on every dataset it has runs of (see the
     module docstring). ``datasets``: the display names analysed (runs of others are refused); ``methods``: None =
     every method of the runs but zero-shot. One configuration per method and dataset (one row of
-    :func:`~scaleprompt.report.tables.aggregate`), else an error."""
-    from scaleprompt.report.tables import METHOD_ORDER, aggregate
+    :func:`~scaleprompt.report.aggregate.aggregate`), else an error."""
+    from scaleprompt.report.aggregate import METHOD_ORDER, aggregate
 
     rows = aggregate(runs, selection, "top1")
     if not rows:
@@ -534,10 +534,10 @@ def _backbone_choice(
 
 
 def _load_runs(paths: Sequence[str]) -> list[dict[str, Any]]:
-    from scaleprompt.report.tables import load_runs
+    from scaleprompt.report.load import load_runs
 
     try:
-        return load_runs(paths)
+        return [{**run.result.to_dict(), "_path": run.source} for run in load_runs(paths)]
     except FileNotFoundError as exc:
         raise AnalysisError(f"--results: {exc}") from None
 

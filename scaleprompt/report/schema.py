@@ -17,7 +17,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, TypeGuard, get_args
 
 from scaleprompt.errors import ScalepromptError
 
@@ -35,7 +35,7 @@ class ResultsError(ScalepromptError, ValueError):
     """A results file is not valid JSON or not a scaleprompt run. The message names the file and the field."""
 
 
-def _is_number(x: Any) -> bool:
+def _is_number(x: Any) -> TypeGuard[float]:
     return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
 
@@ -88,16 +88,19 @@ class SelectionResult:
             if split not in value:
                 raise ResultsError(f"{source}: {where} has no {split!r} (a {setting} run reports {split})")
             splits[split] = Accuracy.parse(value[split], f"{where}.{split}", source)
-        hm = value.get("hm")
-        if setting == "base2new" and (not _is_number(hm) or not 0 <= hm <= 100):
-            raise ResultsError(f"{source}: {where}.hm must be a percentage in [0, 100], got {hm!r}")
+        hm: float | None = None
+        if setting == "base2new":
+            stored = value.get("hm")
+            if not _is_number(stored) or not 0 <= stored <= 100:
+                raise ResultsError(f"{source}: {where}.hm must be a percentage in [0, 100], got {stored!r}")
+            hm = float(stored)
         targets: dict[str, Accuracy] = {}
         if setting == "transfer":
             raw = value.get("targets")
             if not isinstance(raw, Mapping) or not raw:
                 raise ResultsError(f"{source}: {where}.targets must be a non-empty object {{dataset: split}}")
             targets = {name: Accuracy.parse(s, f"{where}.targets.{name}", source) for name, s in raw.items()}
-        return cls(**splits, hm=float(hm) if setting == "base2new" else None, targets=targets)
+        return cls(**splits, hm=hm, targets=targets)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -193,8 +196,9 @@ class RunResult:
         if stopped is not None and not (
             isinstance(stopped, Mapping) and isinstance(stopped.get("epoch"), int)
         ):
-            raise ResultsError(f"{src}: 'stopped_early' must be null or an object with an integer 'epoch', got "
-                               f"{stopped!r}")  # fmt: skip
+            raise ResultsError(
+                f"{src}: 'stopped_early' must be null or an object with an integer 'epoch', got {stopped!r}"
+            )
         zero_shot = data.get("zero_shot")
         known = {
             k: data[k] for k in cls.__dataclass_fields__ if k in data and k not in ("results", "zero_shot")
