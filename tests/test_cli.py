@@ -87,35 +87,11 @@ def test_every_analysis_has_help_whose_usage_names_it(analysis, capsys):
 
 
 def _subparser(command: str) -> argparse.ArgumentParser:
-    """The parser that really handles ``command`` (results, tune and pretrain-microworld bring their own)."""
-    if command == "results":
-        from scaleprompt.report.tables import build_parser as results_parser
-
-        return results_parser()
-    if command == "train":
-        from scaleprompt.train import build_parser as train_parser
-
-        return train_parser("scaleprompt train")
-    if command == "eval":
-        from scaleprompt.evaluate import build_parser as eval_parser
-
-        return eval_parser("scaleprompt eval")
-    if command == "tune":
-        from scaleprompt.search.cli import build_parser as tune_parser
-
-        return tune_parser("scaleprompt tune")
-    if command == "analyze":
-        from scaleprompt.analysis.cli import build_parser as analyze_parser
-
-        return analyze_parser("scaleprompt analyze")
-    if command == "pretrain-microworld":
-        from scaleprompt.microworld.pretrain import build_parser as pretrain_parser
-
-        return pretrain_parser()
+    """The parser that handles ``command``, complete (a parser may add some arguments only when first used)."""
     from scaleprompt.cli import build_parser
 
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    return sub.choices[command]
+    return sub.choices[command].complete()
 
 
 @pytest.mark.parametrize(
