@@ -174,8 +174,12 @@ def test_no_loop_between_units():
     edges = unit_graph()
     loops = []
     for group in cycles(edges):
-        inside = [f"  {where}" for (a, b), wheres in sorted(edges.items()) if a in group and b in group
-                  for where in wheres]  # fmt: skip
+        inside = [
+            f"  {where}"
+            for (a, b), wheres in sorted(edges.items())
+            if a in group and b in group
+            for where in wheres
+        ]
         loops.append(f"{' <-> '.join(group)}:\n" + "\n".join(inside))
     assert not loops, "import loops between units:\n" + "\n".join(loops)
 

@@ -145,8 +145,11 @@ def test_a_bad_table_is_refused_in_one_line_and_nothing_is_written(tmp_path, cap
     assert err.startswith(f"scaleprompt results: error: {bad}: {message}"), err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not out.exists()  # refused before any table was written
-    with pytest.raises(PublishedError, match="repeats entry|missing|empty|not 2·B·N|percentage|not a scaleprompt|"
-                       "must say|unknown field|not in 'dataset_sets'|must be an integer"):  # fmt: skip
+    with pytest.raises(
+        PublishedError,
+        match="repeats entry|missing|empty|not 2·B·N|percentage|not a scaleprompt|"
+        "must say|unknown field|not in 'dataset_sets'|must be an integer",
+    ):
         load_published(bad)
 
 
@@ -158,8 +161,10 @@ def test_the_command_refuses_a_bad_table_in_one_line(tmp_path):
     bad.write_text(json.dumps(data))
     result = subprocess.run(
         [sys.executable, "-m", "scaleprompt.commands.results", "--published-file", str(bad)],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
         f"scaleprompt results: error: {bad}: entry 5 (IVLP): 'hm' 80.00 is not 2·B·N/(B+N) = 77.90 of its base "
@@ -189,11 +194,21 @@ def _split(top1: float) -> dict[str, float]:
 
 def _run(method, dataset, setting, last, seed=1, shots=16, backbone="ViT-B-16", pretrained="openai") -> dict:
     return {
-        "format": "scaleprompt.run/1", "method": method, "dataset": dataset, "setting": setting, "shots": shots,
-        "seed": seed, "backbone": backbone, "pretrained": pretrained, "world_size": 1, "epochs": 5,
-        "best_val_epoch": None, "results": {"last": last}, "config": {"train": {"seed": seed}},
+        "format": "scaleprompt.run/1",
+        "method": method,
+        "dataset": dataset,
+        "setting": setting,
+        "shots": shots,
+        "seed": seed,
+        "backbone": backbone,
+        "pretrained": pretrained,
+        "world_size": 1,
+        "epochs": 5,
+        "best_val_epoch": None,
+        "results": {"last": last},
+        "config": {"train": {"seed": seed}},
         "timing": {"train_seconds": 1.0, "images_per_second": 2.0},
-    }  # fmt: skip
+    }
 
 
 def _write(root: Path, data: dict) -> None:

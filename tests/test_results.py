@@ -41,11 +41,21 @@ def run_json(
 ):
     results = {"last": last} | ({"best_val": best_val} if best_val is not None else {})
     return {
-        "format": "scaleprompt.run/1", "method": method, "dataset": dataset, "setting": setting, "shots": shots,
-        "seed": seed, "backbone": backbone, "pretrained": pretrained, "world_size": 2, "epochs": 10,
-        "best_val_epoch": 7 if best_val is not None else None, "results": results,
-        "config": {"train": {"seed": seed}}, "timing": {"train_seconds": 1.0, "images_per_second": 2.0},
-    }  # fmt: skip
+        "format": "scaleprompt.run/1",
+        "method": method,
+        "dataset": dataset,
+        "setting": setting,
+        "shots": shots,
+        "seed": seed,
+        "backbone": backbone,
+        "pretrained": pretrained,
+        "world_size": 2,
+        "epochs": 10,
+        "best_val_epoch": 7 if best_val is not None else None,
+        "results": results,
+        "config": {"train": {"seed": seed}},
+        "timing": {"train_seconds": 1.0, "images_per_second": 2.0},
+    }
 
 
 def write_run(root: Path, data: dict) -> Path:
@@ -638,17 +648,33 @@ def test_main_end_to_end_writes_one_md_and_csv_per_setting(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="scaleprompt"):
         assert main([str(runs), "--out-dir", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == [
-        "results_base2new.csv", "results_base2new.md", "results_fewshot.csv", "results_fewshot.md",
-        "results_transfer.csv", "results_transfer.md",
-    ]  # fmt: skip
+        "results_base2new.csv",
+        "results_base2new.md",
+        "results_fewshot.csv",
+        "results_fewshot.md",
+        "results_transfer.csv",
+        "results_transfer.md",
+    ]
     b2n = (out / "results_base2new.md").read_text()
     assert md_row(b2n, "coop")[1:4] == ["86.00", "66.00", "74.68"] and "selection: last epoch" in b2n
     assert "| coop | 86.00 | 66.00 | 74.68 |" in caplog.text  # the markdown is logged
     assert csv_rows((out / "results_transfer.csv").read_text())["coop"]["ImageNetV2 mean"] == "65.0000"
     assert "selection: last epoch" in (out / "results_fewshot.md").read_text()
 
-    assert main([str(runs / "base2new"), "--out-dir", str(out / "mpc"), "--selection", "best_val",
-                 "--metric", "mean_per_class"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                str(runs / "base2new"),
+                "--out-dir",
+                str(out / "mpc"),
+                "--selection",
+                "best_val",
+                "--metric",
+                "mean_per_class",
+            ]
+        )
+        == 0
+    )
     md = (out / "mpc" / "results_base2new.md").read_text()
     assert "mean per-class accuracy (%) — selection: best validation epoch" in md and "last epoch" not in md
     assert md_row(md, "coop")[4] == "82.00 ± 2.00"  # best_val base = last + 1 = 81..85, minus 1 for per-class
@@ -677,9 +703,18 @@ def test_main_errors_name_the_file(tmp_path, capsys):
 def test_module_runs_as_a_script(tmp_path):
     make_transfer(tmp_path / "runs")
     result = subprocess.run(
-        [sys.executable, "-m", "scaleprompt.commands.results", str(tmp_path / "runs"), "--out-dir", str(tmp_path)],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "scaleprompt.commands.results",
+            str(tmp_path / "runs"),
+            "--out-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     assert "| coop | 72.00 ± 1.00 | 65.00 ± 1.00 | 47.00 ± 1.00 | 56.00 | 3 |" in result.stderr
     assert (tmp_path / "results_transfer.md").is_file()
@@ -718,16 +753,22 @@ def test_seeds_tested_on_different_images_are_refused_in_one_line(tmp_path, caps
 
 
 def test_base_novel_and_transfer_target_counts_are_compared_split_by_split(tmp_path):
-    b2n = [with_images(run_json("coop", "EuroSAT", s, "base2new", b2n_result(90, 60)), base=500, novel=n)
-           for s, n in [(1, 400), (2, 399)]]  # fmt: skip
+    b2n = [
+        with_images(run_json("coop", "EuroSAT", s, "base2new", b2n_result(90, 60)), base=500, novel=n)
+        for s, n in [(1, 400), (2, 399)]
+    ]
     with pytest.raises(ResultsError, match=r"base2new coop on EuroSAT .*: novel split with 399 images \("):
         aggregate(b2n)
     targets = {"test": split(70), "targets": {"ImageNetV2": split(60), "ImageNetSketch": split(50)}}
     transfer = [
-        with_images(run_json("coop", "ImageNet", s, "transfer", json.loads(json.dumps(targets))), test=50000,
-                    ImageNetV2=10000, ImageNetSketch=n)
+        with_images(
+            run_json("coop", "ImageNet", s, "transfer", json.loads(json.dumps(targets))),
+            test=50000,
+            ImageNetV2=10000,
+            ImageNetSketch=n,
+        )
         for s, n in [(1, 50889), (2, 50889), (3, 2)]
-    ]  # fmt: skip
+    ]
     with pytest.raises(
         ResultsError, match=r"target ImageNetSketch split with 2 images \(<run 2>\); 50889 images"
     ):
@@ -739,8 +780,10 @@ def test_base_novel_and_transfer_target_counts_are_compared_split_by_split(tmp_p
 def test_test_counts_only_bind_the_seeds_of_one_cell(tmp_path):
     """Different variants (a sweep's trials) may be tested on different sets: each is its own row; a run that
     recorded no count (scaleprompt.run/1) is not compared."""
-    runs = [with_images(sweep_run(0, "optim.lr=0.05"), base=10, novel=10),
-            with_images(sweep_run(0, "optim.lr=0.002"), base=500, novel=400)]  # fmt: skip
+    runs = [
+        with_images(sweep_run(0, "optim.lr=0.05"), base=10, novel=10),
+        with_images(sweep_run(0, "optim.lr=0.002"), base=500, novel=400),
+    ]
     assert [r.label for r in aggregate(runs)] == ["provp_ref (lr=0.002)", "provp_ref (lr=0.05)"]
     old = [run_json("coop", "OxfordPets", s, "fewshot", {"test": split(80)}) for s in (1, 2)]
     assert [r.n for r in aggregate([with_images(old[0], test=1600), old[1]])] == [2]
