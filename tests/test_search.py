@@ -7,7 +7,9 @@ from __future__ import annotations
 import csv
 import functools
 import json
+import math
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -20,11 +22,14 @@ import pytest
 from engine_utils import ROOT, base_overrides, env, launch, make_color_folder
 
 from scaleprompt.config import ConfigError
-from scaleprompt.engine.config import load_run_config
-from scaleprompt.methods import list_methods
+from scaleprompt.engine import config as engine_config
+from scaleprompt.engine.config import RunConfig, load_run_config
+from scaleprompt.methods import list_methods, method_class
+from scaleprompt.recipes import list_recipes
 from scaleprompt.search.options import SearchFailed, SearchOptions
 from scaleprompt.search.report import TrialRecord, choose_best, read_results, summarize, write_best_recipe
-from scaleprompt.search.space import SpaceError, check_space, load_space
+from scaleprompt.search.space import SearchSpace, SpaceError, check_space, load_space
+from scaleprompt.search.trial import TrialJob, nest, sweep_config
 
 SPACE = """
 metric: val_top1
@@ -83,7 +88,7 @@ def test_space_files_are_validated(tmp_path):
 
 
 def test_preflight_names_unknown_keys_and_methods(tmp_path, colors):
-    base = overrides(colors, tmp_path)
+    base = load_run_config(None, overrides(colors, tmp_path))
     for text, match in [
         ("params:\n  method.args.n_ctxx: {type: categorical, values: [2]}\n", "method.args.n_ctxx"),
         ("params:\n  optim.lrr: {type: float, low: 0.1, high: 0.2}\n", "optim.lrr"),
@@ -92,33 +97,34 @@ def test_preflight_names_unknown_keys_and_methods(tmp_path, colors):
         ("params:\n  method.name: {type: categorical, values: [coop, nosuch]}\n", "nosuch"),
     ]:  # fmt: skip
         with pytest.raises(ConfigError, match=match):
-            check_space(load_space(write(tmp_path, "s.yaml", text)), None, base, NAMES, TEMPLATES)
+            check_space(load_space(write(tmp_path, "s.yaml", text)), base, NAMES, TEMPLATES)
 
 
 def test_preflight_builds_the_extremes_on_the_real_backbone(tmp_path, colors):
     """sp-tiny-vit has 2 blocks per tower: depth 5 cannot be built, and the error names the parameter, the range
     and the limit; a backbone bound resolves to the backbone's own size."""
-    base = overrides(colors, tmp_path)
+    base = load_run_config(None, overrides(colors, tmp_path))
     space = load_space(
         write(tmp_path, "s.yaml", "params:\n  method.args.depth: {type: int, low: 1, high: 5}\n")
     )
     with pytest.raises(SpaceError) as err:
-        check_space(space, None, base, NAMES, TEMPLATES)
+        check_space(space, base, NAMES, TEMPLATES)
     assert "'method.args.depth' (range [1, 5] (int))" in str(err.value)
     assert "larger than the 2 blocks" in str(err.value) and "high: vision_blocks" in str(err.value)
     space = load_space(write(tmp_path, "s.yaml", "params:\n  method.args.depth: {type: int, low: 1, "
                                                  "high: vision_blocks}\n"))  # fmt: skip
-    assert check_space(space, None, base, NAMES, TEMPLATES).params["method.args.depth"].high == 2
+    assert check_space(space, base, NAMES, TEMPLATES).params["method.args.depth"].high == 2
     # a text context that cannot hold the prompt: CoOp's 40 context tokens on a 16-token text tower
     space = load_space(write(tmp_path, "s.yaml", "params:\n  method.args.n_ctx: {type: categorical, "
                                                  "values: [4, 40]}\n"))  # fmt: skip
     with pytest.raises(SpaceError, match="n_ctx=40"):
-        check_space(space, None, [*base, "method.name=coop"], NAMES, TEMPLATES)
+        coop = load_run_config(None, [*overrides(colors, tmp_path), "method.name=coop"])
+        check_space(space, coop, NAMES, TEMPLATES)
     # an empty bounded range: low above the backbone's size
     space = load_space(write(tmp_path, "s.yaml", "params:\n  method.args.depth: {type: int, low: 3, "
                                                  "high: vision_blocks}\n"))  # fmt: skip
     with pytest.raises(SpaceError, match="empty on sp-tiny-vit"):
-        check_space(space, None, base, NAMES, TEMPLATES)
+        check_space(space, base, NAMES, TEMPLATES)
 
 
 @functools.cache
@@ -145,7 +151,7 @@ def shipped_pairs() -> list[tuple[Path, Path]]:
 def test_shipped_spaces_fit_every_micro_world_recipe(space_path, micro_structures):
     for space, recipe in shipped_pairs():
         if space == space_path and recipe.parent == MICRO:
-            check_space(load_space(space), recipe, [], NAMES, TEMPLATES, micro_structures)
+            check_space(load_space(space), load_run_config(recipe), NAMES, TEMPLATES, micro_structures)
 
 
 @pytest.mark.slow
@@ -155,7 +161,70 @@ def test_shipped_spaces_fit_every_shipped_recipe():
     pairs, structures = shipped_pairs(), {}
     assert len(pairs) > 20
     for space, recipe in pairs:
-        check_space(load_space(space), recipe, [], NAMES, TEMPLATES, structures)
+        check_space(load_space(space), load_run_config(recipe), NAMES, TEMPLATES, structures)
+
+
+# --- trial configs: derived from the sweep's one base config, as the string path made them -----------------------
+def string_path_trial(recipe: str, overrides: list[str], sample: dict, out: Path) -> RunConfig:
+    """A trial's config the way the sweep made it before issue 25, kept as the reference: the recipe and every
+    ``key=value`` override re-read from strings, with each sampled value as one more ``key=json`` string."""
+    base = load_run_config(recipe, overrides)
+    method = sample.get("method.name", base.method.name)
+    fields = method_class(method).config_class.__dataclass_fields__
+    items = [f"method.name={method}"] if "method.name" in sample else []
+    items += [
+        f"{k}={json.dumps(v)}"
+        for k, v in sample.items()
+        if k != "method.name" and not (k.startswith("method.args.") and k.split(".", 2)[2] not in fields)
+    ]
+    chosen = any(o.split("=", 1)[0].strip() == "train.report_to" for o in overrides)
+    trackers = [] if chosen or base.train.report_to else ["train.report_to=tensorboard"]
+    return load_run_config(recipe, [*trackers, *overrides, *items, f"train.output_dir={out}"])
+
+
+def tune_like_samples(space: SearchSpace, rng: random.Random) -> list[dict]:
+    """What Tune hands a trial: every parameter at its first value / low end, and one random draw (Python ints
+    and floats, as tune.randint / uniform / loguniform / choice give them)."""
+    draw = {}
+    for key, spec in space.params.items():
+        if spec.type == "categorical":
+            draw[key] = rng.choice(spec.values)
+        elif spec.type == "int":
+            draw[key] = rng.randint(int(spec.low), int(spec.high))
+        elif spec.type == "loguniform":
+            draw[key] = math.exp(rng.uniform(math.log(spec.low), math.log(spec.high)))
+        else:
+            draw[key] = rng.uniform(spec.low, spec.high)
+    return [{k: s.extremes()[0] for k, s in space.params.items()}, draw]
+
+
+def test_trial_configs_derived_from_the_base_config_are_the_string_parsed_ones(tmp_path, monkeypatch):
+    """Every packaged space, on the micro-world recipe (and base-to-novel recipe) of each method it samples, with
+    and without sweep overrides: the trial config a :class:`TrialJob` derives from the sweep's one base config is
+    the one the string path made (the same ``to_dict()``), without reading a file or parsing a string again, and
+    a worker rebuilds it from its plain dict in one call."""
+    rng, out, compared = random.Random(0), tmp_path / "trial_1" / "run", 0
+    bounds = {"vision_blocks": 4, "text_blocks": 4, "blocks": 4}  # (the micro-world CLIP's)
+    for name in list_recipes("space"):
+        space = load_space(name).resolved(bounds)
+        own = [m for m in list_methods() if name == m or name.startswith(f"{m}_")]
+        methods = space.params["method.name"].values if "method.name" in space.params else [max(own, key=len)]
+        recipes = [f"microworld/{m}" for m in methods]
+        recipes += [] if "method.name" in space.params else [f"{m}/base2new" for m in methods]
+        for i, recipe in enumerate(recipes):
+            overrides = [] if i % 2 else [*MICRO_FAST, "train.report_to=none", "optim.lr=0.5"]
+            job = TrialJob(sweep_config(recipe, overrides), space)
+            for sample in tune_like_samples(space, rng):
+                expected = string_path_trial(recipe, overrides, sample, out).to_dict()
+                with monkeypatch.context() as m:  # (no file read, no string parsed: typed values only)
+                    m.setattr(engine_config, "read_yaml_mapping", None)
+                    m.setattr(engine_config.OmegaConf, "from_dotlist", None)
+                    derived = job.trial_config(nest(sample), out)
+                assert derived.to_dict() == expected, (name, recipe, overrides, sample)
+                rebuilt = load_run_config(derived.to_dict())  # (what a Ray Train worker does with it)
+                assert rebuilt.to_dict() == expected
+                compared += 1
+    assert compared == 30
 
 
 # a valid results.json (what a trial's run writes; the sweep's files trust nothing less)

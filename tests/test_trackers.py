@@ -315,13 +315,12 @@ def test_a_failed_session_closes_its_trackers_and_the_resume_continues_them(offl
 def trial_trackers(tmp_path: Path, recipe: Path | None, *overrides: str) -> list[str]:
     """The trackers one trial of a sweep (``scaleprompt tune ... key=value``) reports to."""
     from scaleprompt.search.space import load_space
-    from scaleprompt.search.trial import TrialJob
+    from scaleprompt.search.trial import TrialJob, sweep_config
 
     space_file = tmp_path / "space.yaml"
     space_file.write_text(SPACE)
-    job = TrialJob(str(recipe) if recipe else None, tuple(overrides), load_space(space_file))
-    trial = job.run_overrides({"optim": {"lr": 0.01}}, tmp_path / "trial_1" / "run")
-    return load_run_config(job.recipe, trial).train.report_to
+    job = TrialJob(sweep_config(recipe, overrides), load_space(space_file))
+    return job.trial_config({"optim": {"lr": 0.01}}, tmp_path / "trial_1" / "run").train.report_to
 
 
 def test_sweep_trials_report_to_tensorboard_unless_the_sweep_or_its_recipe_says_otherwise(tmp_path):

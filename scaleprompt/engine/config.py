@@ -268,9 +268,7 @@ def derive_run_config(base: RunConfig, values: Mapping[str, Any]) -> RunConfig:
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value
-    return _merged(
-        [OmegaConf.structured(RunConfig), OmegaConf.create(base.to_dict())], OmegaConf.create(changes)
-    )
+    return _merged([OmegaConf.structured(base)], OmegaConf.create(changes))
 
 
 def _merged(layers: list[DictConfig], changes: DictConfig) -> RunConfig:
@@ -297,7 +295,7 @@ def _merged(layers: list[DictConfig], changes: DictConfig) -> RunConfig:
         key = getattr(exc, "full_key", None)
         message = str(exc).splitlines()[0] + REMOVED_KEYS.get(key or "", "")
         raise ConfigError(message if not key or message.startswith(key) else f"{key}: {message}") from None
-    assert isinstance(cfg, RunConfig)  # (OmegaConf.structured(RunConfig) makes one)
+    assert isinstance(cfg, RunConfig)  # (the first layer is a structured RunConfig)
     return check_run_config(cfg)
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import optuna
 import ray
+from optuna.storages import RDBStorage
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
@@ -32,7 +33,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from scaleprompt.config import ConfigError
 from scaleprompt.engine.checkpoint import atomic_json
-from scaleprompt.engine.config import load_run_config
+from scaleprompt.engine.config import RunConfig
 from scaleprompt.engine.run import build_setting
 from scaleprompt.errors import OutputError, one_line
 from scaleprompt.locks import DirLock, LockError
@@ -41,7 +42,15 @@ from scaleprompt.search.driver_state import repair_driver_state
 from scaleprompt.search.options import SearchOptions
 from scaleprompt.search.report import TrialRecord, fmt, read_results, summarize
 from scaleprompt.search.space import SearchSpace, check_space, load_space
-from scaleprompt.search.trial import TrialJob, finish_trial, nest, run_trial, sample_of, trial_dirname
+from scaleprompt.search.trial import (
+    TrialJob,
+    finish_trial,
+    nest,
+    run_trial,
+    sample_of,
+    sweep_config,
+    trial_dirname,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +66,13 @@ def init_ray(
     if address:
         ray.init(address=address, log_to_driver=False)
         return None
-    info = ray.init(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
-                    dashboard_port=port, log_to_driver=False)  # fmt: skip
+    info = ray.init(
+        num_cpus=num_cpus,
+        include_dashboard=dashboard,
+        dashboard_host="127.0.0.1",
+        dashboard_port=port,
+        log_to_driver=False,
+    )
     url = getattr(info, "dashboard_url", None) if dashboard else None
     if url:
         url = url if url.startswith("http") else f"http://{url}"
@@ -95,28 +109,51 @@ class Progress(tune.Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         if result.get("failed") or result.get("final"):
             return
-        logger.info("trial %s epoch %s/%s: %s %.2f (train loss %.4g)", trial.trial_id, result.get("epoch"),
-                    result.get("epochs"), self.metric, result.get(self.metric, float("nan")),
-                    result.get("train_loss", float("nan")))  # fmt: skip
+        logger.info(
+            "trial %s epoch %s/%s: %s %.2f (train loss %.4g)",
+            trial.trial_id,
+            result.get("epoch"),
+            result.get("epochs"),
+            self.metric,
+            result.get(self.metric, float("nan")),
+            result.get("train_loss", float("nan")),
+        )
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         last = trial.last_result or {}
         if last.get("failed"):
             logger.info("trial %s FAILED (not retried): %s", trial.trial_id, last["failed"])
         elif last.get("final"):
-            logger.info("trial %s finished: epoch %s, %s %.2f", trial.trial_id, last.get("epoch"), self.metric,
-                        last.get(self.metric, float("nan")))  # fmt: skip
+            logger.info(
+                "trial %s finished: epoch %s, %s %.2f",
+                trial.trial_id,
+                last.get("epoch"),
+                self.metric,
+                last.get(self.metric, float("nan")),
+            )
         else:
-            logger.info("trial %s stopped early at epoch %s by ASHA (%s %.2f)", trial.trial_id, last.get("epoch"),
-                        self.metric, last.get(self.metric, float("nan")))  # fmt: skip
+            logger.info(
+                "trial %s stopped early at epoch %s by ASHA (%s %.2f)",
+                trial.trial_id,
+                last.get("epoch"),
+                self.metric,
+                last.get(self.metric, float("nan")),
+            )
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        logger.info("trial %s: infrastructure fault (%s); retrying from its last checkpoint (failure %d of at "
-                    "most %d)", trial.trial_id, _error_line(trial), trial.num_failures, trial.max_failures)  # fmt: skip
+        logger.info(
+            "trial %s: infrastructure fault (%s); retrying from its last checkpoint (failure %d of at "
+            "most %d)",
+            trial.trial_id,
+            _error_line(trial),
+            trial.num_failures,
+            trial.max_failures,
+        )
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        logger.info("trial %s FAILED after %d attempt(s): %s", trial.trial_id, trial.num_failures,
-                    _error_line(trial))  # fmt: skip
+        logger.info(
+            "trial %s FAILED after %d attempt(s): %s", trial.trial_id, trial.num_failures, _error_line(trial)
+        )
 
 
 def _error_line(trial: Any) -> str:
@@ -144,8 +181,13 @@ def tune_space(space: SearchSpace) -> dict[str, Any]:
 def _sweep_record(
     space_path: str | Path, recipe: str | None, overrides: Sequence[str], opts: SearchOptions
 ) -> dict:
-    return {"space": str(Path(space_path).resolve()), "recipe": recipe, "overrides": list(overrides),
-            "num_samples": opts.num_samples, "seed": opts.seed}  # fmt: skip
+    return {
+        "space": str(Path(space_path).resolve()),
+        "recipe": recipe,
+        "overrides": list(overrides),
+        "num_samples": opts.num_samples,
+        "seed": opts.seed,
+    }
 
 
 def _claim_sweep(sweep: Path, record: dict[str, Any], resume: bool) -> None:
@@ -192,41 +234,57 @@ def sweep_lock(sweep: Path) -> Iterator[DirLock]:
         lock.release()
 
 
-def run_search(space_path: str | Path, recipe: str | Path | None, overrides: Sequence[str] = (),
-               options: SearchOptions | None = None, ds_config: dict | None = None) -> dict[str, Any]:  # fmt: skip
-    """Run (or resume) a sweep; returns its summary (also in ``<sweep>/summary.json``). The driver holds the
+def run_search(
+    space_path: str | Path,
+    recipe: str | Path | None,
+    overrides: Sequence[str] = (),
+    options: SearchOptions | None = None,
+    ds_config: dict | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) a sweep of the space ``space_path`` (a file or a packaged name) over the recipe ``recipe``
+    (a file, a packaged name, or None for the defaults) with the sweep's ``key=value`` ``overrides``; ``options``:
+    how it runs; ``ds_config``: the trials' DeepSpeed config. Returns its summary (also in
+    ``<sweep>/summary.json``). The recipe and the overrides are read once, here: every check and every trial
+    derives its config from that one :class:`~scaleprompt.engine.config.RunConfig`. The driver holds the
     sweep's lock throughout (:func:`sweep_lock`)."""
     opts = options or SearchOptions()
-    # a file or a packaged name (scaleprompt.recipes), as an absolute path for the trials and the sweep record
+    # a file or a packaged name (scaleprompt.recipes), as an absolute path for the sweep record
     recipe = str(resolve_recipe(recipe, "config").resolve()) if recipe else None
     space_path = resolve_recipe(space_path, "space").resolve()
     overrides = list(overrides)
     space = load_space(space_path)
-    base = load_run_config(recipe, overrides)
+    base = sweep_config(recipe, overrides)
     name = opts.name or f"{space.name}-{base.method.name}"
     sweep = Path(opts.storage).resolve() / name
     with sweep_lock(sweep):
         return _run_search(space_path, recipe, overrides, opts, ds_config, space, base, sweep)
 
 
-def _run_search(space_path: Path, recipe: str | None, overrides: list[str], opts: SearchOptions,
-                ds_config: dict | None, space: SearchSpace, base: Any, sweep: Path) -> dict[str, Any]:  # fmt: skip
+def _run_search(
+    space_path: Path,
+    recipe: str | None,
+    overrides: list[str],
+    opts: SearchOptions,
+    ds_config: dict | None,
+    space: SearchSpace,
+    base: RunConfig,
+    sweep: Path,
+) -> dict[str, Any]:
     name, storage = sweep.name, sweep.parent
-    check_space(
-        space, recipe, overrides, ["a class"], ["a photo of a {}."]
-    )  # in seconds, before any data work
+    check_space(space, base, ["a class"], ["a photo of a {}."])  # in seconds, before any data work
     setting = build_setting(base)  # every shard folder once, before the trials share the cache
-    space = check_space(
-        space, recipe, overrides, setting.classnames, setting.templates
-    )  # (the real class names)
-    logger.info("search space %s checked on %s (%s): %s", space.name, base.model.name, base.method.name,
-                ", ".join(f"{k} {s.describe()}" for k, s in space.params.items()))  # fmt: skip
+    space = check_space(space, base, setting.classnames, setting.templates)  # (the real class names)
+    params = ", ".join(f"{k} {s.describe()}" for k, s in space.params.items())
+    logger.info(
+        "search space %s checked on %s (%s): %s", space.name, base.model.name, base.method.name, params
+    )
     _claim_sweep(sweep, _sweep_record(space_path, recipe, overrides, opts), opts.resume)
     init_ray(opts.address, opts.dashboard, port=opts.dashboard_port)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # (with verbose=0: Tune prints nothing; Progress does)
     workers = opts.workers
-    job = TrialJob(recipe, tuple(overrides), space, ds_config, workers, opts.cpus_per_trial / workers,
-                   opts.gpus_per_trial / workers)  # fmt: skip
+    job = TrialJob(
+        base, space, ds_config, workers, opts.cpus_per_trial / workers, opts.gpus_per_trial / workers
+    )
     # a multi-worker trial's own process only drives Ray Train: its workers hold the trial's CPUs/GPUs
     # (Ray wants a non-empty bundle: the driver reserves memory only)
     resources: dict[str, float] = (
@@ -242,14 +300,14 @@ def _run_search(space_path: Path, recipe: str | None, overrides: list[str], opts
     if opts.resume and tune.Tuner.can_restore(str(sweep)):
         tuner = tune.Tuner.restore(str(sweep), trainable, resume_errored=True, resume_unfinished=True)
     else:
-        from optuna.storages import RDBStorage
-
         study_file.parent.mkdir(parents=True, exist_ok=True)
-        searcher = ConcurrencyLimiter(
-            SweepSearcher(metric=space.metric, mode=space.mode, seed=opts.seed, study_name=name,
-                          storage=RDBStorage(study_url)),  # (a storage object, not a URL)
-            max_concurrent=opts.max_concurrent,
-        )  # fmt: skip
+        searcher = SweepSearcher(
+            metric=space.metric,
+            mode=space.mode,
+            seed=opts.seed,
+            study_name=name,
+            storage=RDBStorage(study_url),  # (a storage object, not a URL)
+        )
         max_epochs = max(1, base.optim.epochs, *_searched_epochs(space))
         grace = min(max_epochs, opts.grace_epochs or base.optim.warmup_epochs + 1)  # (not judged on warm-up)
         scheduler = (
@@ -257,16 +315,24 @@ def _run_search(space_path: Path, recipe: str | None, overrides: list[str], opts
             if opts.full_schedule
             else ASHAScheduler(time_attr="epoch", max_t=max_epochs, grace_period=grace)
         )
+        tune_config = tune.TuneConfig(
+            metric=space.metric,
+            mode=space.mode,
+            search_alg=ConcurrencyLimiter(searcher, max_concurrent=opts.max_concurrent),
+            scheduler=scheduler,
+            num_samples=opts.num_samples,
+            trial_dirname_creator=trial_dirname,
+        )
+        run_config = tune.RunConfig(
+            name=name,
+            storage_path=str(storage),
+            verbose=0,
+            callbacks=[] if opts.quiet else [Progress(space, opts.num_samples)],
+            failure_config=tune.FailureConfig(max_failures=opts.max_failures),
+        )
         tuner = tune.Tuner(
-            trainable,
-            param_space=tune_space(space),
-            tune_config=tune.TuneConfig(metric=space.metric, mode=space.mode, search_alg=searcher,
-                                        scheduler=scheduler, num_samples=opts.num_samples,
-                                        trial_dirname_creator=trial_dirname),
-            run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0,
-                                      callbacks=[] if opts.quiet else [Progress(space, opts.num_samples)],
-                                      failure_config=tune.FailureConfig(max_failures=opts.max_failures)),
-        )  # fmt: skip
+            trainable, param_space=tune_space(space), tune_config=tune_config, run_config=run_config
+        )
     grid = tuner.fit()
     trials = _records(grid)
     _finish_stopped(trials, job, opts)
@@ -295,8 +361,17 @@ def _records(grid: Any) -> list[TrialRecord]:
         metrics = dict(result.metrics or {})
         trial_id = metrics.get("trial_id") or Path(result.path).name.removeprefix("trial_")
         error = f"{type(result.error).__name__}: {one_line(result.error)}" if result.error else None
-        trials.append(TrialRecord(trial_id, sample_of(result.config), metrics, Path(result.path), error,
-                                  extra=extra.get(trial_id, {}), checkpoint=result.checkpoint))  # fmt: skip
+        trials.append(
+            TrialRecord(
+                trial_id,
+                sample_of(result.config),
+                metrics,
+                Path(result.path),
+                error,
+                extra=extra.get(trial_id, {}),
+                checkpoint=result.checkpoint,
+            )
+        )
     trials.sort(key=lambda t: (starts.get(t.trial_id, 0.0), t.trial_id))
     return trials
 

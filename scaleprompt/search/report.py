@@ -31,10 +31,10 @@ import yaml
 from optuna.visualization import matplotlib as ovm
 
 from scaleprompt.engine.checkpoint import atomic_json
-from scaleprompt.engine.config import load_run_config
+from scaleprompt.engine.config import derive_run_config, load_run_config
 from scaleprompt.report.schema import ResultsError, RunResult
 from scaleprompt.search.options import SearchFailed, SearchOptions
-from scaleprompt.search.space import SearchSpace, trial_overrides
+from scaleprompt.search.space import SearchSpace, trial_values
 
 logger = logging.getLogger(__name__)
 
@@ -180,15 +180,25 @@ def write_trials_csv(trials: Sequence[TrialRecord], space: SearchSpace, out: Pat
     return out
 
 
-def write_best_recipe(recipe: str | None, overrides: Sequence[str], space: SearchSpace, best: TrialRecord,
-                      sweep: Path, keep_schedule: bool = False) -> Path:  # fmt: skip
-    """The base recipe + the sweep's overrides + the best parameters, with the BASE recipe's schedule (the sweep's
-    ``optim.epochs`` / ``train.max_steps`` overrides are dropped unless ``keep_schedule``)."""
+def write_best_recipe(
+    recipe: str | None,
+    overrides: Sequence[str],
+    space: SearchSpace,
+    best: TrialRecord,
+    sweep: Path,
+    keep_schedule: bool = False,
+) -> Path:
+    """Write ``<sweep>/best_recipe.yaml`` and return its path: the sweep's base ``recipe`` (None: the defaults) and
+    ``key=value`` ``overrides`` with the parameters of the ``best`` trial of ``space``, and the BASE recipe's
+    schedule (the sweep's ``optim.epochs`` / ``train.max_steps`` overrides are dropped unless
+    ``keep_schedule``)."""
     dropped = [] if keep_schedule else [o for o in overrides if o.split("=", 1)[0].strip() in SCHEDULE_KEYS]
     kept = [o for o in overrides if o not in dropped]
     base = load_run_config(recipe, kept)
-    params = trial_overrides(space, base, best.params)
-    cfg = load_run_config(recipe, [*kept, *params])
+    values = trial_values(base, best.params)
+    cfg = derive_run_config(base, values)
+    method = [f"method.name={values['method.name']}"] if "method.name" in values else []
+    params = [*method, *(f"{k}={json.dumps(v)}" for k, v in values.items() if k != "method.name")]
     data = cfg.to_dict()
     data["train"]["output_dir"] = str(sweep / "best")
     value = best.value(space.metric)

@@ -24,16 +24,15 @@ its range and the method's limit, before a single trial runs.
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from scaleprompt.backbone import Backbone, BackboneInfo, load_clip
 from scaleprompt.config import ConfigError, check_types, read_yaml_mapping, require
-from scaleprompt.engine.config import RunConfig, load_run_config
+from scaleprompt.engine.config import RunConfig, derive_run_config
 from scaleprompt.errors import ScalepromptError
 from scaleprompt.methods import build, method_class
 from scaleprompt.recipes import resolve_recipe
@@ -75,13 +74,14 @@ class ParamSpec:
             if isinstance(value, str):
                 require(value in BOUNDS, end, f"a number or one of {', '.join(BOUNDS)}, got {value!r}")
                 require(self.type == "int", end, f"a backbone bound ({value}) needs type int")
-        if self.concrete:
-            require(self.low < self.high, "high", f"must be > low ({self.low}), got {self.high}")  # type: ignore[operator]
-            require(self.type != "loguniform" or self.low > 0, "low", "loguniform needs low > 0")  # type: ignore[operator]
+        low, high = self.low, self.high
+        if isinstance(low, int | float) and isinstance(high, int | float):  # (concrete: no backbone bound)
+            require(low < high, "high", f"must be > low ({low}), got {high}")
+            require(self.type != "loguniform" or low > 0, "low", "loguniform needs low > 0")
             if self.type == "int":
-                require(self.low == int(self.low) and self.high == int(self.high), "low",  # type: ignore[arg-type]
-                        f"an int parameter needs whole bounds, got {self.low}..{self.high}")  # fmt: skip
-                self.low, self.high = int(self.low), int(self.high)  # type: ignore[arg-type]
+                whole = low == int(low) and high == int(high)
+                require(whole, "low", f"an int parameter needs whole bounds, got {low}..{high}")
+                self.low, self.high = int(low), int(high)
 
     @property
     def concrete(self) -> bool:
@@ -153,22 +153,14 @@ def load_space(path: str | Path) -> SearchSpace:
         raise SpaceError(f"{path}: {exc}") from None
 
 
-def trial_overrides(space: SearchSpace, base: RunConfig, sample: dict[str, Any]) -> list[str]:
-    """``key=value`` overrides of one sampled configuration (args the sampled method lacks are dropped)."""
+def trial_values(base: RunConfig, sample: Mapping[str, Any]) -> dict[str, Any]:
+    """The values one sampled configuration ``sample`` (``{run-config key: value}``) sets on the sweep's ``base``
+    (:func:`~scaleprompt.engine.config.derive_run_config` merges them): every sampled value but the
+    ``method.args`` that the trial's method (the sampled ``method.name``, else the base's) does not have."""
     method = sample.get("method.name", base.method.name)
     fields = method_class(method).config_class.__dataclass_fields__
-    out = (
-        [f"method.name={method}"] if "method.name" in sample else []
-    )  # (the recipe's other args are dropped)
-    for key, value in sample.items():
-        if (
-            key == "method.name"
-            or key.startswith("method.args.")
-            and key[len("method.args.") :] not in fields
-        ):
-            continue
-        out.append(f"{key}={json.dumps(value)}")
-    return out
+    prefix = "method.args."
+    return {k: v for k, v in sample.items() if not k.startswith(prefix) or k[len(prefix) :] in fields}
 
 
 def backbone_bounds(info: BackboneInfo) -> dict[str, int]:
@@ -204,20 +196,26 @@ class _Structure:
         build(cfg.method.name, self._cpu, classnames, dataset_templates=templates, **args)
 
 
-def check_space(space: SearchSpace, recipe: str | Path | None, overrides: Sequence[str],
-                classnames: Sequence[str], templates: Sequence[str],
-                structures: dict[str, Any] | None = None) -> SearchSpace:  # fmt: skip
-    """The pre-flight. Returns the space with its backbone bounds resolved; raises :class:`SpaceError` naming the
-    first parameter whose values do not validate (checked first, without a backbone) or whose range does not
-    fit the method on the backbone. ``structures``: backbone structures by model name, reused across calls."""
-    base = load_run_config(recipe, overrides)
+def check_space(
+    space: SearchSpace,
+    base: RunConfig,
+    classnames: Sequence[str],
+    templates: Sequence[str],
+    structures: dict[str, Any] | None = None,
+) -> SearchSpace:
+    """The pre-flight of ``space`` on the sweep's ``base`` config (the recipe and the sweep's overrides, loaded
+    once). Returns the space with its backbone bounds resolved; raises :class:`SpaceError` naming the first
+    parameter whose values do not validate (checked first, without a backbone) or whose range does not fit the
+    method on the backbone. ``classnames`` / ``templates``: what the methods are built for (a placeholder class
+    before the data is read, then the real ones); ``structures``: backbone structures by model name, reused
+    across calls."""
     if space.metric not in ("val_top1", "val_mean_per_class", "train_loss"):
         raise SpaceError(
             f"metric {space.metric!r}: the engine reports val_top1, val_mean_per_class, train_loss"
         )
     if "method.name" in space.params:  # (an unknown method: before anything is built)
         for value in space.params["method.name"].values or []:
-            load_run_config(recipe, [*overrides, f"method.name={value}"])
+            derive_run_config(base, {"method.name": value})
     structures = {} if structures is None else structures
     structure = structures.get(base.model.name) or structures.setdefault(base.model.name, _Structure(base))
     bounds = backbone_bounds(structure.meta.info)
@@ -230,19 +228,22 @@ def check_space(space: SearchSpace, recipe: str | Path | None, overrides: Sequen
                 f"({', '.join(f'{k}={v}' for k, v in bounds.items())}): {exc}"
             ) from None
     resolved = space.resolved(bounds)
-    checks = [(key, sample, _config(resolved, key, sample, base, recipe, overrides))
-              for key in resolved.params for sample in _samples(resolved, key, base)]  # fmt: skip
+    checks = [
+        (key, sample, _config(resolved, key, sample, base))
+        for key in resolved.params
+        for sample in _samples(resolved, key, base)
+    ]
     for key, sample, cfg in checks:
         if key.startswith("method."):
             try:
                 structure.build(cfg, classnames, templates)
             except ScalepromptError as exc:
                 spec = resolved.params[key]
-                hint = " (bound the range by the backbone: high: vision_blocks / text_blocks / blocks)" if (
-                    "blocks" in str(exc) and spec.type == "int") else ""  # fmt: skip
+                bounded = "blocks" in str(exc) and spec.type == "int"
+                hint = " (bound the range by the backbone: high: vision_blocks / text_blocks / blocks)"
                 raise SpaceError(
                     f"search parameter {key!r} ({spec.describe()}) does not fit {cfg.method.name} on "
-                    f"{base.model.name}: {key}={sample[key]!r}: {exc}{hint}"
+                    f"{base.model.name}: {key}={sample[key]!r}: {exc}{hint if bounded else ''}"
                 ) from None
     return resolved
 
@@ -261,15 +262,14 @@ def _samples(space: SearchSpace, key: str, base: RunConfig) -> list[dict[str, An
         raise SpaceError(
             f"search parameter {key!r}: no method of the space ({', '.join(methods)}) has {name!r}"
         )
-    with_method = {"method.name": None} if "method.name" in space.params else {}
-    return [{**rest, **with_method, key: value, **({"method.name": m} if with_method else {})}
-            for m in owners for value in spec.extremes()]  # fmt: skip
+    if "method.name" not in space.params:
+        return [{**rest, key: value} for value in spec.extremes()]
+    return [{**rest, key: value, "method.name": m} for m in owners for value in spec.extremes()]
 
 
-def _config(space: SearchSpace, key: str, sample: dict[str, Any], base: RunConfig, recipe: str | Path | None,
-            overrides: Sequence[str]) -> RunConfig:  # fmt: skip
+def _config(space: SearchSpace, key: str, sample: dict[str, Any], base: RunConfig) -> RunConfig:
     try:
-        return load_run_config(recipe, [*overrides, *trial_overrides(space, base, sample)])
+        return derive_run_config(base, trial_values(base, sample))
     except ConfigError as exc:
         raise SpaceError(
             f"search parameter {key!r} ({space.params[key].describe()}): {key}={sample[key]!r} is not a valid "

@@ -23,7 +23,7 @@ import shutil
 import socket
 import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,12 +35,12 @@ from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from scaleprompt.engine.checkpoint import atomic_json
-from scaleprompt.engine.config import load_run_config
+from scaleprompt.engine.config import RunConfig, derive_run_config, load_run_config
 from scaleprompt.engine.distributed import barrier
 from scaleprompt.engine.trainer import Trainer
 from scaleprompt.errors import ScalepromptError, one_line
 from scaleprompt.identity import flatten
-from scaleprompt.search.space import SearchSpace, trial_overrides
+from scaleprompt.search.space import SearchSpace, trial_values
 
 logger = logging.getLogger(__name__)
 
@@ -70,28 +70,35 @@ def trial_dirname(trial: Any) -> str:
     return f"trial_{trial.trial_id}"
 
 
+def sweep_config(recipe: str | Path | None, overrides: Sequence[str]) -> RunConfig:
+    """The config every trial of a sweep starts from, loaded once by the driver: ``recipe`` (None: the defaults)
+    with the sweep's ``key=value`` ``overrides``. Trackers (``train.report_to``): the sweep's overrides decide;
+    without one, the recipe's, and TensorBoard when the recipe tracks nothing (the micro-world recipes)."""
+    base = load_run_config(recipe, overrides)
+    chosen = any(o.split("=", 1)[0].strip() == "train.report_to" for o in overrides)
+    if chosen or base.train.report_to:
+        return base
+    return derive_run_config(base, {"train.report_to": ["tensorboard"]})
+
+
 @dataclass(frozen=True)
 class TrialJob:
-    """What every trial of a sweep shares (shipped to the trials once by ``tune.with_parameters``)."""
+    """What every trial of a sweep shares (shipped to the trials once by ``tune.with_parameters``): ``base``, the
+    sweep's config (:func:`sweep_config`), the ``space`` with its bounds resolved, the DeepSpeed config and the
+    resources of a trial's workers."""
 
-    recipe: str | None
-    overrides: tuple[str, ...]
-    space: SearchSpace  # (bounds resolved)
+    base: RunConfig
+    space: SearchSpace
     ds_config: dict[str, Any] | None = None
     workers: int = 1
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
 
-    def run_overrides(self, config: dict[str, Any], out: Path) -> list[str]:
-        """The full override list of one trial: its trackers, the sweep's overrides, the sampled values, the trial's
-        run folder. Trackers (``train.report_to``): the sweep's overrides decide; without one, the recipe's, and
-        TensorBoard when the recipe tracks nothing (the micro-world recipes)."""
-        sample = sample_of(config)
-        base = load_run_config(self.recipe, self.overrides)
-        chosen = any(o.split("=", 1)[0].strip() == "train.report_to" for o in self.overrides)
-        trackers = [] if chosen or base.train.report_to else ["train.report_to=tensorboard"]
-        return [*trackers, *self.overrides, *trial_overrides(self.space, base, sample),
-                f"train.output_dir={out}"]  # fmt: skip
+    def trial_config(self, config: dict[str, Any], out: Path) -> RunConfig:
+        """The run config of one trial: ``base`` with the sampled values of ``config`` (the trial's Tune config)
+        and the trial's run folder ``out``."""
+        values = trial_values(self.base, sample_of(config))
+        return derive_run_config(self.base, {**values, "train.output_dir": str(out)})
 
 
 def deterministic_error(exc: BaseException) -> ScalepromptError | None:
@@ -159,26 +166,33 @@ def _tune_report(metrics: dict[str, Any], saved: Path | None) -> None:
     tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(saved)) if saved else None)
 
 
-def _run(job: TrialJob, config: dict[str, Any], out: Path, checkpoint: Any, finish: str | None,
-         report: Report | None) -> None:  # fmt: skip
-    overrides = job.run_overrides(config, out)
+def _run(
+    job: TrialJob,
+    config: dict[str, Any],
+    out: Path,
+    checkpoint: Any,
+    finish: str | None,
+    report: Report | None,
+) -> None:
+    cfg = job.trial_config(config, out)
     if job.workers <= 1:
         resume = restore_checkpoint(checkpoint, out) or finish is not None
-        Trainer(load_run_config(job.recipe, overrides), job.ds_config, report=report, resume=resume,
-                finish=finish).fit()  # fmt: skip
+        Trainer(cfg, job.ds_config, report=report, resume=resume, finish=finish).fit()
         return
     use_gpu = job.gpus_per_worker > 0
     resources = {"CPU": job.cpus_per_worker, **({"GPU": job.gpus_per_worker} if use_gpu else {})}
     # Not TorchTrainer: its env:// rendezvous is a TCPStore listening on every interface. The workers build
     # their process group themselves (DeepSpeed, as under the deepspeed launcher): see _join_process_group.
+    # The trial's config travels as a plain dict (cfg.to_dict()); each worker rebuilds it in one call.
+    loop_config = {"config": cfg.to_dict(), "ds_config": job.ds_config, "out": str(out), "finish": finish}
+    scaling = train.ScalingConfig(num_workers=job.workers, use_gpu=use_gpu, resources_per_worker=resources)
     trainer = DataParallelTrainer(
         _train_worker,
-        train_loop_config={"recipe": job.recipe, "overrides": overrides, "ds_config": job.ds_config,
-                           "out": str(out), "finish": finish},
-        scaling_config=train.ScalingConfig(num_workers=job.workers, use_gpu=use_gpu, resources_per_worker=resources),
+        train_loop_config=loop_config,
+        scaling_config=scaling,
         run_config=_train_run_config(out, finish is None),
         resume_from_checkpoint=checkpoint if finish is not None else None,
-    )  # fmt: skip
+    )
     trainer.fit()
 
 
@@ -189,9 +203,12 @@ def _train_run_config(out: Path, in_tune: bool) -> train.RunConfig:
     if not in_tune:
         return train.RunConfig(name="finish", storage_path=str(out.parent))
     storage = tune.get_context().get_storage()
-    return train.RunConfig(name="train", storage_path=storage.trial_fs_path,
-                           storage_filesystem=storage.storage_filesystem,
-                           callbacks=[TuneReportCallback()])  # type: ignore[list-item]  # (Ray's own typing)  # fmt: skip
+    return train.RunConfig(
+        name="train",
+        storage_path=storage.trial_fs_path,
+        storage_filesystem=storage.storage_filesystem,
+        callbacks=[TuneReportCallback()],  # type: ignore[list-item]  # (Ray's own typing)
+    )
 
 
 def restore_checkpoint(checkpoint: Any, out: Path) -> bool:
@@ -231,13 +248,20 @@ def _join_process_group() -> None:
             rendezvous = {"MASTER_ADDR": ray.util.get_node_ip_address(), "MASTER_PORT": str(port)}
     rendezvous = broadcast_from_rank_zero(rendezvous)
     os.environ.update(
-        RANK=str(context.get_world_rank()), WORLD_SIZE=str(context.get_world_size()),
-        LOCAL_RANK=str(context.get_local_rank()), LOCAL_WORLD_SIZE=str(context.get_local_world_size()),
+        RANK=str(context.get_world_rank()),
+        WORLD_SIZE=str(context.get_world_size()),
+        LOCAL_RANK=str(context.get_local_rank()),
+        LOCAL_WORLD_SIZE=str(context.get_local_world_size()),
         **rendezvous,
-    )  # fmt: skip
+    )
     # (in the worker's log on its own node: which node each rank ran on)
-    logger.info("rank %d of %d on node %s (local rank %d)", context.get_world_rank(), context.get_world_size(),
-                ray.util.get_node_ip_address(), context.get_local_rank())  # fmt: skip
+    logger.info(
+        "rank %d of %d on node %s (local rank %d)",
+        context.get_world_rank(),
+        context.get_world_size(),
+        ray.util.get_node_ip_address(),
+        context.get_local_rank(),
+    )
 
 
 def _train_worker(config: dict[str, Any]) -> None:
@@ -257,8 +281,10 @@ def _train_worker(config: dict[str, Any]) -> None:
         train.report(metrics, checkpoint=upload)
 
     finish = config.get("finish")
-    cfg = load_run_config(config["recipe"], config["overrides"])
-    trainer = Trainer(cfg, config["ds_config"], report=report if finish is None else None,
-                      resume=checkpoint is not None or finish is not None, finish=finish)  # fmt: skip
+    cfg = load_run_config(config["config"])  # (the trial's config, as _run sent it)
+    resume = checkpoint is not None or finish is not None
+    trainer = Trainer(
+        cfg, config["ds_config"], report=report if finish is None else None, resume=resume, finish=finish
+    )
     barrier()
     trainer.fit()
