@@ -2,8 +2,8 @@
 
 A method never touches open_clip internals: it declares WHERE prompts go (a :class:`VisualPlan`, or a start
 position for text) and hands over WHAT to insert (per-block prompt tensors). With no prompts both encoders compute
-exactly ``clip.encode_image`` / ``clip.encode_text``: bit for bit with ``fused_attention = False`` (and, for text,
-``truncate = False``), else to float rounding (1e-5 relative; tested for every method, forward and gradients).
+exactly ``clip.encode_image`` / ``clip.encode_text``: bit for bit with ``EncoderOptions(fused_attention=False)``
+(and, for text, ``truncate=False``), else to float rounding (1e-5 relative; tested for every method, forward and gradients).
 
 Vision sequence, batch-first ``[B, T, Dv]``::
 
@@ -19,8 +19,8 @@ dropped before pooling, so the pooled class token is open_clip's own ``_pool`` +
 Text: ``embeds`` ``[S, T, Dt]`` are the (possibly prompt-spliced) token embeddings; ``deep[k]`` replaces the
 hidden states at positions ``start .. start+N`` in the input of block ``k + 1`` (IVLP / MaPLe / deep UPT).
 
-Fast paths (class switches on both encoders; each is the same math to float rounding, since smaller or differently
-blocked matmuls sum in another order):
+Fast paths (:class:`EncoderOptions`, given when an encoder is built; each is the same math to float rounding,
+since smaller or differently blocked matmuls sum in another order):
 
 * ``truncate`` (text): only the first ``L`` positions are computed, ``L`` = the last pooled (end-of-text) position
   + 1 over the batch: under CLIP's causal mask the later ones cannot change the features.
@@ -28,18 +28,23 @@ blocked matmuls sum in another order):
   (:func:`_fused_block`; causal for text).
 * ``pooled_only`` (with ``fused_attention``): the last block computes only the rows pooling reads (the class
   token; each sequence's end-of-text token).
-* ``onednn_linear`` (with ``fused_attention``): the blocks' projections run :func:`frozen_linear`, oneDNN's fp32
-  matmul on CPU.
+* ``linear`` (with ``fused_attention``): the kernel of the blocks' projections; ``"onednn"`` (the default) is
+  :func:`frozen_linear`, oneDNN's fp32 matmul on CPU.
+
+Two options change memory, not math: ``text_chunk`` (text sequences encoded a chunk at a time, recomputed in
+backward) and ``partitioned`` (which blocks DeepSpeed ZeRO-3 partitions: they keep open_clip's own forward, or under
+the planner's simulation the same steps written out, :func:`_unfused_block`, with the ``linear`` kernel).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor, nn
@@ -74,6 +79,52 @@ def _expand(prompt: Tensor, batch: int, dtype: torch.dtype) -> Tensor:
 
 
 Linear = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]  # F.linear's signature
+
+
+@dataclass(frozen=True)
+class EncoderOptions:
+    """How the prompted encoders compute (given when they are built: ``methods.build(..., options=...)``); the
+    defaults are the fast paths, each the same math as open_clip's own to float rounding (module doc).
+
+    ``fused_attention``: plain open_clip blocks run their attention as one ``scaled_dot_product_attention`` call
+    (:func:`_fused_block`); False: the blocks' own ``nn.MultiheadAttention`` (bit for bit open_clip's).
+    ``pooled_only``: with ``fused_attention``, the last block computes only the rows pooling reads.
+    ``linear``: the kernel of the fused blocks' projections (and, with a callable, of the blocks that run
+    :func:`_unfused_block`): ``"onednn"`` = :func:`frozen_linear`, ``"torch"`` = ``F.linear``, or a function with
+    ``F.linear``'s signature (the planner's DeepSpeed linear).
+    ``truncate`` (text): compute only the positions the features depend on (:meth:`PromptedTextEncoder.kept_length`);
+    False: all T, open_clip's own path.
+    ``text_chunk`` (text): > 0 encodes the sequences this many at a time, each chunk recomputed in backward (its
+    activations are not kept): memory bounded by the chunk instead of the class count; the same math.
+    ``partitioned``: which blocks DeepSpeed ZeRO-3 partitions. Their parameters are gathered only when their own
+    modules run, so they keep open_clip's own forward (no fused attention, row pruning or ``linear`` kernel).
+    ``"detect"``: the blocks holding parameters with DeepSpeed's marks (``ds_id``, not ``ds_persist``), warned once
+    per process; an int N: the blocks holding a parameter of more than N values (ZeRO-3's persistence threshold),
+    without marks (the planner's simulation; with a callable ``linear`` they run :func:`_unfused_block`, the same
+    steps written out, so the kernel computes every projection)."""
+
+    fused_attention: bool = True
+    pooled_only: bool = True
+    linear: Literal["onednn", "torch"] | Linear = "onednn"
+    truncate: bool = True
+    text_chunk: int = 0
+    partitioned: Literal["detect"] | int = "detect"
+
+    def __post_init__(self) -> None:
+        if self.text_chunk < 0:
+            raise ValueError(f"text_chunk must be >= 0 (0: all sequences at once), got {self.text_chunk}")
+        if not (self.partitioned == "detect" or (type(self.partitioned) is int and self.partitioned >= 0)):
+            raise ValueError(f"partitioned must be 'detect' or a size >= 0, got {self.partitioned!r}")
+
+    def kernel(self) -> Linear:
+        """The projections' kernel (``F.linear`` looked up now: DeepSpeed's under ZeRO-3, which replaces it)."""
+        if self.linear == "onednn":
+            return frozen_linear
+        if self.linear == "torch":
+            return F.linear
+        if isinstance(self.linear, str):
+            raise ValueError(f"linear must be 'onednn', 'torch' or a function, got {self.linear!r}")
+        return self.linear
 
 
 def frozen_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -150,14 +201,26 @@ def _onednn_available() -> bool:
         return False
 
 
-def _run_block(transformer: nn.Module, block: nn.Module, x: Tensor, attn_mask: Tensor | None,
-               fused: bool = False, causal: bool = False, rows: Tensor | None = None,
-               linear: Linear = F.linear) -> Tensor:  # fmt: skip
-    """One residual block, honouring open_clip's ``grad_checkpointing`` switch on its transformer. ``fused``: a
-    plain open_clip block runs as :func:`_fused_block` (``causal``: ``attn_mask`` is the causal mask; ``linear``
-    computes its projections), and only for the ``rows`` ``[B, R]`` given (the output is then ``[B, R, D]``)."""
-    if fused and _fusable(block) and (attn_mask is None or causal):
-        run = partial(_fused_block, block, causal=causal, rows=rows, linear=linear)
+def _run_block(
+    transformer: nn.Module,
+    block: nn.Module,
+    x: Tensor,
+    attn_mask: Tensor | None,
+    options: EncoderOptions,
+    causal: bool = False,
+    rows: Tensor | None = None,
+) -> Tensor:
+    """One residual block, honouring open_clip's ``grad_checkpointing`` switch on its transformer. A plain open_clip
+    block not partitioned (``options.partitioned``) runs as :func:`_fused_block` with ``options.fused_attention``
+    (``causal``: ``attn_mask`` is the causal mask) and a callable ``options.linear`` as :func:`_unfused_block`;
+    any other its own forward. Only the ``rows`` ``[B, R]`` given are returned (``[B, R, D]``; None: all)."""
+    plain = _plain(block)
+    split = _partitioned(block, options.partitioned) if plain else False
+    run: Callable[[Tensor], Tensor]
+    if plain and not split and options.fused_attention and (attn_mask is None or causal):
+        run = partial(_fused_block, block, causal=causal, rows=rows, linear=options.kernel())
+    elif plain and callable(options.linear) and not (split and options.partitioned == "detect"):
+        run = partial(_unfused_block, block, attn_mask=attn_mask, rows=rows, linear=options.linear)
     else:
         run = partial(_rows_of_block, block, attn_mask=attn_mask, rows=rows)
     if getattr(transformer, "grad_checkpointing", False) and torch.is_grad_enabled():
@@ -176,8 +239,9 @@ def _gather_rows(x: Tensor, rows: Tensor) -> Tensor:
     return x[torch.arange(x.shape[0], device=x.device).unsqueeze(1), rows]
 
 
-def _fusable(block: nn.Module) -> bool:
-    """An open_clip ``ResidualAttentionBlock`` whose attention is a plain self-attention ``nn.MultiheadAttention``."""
+def _plain(block: nn.Module) -> bool:
+    """An open_clip ``ResidualAttentionBlock`` whose attention is a plain self-attention ``nn.MultiheadAttention``
+    (what :func:`_fused_block` and :func:`_unfused_block` compute)."""
     from open_clip.transformer import ResidualAttentionBlock  # (loaded already: the block is open_clip's)
 
     attn = getattr(block, "attn", None)
@@ -192,31 +256,33 @@ def _fusable(block: nn.Module) -> bool:
         and attn.dropout == 0.0
         and not hasattr(block, "ln_1_kv")
         and isinstance(block.mlp, nn.Sequential)
-        and not _partitioned(block)
     )
 
 
-def _partitioned(block: nn.Module) -> bool:
-    """The block holds DeepSpeed ZeRO-3 parameters that are only gathered when their own module's forward runs. The
-    fused block reads the weights of ``attn`` and ``mlp`` without calling those modules, so such blocks keep their
-    own forward (said once per process)."""
+def _partitioned(block: nn.Module, rule: Literal["detect"] | int) -> bool:
+    """The block holds DeepSpeed ZeRO-3 parameters that are only gathered when their own module's forward runs
+    (:attr:`EncoderOptions.partitioned`: ``"detect"`` reads DeepSpeed's marks, said once per process; an int is
+    the persistence threshold of the planner's simulation)."""
+    if rule != "detect":
+        return any(p.numel() > rule for p in block.parameters())
     if not any(hasattr(p, "ds_id") and not getattr(p, "ds_persist", False) for p in block.parameters()):
         return False
-    global _PARTITION_SAID
-    if not _PARTITION_SAID:
-        _PARTITION_SAID = True
-        logger.warning(
-            "ZeRO-3 partitions the backbone's block weights: those blocks run open_clip's own forward (no fused "
-            "attention, oneDNN projections or last-block row pruning)"
-        )
+    _say_partitioned()
     return True
 
 
-_PARTITION_SAID = False
+@functools.cache
+def _say_partitioned() -> None:
+    """The warning of :func:`_partitioned`, once per process (a process-wide flag: ``scaleprompt/__init__.py``)."""
+    logger.warning(
+        "ZeRO-3 partitions the backbone's block weights: those blocks run open_clip's own forward (no fused "
+        "attention, oneDNN projections or last-block row pruning)"
+    )
 
 
-def _fused_block(block: nn.Module, x: Tensor, causal: bool = False, rows: Tensor | None = None,
-                 linear: Linear = F.linear) -> Tensor:  # fmt: skip
+def _fused_block(
+    block: nn.Module, x: Tensor, causal: bool = False, rows: Tensor | None = None, linear: Linear = F.linear
+) -> Tensor:
     """open_clip's ``ResidualAttentionBlock.forward`` with the attention as one ``F.scaled_dot_product_attention``
     call on the block's own weights (``is_causal`` for text). The same math as ``nn.MultiheadAttention``, which
     takes its unfused path whenever autograd records (training); on CPU a ViT-B/16 vision block's forward +
@@ -258,6 +324,44 @@ def _fused_block(block: nn.Module, x: Tensor, causal: bool = False, rows: Tensor
     return x + block.ls_2(h)
 
 
+def _unfused_block(
+    block: nn.Module, x: Tensor, attn_mask: Tensor | None, rows: Tensor | None, linear: Linear
+) -> Tensor:
+    """open_clip's ``ResidualAttentionBlock.forward`` with ``nn.MultiheadAttention``'s unfused path (the one it takes
+    whenever autograd records) written out step by step, every projection computed by ``linear``: the same
+    operations on the same tensors, so it keeps what the block's own forward keeps for backward when ``F.linear``
+    is ``linear`` (the planner's simulation of DeepSpeed's ZeRO-3 linear, :class:`EncoderOptions`). Then the
+    ``rows`` ``[B, R]`` of the output (all of them when None)."""
+    attn = _attention(block)
+    mask = None if attn_mask is None else attn_mask.to(x.dtype)  # (as open_clip's attention() casts it)
+    h = block.ln_1(x).transpose(1, 0)  # [T, B, D]: nn.MultiheadAttention's sequence-first layout
+    length, batch, width = h.shape
+    heads = attn.num_heads
+    qkv = linear(h, attn.in_proj_weight, attn.in_proj_bias)  # [T, B, 3D]
+    qkv = qkv.unflatten(-1, (3, width)).unsqueeze(0).transpose(0, -2).squeeze(-2).contiguous()  # [3, T, B, D]
+    q, k, v = (t.view(length, batch * heads, -1).transpose(0, 1) for t in (qkv[0], qkv[1], qkv[2]))
+    q, k, v = (t.view(batch, heads, length, -1) for t in (q, k, v))  # [B, H, T, D/H]
+    o = F.scaled_dot_product_attention(q, k, v, None if mask is None else mask.unsqueeze(0).unsqueeze(0))
+    o = o.permute(2, 0, 1, 3).reshape(batch * length, width)  # [T B, D]
+    o = linear(o, attn.out_proj.weight, attn.out_proj.bias).view(length, batch, width).transpose(1, 0)
+    x = x + block.ls_1(o)  # [B, T, D]
+    h = block.ln_2(x)
+    for layer in _mlp(block):  # c_fc, activation, c_proj
+        h = linear(h, layer.weight, layer.bias) if isinstance(layer, nn.Linear) else layer(h)
+    x = x + block.ls_2(h)
+    return x if rows is None else _gather_rows(x, rows)
+
+
+def _attention(block: nn.Module) -> nn.MultiheadAttention:
+    """The ``attn`` of a plain open_clip block (:func:`_plain`)."""
+    return cast(nn.MultiheadAttention, block.attn)
+
+
+def _mlp(block: nn.Module) -> nn.Sequential:
+    """The ``mlp`` of a plain open_clip block (:func:`_plain`)."""
+    return cast(nn.Sequential, block.mlp)
+
+
 def _is_causal(mask: Tensor) -> bool:
     """``mask`` ``[T, T]`` is the causal mask (an additive ``-inf`` above the diagonal, 0 elsewhere, as open_clip's)."""
     if mask.dim() != 2 or mask.shape[0] != mask.shape[1] or mask.dtype == torch.bool:
@@ -266,36 +370,46 @@ def _is_causal(mask: Tensor) -> bool:
     return bool(torch.isneginf(mask[above]).all()) and bool((mask[~above] == 0).all())
 
 
+def _module(owner: nn.Module, name: str) -> nn.Module:
+    """``owner.<name>``, a submodule (``nn.Module.__getattr__`` is typed ``Tensor | Module``)."""
+    child = getattr(owner, name)
+    if not isinstance(child, nn.Module):
+        raise TypeError(f"{type(owner).__name__}.{name} is a {type(child).__name__}, not a module")
+    return child
+
+
 def _check_batch_first(transformer: nn.Module) -> None:
     if not getattr(transformer, "batch_first", True):
         raise ValueError("scaleprompt's encoders need open_clip transformers built with batch_first=True")
 
 
 class PromptedVisionEncoder(nn.Module):
-    """CLIP's image tower with prompt insertion. Owns no parameters: it holds a reference to the frozen CLIP."""
+    """CLIP's image tower with prompt insertion. Owns no parameters: it holds a reference to the frozen CLIP.
 
-    # plain open_clip blocks run as one scaled_dot_product_attention call (_fused_block); False: the blocks' own
-    # nn.MultiheadAttention path
-    fused_attention: bool = True
-    # with fused_attention: the last block computes the class token only, when pooling reads nothing else
-    pooled_only: bool = True
-    # with fused_attention: the blocks' projections run frozen_linear (oneDNN on CPU); False: F.linear
-    onednn_linear: bool = True
-    # an observer for analyses (``scaleprompt analyze attention``): called as ``hook(i, x, slots)`` with the input
-    # ``[B, T, Dv]`` of every block i (prompts in place) and the prompt slots' positions in it; it only reads.
-    # None (the default): one attribute test per block, nothing else
-    block_input_hook: Callable[[int, Tensor, slice], None] | None = None
+    ``clip``: the frozen open_clip model; ``options``: how it computes (:class:`EncoderOptions`; None: the
+    defaults).
 
-    def __init__(self, clip: nn.Module) -> None:
+    ``block_input_hook`` is an observer for analyses (``scaleprompt analyze attention``), not a fast-path switch: set
+    on an encoder, it is called as ``hook(i, x, slots)`` with the input ``[B, T, Dv]`` of every block i (prompts in
+    place) and the prompt slots' positions in it; it only reads. None (the default): one attribute test per block."""
+
+    def __init__(self, clip: nn.Module, options: EncoderOptions | None = None) -> None:
         super().__init__()
         self._clip = (clip,)  # a tuple, so the frozen tower is not registered twice in the module tree
+        self._options = options or EncoderOptions()
+        self.block_input_hook: Callable[[int, Tensor, slice], None] | None = None
         _check_batch_first(clip.visual.transformer)
         if getattr(clip.visual, "attn_pool", None) is not None:
             raise ValueError("attention-pooled vision towers (CoCa) are not supported")
 
     @property
+    def options(self) -> EncoderOptions:
+        """How this encoder computes (fixed when it is built)."""
+        return self._options
+
+    @property
     def visual(self) -> nn.Module:
-        return self._clip[0].visual
+        return _module(self._clip[0], "visual")
 
     @property
     def num_blocks(self) -> int:
@@ -343,8 +457,8 @@ class PromptedVisionEncoder(nn.Module):
         slots = slice(1, 1 + n) if plan.position == "after_cls" else slice(x.shape[1] - n, x.shape[1])
         transformer = v.transformer
         last = self.num_blocks - 1
-        linear = frozen_linear if self.onednn_linear else F.linear
-        cls_only = self.pooled_only and self.fused_attention and v.pool_type == "tok"
+        options = self._options
+        cls_only = options.pooled_only and options.fused_attention and v.pool_type == "tok"
         for i, block in enumerate(transformer.resblocks):
             if 0 < i < len(prompts):
                 fresh = _expand(prompts[i], batch, x.dtype)
@@ -356,7 +470,7 @@ class PromptedVisionEncoder(nn.Module):
             rows = (
                 x.new_zeros(batch, 1, dtype=torch.long) if cls_only and i == last else None
             )  # the class token
-            x = _run_block(transformer, block, x, None, fused=self.fused_attention, rows=rows, linear=linear)
+            x = _run_block(transformer, block, x, None, options, rows=rows)
         if n and not cls_only:  # drop the prompt slots: pooling sees CLIP's own token layout
             x = torch.cat([x[:, : slots.start], x[:, slots.stop :]], dim=1)  # [B, 1 + P, Dv]
         pooled, _ = v._pool(x)  # [B, 1, Dv] (class token only) or [B, 1 + P, Dv]
@@ -374,25 +488,35 @@ class PromptedVisionEncoder(nn.Module):
 
 
 class PromptedTextEncoder(nn.Module):
-    """CLIP's text tower with prompt insertion. Owns no parameters."""
+    """CLIP's text tower with prompt insertion. Owns no parameters.
 
-    # compute only the positions the features depend on (:meth:`kept_length`); False: all T, open_clip's own path
-    truncate: bool = True
-    fused_attention: bool = True  # as PromptedVisionEncoder's (causal for the text tower)
-    # with fused_attention and the causal mask: the last block computes the pooled (end-of-text) rows only
-    pooled_only: bool = True
-    onednn_linear: bool = True  # as PromptedVisionEncoder's
-    # > 0: sequences encoded this many at a time, each chunk recomputed in backward (its activations are not kept):
-    # memory bounded by the chunk instead of the class count (ImageNet's 1000 classes); the same math
-    chunk: int = 0
+    ``clip``: the frozen open_clip model; ``tokenizer``: the backbone's (``Backbone.tokenizer``), None = CLIP's BPE
+    tokenizer; ``options``: how it computes (:class:`EncoderOptions`; None: the defaults)."""
 
-    def __init__(self, clip: nn.Module, tokenizer: Tokenizer | None = None) -> None:
-        """``tokenizer``: the backbone's (``Backbone.tokenizer``); None = CLIP's BPE tokenizer."""
+    def __init__(
+        self, clip: nn.Module, tokenizer: Tokenizer | None = None, options: EncoderOptions | None = None
+    ) -> None:
         super().__init__()
         self._clip = (clip,)
+        self._options = options or EncoderOptions()
         _check_batch_first(text_tower(clip).transformer)
         self.tokenizer = tokenizer if tokenizer is not None else import_open_clip().SimpleTokenizer()
         self._causal: bool | None = None  # (see _causal_mask)
+
+    @property
+    def options(self) -> EncoderOptions:
+        """How this encoder computes (fixed when it is built)."""
+        return self._options
+
+    @property
+    def chunk(self) -> int:
+        """``options.text_chunk``. Transitional: setting it replaces the options (for callers not yet passing
+        ``options=`` at build time; to be removed once none sets it)."""
+        return self._options.text_chunk
+
+    @chunk.setter
+    def chunk(self, value: int) -> None:
+        self._options = dataclasses.replace(self._options, text_chunk=value)
 
     @property
     def tower(self) -> nn.Module:
@@ -430,17 +554,18 @@ class PromptedTextEncoder(nn.Module):
         """Text features ``[S, E]``. ``embeds`` ``[S, T, Dt]``; ``deep[k]`` (``[N, Dt]`` or ``[S, N, Dt]``)
         replaces positions ``start .. start+N`` in the input of block ``k + 1``. With :attr:`chunk`, the sequences
         go through in chunks (recomputed in backward when gradients are on)."""
+        chunk = self._options.text_chunk
         deep = [] if deep is None else list(deep)
         if len(deep) >= self.num_blocks:
             raise ValueError(f"{len(deep)} deep text prompts for a text tower of {self.num_blocks} blocks")
         pooled = self.pooled_positions(ids)  # [S] or None
         length = self.kept_length(ids, start + max((p.shape[-2] for p in deep), default=0), pooled=pooled)
         size = embeds.shape[0]
-        if not self.chunk or size <= self.chunk:
+        if not chunk or size <= chunk:
             return self._encode(embeds, ids, pooled, length, start, *deep)
         parts = []
-        for lo in range(0, size, self.chunk):
-            rows = slice(lo, lo + self.chunk)
+        for lo in range(0, size, chunk):
+            rows = slice(lo, lo + chunk)
             args = (embeds[rows], ids[rows], None if pooled is None else pooled[rows], length, start,
                     *(p[rows] if p.dim() == 3 else p for p in deep))  # fmt: skip
             grad = torch.is_grad_enabled()
@@ -455,26 +580,17 @@ class PromptedTextEncoder(nn.Module):
         t = self.tower
         x = embeds[:, :length].to(self.dtype) + t.positional_embedding[:length].to(self.dtype)  # [S, L, Dt]
         mask = t.attn_mask if t.attn_mask is None else t.attn_mask[:length, :length]
-        causal = mask is not None and self.fused_attention and self._causal_mask()
+        options = self._options
+        causal = mask is not None and options.fused_attention and self._causal_mask()
         last, rows = self.num_blocks - 1, None
-        linear = frozen_linear if self.onednn_linear else F.linear
         for i, block in enumerate(t.transformer.resblocks):
             if 0 < i <= len(deep):
                 p = _expand(deep[i - 1], x.shape[0], x.dtype)
                 x = torch.cat([x[:, :start], p, x[:, start + p.shape[1] :]], dim=1)  # [S, L, Dt]
             rows = None
-            if i == last and causal and self.pooled_only and pooled is not None:
+            if i == last and causal and options.pooled_only and pooled is not None:
                 rows = pooled.unsqueeze(1)  # [S, 1]: the pooled position of each sequence
-            x = _run_block(
-                t.transformer,
-                block,
-                x,
-                mask,
-                fused=self.fused_attention,
-                causal=causal,
-                rows=rows,
-                linear=linear,
-            )
+            x = _run_block(t.transformer, block, x, mask, options, causal=causal, rows=rows)
         x = t.ln_final(x)
         x = (
             x[:, 0] if rows is not None else self.pool(x, ids)
@@ -506,7 +622,7 @@ class PromptedTextEncoder(nn.Module):
         and short class names. Without a causal mask or with ``last`` pooling every position counts (T).
         ``pooled``: :meth:`pooled_positions` of ``ids`` when the caller has them already."""
         pooled = self.pooled_positions(ids) if pooled is None else pooled
-        if not self.truncate or self.tower.attn_mask is None or pooled is None:
+        if not self._options.truncate or self.tower.attn_mask is None or pooled is None:
             return ids.shape[1]
         return min(ids.shape[1], max(int(pooled.max()) + 1, at_least))
 

@@ -9,16 +9,18 @@ bytes of every unique storage autograd keeps (views of one storage count once; p
 count), split by who saved it (vision encoder, text encoder, the rest). Five steps over (micro-batch B, vision
 blocks, text blocks, classes C) fit exact formulas per part -- vision: bilinear in (B, blocks); text: in (text
 sequences, blocks); the rest: in (B, C), with B^2 -- evaluated at full depth. Under ZeRO-3 the steps run the code
-DeepSpeed makes the model run: partitioned blocks take open_clip's own forward (the encoders test DeepSpeed's
-marks on the weights, which the planner sets), and with ``memory_efficient_linear`` (DeepSpeed's default)
-``torch.nn.functional.linear`` is DeepSpeed's, which saves every linear's input. The tests check the formulas
-against real full-depth steps, to the byte, also against a real DeepSpeed ZeRO-3 bf16 engine. What the numbers
-assume: :data:`ASSUMPTIONS`.
+DeepSpeed makes the model run, asked of the encoders through their options
+(:class:`~scaleprompt.encoders.EncoderOptions`), nothing patched: the blocks whose weights ZeRO-3 partitions (a
+parameter above the persistence threshold) take open_clip's own steps instead of the fused attention, and with
+``memory_efficient_linear`` (DeepSpeed's default) their projections are :class:`_DeepSpeedLinear`, which saves its
+input as DeepSpeed's linear does. The tests check the formulas against real full-depth steps, to the byte, also
+against a real DeepSpeed ZeRO-3 bf16 engine. What the numbers assume: :data:`ASSUMPTIONS`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -32,6 +34,7 @@ import torch
 from torch import nn
 
 from scaleprompt.config import ConfigError
+from scaleprompt.encoders import EncoderOptions
 from scaleprompt.logs import silenced
 
 logger = logging.getLogger(__name__)
@@ -256,7 +259,9 @@ def _clipped(method: str, method_args: Mapping[str, Any], vision: int, text: int
     return {**method_args, **clipped}
 
 
-_REDUCED: dict[tuple[Any, ...], tuple[Any, Any]] = {}
+# Caches keyed by their inputs (listed in the package docstring, scaleprompt/__init__.py): the reduced models,
+# tokenizers, measurements and meta-device architectures of this process.
+_REDUCED: dict[str, tuple[Any, Any]] = {}
 _TOKENIZERS: dict[str, Any] = {}
 
 
@@ -271,24 +276,20 @@ def _tokenizer(model: str) -> Any:
 _MEASURED: dict[tuple[Any, ...], Measured] = {}
 
 
-def _reduced(model: str, persist: int | None) -> tuple[Any, Any]:
-    """The 2 + 2 block model (random fp32 weights as ``load_clip`` builds them, ZeRO-3's partition marks) and its
-    tokenizer, built once per process."""
-    key = (model, persist)
-    if key not in _REDUCED:
+def _reduced(model: str) -> tuple[Any, Any]:
+    """The 2 + 2 block model (random fp32 weights as ``load_clip`` builds them) and its tokenizer, built once per
+    process."""
+    if model not in _REDUCED:
         from scaleprompt.backbone import freeze, import_open_clip
 
         oc = import_open_clip()
         cfg = oc.get_model_config(model)
+        vision_cfg, text_cfg = {**cfg["vision_cfg"], "layers": 2}, {**cfg["text_cfg"], "layers": 2}
         with _quiet(), torch.random.fork_rng():
             torch.manual_seed(0)
-            clip = freeze(oc.create_model(model, pretrained=None, vision_cfg={**cfg["vision_cfg"], "layers": 2},
-                                          text_cfg={**cfg["text_cfg"], "layers": 2}))  # fmt: skip
-        for i, p in enumerate(clip.parameters() if persist is not None else ()):  # DeepSpeed's ZeRO-3 marks
-            # (the encoders' test of partitioned blocks reads them; ds_status None: gathered, for DeepSpeed's linear)
-            p.ds_id, p.ds_persist, p.ds_status = i, p.numel() <= persist, None  # type: ignore[attr-defined, operator]
-        _REDUCED[key] = clip, _tokenizer(model)
-    return _REDUCED[key]
+            clip = freeze(oc.create_model(model, pretrained=None, vision_cfg=vision_cfg, text_cfg=text_cfg))
+        _REDUCED[model] = clip, _tokenizer(model)
+    return _REDUCED[model]
 
 
 class _DeepSpeedLinear(torch.autograd.Function):
@@ -323,68 +324,69 @@ def _deepspeed_linear(
     return _DeepSpeedLinear.apply(input, weight, bias)
 
 
-@contextlib.contextmanager
-def _zero3_linear(zero3: tuple[int, bool] | None) -> Iterator[None]:
-    """Under ZeRO-3 with ``memory_efficient_linear`` (its default) DeepSpeed replaces ``torch.nn.functional.linear``
-    for the whole process by its own, which saves every linear's input (torch's saves none for a frozen weight):
-    the same while measuring, undone after."""
+def _options(zero3: tuple[int, bool] | None, chunk: bool) -> EncoderOptions:
+    """The encoder options of a measured step: text sequences one per chunk with ``chunk``; under ZeRO-3 (``zero3``:
+    its persistence threshold and ``memory_efficient_linear``) the blocks holding a parameter above the threshold
+    partitioned, and every block projection DeepSpeed's linear (which saves its input) or, without
+    ``memory_efficient_linear``, torch's (:func:`_torch_linear`); oneDNN's is CPU-only, so never under ZeRO-3."""
     if zero3 is None:
-        yield
-        return
-    functional, before = torch.nn.functional, torch.nn.functional.linear
-    functional.linear = _deepspeed_linear if zero3[1] else _torch_linear
-    try:
-        yield
-    finally:
-        functional.linear = before
+        return EncoderOptions(text_chunk=1 if chunk else 0)
+    linear = _deepspeed_linear if zero3[1] else _torch_linear
+    return EncoderOptions(text_chunk=1 if chunk else 0, linear=linear, partitioned=zero3[0])
 
 
-def measure(model: str, method: str, method_args: Mapping[str, Any], precision: str,
-            zero3: tuple[int, bool] | None, ckpt: bool, chunk: bool, name_tokens: int) -> Measured:  # fmt: skip
-    """Fit the saved bytes of one mode on five steps of the 1-2 block model (cached in this process).
+def measure(
+    model: str,
+    method: str,
+    method_args: Mapping[str, Any],
+    precision: str,
+    zero3: tuple[int, bool] | None,
+    ckpt: bool,
+    chunk: bool,
+    name_tokens: int,
+) -> Measured:
+    """Fit the saved bytes of one mode on five steps of the 1-2 block model of ``model`` (cached in this process):
+    ``method`` built with ``method_args`` (depths clipped to the measured blocks), its parameters in ``precision``.
     ``zero3``: under ZeRO-3, its persistence threshold (larger block weights are partitioned, so blocks run
-    open_clip's own forward, as under DeepSpeed) and ``memory_efficient_linear``; ``chunk``: text sequences one per
-    chunk."""
-    key = (model, method, json.dumps(dict(method_args), sort_keys=True), MEASURED_AS[precision], zero3, ckpt,
-           chunk, name_tokens)  # fmt: skip
+    open_clip's own steps, as under DeepSpeed) and ``memory_efficient_linear`` (:func:`_options`); ``ckpt``:
+    gradient checkpointing; ``chunk``: text sequences one per chunk; ``name_tokens``: tokens per class name."""
+    args = json.dumps(dict(method_args), sort_keys=True)
+    key = (model, method, args, MEASURED_AS[precision], zero3, ckpt, chunk, name_tokens)
     if key in _MEASURED:
         return _MEASURED[key]
-    from scaleprompt import encoders
     from scaleprompt.backbone import Backbone
     from scaleprompt.methods import build
 
-    clip, tokenizer = _reduced(model, None if zero3 is None else zero3[0])
-    backbone, rows, said = Backbone(clip, tokenizer), [], encoders._PARTITION_SAID
+    clip, tokenizer = _reduced(model)
+    backbone, rows, options = Backbone(clip, tokenizer), [], _options(zero3, chunk)
 
-    def built(v: int, t: int, c: int) -> Any:
+    def built(v: int, t: int, c: int, options: EncoderOptions = options) -> Any:
         """The method built as training builds it (fp32; buffers such as the class-prompt embeddings stay fp32),
         then every parameter cast as DeepSpeed casts them."""
         _cast(clip, torch.float32)
-        out = build(method, backbone, classnames(c, name_tokens), **_clipped(method, method_args, v, t))
+        names = classnames(c, name_tokens)
+        out = build(method, backbone, names, options=options, **_clipped(method, method_args, v, t))
         _cast(out, MEASURED_AS[precision])
-        out.text.chunk = 1 if chunk else 0
-        if zero3 is not None:  # (on a GPU the encoders' projections are F.linear, which DeepSpeed replaces)
-            out.vision.onednn_linear = out.text.onednn_linear = False
         return out
 
     start = time.perf_counter()
     with _quiet(), torch.random.fork_rng():
         torch.manual_seed(0)
         clip.set_grad_checkpointing(ckpt)
-        with _zero3_linear(zero3):
-            for b, v, t, c in RUNS:
-                with _depth(clip, v, t):
-                    parts, seqs = count_saved(built(v, t, c), b)
-                rows.append((b, v, t, c, parts, seqs))
+        for b, v, t, c in RUNS:
+            with _depth(clip, v, t):
+                parts, seqs = count_saved(built(v, t, c), b)
+            rows.append((b, v, t, c, parts, seqs))
         vision = Fit.of([(b, v, p["vision"]) for b, v, _, _, p, _ in rows])
         block = []
         if not ckpt and not chunk and vision(1, 2) == vision(1, 1):  # a no-grad image tower: measure a block
-            for v in (1, 2):  # (with torch's linear: a no-grad pass keeps no linear's input)
+            # (with torch's linear: a no-grad pass keeps no linear's input)
+            plain = options if zero3 is None else dataclasses.replace(options, linear="torch")
+            for v in (1, 2):
                 with _depth(clip, v, 1):
-                    block.append(vision_saved(built(v, 1, 2), 1))
+                    block.append(vision_saved(built(v, 1, 2, plain), 1))
         clip.set_grad_checkpointing(False)
         _cast(clip, torch.float32)
-    encoders._PARTITION_SAID = said  # (the one-time warning is for real ZeRO-3 runs)
     logger.info("measured %s / %s on 1-2 blocks (%s%s%s%s): %d steps in %.1f s", model, method, precision,
                 ", ZeRO-3" if zero3 else "", ", checkpointing" if ckpt else "", ", text chunks" if chunk else "",
                 len(RUNS) + len(block), time.perf_counter() - start)  # fmt: skip

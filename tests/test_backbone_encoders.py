@@ -20,7 +20,7 @@ from scaleprompt.backbone import (
     register_model,
     registered_models,
 )
-from scaleprompt.encoders import PromptedTextEncoder, PromptedVisionEncoder, VisualPlan
+from scaleprompt.encoders import EncoderOptions, PromptedTextEncoder, PromptedVisionEncoder, VisualPlan
 
 from conftest import CLASSNAMES
 
@@ -88,7 +88,8 @@ def test_vision_encoder_without_prompts_is_clip(clip2, images):
     enc = PromptedVisionEncoder(clip2)
     expected = clip2.encode_image(images)
     torch.testing.assert_close(enc(images), expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
-    enc.fused_attention = False  # the blocks' own attention, every token through the last block: bit for bit
+    # the blocks' own attention, every token through the last block: bit for bit
+    enc = PromptedVisionEncoder(clip2, EncoderOptions(fused_attention=False))
     assert torch.equal(enc(images), clip2.encode_image(images))
 
 
@@ -104,7 +105,8 @@ def test_text_encoder_without_prompts_is_clip(clip2):
     assert (
         enc.kept_length(enc.tokenize(texts)) == int(eot.nonzero()[:, 1].max()) + 1 == 10 < enc.context_length
     )
-    enc.truncate = enc.fused_attention = False  # every position, the blocks' own attention: bit for bit
+    # every position, the blocks' own attention: bit for bit
+    enc = PromptedTextEncoder(clip2, options=EncoderOptions(truncate=False, fused_attention=False))
     assert torch.equal(enc.encode_texts(texts), clip2.encode_text(ids))
 
 
@@ -214,7 +216,8 @@ def test_text_cut_on_a_vit_b16_text_tower_keeps_features_and_prompt_gradients():
     from scaleprompt.backbone import load_clip
     from scaleprompt.encoders import splice
 
-    enc = PromptedTextEncoder(load_clip("ViT-B-16", None).model)
+    model = load_clip("ViT-B-16", None).model
+    enc = PromptedTextEncoder(model)
     ids = enc.tokenize([f"X X X X {c}." for c in CLASSNAMES])
     assert enc.kept_length(ids) < 16 < enc.context_length == 77
     torch.manual_seed(0)
@@ -222,7 +225,7 @@ def test_text_cut_on_a_vit_b16_text_tower_keeps_features_and_prompt_gradients():
     deep = [(0.02 * torch.randn(2, enc.width)).requires_grad_() for _ in range(2)]
     outputs = []
     for truncate in (True, False):
-        enc.truncate = truncate
+        enc = PromptedTextEncoder(model, options=EncoderOptions(truncate=truncate))
         features = enc(splice(enc.embed(ids), ctx), ids, deep=deep)
         grads = torch.autograd.grad(features.square().sum(), [ctx, *deep])
         outputs.append((features.detach(), grads))

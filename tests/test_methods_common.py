@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from scaleprompt import methods
+from scaleprompt.encoders import EncoderOptions, PromptedTextEncoder
 from scaleprompt.methods import (
     FeatureMethod,
     FixedTextMethod,
@@ -204,30 +205,25 @@ def test_class_specific_coop_refuses_other_classes(clip12):
         coop.set_classnames(["a", "b"])
 
 
-FAST_PATHS = {  # switch -> the encoder classes that have it
-    "truncate": ("PromptedTextEncoder",),
-    "fused_attention": ("PromptedTextEncoder", "PromptedVisionEncoder"),
-    "pooled_only": ("PromptedTextEncoder", "PromptedVisionEncoder"),
-    "onednn_linear": ("PromptedTextEncoder", "PromptedVisionEncoder"),
+FAST_PATHS = {  # EncoderOptions field -> its value with the fast path off
+    "truncate": False,
+    "fused_attention": False,
+    "pooled_only": False,
+    "linear": "torch",
 }
 
 
 @pytest.mark.parametrize("switch", [*FAST_PATHS, "both"])
 @pytest.mark.parametrize("name", methods.list_methods())
-def test_fast_paths_change_nothing(name, switch, backbone12, images, labels, monkeypatch):
+def test_fast_paths_change_nothing(name, switch, backbone12, images, labels):
     """The text tower cut after the batch's last end-of-text position, and the blocks' attention as one fused
     scaled_dot_product_attention call: each (and both) equal the full-context, nn.MultiheadAttention computation to
     1e-5 relative, in logits, loss and every prompt gradient (deep text and visual prompts included)."""
-    from scaleprompt import encoders
-
     switches = list(FAST_PATHS) if switch == "both" else [switch]
     runs = []
-    for on in (True, False):
-        for sw in switches:
-            for cls in FAST_PATHS[sw]:
-                monkeypatch.setattr(getattr(encoders, cls), sw, on)
+    for options in (EncoderOptions(), EncoderOptions(**{sw: FAST_PATHS[sw] for sw in switches})):
         torch.manual_seed(0)
-        method = methods.build(name, backbone12, CLASSNAMES)
+        method = methods.build(name, backbone12, CLASSNAMES, options=options)
         method.train()
         torch.manual_seed(1)  # (dropout, if any, draws the same masks)
         logits = method.logits(images)
@@ -267,8 +263,7 @@ def test_text_chunks_change_nothing(name, backbone12, images, labels):
     runs = []
     for chunk in (0, 2):
         torch.manual_seed(0)
-        method = methods.build(name, backbone12, CLASSNAMES)
-        method.text.chunk = chunk
+        method = methods.build(name, backbone12, CLASSNAMES, options=EncoderOptions(text_chunk=chunk))
         method.train()
         torch.manual_seed(1)
         out = method.loss(images, labels)
@@ -288,8 +283,7 @@ def test_text_chunks_bound_the_activations_kept_for_backward(backbone12):
     names = [f"class number {i}" for i in range(120)]
 
     def kept_bytes(chunk: int) -> int:
-        method = methods.build("coop", backbone12, names)
-        method.text.chunk = chunk
+        method = methods.build("coop", backbone12, names, options=EncoderOptions(text_chunk=chunk))
         total = 0
 
         def pack(t: torch.Tensor) -> torch.Tensor:
@@ -313,8 +307,8 @@ def test_text_chunks_split_per_sequence_deep_prompts(backbone12):
     text, embeds, ids = method.text, method.table.assemble(method.ctx).detach(), method.table.ids
     torch.manual_seed(0)
     deep = [torch.randn(len(CLASSNAMES), 2, text.width) for _ in range(2)]  # a different prompt per sequence
+    chunks = PromptedTextEncoder(method.clip, text.tokenizer, EncoderOptions(text_chunk=2))
     with torch.no_grad():
         whole = text(embeds, ids, deep=deep)
-        text.chunk = 2
-        chunked = text(embeds, ids, deep=deep)
+        chunked = chunks(embeds, ids, deep=deep)
     torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-5 * float(whole.abs().max()))

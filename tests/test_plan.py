@@ -23,6 +23,7 @@ from scaleprompt import plan as planner
 from scaleprompt.backbone import load_clip
 from scaleprompt.cli import main
 from scaleprompt.config import ConfigError
+from scaleprompt.encoders import EncoderOptions
 from scaleprompt.methods import build
 
 ELEMENT = {"fp32": 4, "bf16": 2, "fp16": 2}
@@ -67,8 +68,9 @@ def real_step(backbone, method: str, batch: int, classes: int, ckpt: bool, chunk
     backbone.model.set_grad_checkpointing(ckpt)
     try:
         with planner._quiet():
-            built = build(method, backbone, planner.classnames(classes, 8))
-        built.text.chunk = chunk
+            built = build(
+                method, backbone, planner.classnames(classes, 8), options=EncoderOptions(text_chunk=chunk)
+            )
         planner._cast(built, planner.DTYPES[precision])
         saved, _ = planner.count_saved(built, batch)
     finally:
@@ -204,6 +206,7 @@ import json, sys, torch
 import deepspeed
 from scaleprompt import plan as planner
 from scaleprompt.backbone import load_clip
+from scaleprompt.encoders import EncoderOptions
 from scaleprompt.methods import build
 
 deepspeed.init_distributed(dist_backend="gloo")
@@ -213,8 +216,7 @@ for method, chunk, ckpt in json.loads(sys.argv[1]):
     torch.manual_seed(0)
     backbone = load_clip("sp-tiny-vit-12")
     backbone.model.set_grad_checkpointing(ckpt)
-    m = build(method, backbone, planner.classnames(5, 8))
-    m.text.chunk = chunk
+    m = build(method, backbone, planner.classnames(5, 8), options=EncoderOptions(text_chunk=chunk))
     params = m.trainable_parameters()
     engine, *_ = deepspeed.initialize(model=m, model_parameters=params, optimizer=torch.optim.SGD(params, lr=0.1),
                                       config=json.loads(sys.argv[2]))

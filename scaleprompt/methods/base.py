@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from scaleprompt.backbone import Backbone
 from scaleprompt.config import ConfigError, check_types, require
-from scaleprompt.encoders import PromptedTextEncoder, PromptedVisionEncoder
+from scaleprompt.encoders import EncoderOptions, PromptedTextEncoder, PromptedVisionEncoder
 from scaleprompt.losses import cosine_logits
 from scaleprompt.methods.prompts import ClassPromptTable, class_prompt_problems, report_class_prompt_problems
 
@@ -86,7 +86,10 @@ class PromptMethod(nn.Module, ABC):
     :class:`FeatureMethod`; those whose text side is hand-crafted templates from :class:`FixedTextMethod`.
 
     ``backbone``: a :class:`~scaleprompt.backbone.Backbone` (from ``load_clip``), or a bare open_clip CLIP (CLIP's BPE
-    tokenizer, and prompt files record no backbone). ``self.clip`` is the frozen open_clip model.
+    tokenizer, and prompt files record no backbone). ``self.clip`` is the frozen open_clip model. ``classnames``: the
+    classes to tell apart; ``config``: the method's config (an instance of its ``config_class``); ``options``: how its
+    encoders compute (:class:`~scaleprompt.encoders.EncoderOptions`: fast paths, text chunk; None: the defaults),
+    fixed when the method is built.
 
     Whenever its class prompts are built (``registry.build``, :meth:`set_classnames`, new dataset templates) a
     method checks them (:meth:`check_classnames`): class names its backbone's tokenizer cannot spell, prompts cut by the
@@ -98,7 +101,11 @@ class PromptMethod(nn.Module, ABC):
     trains: ClassVar[bool] = True  # False: nothing to train (zero-shot CLIP)
 
     def __init__(
-        self, backbone: Backbone | nn.Module, classnames: Sequence[str], config: MethodConfig
+        self,
+        backbone: Backbone | nn.Module,
+        classnames: Sequence[str],
+        config: MethodConfig,
+        options: EncoderOptions | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(config, self.config_class):
@@ -110,8 +117,8 @@ class PromptMethod(nn.Module, ABC):
         self.backbone_info = backbone.info
         self.clip = backbone.model
         self.clip.requires_grad_(False)
-        self.vision = PromptedVisionEncoder(self.clip)
-        self.text = PromptedTextEncoder(self.clip, backbone.tokenizer)
+        self.vision = PromptedVisionEncoder(self.clip, options)
+        self.text = PromptedTextEncoder(self.clip, backbone.tokenizer, options)
         self._checked_prompts: tuple[tuple[str, ...], ...] | None = None  # the class prompts last checked
 
     # --- the contract --------------------------------------------------------------------------------------
@@ -127,6 +134,11 @@ class PromptMethod(nn.Module, ABC):
     def forward(self, images: Tensor, labels: Tensor | None = None) -> Tensor | LossOutput:
         """``logits`` without labels, the :class:`LossOutput` with them (the engine calls this)."""
         return self.logits(images) if labels is None else self.loss(images, labels)
+
+    @property
+    def options(self) -> EncoderOptions:
+        """How the method's encoders compute (given when it was built)."""
+        return self.vision.options
 
     @property
     def backbone(self) -> Backbone:
@@ -252,9 +264,13 @@ class FeatureMethod(PromptMethod):
     frozen_text: ClassVar[bool] = False
 
     def __init__(
-        self, backbone: Backbone | nn.Module, classnames: Sequence[str], config: MethodConfig
+        self,
+        backbone: Backbone | nn.Module,
+        classnames: Sequence[str],
+        config: MethodConfig,
+        options: EncoderOptions | None = None,
     ) -> None:
-        super().__init__(backbone, classnames, config)
+        super().__init__(backbone, classnames, config, options)
         self.register_buffer("_text_cache", None, persistent=False)
 
     @abstractmethod
@@ -302,9 +318,13 @@ class FixedTextMethod(FeatureMethod):
             raise TypeError(f"{cls.__name__}.config_class must derive from FixedTextConfig")
 
     def __init__(
-        self, backbone: Backbone | nn.Module, classnames: Sequence[str], config: MethodConfig
+        self,
+        backbone: Backbone | nn.Module,
+        classnames: Sequence[str],
+        config: MethodConfig,
+        options: EncoderOptions | None = None,
     ) -> None:
-        super().__init__(backbone, classnames, config)
+        super().__init__(backbone, classnames, config, options)
         self.templates = self._templates_for(None)
 
     def compute_text_features(self) -> Tensor:

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from scaleprompt.backbone import Backbone
 from scaleprompt.config import require
-from scaleprompt.encoders import splice
+from scaleprompt.encoders import EncoderOptions, splice
 from scaleprompt.losses import per_image_cosine_logits
 from scaleprompt.methods.base import MethodConfig, PromptMethod
 from scaleprompt.methods.coop import init_context
@@ -47,9 +47,13 @@ class CoCoOp(PromptMethod):
     config_class = CoCoOpConfig
 
     def __init__(
-        self, backbone: Backbone | nn.Module, classnames: Sequence[str], config: CoCoOpConfig
+        self,
+        backbone: Backbone | nn.Module,
+        classnames: Sequence[str],
+        config: CoCoOpConfig,
+        options: EncoderOptions | None = None,
     ) -> None:
-        super().__init__(backbone, classnames, config)
+        super().__init__(backbone, classnames, config, options)
         self.ctx, prefix, n = init_context(self, config.n_ctx, config.ctx_init, config.init_std)
         self.table = ClassPromptTable(self.text, self.classnames, prefix, n)
         embed_dim = self.clip.visual.output_dim

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from scaleprompt.backbone import Backbone
 from scaleprompt.config import ConfigError
-from scaleprompt.encoders import PromptedTextEncoder, PromptedVisionEncoder
+from scaleprompt.encoders import EncoderOptions, PromptedTextEncoder, PromptedVisionEncoder
 from scaleprompt.errors import OutputError
 from scaleprompt.methods.base import PromptMethod
 from scaleprompt.methods.io import PromptFileError, save_prompts
@@ -573,6 +573,7 @@ def convert_official_checkpoint(
     classnames: Sequence[str],
     *,
     dataset: str | None = None,
+    options: EncoderOptions | None = None,
     **method_args: Any,
 ) -> Conversion:
     """Convert an official checkpoint into ``method`` on ``backbone`` for ``classnames`` (see the module docstring).
@@ -580,7 +581,9 @@ def convert_official_checkpoint(
     ``method_args`` set config fields; fields the file determines (``n_ctx``, depths, layout, ...) are inferred
     from it unless given, and a given value that does not fit the file is an error naming the tensor.
     ``dataset`` (the run's dataset): fixed-text methods (ProVP(-Ref), UPT's VPT-deep) get the template their release
-    used on it, unless ``templates`` is given; the prompt file records the templates in use."""
+    used on it, unless ``templates`` is given; the prompt file records the templates in use. ``path``: the
+    official checkpoint file; ``options``: how the built method's encoders compute
+    (:class:`~scaleprompt.encoders.EncoderOptions`; None: the defaults)."""
     method_class(method)  # an unknown method: ConfigError listing the registered ones
     if method not in MAPPERS:
         raise OfficialCheckpointError(
@@ -606,7 +609,7 @@ def convert_official_checkpoint(
         templates = release_templates(method, config, dataset)
         if templates is not None:
             config["templates"] = templates
-    model = build(method, backbone, classnames, **config)
+    model = build(method, backbone, classnames, options=options, **config)
     _load(model, plan, src)
     model.eval()
     return Conversion(
@@ -655,11 +658,13 @@ def convert_official(
     classnames: Sequence[str],
     *,
     dataset: str | None = None,
+    options: EncoderOptions | None = None,
     **method_args: Any,
 ) -> PromptMethod:
-    """The scaleprompt ``method`` (eval mode) holding the prompts of an official checkpoint."""
+    """The scaleprompt ``method`` (eval mode) holding the prompts of the official checkpoint ``path``, on
+    ``backbone`` for ``classnames`` (the arguments of :func:`convert_official_checkpoint`)."""
     return convert_official_checkpoint(
-        path, method, backbone, classnames, dataset=dataset, **method_args
+        path, method, backbone, classnames, dataset=dataset, options=options, **method_args
     ).method
 
 
@@ -671,10 +676,14 @@ def convert_official_file(
     classnames: Sequence[str],
     *,
     dataset: str | None = None,
+    options: EncoderOptions | None = None,
     **method_args: Any,
 ) -> Conversion:
-    """Convert an official checkpoint and write the prompt file ``out`` (loadable with ``load_prompts``)."""
-    done = convert_official_checkpoint(path, method, backbone, classnames, dataset=dataset, **method_args)
+    """Convert the official checkpoint ``path`` (the arguments of :func:`convert_official_checkpoint`) and write
+    the prompt file ``out`` (loadable with ``load_prompts``)."""
+    done = convert_official_checkpoint(
+        path, method, backbone, classnames, dataset=dataset, options=options, **method_args
+    )
     out = Path(out)
     try:
         save_prompts(done.method, out, {"converted_from": json.dumps(done.provenance())})

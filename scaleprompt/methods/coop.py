@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from scaleprompt.backbone import Backbone
 from scaleprompt.config import ConfigError, require
+from scaleprompt.encoders import EncoderOptions
 from scaleprompt.methods.base import FeatureMethod, MethodConfig, PromptMethod, normal_prompts
 from scaleprompt.methods.prompts import ClassPosition, ClassPromptTable
 
@@ -51,8 +52,14 @@ class CoOp(FeatureMethod):
     name = "coop"
     config_class = CoOpConfig
 
-    def __init__(self, backbone: Backbone | nn.Module, classnames: Sequence[str], config: CoOpConfig) -> None:
-        super().__init__(backbone, classnames, config)
+    def __init__(
+        self,
+        backbone: Backbone | nn.Module,
+        classnames: Sequence[str],
+        config: CoOpConfig,
+        options: EncoderOptions | None = None,
+    ) -> None:
+        super().__init__(backbone, classnames, config, options)
         copies = len(self.classnames) if config.class_specific else 0
         self.ctx, prefix, n = init_context(self, config.n_ctx, config.ctx_init, config.init_std, copies)
         self.table = ClassPromptTable(self.text, self.classnames, prefix, n, config.class_position)

@@ -33,6 +33,7 @@ from torch import nn
 
 from scaleprompt.backbone import Backbone
 from scaleprompt.config import to_dict
+from scaleprompt.encoders import EncoderOptions
 from scaleprompt.methods.base import FixedTextConfig, FixedTextMethod, PromptMethod
 from scaleprompt.methods.registry import build, make_config
 from scaleprompt.promptfile import (
@@ -163,10 +164,16 @@ def read_prompt_file(
 
 
 def load_prompts(
-    path: str | Path | PromptFile, backbone: Backbone | nn.Module, classnames: Sequence[str] | None = None
+    path: str | Path | PromptFile,
+    backbone: Backbone | nn.Module,
+    classnames: Sequence[str] | None = None,
+    *,
+    options: EncoderOptions | None = None,
 ) -> PromptMethod:
-    """Rebuild the saved method on ``backbone`` (``load_clip``'s, or a bare open_clip CLIP, which is not checked
-    against the file's backbone) and load its trained tensors (strict: names and shapes).
+    """Rebuild the method saved at ``path`` on ``backbone`` (``load_clip``'s, or a bare open_clip CLIP, which is not
+    checked against the file's backbone) and load its trained tensors (strict: names and shapes). ``options``: how
+    its encoders compute (:class:`~scaleprompt.encoders.EncoderOptions`, e.g. the evaluation's ``text_chunk``;
+    None: the defaults).
 
     ``classnames`` defaults to the saved ones; pass others to evaluate the same prompts on new classes
     (methods whose prompts do not depend on the class count). The method classifies with the saved templates;
@@ -194,7 +201,9 @@ def load_prompts(
     if meta.get("templates_from") == "dataset" and isinstance(config, FixedTextConfig):
         saved_templates = config.templates  # the dataset's template(s), under the template rule
         config = dataclasses.replace(config, templates=None)
-    method = build(meta["method"], backbone, names, config=config, dataset_templates=saved_templates)
+    method = build(
+        meta["method"], backbone, names, config=config, dataset_templates=saved_templates, options=options
+    )
     own = dict(method.named_parameters())
     expected = set(method.prompt_state_dict())
     missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)

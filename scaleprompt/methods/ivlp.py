@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from scaleprompt.backbone import Backbone
 from scaleprompt.config import require
-from scaleprompt.encoders import VisualPlan
+from scaleprompt.encoders import EncoderOptions, VisualPlan
 from scaleprompt.methods.base import FeatureMethod, MethodConfig, PromptMethod, check_depth, normal_prompts
 from scaleprompt.methods.prompts import ClassPromptTable
 
@@ -59,8 +59,14 @@ class IVLP(FeatureMethod):
     name = "ivlp"
     config_class = IVLPConfig
 
-    def __init__(self, backbone: Backbone | nn.Module, classnames: Sequence[str], config: IVLPConfig) -> None:
-        super().__init__(backbone, classnames, config)
+    def __init__(
+        self,
+        backbone: Backbone | nn.Module,
+        classnames: Sequence[str],
+        config: IVLPConfig,
+        options: EncoderOptions | None = None,
+    ) -> None:
+        super().__init__(backbone, classnames, config, options)
         t_depth = check_depth(config.text_depth, self.text.num_blocks, "text_depth")
         v_depth = check_depth(config.vision_depth, self.vision.num_blocks, "vision_depth")
         self.ctx, self.table = template_context(self, config.text_n_ctx, config.ctx_init, config.init_std)

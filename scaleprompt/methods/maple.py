@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from scaleprompt.backbone import Backbone
 from scaleprompt.config import ConfigError, require
-from scaleprompt.encoders import VisualPlan
+from scaleprompt.encoders import EncoderOptions, VisualPlan
 from scaleprompt.methods.base import FeatureMethod, MethodConfig, normal_prompts
 from scaleprompt.methods.ivlp import template_context
 
@@ -45,9 +45,13 @@ class MaPLe(FeatureMethod):
     config_class = MaPLeConfig
 
     def __init__(
-        self, backbone: Backbone | nn.Module, classnames: Sequence[str], config: MaPLeConfig
+        self,
+        backbone: Backbone | nn.Module,
+        classnames: Sequence[str],
+        config: MaPLeConfig,
+        options: EncoderOptions | None = None,
     ) -> None:
-        super().__init__(backbone, classnames, config)
+        super().__init__(backbone, classnames, config, options)
         blocks = min(self.text.num_blocks, self.vision.num_blocks)
         if config.prompt_depth > blocks:
             raise ConfigError(

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from scaleprompt.backbone import Backbone
 from scaleprompt.config import require
-from scaleprompt.encoders import VisualPlan
+from scaleprompt.encoders import EncoderOptions, VisualPlan
 from scaleprompt.losses import reformation_loss
 from scaleprompt.methods.base import FixedTextConfig, FixedTextMethod, LossOutput, check_depth
 
@@ -59,9 +59,13 @@ class ProVP(FixedTextMethod):
     config_class = ProVPConfig
 
     def __init__(
-        self, backbone: Backbone | nn.Module, classnames: Sequence[str], config: ProVPConfig
+        self,
+        backbone: Backbone | nn.Module,
+        classnames: Sequence[str],
+        config: ProVPConfig,
+        options: EncoderOptions | None = None,
     ) -> None:
-        super().__init__(backbone, classnames, config)
+        super().__init__(backbone, classnames, config, options)
         depth = check_depth(config.depth, self.vision.num_blocks, "depth")
         p = config.init_patch_size or self.vision.patch_size
         bound = math.sqrt(6.0 / (3 * p * p + self.vision.width))

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from scaleprompt.backbone import Backbone
 from scaleprompt.config import ConfigError, require
-from scaleprompt.encoders import VisualPlan
+from scaleprompt.encoders import EncoderOptions, VisualPlan
 from scaleprompt.losses import cosine_logits
 from scaleprompt.methods.base import FeatureMethod, MethodConfig, normal_prompts
 from scaleprompt.methods.prompts import ClassPromptTable
@@ -98,8 +98,14 @@ class UPT(FeatureMethod):
     name = "upt"
     config_class = UPTConfig
 
-    def __init__(self, backbone: Backbone | nn.Module, classnames: Sequence[str], config: UPTConfig) -> None:
-        super().__init__(backbone, classnames, config)
+    def __init__(
+        self,
+        backbone: Backbone | nn.Module,
+        classnames: Sequence[str],
+        config: UPTConfig,
+        options: EncoderOptions | None = None,
+    ) -> None:
+        super().__init__(backbone, classnames, config, options)
         dt, dv, n = self.text.width, self.vision.width, config.n_ctx
         if dt % config.num_heads:
             raise ConfigError(f"num_heads={config.num_heads} does not divide the text width {dt}")

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from scaleprompt.backbone import Backbone
 from scaleprompt.config import require
-from scaleprompt.encoders import VisualPlan
+from scaleprompt.encoders import EncoderOptions, VisualPlan
 from scaleprompt.methods.base import (
     DEFAULT_TEMPLATE,
     FixedTextConfig,
@@ -59,9 +59,13 @@ class VPTDeep(FixedTextMethod):
     config_class = VPTDeepConfig
 
     def __init__(
-        self, backbone: Backbone | nn.Module, classnames: Sequence[str], config: VPTDeepConfig
+        self,
+        backbone: Backbone | nn.Module,
+        classnames: Sequence[str],
+        config: VPTDeepConfig,
+        options: EncoderOptions | None = None,
     ) -> None:
-        super().__init__(backbone, classnames, config)
+        super().__init__(backbone, classnames, config, options)
         depth = check_depth(config.depth, self.vision.num_blocks, "depth")
         self.prompts = normal_prompts(
             depth, config.n_ctx, self.vision.width, std=config.init_std
