@@ -18,7 +18,6 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from scaleprompt.analysis.cli import main as analyze_main
 from scaleprompt.analysis.features import (
     AnalysisError,
     class_text_embeddings,
@@ -32,6 +31,7 @@ from scaleprompt.analysis.variance import (
     inter_class_variance,
     intra_class_variance,
 )
+from scaleprompt.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -221,7 +221,7 @@ def world(tmp_path_factory):
 
 def analyze(world, *args: str) -> int:
     _, specs, cache = world
-    return analyze_main(["variance", "--datasets", ",".join(specs.values()), "--model", "sp-tiny-vit",
+    return main(["analyze", "variance", "--datasets", ",".join(specs.values()), "--model", "sp-tiny-vit",
                          "--cache-dir", str(cache), *args])  # fmt: skip
 
 
@@ -342,7 +342,7 @@ def test_variance_statistics_only_and_base2new_gains(world, tmp_path):
     runs = tmp_path / "twins"
     for ds, top1 in (("warm", 60.0), ("twin", 70.0)):
         write_run(runs, "coop", ds, 1, top1, zero_shot=50.0)
-    code = analyze_main(["variance", "--datasets", f"{specs['warm']},folder:{twin}", "--model", "sp-tiny-vit",
+    code = main(["analyze", "variance", "--datasets", f"{specs['warm']},folder:{twin}", "--model", "sp-tiny-vit",
                          "--cache-dir", str(cache), "--results", str(runs), "--out", str(tmp_path / "t")])  # fmt: skip
     assert code == 0
     fits = {f["statistic"]: f for f in read_csv(tmp_path / "t" / "variance_fits.csv")}
@@ -386,7 +386,7 @@ def test_bad_inputs_are_one_line_and_write_nothing(world, tmp_path, capsys):
         assert err.count("\n") == 1 and message in err, (extra, err)
         assert "Traceback" not in err
     missing = tmp_path / "nowhere"
-    code = analyze_main(["variance", "--datasets", f"{world[1]['warm']},folder:{missing}", "--model", "sp-tiny-vit",
+    code = main(["analyze", "variance", "--datasets", f"{world[1]['warm']},folder:{missing}", "--model", "sp-tiny-vit",
                          "--cache-dir", str(tmp_path / "cache"), "--out", str(out)])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and str(missing) in err, err

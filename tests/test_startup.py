@@ -69,6 +69,85 @@ def test_scaleprompt_methods_lists_every_method_and_field_without_open_clip():
             )
 
 
+COMMAND_STACK = ("torch", "numpy", "omegaconf", "open_clip", "torchvision", "deepspeed", "ray", "matplotlib")
+
+
+def test_scaleprompt_help_lists_every_command_and_imports_none_of_the_stack():
+    """The whole parser (every command's, sub-parsers included) is built for any ``scaleprompt ...``: it imports
+    nothing of what running a command needs, and ``--help`` lists each command with its help line."""
+    code = (
+        "import json, sys\n"
+        "from scaleprompt.cli import build_parser\n"
+        "print(json.dumps(build_parser().format_help()))\n"
+        f"print(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}} & set({COMMAND_STACK!r}))))"
+    )
+    text, loaded = _python(code).splitlines()
+    assert json.loads(loaded) == []
+    listing = " ".join(json.loads(text).split())  # (argparse wraps the help lines)
+    from scaleprompt.commands import COMMANDS
+
+    for command in COMMANDS:
+        assert f"{command.NAME} {' '.join(command.HELP.split())}" in listing, command.NAME
+
+
+def _imported(importtime_log: str) -> set[str]:
+    """The top-level names of the modules a ``python -X importtime`` run imported (its stderr)."""
+    return {
+        line.rsplit("|", 1)[1].strip().split(".")[0]
+        for line in importtime_log.splitlines()
+        if line.startswith("import time:") and "|" in line
+    }
+
+
+@pytest.mark.slow
+def test_the_launched_files_need_no_path_edits_and_shadow_nothing(tmp_path):
+    """``python scaleprompt/train.py`` puts ``scaleprompt/`` first on ``sys.path``: ``scaleprompt`` still comes from
+    the installed package, and no module of that folder is imported under a top-level name (run up to the data,
+    with torch, DeepSpeed and open_clip imported). ``python -m scaleprompt.train`` is the same command."""
+    for shim in ("scaleprompt/train.py", "scaleprompt/evaluate.py", "tune/ablation.py"):
+        text = (ROOT / shim).read_text()
+        assert "sys.path." not in text and "sys.path[" not in text, shim
+    missing = tmp_path / "no-such-folder"
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-X",
+            "importtime",
+            "scaleprompt/train.py",
+            "model.name=sp-tiny-vit",
+            f"data.dataset=folder:{missing}",
+            f"train.output_dir={tmp_path / 'out'}",
+            "train.report_to=none",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    errors = [line for line in out.stderr.splitlines() if not line.startswith("import time:")]
+    assert out.returncode == 2 and errors[-1] == f"train.py: error: dataset folder not found: {missing}", (
+        errors
+    )
+    imported = _imported(out.stderr)
+    assert {"torch", "deepspeed", "open_clip"} <= imported
+    folder = ROOT / "scaleprompt"
+    ours = {p.stem for p in folder.iterdir() if p.suffix == ".py" or (p / "__init__.py").is_file()}
+    assert not imported & ours, f"imported as top-level modules from {folder}: {sorted(imported & ours)}"
+    for module, usage in (
+        ("scaleprompt.train", "usage: train.py "),
+        ("scaleprompt.evaluate", "usage: evaluate.py "),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", module, "--help"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0 and done.stdout.startswith(usage), done.stderr[-2000:]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("first", ["scaleprompt.backbone", "open_clip"])
 def test_open_clip_knows_scaleprompts_models_whoever_imports_it_first(first):

@@ -1,6 +1,6 @@
 """Pretrain the micro-world CLIP (``sp-micro-clip``) from scratch on the CPU; rebuilds the shipped weights.
 
-    python -m scaleprompt.microworld.pretrain --out scaleprompt/model_weights/sp-micro-clip-microworld.safetensors
+    scaleprompt pretrain-microworld --out scaleprompt/model_weights/sp-micro-clip-microworld.safetensors
 
 Data are generated on the fly (a producer thread renders the next batches while the model trains). A batch is
 made of groups of 8 scenes: a colour group holds one colour in all 8 shapes (hard negatives that teach shape, the
@@ -12,7 +12,6 @@ cosine, seeded: the same seed, steps and torch build give the same weights.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -20,8 +19,10 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -110,12 +111,12 @@ def zero_shot_accuracy(model: nn.Module, tokenizer, images: np.ndarray, labels: 
     """Top-1 (in [0, 1]) of the 64 class prompts ``template.format('red circle')`` ... on ``images``."""
     was_training = model.training
     model.eval()
-    text = F.normalize(
-        model.encode_text(tokenizer([template.format(c) for c in world.class_names()])), dim=-1
-    )
+    encode_text = cast(Callable[[torch.Tensor], torch.Tensor], model.encode_text)  # (open_clip's CLIP)
+    encode_image = cast(Callable[[torch.Tensor], torch.Tensor], model.encode_image)
+    text = F.normalize(encode_text(tokenizer([template.format(c) for c in world.class_names()])), dim=-1)
     correct = 0
     for i in range(0, len(images), batch_size):
-        feats = F.normalize(model.encode_image(to_tensor(images[i : i + batch_size])), dim=-1)
+        feats = F.normalize(encode_image(to_tensor(images[i : i + batch_size])), dim=-1)
         correct += int(((feats @ text.t()).argmax(-1).numpy() == labels[i : i + batch_size]).sum())
     model.train(was_training)
     return correct / len(images)
@@ -138,7 +139,8 @@ def _producer(
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         (no_decay if p.ndim < 2 or "embedding" in name or "logit_scale" in name else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -152,6 +154,7 @@ def pretrain(cfg: PretrainConfig, out: Path | None = None) -> tuple[nn.Module, d
     torch.manual_seed(cfg.seed)
     model = import_open_clip().create_model(MODEL, pretrained=None)
     model.train()
+    assert spec.tokenizer is not None, f"{MODEL} is registered with its word tokenizer"
     tokenizer = spec.tokenizer(context_length=model.context_length)
     size = model.visual.image_size
     size = size[0] if isinstance(size, tuple | list) else int(size)
@@ -216,38 +219,3 @@ def save_weights(model: nn.Module, out: Path, report: dict) -> None:
     os.replace(tmp, out)
     out.with_suffix(".json").write_text(json.dumps(report, indent=1))
     logger.info("wrote %s (%.1f MB)", out, out.stat().st_size / 2**20)
-
-
-def main(argv: list[str] | None = None) -> int:
-    from scaleprompt.errors import run_entry_point
-
-    return run_entry_point(_main, argv, prog="scaleprompt pretrain-microworld")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="scaleprompt pretrain-microworld", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument("--out", type=Path, required=True, help="safetensors file to write")
-    defaults = PretrainConfig()
-    for name, value in asdict(defaults).items():
-        parser.add_argument(
-            f"--{name.replace('_', '-')}", type=type(value), default=value,
-            help=f"PretrainConfig.{name} (default: %(default)s)",
-        )  # fmt: skip
-    return parser
-
-
-def _main(argv: list[str]) -> int:
-    defaults = PretrainConfig()
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    cfg = PretrainConfig(**{k: getattr(args, k) for k in asdict(defaults)})
-    _, report = pretrain(cfg, args.out)
-    logger.info("zero-shot top-1 over the 64 classes: %.1f%% in %.1f min", 100 * report["zero_shot_top1"],
-                report["minutes"])  # fmt: skip
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

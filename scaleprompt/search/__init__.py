@@ -5,8 +5,8 @@
 * :mod:`~scaleprompt.search.options`: :class:`SearchOptions` (the flags), :class:`SearchFailed`.
 * :mod:`~scaleprompt.search.driver`: :func:`run_search`, progress, the Optuna searcher.
 * :mod:`~scaleprompt.search.report`: trials.csv, best recipe, report.md, Optuna's plots.
-* :mod:`~scaleprompt.search.cli`: ``scaleprompt tune`` / ``tune/ablation.py``.
+* the command ``scaleprompt tune`` / ``tune/ablation.py``: :mod:`scaleprompt.commands.tune`.
 
-Importing this package (and ``options`` / ``cli``) imports neither torch nor Ray: ``--help`` answers at once;
+Importing this package (and ``options``) imports neither torch nor Ray: ``--help`` answers at once;
 the space, trial, driver and report modules import what they use.
 """
