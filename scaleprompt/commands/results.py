@@ -18,13 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from scaleprompt.commands.common import command_parser, run_standalone
-from scaleprompt.report import published as pub
-from scaleprompt.report.aggregate import SETTINGS, aggregate
-from scaleprompt.report.load import load_runs
-from scaleprompt.report.render import render, write_tables
-from scaleprompt.report.render_published import report_comparisons, report_published
 from scaleprompt.report.schema import METRICS, SELECTIONS, ResultsError
-from scaleprompt.report.tables import SELECTION_LABELS
 
 NAME = "results"
 HELP = "aggregate runs' results.json over seeds into paper-style tables"
@@ -79,6 +73,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     """Tabulate the runs ``args`` name (see the module docstring); 0 on success. A bad results file or published
     table, no rows, or an unwritable folder raises :class:`~scaleprompt.report.schema.ResultsError`."""
+    # (import cost: the report's stages import the data package and numpy, which `scaleprompt --help` does not need)
+    from scaleprompt.report import published as pub
+    from scaleprompt.report.aggregate import SETTINGS, aggregate
+    from scaleprompt.report.load import load_runs
+    from scaleprompt.report.render import render, write_tables
+    from scaleprompt.report.render_published import report_comparisons, report_published
+    from scaleprompt.report.tables import SELECTION_LABELS
+
     published = None
     if args.published or args.published_file is not None:  # validated first: a bad table costs nothing
         published = pub.load_published(args.published_file)
