@@ -77,8 +77,13 @@ def unavailable() -> str | None:
         added = _ip("netns", "add", probe)
         if added.returncode != 0:
             return f"`ip netns add` failed: {added.stderr.strip()}"
-        entered = subprocess.run(["ip", "netns", "exec", probe, "ip", "link", "set", "lo", "up"],
-                                 capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
+        entered = subprocess.run(
+            ["ip", "netns", "exec", probe, "ip", "link", "set", "lo", "up"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
         if entered.returncode != 0:
             return f"`ip netns exec` failed: {entered.stderr.strip()}"
     except (OSError, subprocess.SubprocessError) as exc:
@@ -155,8 +160,20 @@ class NetnsNodes:
             for node in nodes:
                 _must("netns", "add", node.netns)
             # both ends are named veth0, each in its own namespace (as every node of a cluster has its eth0)
-            _must("-n", nodes[0].netns, "link", "add", IFNAME, "type", "veth", "peer", "name", IFNAME,
-                  "netns", nodes[1].netns)  # fmt: skip
+            _must(
+                "-n",
+                nodes[0].netns,
+                "link",
+                "add",
+                IFNAME,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                IFNAME,
+                "netns",
+                nodes[1].netns,
+            )
             for node in nodes:
                 _must("-n", node.netns, "addr", "add", f"{node.ip}/24", "dev", node.ifname)
                 _must("-n", node.netns, "link", "set", node.ifname, "up")
@@ -201,18 +218,33 @@ class NetnsNodes:
                         found.add(int(entry.name))
         return found
 
-    def popen(self, node: Node, args: Sequence[str], env: Mapping[str, str], log: Path,
-              cwd: Path | None = None) -> subprocess.Popen:  # fmt: skip
+    def popen(
+        self, node: Node, args: Sequence[str], env: Mapping[str, str], log: Path, cwd: Path | None = None
+    ) -> subprocess.Popen:
         """Start ``args`` on ``node`` in a new session (process group), stdout and stderr into ``log``."""
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "ab") as fh:
-            proc = subprocess.Popen(node.wrap(args), cwd=cwd, env=dict(env), stdout=fh, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+            proc = subprocess.Popen(
+                node.wrap(args),
+                cwd=cwd,
+                env=dict(env),
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         self.procs.append(proc)
         return proc
 
-    def run(self, node: Node, args: Sequence[str], env: Mapping[str, str], log: Path, cwd: Path | None = None,
-            timeout: float = 120) -> int:  # fmt: skip
+    def run(
+        self,
+        node: Node,
+        args: Sequence[str],
+        env: Mapping[str, str],
+        log: Path,
+        cwd: Path | None = None,
+        timeout: float = 120,
+    ) -> int:
         """``args`` on ``node`` to completion (its process group killed after ``timeout`` seconds); the exit code."""
         proc = self.popen(node, args, env, log, cwd)
         try:
@@ -290,8 +322,12 @@ def is_loopback(address: str) -> bool:
     return ip.is_loopback or bool(mapped and mapped.is_loopback)
 
 
-def wait_all(procs: Sequence[subprocess.Popen], timeout: float, tick: Callable[[], None] | None = None,
-             every: float = 0.3) -> list[int | None]:  # fmt: skip
+def wait_all(
+    procs: Sequence[subprocess.Popen],
+    timeout: float,
+    tick: Callable[[], None] | None = None,
+    every: float = 0.3,
+) -> list[int | None]:
     """Wait for every process, calling ``tick()`` meanwhile (e.g. to sample something while they run); the exit
     codes, None for a process still running at ``timeout`` (left to the teardown)."""
     deadline = time.time() + timeout

@@ -132,8 +132,10 @@ def test_a_duplicate_parameter_in_a_search_space_is_named(tmp_path):
     from scaleprompt.search.space import load_space
 
     path = tmp_path / "space.yaml"
-    path.write_text("metric: val_top1\nparams:\n  optim.lr: {type: float, low: 0.1, high: 0.2}\n"
-                    "  optim.lr: {type: loguniform, low: 0.001, high: 0.1}\n")  # fmt: skip
+    path.write_text(
+        "metric: val_top1\nparams:\n  optim.lr: {type: float, low: 0.1, high: 0.2}\n"
+        "  optim.lr: {type: loguniform, low: 0.001, high: 0.1}\n"
+    )
     with pytest.raises(
         ConfigError, match=r"duplicate key 'params.optim.lr' in the search space \(lines 3 and 4\)"
     ):
@@ -167,8 +169,15 @@ def test_train_py_refuses_a_duplicate_key_in_one_line(tmp_path):
 
     path = tmp_path / "ds.json"
     path.write_text('{"zero_optimization": {"stage": 2},\n "zero_optimization": {"stage": 3}}\n')
-    cmd = [sys.executable, "scaleprompt/train.py", "--config", "microworld/coop", "--ds", str(path),
-           f"train.output_dir={tmp_path / 'out'}"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "scaleprompt/train.py",
+        "--config",
+        "microworld/coop",
+        "--ds",
+        str(path),
+        f"train.output_dir={tmp_path / 'out'}",
+    ]
     done = subprocess.run(cmd, cwd=ROOT, env=env(tmp_path), capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stderr[-2000:]
     assert done.stderr.strip().splitlines() == [

@@ -63,8 +63,12 @@ def colors(tmp_path_factory):
 
 
 def overrides(colors: Path, tmp: Path) -> list[str]:
-    return [*base_overrides(colors, tmp / "cache", tmp / "unused"), "method.name=provp", "optim.epochs=2",
-            "data.num_workers=0"]  # fmt: skip
+    return [
+        *base_overrides(colors, tmp / "cache", tmp / "unused"),
+        "method.name=provp",
+        "optim.epochs=2",
+        "data.num_workers=0",
+    ]
 
 
 def write(tmp: Path, name: str, text: str) -> Path:
@@ -111,18 +115,21 @@ def test_preflight_builds_the_extremes_on_the_real_backbone(tmp_path, colors):
         check_space(space, base, NAMES, TEMPLATES)
     assert "'method.args.depth' (range [1, 5] (int))" in str(err.value)
     assert "larger than the 2 blocks" in str(err.value) and "high: vision_blocks" in str(err.value)
-    space = load_space(write(tmp_path, "s.yaml", "params:\n  method.args.depth: {type: int, low: 1, "
-                                                 "high: vision_blocks}\n"))  # fmt: skip
+    space = load_space(
+        write(tmp_path, "s.yaml", "params:\n  method.args.depth: {type: int, low: 1, high: vision_blocks}\n")
+    )
     assert check_space(space, base, NAMES, TEMPLATES).params["method.args.depth"].high == 2
     # a text context that cannot hold the prompt: CoOp's 40 context tokens on a 16-token text tower
-    space = load_space(write(tmp_path, "s.yaml", "params:\n  method.args.n_ctx: {type: categorical, "
-                                                 "values: [4, 40]}\n"))  # fmt: skip
+    space = load_space(
+        write(tmp_path, "s.yaml", "params:\n  method.args.n_ctx: {type: categorical, values: [4, 40]}\n")
+    )
     with pytest.raises(SpaceError, match="n_ctx=40"):
         coop = load_run_config(None, [*overrides(colors, tmp_path), "method.name=coop"])
         check_space(space, coop, NAMES, TEMPLATES)
     # an empty bounded range: low above the backbone's size
-    space = load_space(write(tmp_path, "s.yaml", "params:\n  method.args.depth: {type: int, low: 3, "
-                                                 "high: vision_blocks}\n"))  # fmt: skip
+    space = load_space(
+        write(tmp_path, "s.yaml", "params:\n  method.args.depth: {type: int, low: 3, high: vision_blocks}\n")
+    )
     with pytest.raises(SpaceError, match="empty on sp-tiny-vit"):
         check_space(space, base, NAMES, TEMPLATES)
 
@@ -228,9 +235,17 @@ def test_trial_configs_derived_from_the_base_config_are_the_string_parsed_ones(t
 
 
 # a valid results.json (what a trial's run writes; the sweep's files trust nothing less)
-RUN = {"format": "scaleprompt.run/3", "method": "provp_ref", "dataset": "folder", "setting": "fewshot", "shots": 4,
-       "seed": 1, "backbone": "sp-tiny-vit", "pretrained": None,
-       "results": {"last": {"test": {"top1": 50.0, "mean_per_class": 50.0, "images": 16}}}}  # fmt: skip
+RUN = {
+    "format": "scaleprompt.run/3",
+    "method": "provp_ref",
+    "dataset": "folder",
+    "setting": "fewshot",
+    "shots": 4,
+    "seed": 1,
+    "backbone": "sp-tiny-vit",
+    "pretrained": None,
+    "results": {"last": {"test": {"top1": 50.0, "mean_per_class": 50.0, "images": 16}}},
+}
 
 
 def record(trial_id: str, metrics: dict, **params) -> TrialRecord:
@@ -244,8 +259,13 @@ def test_best_trial_is_chosen_among_finished_trials_on_validation():
     finished_best = record("d", {"epoch": 3, "final": True, "val_top1": 75.0}, lr=0.4)
     tie = record("e", {"epoch": 3, "final": True, "val_top1": 75.0}, lr=0.5)
     trials = [finished, better_but_stopped, failed, finished_best, tie]
-    assert [t.status for t in trials] == ["finished", "stopped early at epoch 1", "failed: ConfigError: x",
-                                          "finished", "finished"]  # fmt: skip
+    assert [t.status for t in trials] == [
+        "finished",
+        "stopped early at epoch 1",
+        "failed: ConfigError: x",
+        "finished",
+        "finished",
+    ]
     assert choose_best(trials, "val_top1", "max") is finished_best  # (the earlier of a tie)
     assert choose_best(trials, "val_top1", "min") is finished
     assert choose_best([better_but_stopped, failed], "val_top1", "max") is None
@@ -292,8 +312,12 @@ def test_a_trial_without_valid_results_is_never_finished_ranked_or_best(tmp_path
             (run / "results.json").write_text(text)
         params = {"method.args.n_ctx": 2 + 2 * (i % 2), "optim.lr": 0.01 * (i + 1)}
         trials.append(TrialRecord(trial_id, params, {**final, "val_top1": value}, run.parent))
-    stopped = TrialRecord("stopped", {"method.args.n_ctx": 2, "optim.lr": 0.02}, {"epoch": 1, "val_top1": 99.0},
-                          sweep / "trial_stopped")  # fmt: skip
+    stopped = TrialRecord(
+        "stopped",
+        {"method.args.n_ctx": 2, "optim.lr": 0.02},
+        {"epoch": 1, "val_top1": 99.0},
+        sweep / "trial_stopped",
+    )
     trials.append(stopped)
     for trial in trials:
         read_results(trial)
@@ -303,10 +327,13 @@ def test_a_trial_without_valid_results_is_never_finished_ranked_or_best(tmp_path
         statuses["missing"]
         == f"finished without results: {sweep / 'trial_missing/run/results.json'} is missing"
     )
-    assert statuses["broken"].startswith(f"finished without results: {sweep / 'trial_broken/run/results.json'} is "
-                                         "not readable JSON")  # fmt: skip
-    assert statuses["notarun"] == (f"finished without results: {sweep / 'trial_notarun/run/results.json'}: results "
-                                   "has no 'last' (last-epoch) results")  # fmt: skip
+    assert statuses["broken"].startswith(
+        f"finished without results: {sweep / 'trial_broken/run/results.json'} is not readable JSON"
+    )
+    assert statuses["notarun"] == (
+        f"finished without results: {sweep / 'trial_notarun/run/results.json'}: results "
+        "has no 'last' (last-epoch) results"
+    )
     assert statuses["stopped"].startswith("stopped early at epoch 1 without results: ")
     assert choose_best(trials, "val_top1", "max").trial_id == "good"
 
@@ -336,11 +363,26 @@ def test_a_trial_without_valid_results_is_never_finished_ranked_or_best(tmp_path
 
 
 # --- real sweeps ------------------------------------------------------------------------------------------------
-def sweep_cmd(space: Path, storage: Path, *extra: str, recipe: Path | None = None, samples: int = 3,
-              concurrent: int = 2) -> list[str]:  # fmt: skip
+def sweep_cmd(
+    space: Path, storage: Path, *extra: str, recipe: Path | None = None, samples: int = 3, concurrent: int = 2
+) -> list[str]:
     config = ["--config", str(recipe)] if recipe else []
-    return [sys.executable, "tune/ablation.py", "--space", str(space), *config, "--num-samples", str(samples),
-            "--max-concurrent", str(concurrent), "--storage", str(storage), "--name", "sweep", *extra]  # fmt: skip
+    return [
+        sys.executable,
+        "tune/ablation.py",
+        "--space",
+        str(space),
+        *config,
+        "--num-samples",
+        str(samples),
+        "--max-concurrent",
+        str(concurrent),
+        "--storage",
+        str(storage),
+        "--name",
+        "sweep",
+        *extra,
+    ]
 
 
 def rows(storage: Path) -> list[dict]:
@@ -373,8 +415,10 @@ def check_trial_runs(trials: list[dict], tensorboard: bool = True) -> None:
 def test_shipped_provp_ref_space_on_the_micro_world_and_its_best_recipe_trains(tmp_path):
     storage = tmp_path / "search"
     cache = f"data.cache_dir={tmp_path / 'cache'}"
-    log = launch([*sweep_cmd(SPACES / "provp_ref.yaml", storage, recipe=MICRO / "provp_ref.yaml"), *MICRO_FAST,
-                  cache], tmp_path)  # fmt: skip
+    log = launch(
+        [*sweep_cmd(SPACES / "provp_ref.yaml", storage, recipe=MICRO / "provp_ref.yaml"), *MICRO_FAST, cache],
+        tmp_path,
+    )
     trials = rows(storage)
     assert len(trials) == 3
     check_trial_runs(trials)
@@ -405,8 +449,17 @@ def test_shipped_provp_ref_space_on_the_micro_world_and_its_best_recipe_trains(t
     cfg = load_run_config(recipe)
     assert cfg.optim.epochs == 10 and cfg.method.args["depth"] == summary["best_params"]["method.args.depth"]
     out = tmp_path / "best-run"
-    launch([sys.executable, "scaleprompt/train.py", "--config", str(recipe), f"train.output_dir={out}",
-            "train.max_steps=2"], tmp_path / "best")  # fmt: skip
+    launch(
+        [
+            sys.executable,
+            "scaleprompt/train.py",
+            "--config",
+            str(recipe),
+            f"train.output_dir={out}",
+            "train.max_steps=2",
+        ],
+        tmp_path / "best",
+    )
     assert json.loads((out / "results.json").read_text())["epochs"] == 10
 
 
@@ -415,9 +468,23 @@ def test_shipped_upt_space_on_the_micro_world_then_results_and_predict_on_trials
     storage = tmp_path / "search"
     # one trial at a time and ASHA judging after epoch 1 of 2: the decisions are deterministic (seeded sampler,
     # seeded CPU training) and this sweep stops a trial early, whose results are then written from its checkpoint
-    log = launch([*sweep_cmd(SPACES / "upt.yaml", storage, "--quiet", "--grace-epochs", "1", recipe=MICRO / "upt.yaml",
-                             concurrent=1), *MICRO_FAST, "optim.warmup_epochs=0", f"data.cache_dir={tmp_path / 'cache'}"],
-                 tmp_path)  # fmt: skip
+    log = launch(
+        [
+            *sweep_cmd(
+                SPACES / "upt.yaml",
+                storage,
+                "--quiet",
+                "--grace-epochs",
+                "1",
+                recipe=MICRO / "upt.yaml",
+                concurrent=1,
+            ),
+            *MICRO_FAST,
+            "optim.warmup_epochs=0",
+            f"data.cache_dir={tmp_path / 'cache'}",
+        ],
+        tmp_path,
+    )
     assert "trial" not in log.stderr  # --quiet
     trials = rows(storage)
     assert len(trials) == 3
@@ -433,8 +500,9 @@ def test_shipped_upt_space_on_the_micro_world_then_results_and_predict_on_trials
         member = next(m for m in tar.getmembers() if m.name.endswith((".png", ".jpg", ".jpeg")))
         (tmp_path / ("img" + Path(member.name).suffix)).write_bytes(tar.extractfile(member).read())
     prompts = Path(trials[0]["trial_dir"]) / "run" / "prompts.safetensors"
-    out = launch([scaleprompt, "predict", str(prompts), str(tmp_path / ("img" + Path(member.name).suffix))],
-                 tmp_path)  # fmt: skip
+    out = launch(
+        [scaleprompt, "predict", str(prompts), str(tmp_path / ("img" + Path(member.name).suffix))], tmp_path
+    )
     assert "img" in out.stderr + out.stdout
 
 
@@ -442,8 +510,14 @@ def test_shipped_upt_space_on_the_micro_world_then_results_and_predict_on_trials
 def test_an_impossible_range_exits_2_before_any_trial(tmp_path):
     space = write(tmp_path, "space.yaml", "params:\n  method.args.depth: {type: int, low: 1, high: 12}\n")
     start = time.time()
-    done = subprocess.run(sweep_cmd(space, tmp_path / "search", recipe=MICRO / "provp_ref.yaml"), cwd=ROOT,
-                          env=env(tmp_path), capture_output=True, text=True, timeout=120)  # fmt: skip
+    done = subprocess.run(
+        sweep_cmd(space, tmp_path / "search", recipe=MICRO / "provp_ref.yaml"),
+        cwd=ROOT,
+        env=env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert time.time() - start < 60
     assert done.returncode == 2, done.stderr[-2000:]
     line = done.stderr.strip().splitlines()[-1]
@@ -456,10 +530,20 @@ def test_an_impossible_range_exits_2_before_any_trial(tmp_path):
 def test_deterministic_errors_fail_the_trial_once_and_the_sweep(tmp_path, colors):
     """Trials that raise the project's own error (an unknown dataset, found only when the trial builds its data)
     are failed at once, not retried, and a sweep in which none finished exits 2 naming the error."""
-    space = write(tmp_path, "space.yaml", "params:\n  data.dataset: {type: categorical, values: [NoSuchSet]}\n"
-                  "  optim.lr: {type: loguniform, low: 0.001, high: 0.1}\n")  # fmt: skip
-    done = subprocess.run([*sweep_cmd(space, tmp_path / "search", "--max-failures", "3"), *overrides(colors, tmp_path)],
-                          cwd=ROOT, env=env(tmp_path), capture_output=True, text=True, timeout=300)  # fmt: skip
+    space = write(
+        tmp_path,
+        "space.yaml",
+        "params:\n  data.dataset: {type: categorical, values: [NoSuchSet]}\n"
+        "  optim.lr: {type: loguniform, low: 0.001, high: 0.1}\n",
+    )
+    done = subprocess.run(
+        [*sweep_cmd(space, tmp_path / "search", "--max-failures", "3"), *overrides(colors, tmp_path)],
+        cwd=ROOT,
+        env=env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 2, done.stderr[-3000:]
     assert (
         "no trial of the sweep finished (3 failed: 3 x DatasetError: unknown dataset 'NoSuchSet'"
@@ -506,8 +590,14 @@ def test_a_killed_driver_resumes_and_completes_the_sweep(tmp_path, colors):
         *sweep_cmd(space, storage, "--full-schedule", samples=4, concurrent=1),
         *overrides(colors, tmp_path),
     ]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env=env(tmp_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 240
     while (
         time.time() < deadline
@@ -551,8 +641,9 @@ def test_one_driver_per_sweep_a_second_one_is_refused_and_changes_nothing(tmp_pa
     ]
     log = tmp_path / "first.log"
     with open(log, "w") as fh:
-        first = subprocess.Popen(cmd, cwd=ROOT, env=env(tmp_path), stdout=fh, stderr=subprocess.STDOUT,
-                                 start_new_session=True)  # fmt: skip
+        first = subprocess.Popen(
+            cmd, cwd=ROOT, env=env(tmp_path), stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         deadline = time.time() + 300
         while (
@@ -565,12 +656,15 @@ def test_one_driver_per_sweep_a_second_one_is_refused_and_changes_nothing(tmp_pa
         os.kill(first.pid, signal.SIGSTOP)  # (the driver only: its trial keeps its Ray worker)
         sweep_json = (storage / "sweep" / "sweep.json").read_bytes()
         for extra in (["--resume"], []):
-            second = subprocess.run([*cmd, *extra], cwd=ROOT, env=env(tmp_path), capture_output=True, text=True,
-                                    timeout=300)  # fmt: skip
+            second = subprocess.run(
+                [*cmd, *extra], cwd=ROOT, env=env(tmp_path), capture_output=True, text=True, timeout=300
+            )
             assert second.returncode == 2, second.stderr[-3000:]
             (line,) = second.stderr.strip().splitlines()
-            assert line.startswith(f"tune/ablation.py: error: sweep {storage / 'sweep'} is in use by pid {first.pid} "
-                                   f"on host {socket.gethostname()} (since "), line  # fmt: skip
+            assert line.startswith(
+                f"tune/ablation.py: error: sweep {storage / 'sweep'} is in use by pid {first.pid} "
+                f"on host {socket.gethostname()} (since "
+            ), line
             assert line.endswith("one driver per sweep: wait for it to end (or stop it), then --resume"), line
         assert (storage / "sweep" / "sweep.json").read_bytes() == sweep_json
         assert not list(storage.glob("sweep/*/run.attempt-*"))
@@ -616,14 +710,31 @@ def test_dashboard_and_multi_worker_deepspeed_trials_listen_on_loopback_only(tmp
     space = write(tmp_path, "space.yaml", SPACE)
     storage = tmp_path / "search"
     port = free_port()
-    cmd = [*sweep_cmd(space, storage, "--dashboard", "--dashboard-port", str(port), "--workers-per-trial", "2",
-                      "--ds", "ds_configs/zero2.json", "--cpus-per-trial", "2", samples=2, concurrent=1),
-           *overrides(colors, tmp_path), "optim.epochs=1"]  # fmt: skip
+    cmd = [
+        *sweep_cmd(
+            space,
+            storage,
+            "--dashboard",
+            "--dashboard-port",
+            str(port),
+            "--workers-per-trial",
+            "2",
+            "--ds",
+            "ds_configs/zero2.json",
+            "--cpus-per-trial",
+            "2",
+            samples=2,
+            concurrent=1,
+        ),
+        *overrides(colors, tmp_path),
+        "optim.epochs=1",
+    ]
     before = listeners()
     log = tmp_path / "driver.log"
     with open(log, "w") as fh:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env(tmp_path), stdout=fh, stderr=subprocess.STDOUT,
-                                start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env(tmp_path), stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
+        )
     seen: set[tuple[str, int]] = set()
     version = None
     try:
@@ -658,19 +769,31 @@ def test_bad_search_options_exit_with_a_named_error(tmp_path, colors):
     base = [sys.executable, "tune/ablation.py", "--space", str(space), *overrides(colors, tmp_path)]
     for flag, value, name in [("--num-samples", "0", "num_samples"), ("--gpus-per-trial", "1.5", "gpus_per_trial"),
                               ("--cpus-per-trial", "0", "cpus_per_trial")]:  # fmt: skip
-        done = subprocess.run([*base, flag, value], cwd=ROOT, env=env(tmp_path), capture_output=True, text=True,
-                              timeout=120)  # fmt: skip
+        done = subprocess.run(
+            [*base, flag, value], cwd=ROOT, env=env(tmp_path), capture_output=True, text=True, timeout=120
+        )
         assert done.returncode == 2 and name in done.stderr, done.stderr[-2000:]
-    done = subprocess.run([*base, "--ds", str(tmp_path / "missing.json")], cwd=ROOT, env=env(tmp_path),
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    done = subprocess.run(
+        [*base, "--ds", str(tmp_path / "missing.json")],
+        cwd=ROOT,
+        env=env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2 and "missing.json" in done.stderr, done.stderr[-2000:]
 
 
 def test_scaleprompt_tune_is_the_same_command(tmp_path):
     scaleprompt = str(Path(sys.executable).parent / "scaleprompt")
     mine = subprocess.run([scaleprompt, "tune", "--help"], capture_output=True, text=True, env=env(tmp_path))
-    shim = subprocess.run([sys.executable, "tune/ablation.py", "--help"], cwd=ROOT, capture_output=True, text=True,
-                          env=env(tmp_path))  # fmt: skip
+    shim = subprocess.run(
+        [sys.executable, "tune/ablation.py", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env(tmp_path),
+    )
     assert mine.returncode == shim.returncode == 0
     assert mine.stdout.startswith("usage: scaleprompt tune") and shim.stdout.startswith(
         "usage: tune/ablation.py"
@@ -720,9 +843,11 @@ def test_a_truncated_driver_state_is_restored_from_the_killed_driver_s_staging_c
     session = "2026-01-01_00-00-00"
     sweep, ray_temp = tmp_path / "storage" / "sweep", tmp_path / "ray"
     staging = ray_temp / "session_1" / "artifacts" / "2026-01-01_00-00-00" / "sweep" / "driver_artifacts"
-    files = {f"experiment_state-{session}.json": json.dumps({"trial_data": [1, 2, 3]}).encode(),
-             f"search_gen_state-{session}.json": pickle.dumps({"counter": 3}),  # (a pickle, whatever its name)
-             f"searcher-state-{session}.pkl": pickle.dumps({"space": list(range(50))})}  # fmt: skip
+    files = {
+        f"experiment_state-{session}.json": json.dumps({"trial_data": [1, 2, 3]}).encode(),
+        f"search_gen_state-{session}.json": pickle.dumps({"counter": 3}),  # (a pickle, whatever its name)
+        f"searcher-state-{session}.pkl": pickle.dumps({"space": list(range(50))}),
+    }
     for folder in (sweep, staging):
         folder.mkdir(parents=True)
         for name, data in files.items():

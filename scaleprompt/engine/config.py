@@ -301,8 +301,8 @@ def _merged(layers: list[DictConfig], changes: DictConfig) -> RunConfig:
 
 def _method_class(name: str) -> type[PromptMethod]:
     """The registered method ``name``; an unknown name is a ConfigError listing the registered ones."""
-    # imported here: the registry imports torch and every method (4.5 s), and train.py --help / scaleprompt
-    # --help list this module's keys without them
+    # imported here: the registry imports torch and every method (seconds), and `scaleprompt train --help` /
+    # `train.py --help` list this module's keys (run_config_keys) without them
     from scaleprompt.methods import method_class
 
     return method_class(name)
@@ -351,6 +351,7 @@ def check_ds_config(data: Any, source: str) -> dict[str, Any]:
     zero = data.get("zero_optimization", {})
     if not isinstance(zero, dict):
         raise ConfigError(f"{source}: zero_optimization must be an object, got {zero!r}")
+    # imported here: deepspeed takes seconds to import (and torch with it), and only a --ds JSON needs it
     from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
     from pydantic import ValidationError
 

@@ -90,8 +90,12 @@ def repair_driver_state(sweep: Path, ray_temp: Path | None = None) -> list[str]:
                     shutil.copyfile(source, tmp)
                     os.replace(tmp, sweep / source.name)
                     written.append(source.name)
-                logger.warning("--resume: %s was truncated (the driver was killed while saving it); restored the "
-                               "last complete save of that session from %s", broken[0].name, staging)  # fmt: skip
+                logger.warning(
+                    "--resume: %s was truncated (the driver was killed while saving it); restored the "
+                    "last complete save of that session from %s",
+                    broken[0].name,
+                    staging,
+                )
                 break
         else:
             raise ConfigError(

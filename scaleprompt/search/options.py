@@ -27,25 +27,43 @@ class SearchOptions:
     max_concurrent: int = _opt(2, "trials running at once")
     cpus_per_trial: float = _opt(1.0, "CPUs of a trial (its torch threads)")
     gpus_per_trial: float = _opt(0.0, "GPUs of a trial: a fraction, or a whole number (> 1: one worker each)")
-    workers_per_trial: int = _opt(0, "> 1: each trial is a Ray Train run of this many DeepSpeed workers "
-                                     "(0: one per GPU when --gpus-per-trial > 1, else 1)")  # fmt: skip
+    workers_per_trial: int = _opt(
+        0,
+        "> 1: each trial is a Ray Train run of this many DeepSpeed workers "
+        "(0: one per GPU when --gpus-per-trial > 1, else 1)",
+    )
     storage: str = _opt("runs/search", "folder of the sweeps; a sweep is <storage>/<name>")
     name: str | None = _opt(None, "sweep name (default: <space>-<method>)")
     resume: bool = _opt(False, "continue a killed sweep (same space, recipe and overrides)")
     seed: int = _opt(0, "seed of Optuna's TPE sampler")
-    max_failures: int = _opt(2, "retries of a trial after an infrastructure fault (a killed worker, a lost "
-                                "node, out of memory); configuration / data errors are never retried")  # fmt: skip
-    grace_epochs: int = _opt(0, "ASHA: epochs every trial trains before it can be stopped early (0: the recipe's "
-                                "warm-up epochs + 1, so no trial is judged on its warm-up)")  # fmt: skip
-    full_schedule: bool = _opt(False, "no early stopping: every trial trains its whole schedule (an ablation "
-                                      "table over complete runs; ASHA otherwise)")  # fmt: skip
-    keep_sweep_schedule: bool = _opt(False, "best_recipe.yaml keeps the sweep's optim.epochs / train.max_steps "
-                                            "overrides (default: the base recipe's schedule)")  # fmt: skip
+    max_failures: int = _opt(
+        2,
+        "retries of a trial after an infrastructure fault (a killed worker, a lost "
+        "node, out of memory); configuration / data errors are never retried",
+    )
+    grace_epochs: int = _opt(
+        0,
+        "ASHA: epochs every trial trains before it can be stopped early (0: the recipe's "
+        "warm-up epochs + 1, so no trial is judged on its warm-up)",
+    )
+    full_schedule: bool = _opt(
+        False,
+        "no early stopping: every trial trains its whole schedule (an ablation "
+        "table over complete runs; ASHA otherwise)",
+    )
+    keep_sweep_schedule: bool = _opt(
+        False,
+        "best_recipe.yaml keeps the sweep's optim.epochs / train.max_steps "
+        "overrides (default: the base recipe's schedule)",
+    )
     address: str | None = _opt(None, "join an existing Ray cluster (ray start ...) instead of starting one")
     dashboard: bool = _opt(False, "start the Ray dashboard on 127.0.0.1")
     dashboard_port: int = _opt(8265, "port of the Ray dashboard")
-    optuna_storage: str | None = _opt(None, "sqlite file of the Optuna study (default: <sweep>/optuna.db; "
-                                            "view it with optuna-dashboard sqlite:///FILE)")  # fmt: skip
+    optuna_storage: str | None = _opt(
+        None,
+        "sqlite file of the Optuna study (default: <sweep>/optuna.db; "
+        "view it with optuna-dashboard sqlite:///FILE)",
+    )
     quiet: bool = _opt(False, "no per-trial progress lines")
 
     def __post_init__(self) -> None:
@@ -60,8 +78,11 @@ class SearchOptions:
             self.workers_per_trial >= 0, "workers_per_trial", f"must be >= 0, got {self.workers_per_trial}"
         )
         if self.gpus_per_trial > 1:
-            require(self.gpus_per_trial == int(self.gpus_per_trial), "gpus_per_trial",
-                    f"more than one GPU per trial must be a whole number, got {self.gpus_per_trial}")  # fmt: skip
+            require(
+                self.gpus_per_trial == int(self.gpus_per_trial),
+                "gpus_per_trial",
+                f"more than one GPU per trial must be a whole number, got {self.gpus_per_trial}",
+            )
 
     @property
     def workers(self) -> int:

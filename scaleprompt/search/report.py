@@ -26,8 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import optuna
 import yaml
+from matplotlib.ticker import MaxNLocator
 from optuna.visualization import matplotlib as ovm
 
 from scaleprompt.engine.checkpoint import atomic_json
@@ -142,11 +144,13 @@ def read_results(trial: TrialRecord) -> None:
 
 def choose_best(trials: Sequence[TrialRecord], metric: str, mode: str) -> TrialRecord | None:
     """The module docstring's rule: finished trials only, best metric at their last epoch, earliest on ties."""
-    done = [t for t in trials if t.kind == "finished" and t.value(metric) is not None]
-    if not done:
-        return None
     sign = 1.0 if mode == "max" else -1.0
-    return max(done, key=lambda t: (sign * t.value(metric), -trials.index(t)))  # type: ignore[operator]
+    best: tuple[float, TrialRecord] | None = None
+    for trial in trials:
+        value = trial.value(metric)
+        if trial.kind == "finished" and value is not None and (best is None or sign * value > sign * best[0]):
+            best = (value, trial)  # (only a strictly better one: the earlier trial keeps a tie)
+    return best[1] if best else None
 
 
 def distinct_errors(trials: Iterable[TrialRecord]) -> dict[str, list[str]]:
@@ -218,21 +222,39 @@ def write_best_recipe(
 
 
 # --- the sweep's files --------------------------------------------------------------------------------------
-def summarize(trials: list[TrialRecord], space: SearchSpace, recipe: str | None, overrides: list[str], sweep: Path,
-              study: Any, opts: SearchOptions) -> dict[str, Any]:  # fmt: skip
+def summarize(
+    trials: list[TrialRecord],
+    space: SearchSpace,
+    recipe: str | None,
+    overrides: list[str],
+    sweep: Path,
+    study: Any,
+    opts: SearchOptions,
+) -> dict[str, Any]:
     """Write the sweep's files (trials.csv, best_recipe.yaml, plots, report.md, summary.json) and log the table of
     trials; returns the summary. No trial finished with valid results: :class:`SearchFailed`."""
     write_trials_csv(trials, space, sweep / "trials.csv")
     best = choose_best(trials, space.metric, space.mode)
     counts = {k: sum(t.kind == k for t in trials) for k in ("finished", "stopped", "failed")}
     counts["without_results"] = sum(bool(t.missing_results) for t in trials)  # (counted in "failed" too)
-    summary: dict[str, Any] = {"sweep": str(sweep), "trials": len(trials), **counts,
-                               "errors": distinct_errors(trials), "metric": space.metric, "mode": space.mode}  # fmt: skip
+    summary: dict[str, Any] = {
+        "sweep": str(sweep),
+        "trials": len(trials),
+        **counts,
+        "errors": distinct_errors(trials),
+        "metric": space.metric,
+        "mode": space.mode,
+    }
     if best is not None:
         recipe_path = write_best_recipe(recipe, overrides, space, best, sweep, opts.keep_sweep_schedule)
-        summary.update(best_trial=best.trial_id, best_params=best.params, best_metric=best.value(space.metric),
-                       best_test=best.test_numbers(), best_run=str(best.path / "run"),
-                       best_recipe=str(recipe_path))  # fmt: skip
+        summary.update(
+            best_trial=best.trial_id,
+            best_params=best.params,
+            best_metric=best.value(space.metric),
+            best_test=best.test_numbers(),
+            best_run=str(best.path / "run"),
+            best_recipe=str(recipe_path),
+        )
     summary["importances"] = {k.replace("/", "."): v for k, v in importances(study).items()}
     plots, skipped = write_plots(study, sweep / "plots")
     summary["plots"], summary["plots_skipped"] = [str(p) for p in plots], skipped
@@ -241,18 +263,33 @@ def summarize(trials: list[TrialRecord], space: SearchSpace, recipe: str | None,
     _log_table(trials, space)
     if best is None:
         errors = "; ".join(f"{len(ids)} x {message}" for message, ids in summary["errors"].items())
-        raise SearchFailed(f"no trial of the sweep finished ({counts['failed']} failed: {errors or 'no errors'}); "
-                           f"see {sweep / 'report.md'}")  # fmt: skip
-    logger.info("best %s = %.2f (trial %s); report: %s; recipe: %s", space.metric, summary["best_metric"],
-                best.trial_id, summary["report"], summary["best_recipe"])  # fmt: skip
+        raise SearchFailed(
+            f"no trial of the sweep finished ({counts['failed']} failed: {errors or 'no errors'}); "
+            f"see {sweep / 'report.md'}"
+        )
+    logger.info(
+        "best %s = %.2f (trial %s); report: %s; recipe: %s",
+        space.metric,
+        summary["best_metric"],
+        best.trial_id,
+        summary["report"],
+        summary["best_recipe"],
+    )
     return summary
 
 
 def _log_table(trials: Sequence[TrialRecord], space: SearchSpace) -> None:
     keys = list(space.params)
     header = ["trial", "status", *[k.split(".")[-1] for k in keys], space.metric]
-    rows = [[t.trial_id, t.status[:60], *[fmt(t.params.get(k)) for k in keys],
-             "-" if t.value(space.metric) is None else f"{t.value(space.metric):.2f}"] for t in trials]  # fmt: skip
+    rows = [
+        [
+            t.trial_id,
+            t.status[:60],
+            *[fmt(t.params.get(k)) for k in keys],
+            "-" if t.value(space.metric) is None else f"{t.value(space.metric):.2f}",
+        ]
+        for t in trials
+    ]
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         logger.info("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
@@ -266,19 +303,24 @@ def _groups(
     spec = space.params[key]
     values = sorted({json.dumps(t.params.get(key)) for t in trials}, key=lambda v: _order(json.loads(v)))
     if spec.type == "categorical" or spec.type == "int" and len(values) <= 8:
-        order = [json.dumps(v) for v in spec.values] if spec.type == "categorical" else values  # type: ignore[union-attr]
+        order = [json.dumps(v) for v in spec.values or []] if spec.type == "categorical" else values
         return [
             (fmt(json.loads(v)), [t for t in trials if json.dumps(t.params.get(key)) == v]) for v in order
         ]
-    low, high = float(spec.low), float(spec.high)  # type: ignore[arg-type]
+    low, high = spec.range  # (the space's bounds are resolved)
     log = spec.type == "loguniform"
     scale = (lambda x: math.log(x)) if log else (lambda x: x)
-    edges = [math.exp(scale(low) + (scale(high) - scale(low)) * i / 4) if log else low + (high - low) * i / 4
-             for i in range(5)]  # fmt: skip
+    edges = [
+        math.exp(scale(low) + (scale(high) - scale(low)) * i / 4) if log else low + (high - low) * i / 4
+        for i in range(5)
+    ]
     out = []
     for i in range(4):
-        members = [t for t in trials
-                   if edges[i] <= t.params[key] < edges[i + 1] or i == 3 and t.params[key] == edges[4]]  # fmt: skip
+        members = [
+            t
+            for t in trials
+            if edges[i] <= t.params[key] < edges[i + 1] or i == 3 and t.params[key] == edges[4]
+        ]
         out.append((f"[{edges[i]:.3g}, {edges[i + 1]:.3g}{']' if i == 3 else ')'}", members))
     return out
 
@@ -291,8 +333,15 @@ def _cell(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
-def write_report(trials: Sequence[TrialRecord], space: SearchSpace, best: TrialRecord | None, sweep: Path,
-                 recipe: str | None, overrides: Sequence[str], plots: Sequence[Path]) -> Path:  # fmt: skip
+def write_report(
+    trials: Sequence[TrialRecord],
+    space: SearchSpace,
+    best: TrialRecord | None,
+    sweep: Path,
+    recipe: str | None,
+    overrides: Sequence[str],
+    plots: Sequence[Path],
+) -> Path:
     metric = space.metric
     kinds = {k: [t for t in trials if t.kind == k] for k in ("finished", "stopped", "failed")}
     missing = sum(bool(t.missing_results) for t in trials)
@@ -311,9 +360,15 @@ def write_report(trials: Sequence[TrialRecord], space: SearchSpace, best: TrialR
         "",
     ]
     if best is not None:
-        lines += ["## Best trial", "", f"`{best.trial_id}` (`{best.path.name}/run`) — chosen on validation among finished "
-                  "trials; test numbers are reported, not used for the choice.", "",
-                  "| parameter | value |", "|:---|---:|"]  # fmt: skip
+        lines += [
+            "## Best trial",
+            "",
+            f"`{best.trial_id}` (`{best.path.name}/run`) — chosen on validation among finished "
+            "trials; test numbers are reported, not used for the choice.",
+            "",
+            "| parameter | value |",
+            "|:---|---:|",
+        ]
         lines += [f"| {k} | {fmt(v)} |" for k, v in best.params.items()]
         lines += [f"| **{metric}** | **{best.value(metric):.2f}** |"]
         lines += [f"| {k} (epoch {best.epoch} prompts) | {v:.2f} |" for k, v in best.test_numbers().items()]
@@ -322,8 +377,13 @@ def write_report(trials: Sequence[TrialRecord], space: SearchSpace, best: TrialR
         lines += ["## Best trial", "", "None: no trial finished.", ""]
     lines += ["## By parameter", ""]
     for key in space.params:
-        lines += [f"### {key}", "", f"| {key.split('.')[-1]} | {metric} (mean ± std) | finished | stopped early "
-                  f"(their {metric}) | failed |", "|:---|---:|---:|---:|---:|"]  # fmt: skip
+        lines += [
+            f"### {key}",
+            "",
+            f"| {key.split('.')[-1]} | {metric} (mean ± std) | finished | stopped early "
+            f"(their {metric}) | failed |",
+            "|:---|---:|---:|---:|---:|",
+        ]
         for label, members in _groups(trials, key, space):
             done = [v for t in members if t.kind == "finished" and (v := t.value(metric)) is not None]
             stopped = [v for t in members if t.kind == "stopped" and (v := t.value(metric)) is not None]
@@ -333,21 +393,34 @@ def write_report(trials: Sequence[TrialRecord], space: SearchSpace, best: TrialR
             )
         lines.append("")
     lines += _controlled(trials, space)
-    lines += ["## Trials", "", f"| trial | status | {' | '.join(space.params)} | {metric} | test (last prompts) |",
-              "|:---|:---|" + "---:|" * len(space.params) + "---:|:---|"]  # fmt: skip
+    lines += [
+        "## Trials",
+        "",
+        f"| trial | status | {' | '.join(space.params)} | {metric} | test (last prompts) |",
+        "|:---|:---|" + "---:|" * len(space.params) + "---:|:---|",
+    ]
     for t in trials:
         tests = ", ".join(f"{k[5:]} {v:.2f}" for k, v in t.test_numbers().items()) or "—"
         value = t.value(metric)
-        lines.append(f"| {t.trial_id} | {t.status} | " + " | ".join(fmt(t.params.get(k)) for k in space.params)
-                     + f" | {'—' if value is None else f'{value:.2f}'} | {tests} |")  # fmt: skip
+        lines.append(
+            f"| {t.trial_id} | {t.status} | "
+            + " | ".join(fmt(t.params.get(k)) for k in space.params)
+            + f" | {'—' if value is None else f'{value:.2f}'} | {tests} |"
+        )
     errors = distinct_errors(trials)
     if errors:
         lines += ["", "## Failures", ""]
         lines += [f"- {len(ids)} trial(s) ({', '.join(ids)}): {message}" for message, ids in errors.items()]
     if plots:
-        lines += ["", "## Plots", "", "Optuna's figures of the searcher's study (`optuna.db`): stopped trials are "
-                  "PRUNED and failed ones FAIL in it (timeline, learning curves), the other figures use the "
-                  "finished trials.", ""]  # fmt: skip
+        lines += [
+            "",
+            "## Plots",
+            "",
+            "Optuna's figures of the searcher's study (`optuna.db`): stopped trials are "
+            "PRUNED and failed ones FAIL in it (timeline, learning curves), the other figures use the "
+            "finished trials.",
+            "",
+        ]
         lines += [f"![{p.stem}](plots/{p.name})" for p in plots]
     out = sweep / "report.md"
     out.write_text("\n".join(lines) + "\n")
@@ -368,8 +441,12 @@ def _controlled(trials: Sequence[TrialRecord], space: SearchSpace) -> list[str]:
         rows = [(rest, members) for rest, members in groups.items() if len(members) > 1]
         if not rows:
             continue
-        lines += [f"### {key}, everything else equal", "", f"| {', '.join(k.split('.')[-1] for k in others)} | "
-                  f"{key.split('.')[-1]}: {metric} (test) |", "|:---|:---|"]  # fmt: skip
+        lines += [
+            f"### {key}, everything else equal",
+            "",
+            f"| {', '.join(k.split('.')[-1] for k in others)} | {key.split('.')[-1]}: {metric} (test) |",
+            "|:---|:---|",
+        ]
         for rest, members in rows:
             cells = []
             for value, t in sorted(members.items(), key=lambda kv: _order(json.loads(kv[0]))):
@@ -380,8 +457,14 @@ def _controlled(trials: Sequence[TrialRecord], space: SearchSpace) -> list[str]:
             lines.append(f"| {', '.join(fmt(v) for v in json.loads(rest))} | {' · '.join(cells)} |")
         lines.append("")
     if lines:
-        lines = ["## Controlled comparisons", "", "Finished trials that differ in one parameter only (test: HM or "
-                 "top-1 of the last prompts, reported, not used for any choice).", "", *lines]  # fmt: skip
+        lines = [
+            "## Controlled comparisons",
+            "",
+            "Finished trials that differ in one parameter only (test: HM or "
+            "top-1 of the last prompts, reported, not used for any choice).",
+            "",
+            *lines,
+        ]
     return lines
 
 
@@ -397,8 +480,14 @@ def fmt(value: Any) -> str:
 
 
 # --- plots --------------------------------------------------------------------------------------------------
-PLOTS = ("optimization_history", "slice", "parallel_coordinate", "param_importances", "intermediate_values",
-         "timeline")  # fmt: skip
+PLOTS = (
+    "optimization_history",
+    "slice",
+    "parallel_coordinate",
+    "param_importances",
+    "intermediate_values",
+    "timeline",
+)
 
 
 # Optuna's default importance evaluator (PED-ANOVA) compares the top 10% of trials with the rest: below this many
@@ -413,11 +502,11 @@ def _complete(study: Any) -> int:
 def draw(study: Any, name: str) -> Any:
     """Optuna's ``plot_<name>`` of ``study`` as a matplotlib Figure (None: nothing to draw), every axis of an
     integer parameter, trial numbers and epochs ("Step") on integer ticks."""
-    from matplotlib.ticker import MaxNLocator
-
     if name == "param_importances" and _complete(study) < MIN_TRIALS_FOR_IMPORTANCES:
-        raise ValueError(f"parameter importances need at least {MIN_TRIALS_FOR_IMPORTANCES} finished trials, "
-                         f"the study has {_complete(study)}")  # fmt: skip
+        raise ValueError(
+            f"parameter importances need at least {MIN_TRIALS_FOR_IMPORTANCES} finished trials, "
+            f"the study has {_complete(study)}"
+        )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # (experimental API; degenerate axes of a few trials)
         axes = getattr(ovm, f"plot_{name}")(study)
@@ -440,8 +529,6 @@ def draw(study: Any, name: str) -> Any:
 def write_plots(study: Any, out: Path) -> tuple[list[Path], dict[str, str]]:
     """Optuna's matplotlib figures of ``study`` (:data:`PLOTS`) as PNG files; returns (written, {plot: why it
     was skipped})."""
-    import matplotlib
-
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # (after choosing the Agg backend)
 
