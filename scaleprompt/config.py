@@ -1,7 +1,7 @@
 """Typed dataclass configs: field type checks, unknown-key errors, dict round-trips.
 
-Every config in scaleprompt is a ``@dataclass`` whose ``__post_init__`` calls :func:`check_types` and then its own
-value checks; a bad value raises :class:`ConfigError` naming the field.
+Every config in scaleprompt is a ``@dataclass`` whose ``__post_init__`` calls :func:`check_types` and then checks
+its own values (and nothing another layer knows); a bad value raises :class:`ConfigError` naming the field.
 """
 
 from __future__ import annotations
@@ -90,7 +90,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
 
 
 def check_types(cfg: Any, prefix: str = "") -> None:
-    """Check (and losslessly coerce) every field of a dataclass instance against its annotation."""
+    """Check (and losslessly coerce, in place) every field of the dataclass instance ``cfg`` against its
+    annotation; an error names the field after ``prefix`` (``"optim."``)."""
     hints = typing.get_type_hints(type(cfg))
     for f in dataclasses.fields(cfg):
         where = f"{prefix}{f.name}"
@@ -98,7 +99,8 @@ def check_types(cfg: Any, prefix: str = "") -> None:
 
 
 def from_dict(cls: type[T], data: Mapping[str, Any] | None, where: str = "") -> T:
-    """Build ``cls`` from a mapping; an unknown key raises a :class:`ConfigError` naming it."""
+    """Build the dataclass ``cls`` from the mapping ``data`` (None: its defaults); an unknown key raises a
+    :class:`ConfigError` naming it, and ``where`` (a method name, a section) when given."""
     data = dict(data or {})
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
@@ -111,7 +113,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, where: str = "") -> 
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
-    """JSON-friendly dict (tuples become lists)."""
+    """The dataclass instance ``cfg`` as a JSON-friendly dict (tuples become lists)."""
 
     def plain(v: Any) -> Any:
         if isinstance(v, tuple | list):
@@ -124,7 +126,7 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def require(cond: bool, field: str, message: str) -> None:
-    """Raise a ConfigError naming ``field`` unless ``cond`` holds."""
+    """Raise a ConfigError naming ``field``, saying ``message``, unless ``cond`` holds."""
     if not cond:
         raise ConfigError(f"{field}: {message}")
 
@@ -162,8 +164,8 @@ def _check_yaml_keys(
 
 
 def read_yaml_mapping(path: str | Path, what: str, expected: str) -> dict[str, Any]:
-    """A YAML file that must hold a mapping (a recipe, a search space); every problem is a ConfigError naming the
-    file (``what``: "recipe", "search space"; ``expected``: what the mapping holds). A key given twice in one mapping
+    """The YAML file ``path``, which must hold a mapping (a recipe, a search space); every problem is a ConfigError
+    naming the file (``what``: "recipe", "search space"; ``expected``: what the mapping holds). A key given twice in one mapping
     (at any depth) is such a problem: the error names the key path and both lines (YAML would keep the last value
     silently)."""
     path = Path(path)
@@ -188,7 +190,7 @@ def read_yaml_mapping(path: str | Path, what: str, expected: str) -> dict[str, A
 def check_json_keys(text: str, source: str | Path, what: str) -> None:
     """Raise a :class:`ConfigError` naming ``source``, the key path and both lines when an object of the JSON
     ``text`` (already known to parse) holds a key twice, at any depth (``json.loads`` keeps the last value
-    silently)."""
+    silently); ``what`` names the file's kind ("DeepSpeed config")."""
     decoder = json.JSONDecoder()
 
     def skip(i: int) -> int:

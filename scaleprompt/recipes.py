@@ -94,15 +94,16 @@ def _packaged(kind: _Kind) -> dict[str, Traversable]:
 
 
 def list_recipes(kind: RecipeKind) -> list[str]:
-    """The packaged names of one kind (``"config"``, ``"ds"``, ``"space"``), sorted, without folder and suffix:
+    """The packaged names of the ``kind`` (``"config"``, ``"ds"``, ``"space"``), sorted, without folder and suffix:
     ``["cocoop/base2new", ..., "demo", ...]``, ``["zero1", "zero2", ...]``; each resolves with
     :func:`resolve_recipe`."""
     return list(_packaged(_kind(kind)))
 
 
 def packaged_name(name: str | Path, kind: RecipeKind) -> str | None:
-    """The packaged name ``name`` would be (leading folder and suffix dropped: ``configs/provp_ref/base2new.yaml``
-    -> ``provp_ref/base2new``), or None for an absolute path or one going up (``..``)."""
+    """The packaged name ``name`` would be as a file of ``kind`` (its leading folder and suffix dropped:
+    ``configs/provp_ref/base2new.yaml`` -> ``provp_ref/base2new``), or None for an absolute path or one going up
+    (``..``)."""
     spec = _kind(kind)
     path = PurePosixPath(str(name))
     parts = path.parts
@@ -126,8 +127,9 @@ def _as_path(node: Traversable, rel: str) -> Path:
 
 
 def resolve_recipe(name: str | Path, kind: RecipeKind) -> Path:
-    """The file ``name`` means: an existing file as given, else the packaged one (see the module doc); not found:
-    a one-line ConfigError with what was tried and the closest packaged names."""
+    """The file ``name`` means as a ``kind`` (``"config"``, ``"ds"``, ``"space"``): an existing file as given, else
+    the packaged one (see the module doc); not found: a one-line ConfigError with what was tried and the closest
+    packaged names."""
     spec = _kind(kind)
     path = Path(name)
     if path.is_file():

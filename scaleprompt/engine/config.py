@@ -334,7 +334,8 @@ def check_run_config(cfg: RunConfig) -> RunConfig:
 
 
 def describe_validation_error(exc: Any, prefix: str = "") -> str:
-    """A pydantic ValidationError (DeepSpeed's config models) as one line: ``field.path: problem (got X)``."""
+    """The pydantic ValidationError ``exc`` (DeepSpeed's config models) as one line: ``field.path: problem (got X)``,
+    each field path after ``prefix`` (``"zero_optimization."``)."""
     parts = []
     for err in exc.errors():
         where = ".".join(str(x) for x in err.get("loc", ()))
@@ -345,7 +346,8 @@ def describe_validation_error(exc: Any, prefix: str = "") -> str:
 
 def check_ds_config(data: Any, source: str) -> dict[str, Any]:
     """Validate the parts of a DeepSpeed JSON that DeepSpeed would only reject deep inside ``initialize`` with a
-    pydantic traceback (the ZeRO section); returns ``data``. Errors name the file and the field."""
+    pydantic traceback (the ZeRO section) in ``data``, the JSON read from ``source`` (a file name, for the errors);
+    returns ``data``. Errors name the file and the field."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: a DeepSpeed config is a JSON object, got {type(data).__name__}")
     zero = data.get("zero_optimization", {})
@@ -363,8 +365,8 @@ def check_ds_config(data: Any, source: str) -> dict[str, Any]:
 
 
 def load_ds_config(path: str | Path) -> dict[str, Any]:
-    """Read and check a DeepSpeed JSON (``--ds``: a file, or a packaged name such as ``zero2``); errors name the
-    file, line or field."""
+    """Read and check the DeepSpeed JSON ``path`` (``--ds``: a file, or a packaged name such as ``zero2``); errors
+    name the file, line or field."""
     try:
         path = resolve_recipe(path, "ds")
     except ConfigError as exc:

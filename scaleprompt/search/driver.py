@@ -58,7 +58,9 @@ logger = logging.getLogger(__name__)
 def init_ray(
     address: str | None, dashboard: bool, num_cpus: int | None = None, port: int = 8265
 ) -> str | None:
-    """Start (or join) Ray. A local start binds every listener, the dashboard included, to 127.0.0.1."""
+    """Start Ray, or join the cluster at ``address``; returns the dashboard's URL (None: no dashboard, or a joined
+    cluster). A local start (``num_cpus``: its CPUs, default all) binds every listener, the dashboard included
+    (``dashboard``: start it, on ``port``), to 127.0.0.1."""
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback-only listeners
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if ray.is_initialized():
@@ -165,6 +167,8 @@ def _error_line(trial: Any) -> str:
 
 
 def tune_space(space: SearchSpace) -> dict[str, Any]:
+    """The Tune ``param_space`` of the resolved ``space``: a Tune sampler per parameter, nested by key
+    (:func:`~scaleprompt.search.trial.nest`)."""
     out = {}
     for key, spec in space.params.items():
         if spec.type == "categorical":
@@ -212,7 +216,7 @@ LOCK = ".lock"  # <sweep>/.lock: the driver's lock
 
 @contextlib.contextmanager
 def sweep_lock(sweep: Path) -> Iterator[DirLock]:
-    """Hold the sweep's driver lock (``<sweep>/.lock``) for the block; taken: a :class:`LockError` naming the holder.
+    """Hold the driver lock of the sweep folder ``sweep`` (``<sweep>/.lock``) for the block; taken: a :class:`LockError` naming the holder.
     A sweep folder made only for the lock (a fresh sweep that stopped before writing its ``sweep.json``, e.g. a
     failed pre-flight) is removed again."""
     created = not sweep.exists()

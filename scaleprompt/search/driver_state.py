@@ -41,7 +41,8 @@ PATTERNS = (
 
 
 def is_complete(path: Path) -> bool:
-    """Whether a state file was written to its end (JSON that parses; a pickle whose opcodes reach STOP)."""
+    """Whether the state file ``path`` was written to its end (JSON that parses; a pickle whose opcodes reach
+    STOP)."""
     try:
         data = path.read_bytes()
     except OSError:
@@ -62,12 +63,13 @@ def is_complete(path: Path) -> bool:
 
 
 def session_files(folder: Path, session: str) -> list[Path]:
-    """Tune's driver-state files of one session (``2026-11-30_14-43-59``) in ``folder``."""
+    """Tune's driver-state files of the ``session`` (``2026-11-30_14-43-59``) in ``folder``."""
     return [folder / p.format(session) for p in PATTERNS if (folder / p.format(session)).is_file()]
 
 
 def staging_folders(name: str, ray_temp: Path | None = None) -> list[Path]:
-    """The driver staging folders of the experiment ``name`` on this machine, newest first."""
+    """The driver staging folders of the experiment ``name`` on this machine (under ``ray_temp``, default Ray's
+    temporary folder), newest first."""
     root = ray_temp or Path(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()) / "ray"
     found = [p for p in root.glob(f"session_*/artifacts/*/{name}/driver_artifacts") if p.is_dir()]
     return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
@@ -75,7 +77,7 @@ def staging_folders(name: str, ray_temp: Path | None = None) -> list[Path]:
 
 def repair_driver_state(sweep: Path, ray_temp: Path | None = None) -> list[str]:
     """Put back the last complete save of every session whose state files in ``sweep`` are incomplete (from the
-    killed driver's staging folder); returns the files written."""
+    killed driver's staging folder, under ``ray_temp``: :func:`staging_folders`); returns the files written."""
     written: list[str] = []
     for state in sorted(sweep.glob(PATTERNS[0].format("*"))):
         session = state.name[len("experiment_state-") : -len(".json")]

@@ -106,6 +106,7 @@ class TrialRecord:
         return int(self.metrics.get("stopped_early") or self.metrics.get("epoch") or 0)
 
     def value(self, metric: str) -> float | None:
+        """The trial's last reported ``metric`` (None: not reported, or not a finite number)."""
         x = self.metrics.get(metric)
         return float(x) if isinstance(x, int | float) and math.isfinite(x) else None
 
@@ -123,7 +124,7 @@ class TrialRecord:
 
 
 def read_results(trial: TrialRecord) -> None:
-    """Read ``<trial>/run/results.json`` into ``trial.results`` if it is a valid run file
+    """Read the ``trial``'s ``<trial>/run/results.json`` into ``trial.results`` if it is a valid run file
     (:meth:`~scaleprompt.report.schema.RunResult.from_dict`); else ``trial.results`` is None and
     ``trial.results_error`` says why (missing, not JSON, not a run)."""
     path = trial.path / "run" / "results.json"
@@ -143,7 +144,8 @@ def read_results(trial: TrialRecord) -> None:
 
 
 def choose_best(trials: Sequence[TrialRecord], metric: str, mode: str) -> TrialRecord | None:
-    """The module docstring's rule: finished trials only, best metric at their last epoch, earliest on ties."""
+    """The best of ``trials`` by the module docstring's rule: finished trials only, the best value of ``metric``
+    (``mode``: ``"max"`` or ``"min"``) at their last epoch, the earliest on ties; None when none finished."""
     sign = 1.0 if mode == "max" else -1.0
     best: tuple[float, TrialRecord] | None = None
     for trial in trials:
@@ -154,6 +156,7 @@ def choose_best(trials: Sequence[TrialRecord], metric: str, mode: str) -> TrialR
 
 
 def distinct_errors(trials: Iterable[TrialRecord]) -> dict[str, list[str]]:
+    """The failures of the failed ``trials``: each distinct message with the ids of the trials it ended."""
     errors: dict[str, list[str]] = {}
     for t in trials:
         if t.kind == "failed":
@@ -162,8 +165,8 @@ def distinct_errors(trials: Iterable[TrialRecord]) -> dict[str, list[str]]:
 
 
 def write_trials_csv(trials: Sequence[TrialRecord], space: SearchSpace, out: Path) -> Path:
-    """One row per trial: trial id, status, the sampled parameters, the last result, test numbers, Tune's
-    columns and the trial folder."""
+    """Write ``out`` (trials.csv) and return it: one row per trial of ``trials``: trial id, status, the parameters
+    of ``space`` it sampled, the last result, test numbers, Tune's columns and the trial folder."""
     rows = []
     for t in trials:
         row: dict[str, Any] = {"trial_id": t.trial_id, "status": t.status}
@@ -192,7 +195,7 @@ def write_best_recipe(
     sweep: Path,
     keep_schedule: bool = False,
 ) -> Path:
-    """Write ``<sweep>/best_recipe.yaml`` and return its path: the sweep's base ``recipe`` (None: the defaults) and
+    """Write ``best_recipe.yaml`` in the sweep folder ``sweep`` and return its path: the sweep's base ``recipe`` (None: the defaults) and
     ``key=value`` ``overrides`` with the parameters of the ``best`` trial of ``space``, and the BASE recipe's
     schedule (the sweep's ``optim.epochs`` / ``train.max_steps`` overrides are dropped unless
     ``keep_schedule``)."""
@@ -231,8 +234,10 @@ def summarize(
     study: Any,
     opts: SearchOptions,
 ) -> dict[str, Any]:
-    """Write the sweep's files (trials.csv, best_recipe.yaml, plots, report.md, summary.json) and log the table of
-    trials; returns the summary. No trial finished with valid results: :class:`SearchFailed`."""
+    """Write the files of the sweep in the folder ``sweep`` (trials.csv, best_recipe.yaml, plots, report.md,
+    summary.json) from its ``trials`` of ``space``, its base ``recipe`` and ``overrides``, the Optuna ``study`` and
+    its options ``opts``, and log the table of trials; returns the summary. No trial finished with valid results:
+    :class:`SearchFailed`."""
     write_trials_csv(trials, space, sweep / "trials.csv")
     best = choose_best(trials, space.metric, space.mode)
     counts = {k: sum(t.kind == k for t in trials) for k in ("finished", "stopped", "failed")}
@@ -342,6 +347,9 @@ def write_report(
     overrides: Sequence[str],
     plots: Sequence[Path],
 ) -> Path:
+    """Write ``report.md`` in the sweep folder ``sweep`` and return it: the sweep of ``space`` over the base ``recipe`` and ``overrides``,
+    its ``trials`` by status, the ``best`` trial (None: none finished), the papers' ablation tables (the finished
+    trials by each parameter's values) and the figures ``plots``."""
     metric = space.metric
     kinds = {k: [t for t in trials if t.kind == k] for k in ("finished", "stopped", "failed")}
     missing = sum(bool(t.missing_results) for t in trials)
@@ -475,7 +483,7 @@ def _order(value: Any) -> tuple[int, float, str]:
 
 
 def fmt(value: Any) -> str:
-    """A parameter value as the reports show it (floats to 4 significant digits)."""
+    """The parameter ``value`` as the reports show it (floats to 4 significant digits)."""
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
@@ -500,7 +508,7 @@ def _complete(study: Any) -> int:
 
 
 def draw(study: Any, name: str) -> Any:
-    """Optuna's ``plot_<name>`` of ``study`` as a matplotlib Figure (None: nothing to draw), every axis of an
+    """Optuna's ``plot_<name>`` of ``study`` (``name``: one of :data:`PLOTS`) as a matplotlib Figure (None: nothing to draw), every axis of an
     integer parameter, trial numbers and epochs ("Step") on integer ticks."""
     if name == "param_importances" and _complete(study) < MIN_TRIALS_FOR_IMPORTANCES:
         raise ValueError(
@@ -527,8 +535,8 @@ def draw(study: Any, name: str) -> Any:
 
 
 def write_plots(study: Any, out: Path) -> tuple[list[Path], dict[str, str]]:
-    """Optuna's matplotlib figures of ``study`` (:data:`PLOTS`) as PNG files; returns (written, {plot: why it
-    was skipped})."""
+    """Optuna's matplotlib figures of ``study`` (:data:`PLOTS`) as PNG files in the folder ``out``; returns
+    (written, {plot: why it was skipped})."""
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # (after choosing the Agg backend)
 
@@ -552,7 +560,7 @@ def write_plots(study: Any, out: Path) -> tuple[list[Path], dict[str, str]]:
 
 
 def importances(study: Any) -> dict[str, float]:
-    """Optuna's default importance evaluator (PED-ANOVA in Optuna 5) over the study's COMPLETE trials (none below
+    """Optuna's default importance evaluator (PED-ANOVA in Optuna 5) over the COMPLETE trials of ``study`` (none below
     :data:`MIN_TRIALS_FOR_IMPORTANCES`)."""
     if _complete(study) < MIN_TRIALS_FOR_IMPORTANCES:
         return {}

@@ -88,7 +88,8 @@ class ParamSpec:
         return not isinstance(self.low, str) and not isinstance(self.high, str)
 
     def resolved(self, bounds: dict[str, int]) -> ParamSpec:
-        """This parameter with backbone bounds replaced by their values."""
+        """This parameter with its backbone bounds replaced by their values in ``bounds``
+        (:func:`backbone_bounds`)."""
         if self.concrete:
             return self
         low, high = (bounds[v] if isinstance(v, str) else v for v in (self.low, self.high))
@@ -124,16 +125,18 @@ class SearchSpace:
         check_types(self)
 
     def methods(self, base: RunConfig) -> list[str]:
+        """The methods the trials run: the sampled ``method.name`` values, else the ``base`` config's method."""
         spec = self.params.get("method.name")
         return list(spec.values or []) if spec else [base.method.name]
 
     def resolved(self, bounds: dict[str, int]) -> SearchSpace:
+        """This space with every parameter's backbone bounds replaced by their values in ``bounds``."""
         return replace(self, params={k: spec.resolved(bounds) for k, spec in self.params.items()})
 
 
 def load_space(path: str | Path) -> SearchSpace:
-    """Read a space file (its shape and types; :func:`check_space` checks it against a recipe): a file, or a
-    packaged name such as ``provp_ref`` (:func:`scaleprompt.recipes.resolve_recipe`)."""
+    """Read the space file ``path`` (its shape and types; :func:`check_space` checks it against a recipe): a file,
+    or a packaged name such as ``provp_ref`` (:func:`scaleprompt.recipes.resolve_recipe`)."""
     path = resolve_recipe(path, "space")
     raw = read_yaml_mapping(path, "search space", "metric / mode / params")
     unknown = sorted(set(raw) - {"metric", "mode", "params"})
@@ -164,6 +167,7 @@ def trial_values(base: RunConfig, sample: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def backbone_bounds(info: BackboneInfo) -> dict[str, int]:
+    """The sizes a range may be bounded by (:data:`BOUNDS`) on the backbone described by ``info``."""
     return {
         "vision_blocks": info.vision_layers,
         "text_blocks": info.text_layers,
@@ -183,6 +187,7 @@ class _Structure:
         self.cache_dir = cfg.model.cache_dir
 
     def build(self, cfg: RunConfig, classnames: Sequence[str], templates: Sequence[str]) -> None:
+        """Build the method of ``cfg`` for ``classnames`` with the dataset's ``templates`` (its errors raise)."""
         args = dict(cfg.method.args)
         try:
             build(cfg.method.name, self.meta, classnames, dataset_templates=templates, **args)

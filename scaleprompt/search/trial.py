@@ -48,8 +48,8 @@ Report = Callable[[dict[str, Any], Path | None], None]
 
 
 def nest(sample: dict[str, Any]) -> dict[str, Any]:
-    """``{"method.args.n_ctx": 4}`` -> ``{"method": {"args": {"n_ctx": 4}}}``: a trial's Tune config (Optuna names
-    its parameters ``method/args/n_ctx``)."""
+    """The flat ``sample`` nested by key, ``{"method.args.n_ctx": 4}`` -> ``{"method": {"args": {"n_ctx": 4}}}``: a
+    trial's Tune config (Optuna names its parameters ``method/args/n_ctx``)."""
     out: dict[str, Any] = {}
     for key, value in sample.items():
         *parents, leaf = key.split(".")
@@ -61,12 +61,13 @@ def nest(sample: dict[str, Any]) -> dict[str, Any]:
 
 
 def sample_of(config: dict[str, Any] | None) -> dict[str, Any]:
-    """A trial's Tune config as ``{run-config key: value}``."""
+    """A trial's Tune ``config`` (nested) as ``{run-config key: value}``."""
     return flatten(config or {})
 
 
 def trial_dirname(trial: Any) -> str:
-    """``<sweep>/trial_<id>`` (Tune's default name repeats every parameter and gets cut)."""
+    """The folder name of the Tune ``trial``: ``<sweep>/trial_<id>`` (Tune's default name repeats every parameter
+    and gets cut)."""
     return f"trial_{trial.trial_id}"
 
 
@@ -121,7 +122,8 @@ def deterministic_error(exc: BaseException) -> ScalepromptError | None:
 
 
 def run_trial(config: dict[str, Any], job: TrialJob) -> None:
-    """The Tune trainable: one engine run in ``<trial>/run``."""
+    """The Tune trainable: one engine run in ``<trial>/run`` of the sweep's ``job`` with the trial's sampled
+    values (``config``, its Tune config)."""
     # straight into the trial's folder on the sweep's storage: Tune's trial folder (get_trial_dir) is a staging
     # folder on the node the trial runs on, and only the driver node's staging folders are copied to the storage
     out = Path(tune.get_context().get_storage().trial_fs_path) / "run"
@@ -157,8 +159,9 @@ def set_aside_earlier_attempt(out: Path) -> Path | None:
 
 
 def finish_trial(config: dict[str, Any], job: TrialJob, trial_dir: str, checkpoint: Any, reason: str) -> None:
-    """Write the results of a trial the scheduler stopped: its newest checkpoint's prompts, tested, labelled
-    ``stopped_early`` (run by the driver as a Ray task with the trial's resources)."""
+    """Write the results of a trial of ``job`` the scheduler stopped (its Tune ``config``, its folder
+    ``trial_dir``, its newest Ray ``checkpoint``): that checkpoint's prompts, tested, labelled ``stopped_early``
+    with ``reason`` (run by the driver as a Ray task with the trial's resources)."""
     _run(job, config, Path(trial_dir) / "run", checkpoint, finish=reason, report=None)
 
 
@@ -212,8 +215,8 @@ def _train_run_config(out: Path, in_tune: bool) -> train.RunConfig:
 
 
 def restore_checkpoint(checkpoint: Any, out: Path) -> bool:
-    """Put a trial's Ray checkpoint where the engine resumes from (a complete checkpoint of that tag already in
-    the run folder is kept as it is). True if there was one."""
+    """Put a trial's Ray ``checkpoint`` (None: none) where the engine resumes from in the run folder ``out`` (a
+    complete checkpoint of that tag already there is kept as it is). True if there was one."""
     if checkpoint is None:
         return False
     with checkpoint.as_directory() as folder:
