@@ -39,13 +39,13 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 from urllib.parse import urlparse
 
 import torch
 from torch import nn
 
 from scaleprompt.errors import ScalepromptError
-from scaleprompt.logs import silenced
 from scaleprompt.microworld.tokenizer import WordTokenizer
 
 logger = logging.getLogger(__name__)
@@ -57,6 +57,10 @@ _OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
 
 # A tokenizer as open_clip's: ``tokenizer(texts, context_length=None)`` -> int64 ids ``[N, context_length]``.
 Tokenizer = Callable[..., torch.Tensor]
+# An open_clip model or one of its parts (towers, blocks). open_clip ships no type information (mypy reads its classes
+# as Any); code that reads their attributes (``visual.conv1``, ``block.attn``) takes this type, not ``nn.Module``
+# (whose attributes type as ``Tensor | Module``).
+OpenClipModule = Any
 
 
 class BackboneError(ScalepromptError, ValueError):
@@ -175,6 +179,7 @@ def registered_models() -> list[str]:
 
 
 def model_spec(name: str) -> ModelSpec:
+    """What :func:`register_model` registered as ``name`` (a :class:`BackboneError` for an unregistered name)."""
     try:
         return _MODELS[name]
     except KeyError:
@@ -223,10 +228,12 @@ def _is_torchscript_archive(path: Path) -> bool:
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read weights from a local file without unpickling arbitrary objects."""
+    """The weights in the local file ``path`` (safetensors, a TorchScript archive or a weights-only torch file),
+    read without unpickling arbitrary objects."""
     path = Path(path)
     if not path.is_file():
         raise BackboneError(f"checkpoint file not found: {path}")
+    state: Any  # (what the file holds, checked below)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -250,8 +257,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return dict(state)
 
 
-def load_state_dict_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load an open_clip- or OpenAI-format state dict strictly, with errors that name the offending keys."""
+def load_state_dict_into(model: OpenClipModule, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load the open_clip- or OpenAI-format ``state`` into the open_clip ``model`` strictly, with errors that name
+    the offending keys and ``source`` (where the weights came from)."""
     state = {k: v for k, v in state.items() if k not in _OPENAI_EXTRA_KEYS}
     if "logit_scale" in state and state["logit_scale"].shape != model.logit_scale.shape:
         state["logit_scale"] = state["logit_scale"].reshape(model.logit_scale.shape)
@@ -276,7 +284,7 @@ def load_state_dict_into(model: nn.Module, state: dict[str, torch.Tensor], sourc
 
 
 def freeze(model: nn.Module) -> nn.Module:
-    """Freeze every parameter and put the model in eval mode."""
+    """``model`` with every parameter frozen, in eval mode."""
     model.requires_grad_(False)
     model.eval()
     return model
@@ -291,8 +299,9 @@ def load_clip(
     cache_dir: str | None = None,
     init_seed: int = 0,
 ) -> Backbone:
-    """Build an open_clip CLIP, load its weights, freeze it; with its tokenizer and info. See the module docstring
-    for ``pretrained``.
+    """Build the open_clip CLIP ``model_name``, load its weights ``pretrained`` (see the module docstring), freeze it;
+    with its tokenizer and info. ``device`` and ``precision`` (``fp32``, ``bf16``, ``fp16``, open_clip's ``pure_*``)
+    place it; ``cache_dir``: where downloaded weights are cached (None: open_clip's default).
 
     A random initialisation (``pretrained=None``) is drawn from ``init_seed`` without touching the global RNG,
     so the same random backbone can be rebuilt later (prompt files record the seed)."""
@@ -314,6 +323,7 @@ def load_clip(
             raise BackboneError(f"unknown model name {model_name!r}; see open_clip.list_models()")
         with _quiet_open_clip():
             model = open_clip.create_model(model_name, pretrained=None, precision="fp32", device="cpu")
+        assert pretrained is not None  # (local_file says so)
         load_state_dict_into(model, read_state_dict(pretrained), source=str(pretrained))
         model = _cast(model, precision).to(device)
     else:
@@ -335,7 +345,8 @@ def load_clip(
 
 
 def tokenizer_for(model_name: str, cache_dir: str | None = None) -> Tokenizer:
-    """The model's tokenizer: the one registered with it (:func:`register_model`), else open_clip's."""
+    """The tokenizer of model ``model_name``: the one registered with it (:func:`register_model`), else open_clip's
+    (``cache_dir``: where a hub tokenizer is cached)."""
     open_clip = import_open_clip()
     registered = _MODELS.get(model_name)
     if registered is not None and registered.tokenizer is not None:
@@ -393,23 +404,44 @@ def _hub_access(model_name: str, tag: str, cache_dir: str | None) -> Iterator[No
         return
     import huggingface_hub.constants as hf_constants
 
+    # A process-wide switch, kept to this block and restored after it (listed in scaleprompt/__init__.py): open_clip's
+    # download takes no offline argument, and the hub reads this constant at call time (is_offline_mode): the cache
+    # only, no retries.
     offline = hf_constants.HF_HUB_OFFLINE
-    hf_constants.HF_HUB_OFFLINE = True  # read at call time (is_offline_mode): the cache only, no retries
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.CRITICAL)  # open_clip logs the failed download as an ERROR before raising
+    hf_constants.HF_HUB_OFFLINE = True
     try:
-        yield
+        with quiet_open_clip(logging.CRITICAL):  # (it logs a failed download as an ERROR, then raises)
+            yield
     except RuntimeError as exc:  # open_clip: "Pretrained weights (...) not found for model ..."
         raise missing from exc
     finally:
         hf_constants.HF_HUB_OFFLINE = offline
-        root.setLevel(level)
+
+
+@contextlib.contextmanager
+def quiet_open_clip(below: int = logging.ERROR) -> Iterator[None]:
+    """Inside the block, open_clip's log records below level ``below`` are dropped. open_clip logs every creation
+    step (and a warning for a deliberate random init) with ``logging.info`` / ``logging.warning``, i.e. on the root
+    logger: a filter on it drops the records whose source is open_clip's package and keeps every other record (the
+    root logger's level is left alone)."""
+    package = import_open_clip().__file__
+    assert package is not None  # (open_clip is imported from its files)
+    folder = str(Path(package).parent)
+
+    def keep(record: logging.LogRecord) -> bool:
+        return record.levelno >= below or not record.pathname.startswith(folder)
+
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
 
 
 def _quiet_open_clip() -> contextlib.AbstractContextManager[None]:
-    """open_clip logs every creation step (and a warning for a deliberate random init) on the root logger."""
-    return silenced("")
+    """open_clip's creation steps unlogged (errors kept): :func:`quiet_open_clip`."""
+    return quiet_open_clip()
 
 
 def _cast(model: nn.Module, precision: str) -> nn.Module:
@@ -420,8 +452,9 @@ def _cast(model: nn.Module, precision: str) -> nn.Module:
     return model
 
 
-def text_tower(model: nn.Module) -> nn.Module:
-    """The module that owns token_embedding / transformer / ln_final (the model itself, or ``model.text``)."""
+def text_tower(model: nn.Module) -> OpenClipModule:
+    """The module of the open_clip ``model`` that owns token_embedding / transformer / ln_final (the model itself,
+    or ``model.text``)."""
     tower = model.text if hasattr(model, "text") else model
     if not hasattr(tower, "token_embedding"):
         raise BackboneError("scaleprompt needs an open_clip text transformer (token_embedding + transformer)")
@@ -429,8 +462,10 @@ def text_tower(model: nn.Module) -> nn.Module:
 
 
 def backbone_info(
-    model: nn.Module, model_name: str, pretrained: str | None, init_seed: int | None = None
+    model: OpenClipModule, model_name: str, pretrained: str | None, init_seed: int | None = None
 ) -> BackboneInfo:
+    """The :class:`BackboneInfo` of the open_clip ``model`` built as ``model_name`` with weights ``pretrained`` (a
+    tag or file; None: random, drawn from ``init_seed``)."""
     visual = model.visual
     text = text_tower(model)
     size = visual.image_size

@@ -44,7 +44,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -53,7 +53,7 @@ from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 from torch.utils.weak import WeakIdKeyDictionary
 
-from scaleprompt.backbone import Tokenizer, import_open_clip, text_tower
+from scaleprompt.backbone import OpenClipModule, Tokenizer, import_open_clip, text_tower
 
 logger = logging.getLogger(__name__)
 
@@ -281,7 +281,11 @@ def _say_partitioned() -> None:
 
 
 def _fused_block(
-    block: nn.Module, x: Tensor, causal: bool = False, rows: Tensor | None = None, linear: Linear = F.linear
+    block: OpenClipModule,
+    x: Tensor,
+    causal: bool = False,
+    rows: Tensor | None = None,
+    linear: Linear = F.linear,
 ) -> Tensor:
     """open_clip's ``ResidualAttentionBlock.forward`` with the attention as one ``F.scaled_dot_product_attention``
     call on the block's own weights (``is_causal`` for text). The same math as ``nn.MultiheadAttention``, which
@@ -325,14 +329,14 @@ def _fused_block(
 
 
 def _unfused_block(
-    block: nn.Module, x: Tensor, attn_mask: Tensor | None, rows: Tensor | None, linear: Linear
+    block: OpenClipModule, x: Tensor, attn_mask: Tensor | None, rows: Tensor | None, linear: Linear
 ) -> Tensor:
     """open_clip's ``ResidualAttentionBlock.forward`` with ``nn.MultiheadAttention``'s unfused path (the one it takes
     whenever autograd records) written out step by step, every projection computed by ``linear``: the same
     operations on the same tensors, so it keeps what the block's own forward keeps for backward when ``F.linear``
     is ``linear`` (the planner's simulation of DeepSpeed's ZeRO-3 linear, :class:`EncoderOptions`). Then the
     ``rows`` ``[B, R]`` of the output (all of them when None)."""
-    attn = _attention(block)
+    attn = block.attn
     mask = None if attn_mask is None else attn_mask.to(x.dtype)  # (as open_clip's attention() casts it)
     h = block.ln_1(x).transpose(1, 0)  # [T, B, D]: nn.MultiheadAttention's sequence-first layout
     length, batch, width = h.shape
@@ -346,20 +350,10 @@ def _unfused_block(
     o = linear(o, attn.out_proj.weight, attn.out_proj.bias).view(length, batch, width).transpose(1, 0)
     x = x + block.ls_1(o)  # [B, T, D]
     h = block.ln_2(x)
-    for layer in _mlp(block):  # c_fc, activation, c_proj
+    for layer in block.mlp:  # c_fc, activation, c_proj
         h = linear(h, layer.weight, layer.bias) if isinstance(layer, nn.Linear) else layer(h)
     x = x + block.ls_2(h)
     return x if rows is None else _gather_rows(x, rows)
-
-
-def _attention(block: nn.Module) -> nn.MultiheadAttention:
-    """The ``attn`` of a plain open_clip block (:func:`_plain`)."""
-    return cast(nn.MultiheadAttention, block.attn)
-
-
-def _mlp(block: nn.Module) -> nn.Sequential:
-    """The ``mlp`` of a plain open_clip block (:func:`_plain`)."""
-    return cast(nn.Sequential, block.mlp)
 
 
 def _is_causal(mask: Tensor) -> bool:
@@ -370,15 +364,7 @@ def _is_causal(mask: Tensor) -> bool:
     return bool(torch.isneginf(mask[above]).all()) and bool((mask[~above] == 0).all())
 
 
-def _module(owner: nn.Module, name: str) -> nn.Module:
-    """``owner.<name>``, a submodule (``nn.Module.__getattr__`` is typed ``Tensor | Module``)."""
-    child = getattr(owner, name)
-    if not isinstance(child, nn.Module):
-        raise TypeError(f"{type(owner).__name__}.{name} is a {type(child).__name__}, not a module")
-    return child
-
-
-def _check_batch_first(transformer: nn.Module) -> None:
+def _check_batch_first(transformer: OpenClipModule) -> None:
     if not getattr(transformer, "batch_first", True):
         raise ValueError("scaleprompt's encoders need open_clip transformers built with batch_first=True")
 
@@ -395,11 +381,11 @@ class PromptedVisionEncoder(nn.Module):
 
     def __init__(self, clip: nn.Module, options: EncoderOptions | None = None) -> None:
         super().__init__()
-        self._clip = (clip,)  # a tuple, so the frozen tower is not registered twice in the module tree
+        self._clip: tuple[OpenClipModule] = (clip,)  # (a tuple: the frozen CLIP is not registered twice)
         self._options = options or EncoderOptions()
         self.block_input_hook: Callable[[int, Tensor, slice], None] | None = None
-        _check_batch_first(clip.visual.transformer)
-        if getattr(clip.visual, "attn_pool", None) is not None:
+        _check_batch_first(self.visual.transformer)
+        if getattr(self.visual, "attn_pool", None) is not None:
             raise ValueError("attention-pooled vision towers (CoCa) are not supported")
 
     @property
@@ -408,8 +394,9 @@ class PromptedVisionEncoder(nn.Module):
         return self._options
 
     @property
-    def visual(self) -> nn.Module:
-        return _module(self._clip[0], "visual")
+    def visual(self) -> OpenClipModule:
+        """The frozen CLIP's image tower (open_clip's ``VisionTransformer``)."""
+        return self._clip[0].visual
 
     @property
     def num_blocks(self) -> int:
@@ -497,7 +484,7 @@ class PromptedTextEncoder(nn.Module):
         self, clip: nn.Module, tokenizer: Tokenizer | None = None, options: EncoderOptions | None = None
     ) -> None:
         super().__init__()
-        self._clip = (clip,)
+        self._clip: tuple[OpenClipModule] = (clip,)
         self._options = options or EncoderOptions()
         _check_batch_first(text_tower(clip).transformer)
         self.tokenizer = tokenizer if tokenizer is not None else import_open_clip().SimpleTokenizer()
@@ -519,7 +506,8 @@ class PromptedTextEncoder(nn.Module):
         self._options = dataclasses.replace(self._options, text_chunk=value)
 
     @property
-    def tower(self) -> nn.Module:
+    def tower(self) -> OpenClipModule:
+        """The frozen CLIP's text tower (:func:`~scaleprompt.backbone.text_tower`)."""
         return text_tower(self._clip[0])
 
     @property
@@ -566,16 +554,21 @@ class PromptedTextEncoder(nn.Module):
         parts = []
         for lo in range(0, size, chunk):
             rows = slice(lo, lo + chunk)
-            args = (embeds[rows], ids[rows], None if pooled is None else pooled[rows], length, start,
-                    *(p[rows] if p.dim() == 3 else p for p in deep))  # fmt: skip
-            grad = torch.is_grad_enabled()
-            parts.append(
-                checkpoint(self._encode, *args, use_reentrant=False) if grad else self._encode(*args)
+            encode = partial(
+                self._encode,
+                embeds[rows],
+                ids[rows],
+                None if pooled is None else pooled[rows],
+                length,
+                start,
+                *(p[rows] if p.dim() == 3 else p for p in deep),
             )
+            parts.append(checkpoint(encode, use_reentrant=False) if torch.is_grad_enabled() else encode())
         return torch.cat(parts)  # [S, E]
 
-    def _encode(self, embeds: Tensor, ids: Tensor, pooled: Tensor | None, length: int, start: int,
-                *deep: Tensor) -> Tensor:  # fmt: skip
+    def _encode(
+        self, embeds: Tensor, ids: Tensor, pooled: Tensor | None, length: int, start: int, *deep: Tensor
+    ) -> Tensor:
         """:meth:`forward` of ``S`` sequences, their positions cut to ``length``."""
         t = self.tower
         x = embeds[:, :length].to(self.dtype) + t.positional_embedding[:length].to(self.dtype)  # [S, L, Dt]

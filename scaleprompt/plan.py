@@ -142,9 +142,14 @@ class Plan:
         return json.dumps(asdict(self), indent=2)
 
 
-def _quiet() -> contextlib.AbstractContextManager[None]:
-    """open_clip announces a random init on the root logger; identical synthetic class prompts are warned about."""
-    return silenced("", "scaleprompt.methods.prompts", "scaleprompt.encoders")
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """open_clip announces a random init (:func:`~scaleprompt.backbone.quiet_open_clip`); identical synthetic class
+    prompts are warned about."""
+    from scaleprompt.backbone import quiet_open_clip
+
+    with quiet_open_clip(), silenced("scaleprompt.methods.prompts", "scaleprompt.encoders"):
+        yield
 
 
 def classnames(classes: int, name_tokens: int) -> list[str]:

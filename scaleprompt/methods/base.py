@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from scaleprompt.backbone import Backbone
+from scaleprompt.backbone import Backbone, OpenClipModule
 from scaleprompt.config import ConfigError, check_types, require
 from scaleprompt.encoders import EncoderOptions, PromptedTextEncoder, PromptedVisionEncoder
 from scaleprompt.losses import cosine_logits
@@ -115,7 +115,7 @@ class PromptMethod(nn.Module, ABC):
         self.classnames = clean_classnames(classnames)
         self.templates: tuple[str, ...] | None = None  # the hand-crafted templates in use (FixedTextMethod)
         self.backbone_info = backbone.info
-        self.clip = backbone.model
+        self.clip: OpenClipModule = backbone.model  # (open_clip's CLIP: untyped)
         self.clip.requires_grad_(False)
         self.vision = PromptedVisionEncoder(self.clip, options)
         self.text = PromptedTextEncoder(self.clip, backbone.tokenizer, options)
@@ -262,6 +262,7 @@ class FeatureMethod(PromptMethod):
     """
 
     frozen_text: ClassVar[bool] = False
+    _text_cache: Tensor | None  # (a buffer, registered in __init__)
 
     def __init__(
         self,
@@ -328,6 +329,7 @@ class FixedTextMethod(FeatureMethod):
         self.templates = self._templates_for(None)
 
     def compute_text_features(self) -> Tensor:
+        assert self.templates is not None  # (set in __init__)
         return self.template_features(self.templates)
 
     def class_prompts(

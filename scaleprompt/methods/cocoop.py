@@ -45,6 +45,7 @@ class CoCoOp(PromptMethod):
 
     name = "cocoop"
     config_class = CoCoOpConfig
+    config: CoCoOpConfig
 
     def __init__(
         self,

@@ -31,7 +31,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -43,6 +43,9 @@ from scaleprompt.errors import OutputError
 from scaleprompt.methods.base import PromptMethod
 from scaleprompt.methods.io import PromptFileError, save_prompts
 from scaleprompt.methods.registry import build, method_class
+
+if TYPE_CHECKING:
+    from scaleprompt.data.templates import TemplateSet
 
 logger = logging.getLogger("scaleprompt")
 
@@ -62,7 +65,7 @@ RELEASES: dict[str, str] = {
 SUPPORTED = tuple(RELEASES)
 # The template set (scaleprompt.data.templates) of the fixed-text releases: ProVP's own; UPT's VPT-deep uses UPT's
 # zsclip CUSTOM_TEMPLATES, which are CoOp's.
-TEMPLATE_SETS = {"provp": "provp", "provp_ref": "provp", "vpt_deep": "coop"}
+TEMPLATE_SETS: dict[str, TemplateSet] = {"provp": "provp", "provp_ref": "provp", "vpt_deep": "coop"}
 
 PL = "prompt_learner."  # whole-model checkpoints (MaPLe, IVLP) prefix the prompt learner's tensors with this
 # Whole-model checkpoints (MaPLe, IVLP, their VPT, UPT's VPT-deep) also hold the frozen CLIP under these names;
@@ -113,7 +116,7 @@ def _plain_dict(*_: Any) -> dict:
     return {}
 
 
-def _safe_globals() -> list[tuple[Any, str]]:
+def _safe_globals() -> list[Callable[..., Any] | tuple[Callable[..., Any], str]]:
     records = [
         (type(name.rsplit(".", 1)[1], (PickledRecord,), {"official_name": name}), name)
         for name in RECORD_CLASSES

@@ -51,6 +51,7 @@ def init_context(
 class CoOp(FeatureMethod):
     name = "coop"
     config_class = CoOpConfig
+    config: CoOpConfig
 
     def __init__(
         self,

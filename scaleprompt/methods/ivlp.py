@@ -58,6 +58,7 @@ def template_context(
 class IVLP(FeatureMethod):
     name = "ivlp"
     config_class = IVLPConfig
+    config: IVLPConfig
 
     def __init__(
         self,

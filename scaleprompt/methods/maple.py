@@ -43,6 +43,7 @@ class MaPLeConfig(MethodConfig):
 class MaPLe(FeatureMethod):
     name = "maple"
     config_class = MaPLeConfig
+    config: MaPLeConfig
 
     def __init__(
         self,

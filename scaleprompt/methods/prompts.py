@@ -38,6 +38,10 @@ _REPORTED: set[str] = set()  # problems already logged by this process (each is 
 class ClassPromptTable(nn.Module):
     """Frozen token ids / embeddings of the C class prompts plus the splice of learned context."""
 
+    ids: Tensor  # [C, T] (buffers, registered by rebuild)
+    embeds: Tensor  # [C, T, Dt]
+    order: Tensor  # [C, T] (a class position other than "end")
+
     def __init__(
         self,
         text: PromptedTextEncoder,

@@ -57,6 +57,7 @@ class ProVPRefConfig(ProVPConfig):
 class ProVP(FixedTextMethod):
     name = "provp"
     config_class = ProVPConfig
+    config: ProVPConfig
 
     def __init__(
         self,
@@ -83,6 +84,7 @@ class ProVP(FixedTextMethod):
 class ProVPRef(ProVP):
     name = "provp_ref"
     config_class = ProVPRefConfig
+    config: ProVPRefConfig
 
     def loss(self, images: Tensor, labels: Tensor) -> LossOutput:
         prompted = self.image_features(images)  # [B, E]

@@ -74,7 +74,7 @@ class UnifiedLayer(nn.Module):
         super().__init__()
         self.variant = variant
         if variant == "mlp":
-            self.mix = nn.Sequential(nn.Linear(width, ff_dim), nn.ReLU(), nn.Linear(ff_dim, width))
+            self.mix: nn.Module = nn.Sequential(nn.Linear(width, ff_dim), nn.ReLU(), nn.Linear(ff_dim, width))
         else:
             self.mix = nn.MultiheadAttention(width, heads, dropout=dropout, batch_first=True)
         self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
@@ -97,6 +97,7 @@ class UnifiedLayer(nn.Module):
 class UPT(FeatureMethod):
     name = "upt"
     config_class = UPTConfig
+    config: UPTConfig
 
     def __init__(
         self,

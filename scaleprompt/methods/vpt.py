@@ -57,6 +57,7 @@ class VPTDeepConfig(FixedTextConfig):
 class VPTDeep(FixedTextMethod):
     name = "vpt_deep"
     config_class = VPTDeepConfig
+    config: VPTDeepConfig
 
     def __init__(
         self,
@@ -67,9 +68,8 @@ class VPTDeep(FixedTextMethod):
     ) -> None:
         super().__init__(backbone, classnames, config, options)
         depth = check_depth(config.depth, self.vision.num_blocks, "depth")
-        self.prompts = normal_prompts(
-            depth, config.n_ctx, self.vision.width, std=config.init_std
-        )  # [L, N, Dv]
+        assert config.n_ctx is not None  # (the config's __post_init__ resolves None to the layout's length)
+        self.prompts = normal_prompts(depth, config.n_ctx, self.vision.width, std=config.init_std)  # L, N, Dv
         self.plan = LAYOUTS[config.layout]
 
     def image_features(self, images: Tensor) -> Tensor:
