@@ -1,3 +1,44 @@
-"""scaleprompt: prompt learning for large frozen CLIP models at scale."""
+"""scaleprompt: prompt learning for large frozen CLIP models at scale.
+
+Process-wide state
+------------------
+
+Everything the package keeps or changes for the whole process is listed here (one place; add yours when you add
+one). How the encoders compute is not among it: :class:`~scaleprompt.encoders.EncoderOptions`, given when a method
+is built (``methods.build(..., options=...)``), nothing is switched on classes or patched in other modules.
+
+Registries (filled at import or by an extension's call, read everywhere):
+
+* ``scaleprompt.backbone._MODELS``: the models :func:`~scaleprompt.backbone.register_model` registered (scaleprompt's
+  own at import); their configs are also added to open_clip's model-config registry when open_clip is first imported
+  (``import_open_clip``, which keeps the module in ``_open_clip_module``).
+* ``scaleprompt.data.datasets.DATASETS``: the registered datasets.
+
+Once-per-process flags:
+
+* ``scaleprompt.encoders._say_partitioned`` (``functools.cache``): the warning that ZeRO-3 partitioned blocks run
+  open_clip's own forward.
+* ``scaleprompt.methods.prompts._REPORTED``: class-prompt problems already logged (each is logged once).
+
+Caches keyed by their inputs:
+
+* ``scaleprompt.encoders._TRANSPOSED`` (weak, per weight tensor and its version): the transposed frozen weights of
+  oneDNN's backward; ``scaleprompt.encoders._onednn_available`` (``functools.cache``): whether oneDNN's linear
+  works in this PyTorch build.
+* ``scaleprompt.plan``: ``_REDUCED`` (model -> the 2 + 2 block model), ``_TOKENIZERS``, ``_MEASURED`` (one
+  measured mode), ``_ARCHITECTURES`` (one meta-device build).
+* ``scaleprompt.data.remote._MANIFESTS``: a remote folder's checked manifest, fetched once.
+* ``scaleprompt.data.shards._SHA_CACHE``: a file's SHA-256 until its identity changes.
+* ``scaleprompt.locks._HELD``: the lock descriptors this process holds.
+* ``scaleprompt.engine.distributed._rendezvous_file``: the file rendezvous of the process group.
+
+Switches changed for a block only, restored after it:
+
+* ``huggingface_hub.constants.HF_HUB_OFFLINE`` (``backbone._hub_access``, only without network): open_clip's
+  download takes no offline argument, and the hub reads this constant at call time.
+* A filter on the root logger (``backbone.quiet_open_clip``) dropping open_clip's own records while a model is
+  created (open_clip logs with ``logging.info``, i.e. on the root logger; the root logger's level is left alone).
+* The levels of named loggers (``logs.silenced``, e.g. the planner's ``scaleprompt.methods.prompts``).
+"""
 
 __version__ = "0.1.0"

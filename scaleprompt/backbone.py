@@ -389,8 +389,14 @@ def _hub_access(model_name: str, tag: str, cache_dir: str | None) -> Iterator[No
     if _reachable(host):
         yield
         return
-    hint = (" (these are OpenAI weights: with a local file use a -quickgelu model name, e.g. "
-            f"model.name={model_name}-quickgelu)") if cfg.get("quick_gelu") else ""  # fmt: skip
+    hint = (
+        (
+            " (these are OpenAI weights: with a local file use a -quickgelu model name, e.g. "
+            f"model.name={model_name}-quickgelu)"
+        )
+        if cfg.get("quick_gelu")
+        else ""
+    )
     missing = BackboneError(
         f"the weights {model_name} / {tag!r} are not in the local cache ({where}) and {host} cannot be reached: "
         f"download them once on a machine with network (same cache), or pass a local file with "

@@ -168,7 +168,7 @@ def _onednn_matmul(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight, bias, "none", [], "")
 
 
-# weight -> (the storage it had, its version then, weight.T contiguous)
+# weight -> (the storage it had, its version then, weight.T contiguous); a cache (listed in scaleprompt/__init__.py)
 _TRANSPOSED: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
 

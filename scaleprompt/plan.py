@@ -52,7 +52,7 @@ ZERO3_DEFAULTS = {  # DeepSpeed's defaults, used when the DS JSON leaves a knob 
     "stage3_max_live_parameters": 1_000_000_000,
     "memory_efficient_linear": True,
 }
-DEPTH_FIELDS = {"vision_depth": "v", "text_depth": "t", "depth": "vt", "prompt_depth": "vt"}  # fmt: skip
+DEPTH_FIELDS = {"vision_depth": "v", "text_depth": "t", "depth": "vt", "prompt_depth": "vt"}
 RUNS = ((1, 1, 1, 2), (2, 2, 1, 4), (1, 2, 2, 4), (2, 1, 2, 2), (3, 1, 2, 2))  # (B, vision, text blocks, C)
 ASSUMPTIONS = (
     "weights: DeepSpeed's bf16 / fp16 engine casts every parameter (frozen ones too); buffers keep their dtype "
@@ -207,8 +207,10 @@ def count_saved(method: Any, batch: int) -> tuple[dict[str, int], int]:
     def leave(*_: Any) -> None:
         counter.part.pop()
 
-    handles = [method.vision.register_forward_pre_hook(enter("vision")),
-               method.text.register_forward_pre_hook(enter("text"))]  # fmt: skip
+    handles = [
+        method.vision.register_forward_pre_hook(enter("vision")),
+        method.text.register_forward_pre_hook(enter("text")),
+    ]
     handles += [method.vision.register_forward_hook(leave), method.text.register_forward_hook(leave)]
     try:
         with counter.hooks():
@@ -259,8 +261,11 @@ def _clipped(method: str, method_args: Mapping[str, Any], vision: int, text: int
 
     blocks = {"v": vision, "t": text}
     args = {**method_class(method).describe_config(), **method_args}
-    clipped = {k: min(x, *(blocks[s] for s in DEPTH_FIELDS[k])) for k, x in args.items()
-               if k in DEPTH_FIELDS and type(x) is int}  # fmt: skip
+    clipped = {
+        k: min(x, *(blocks[s] for s in DEPTH_FIELDS[k]))
+        for k, x in args.items()
+        if k in DEPTH_FIELDS and type(x) is int
+    }
     return {**method_args, **clipped}
 
 
@@ -311,9 +316,11 @@ class _DeepSpeedLinear(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, weight, bias = ctx.saved_tensors
         flat = grad.reshape(-1, grad.shape[-1])
-        return (grad.matmul(weight) if ctx.needs_input_grad[0] else None,
-                flat.t().matmul(x.reshape(-1, x.shape[-1])) if ctx.needs_input_grad[1] else None,
-                flat.sum(0) if bias is not None and ctx.needs_input_grad[2] else None)  # fmt: skip
+        return (
+            grad.matmul(weight) if ctx.needs_input_grad[0] else None,
+            flat.t().matmul(x.reshape(-1, x.shape[-1])) if ctx.needs_input_grad[1] else None,
+            flat.sum(0) if bias is not None and ctx.needs_input_grad[2] else None,
+        )
 
 
 def _torch_linear(
@@ -392,9 +399,17 @@ def measure(
                     block.append(vision_saved(built(v, 1, 2, plain), 1))
         clip.set_grad_checkpointing(False)
         _cast(clip, torch.float32)
-    logger.info("measured %s / %s on 1-2 blocks (%s%s%s%s): %d steps in %.1f s", model, method, precision,
-                ", ZeRO-3" if zero3 else "", ", checkpointing" if ckpt else "", ", text chunks" if chunk else "",
-                len(RUNS) + len(block), time.perf_counter() - start)  # fmt: skip
+    logger.info(
+        "measured %s / %s on 1-2 blocks (%s%s%s%s): %d steps in %.1f s",
+        model,
+        method,
+        precision,
+        ", ZeRO-3" if zero3 else "",
+        ", checkpointing" if ckpt else "",
+        ", text chunks" if chunk else "",
+        len(RUNS) + len(block),
+        time.perf_counter() - start,
+    )
     _MEASURED[key] = Measured(
         vision=vision,
         text=Fit.of([(s, t, p["text"]) for _, _, t, _, p, s in rows]),
@@ -421,8 +436,9 @@ class Architecture:
 _ARCHITECTURES: dict[tuple[Any, ...], Architecture] = {}
 
 
-def architecture(model: str, method: str, method_args: Mapping[str, Any], classes: int, name_tokens: int
-                 ) -> Architecture:  # fmt: skip
+def architecture(
+    model: str, method: str, method_args: Mapping[str, Any], classes: int, name_tokens: int
+) -> Architecture:
     key = (model, method, json.dumps(dict(method_args), sort_keys=True), classes, name_tokens)
     if key not in _ARCHITECTURES:
         from scaleprompt.backbone import Backbone, import_open_clip, text_tower
@@ -431,7 +447,9 @@ def architecture(model: str, method: str, method_args: Mapping[str, Any], classe
         oc = import_open_clip()
         method_class(method)  # (an unknown method is named before the model is built)
         if model not in oc.list_models():
-            raise ConfigError(f"unknown model {model!r}; see open_clip.list_models() or scaleprompt's model_configs")  # fmt: skip
+            raise ConfigError(
+                f"unknown model {model!r}; see open_clip.list_models() or scaleprompt's model_configs"
+            )
         with _quiet(), torch.device("meta"):
             clip: Any = oc.create_model(model, pretrained=None, device="meta").requires_grad_(False)
         tower: Any = text_tower(clip)
@@ -439,7 +457,9 @@ def architecture(model: str, method: str, method_args: Mapping[str, Any], classe
         embedding = tower.token_embedding
         tower.token_embedding = nn.Embedding(embedding.num_embeddings, embedding.embedding_dim)  # tokenizes
         with _quiet():
-            built = build(method, Backbone(clip, _tokenizer(model)), classnames(classes, name_tokens), **method_args)  # fmt: skip
+            built = build(
+                method, Backbone(clip, _tokenizer(model)), classnames(classes, name_tokens), **method_args
+            )
         size = clip.visual.image_size
         _ARCHITECTURES[key] = Architecture(
             frozen=frozen,
@@ -469,12 +489,21 @@ def prompt_bytes(values: int, element: int, zero: int, gpus: int, precision: str
     return element * values + grads + master + states
 
 
-EXTERNAL = ("visual.class_embedding", "visual.positional_embedding", "visual.proj", "positional_embedding",
-            "text_projection", "text.positional_embedding", "text.text_projection", "logit_scale")  # fmt: skip
+EXTERNAL = (
+    "visual.class_embedding",
+    "visual.positional_embedding",
+    "visual.proj",
+    "positional_embedding",
+    "text_projection",
+    "text.positional_embedding",
+    "text.text_projection",
+    "logit_scale",
+)
 
 
-def gathered_values(arch: Architecture, ds: Mapping[str, int], vision_twice: bool, text_used: bool,
-                    text_twice: bool) -> int:  # fmt: skip
+def gathered_values(
+    arch: Architecture, ds: Mapping[str, int], vision_twice: bool, text_used: bool, text_twice: bool
+) -> int:
     """ZeRO-3's gathered parameters (values) at the worst moment of a step: see :data:`ASSUMPTIONS`."""
     big = {n: v for n, v in arch.frozen.items() if v > ds["stage3_param_persistence_threshold"]}
     external = sum(v for n, v in big.items() if n in EXTERNAL)
@@ -501,21 +530,41 @@ def _zero3_knobs(ds_config: Mapping[str, Any] | None) -> dict[str, int]:
     return {k: int(section.get(k, v)) for k, v in ZERO3_DEFAULTS.items()}
 
 
-def plan(model: str, method: str, *, batch: int, gpus: int = 8, zero: int = 2, precision: str = "bf16",
-         grad_checkpointing: bool = False, classes: int = 1000, text_chunk: int = 0, gpu_memory: int = 80 * 10**9,
-         method_args: Mapping[str, Any] | None = None, optimizer: str = "sgd", name_tokens: int = 8,
-         ds_config: Mapping[str, Any] | None = None) -> Plan:  # fmt: skip
+def plan(
+    model: str,
+    method: str,
+    *,
+    batch: int,
+    gpus: int = 8,
+    zero: int = 2,
+    precision: str = "bf16",
+    grad_checkpointing: bool = False,
+    classes: int = 1000,
+    text_chunk: int = 0,
+    gpu_memory: int = 80 * 10**9,
+    method_args: Mapping[str, Any] | None = None,
+    optimizer: str = "sgd",
+    name_tokens: int = 8,
+    ds_config: Mapping[str, Any] | None = None,
+) -> Plan:
     """The per-GPU memory of training ``method`` on ``model`` with micro-batch ``batch`` per GPU (see module doc).
     ``ds_config``: the DeepSpeed JSON whose ZeRO-3 settings apply (default: the packaged ``zero3``)."""
-    for name, value, low in (("--batch", batch, 1), ("--gpus", gpus, 1), ("--classes", classes, 1),
-                             ("--text-chunk", text_chunk, 0), ("--name-tokens", name_tokens, 1)):  # fmt: skip
+    for name, value, low in (
+        ("--batch", batch, 1),
+        ("--gpus", gpus, 1),
+        ("--classes", classes, 1),
+        ("--text-chunk", text_chunk, 0),
+        ("--name-tokens", name_tokens, 1),
+    ):
         if value < low:
             raise ConfigError(f"{name} must be >= {low}, got {value}")
     if zero not in (0, 1, 2, 3):
         raise ConfigError(f"--zero must be 0, 1, 2 or 3, got {zero}")
     if precision not in DTYPES or optimizer not in OPTIMIZER_STATES:
-        raise ConfigError(f"--precision must be one of {list(DTYPES)} and --optimizer one of "
-                          f"{list(OPTIMIZER_STATES)}, got {precision!r} and {optimizer!r}")  # fmt: skip
+        raise ConfigError(
+            f"--precision must be one of {list(DTYPES)} and --optimizer one of "
+            f"{list(OPTIMIZER_STATES)}, got {precision!r} and {optimizer!r}"
+        )
     from scaleprompt.methods import make_config
 
     args = dict(method_args or {})
@@ -532,8 +581,10 @@ def plan(model: str, method: str, *, batch: int, gpus: int = 8, zero: int = 2, p
     persist = ds["stage3_param_persistence_threshold"] if zero == 3 else None
     ckpt, v_blocks, t_blocks = grad_checkpointing, arch.vision_blocks, arch.text_blocks
     zero3 = None if persist is None else (persist, bool(ds["memory_efficient_linear"]))
-    modes = {(c, k): measure(model, method, args, precision, zero3, c, k, name_tokens)
-             for c, k in {(ckpt, False), (False, False), (ckpt, text_chunk > 0)}}  # fmt: skip
+    modes = {
+        (c, k): measure(model, method, args, precision, zero3, c, k, name_tokens)
+        for c, k in {(ckpt, False), (False, False), (ckpt, text_chunk > 0)}
+    }
     base = modes[False, False]
 
     def block(fit: Fit, x: int) -> int:  # one middle block's saved bytes (without checkpointing)
@@ -545,8 +596,11 @@ def plan(model: str, method: str, *, batch: int, gpus: int = 8, zero: int = 2, p
         seqs = base.seqs(b, classes)
         chunked = 0 < text_chunk < seqs
         kept = modes[ckpt, chunked]
-        parts = {"vision": kept.vision(b, v_blocks), "text": kept.text(seqs, t_blocks) if seqs else 0,
-                 "loss & method": kept.other(b, classes)}  # fmt: skip
+        parts = {
+            "vision": kept.vision(b, v_blocks),
+            "text": kept.text(seqs, t_blocks) if seqs else 0,
+            "loss & method": kept.other(b, classes),
+        }
         unit = min(seqs, text_chunk) if chunked else seqs
         text_block = block(base.text, unit) if unit else 0
         working = [max(block(base.vision, b), b * base.vision_block), text_block]
@@ -559,22 +613,33 @@ def plan(model: str, method: str, *, batch: int, gpus: int = 8, zero: int = 2, p
         seqs = base.seqs(b, classes)
         where = f"split over {gpus} GPUs above {persist} values a tensor" if persist else "whole on every GPU"
         saved = "saved for backward" + (", with DeepSpeed's ZeRO-3 linear" if zero3 and zero3[1] else "")
-        out = [("frozen backbone weights", weight_bytes(arch.frozen, element, zero, gpus, persist or 0),
-                f"{sum(arch.frozen.values()) / 1e6:.1f}M values, {precision}, {where}")]  # fmt: skip
+        out = [
+            (
+                "frozen backbone weights",
+                weight_bytes(arch.frozen, element, zero, gpus, persist or 0),
+                f"{sum(arch.frozen.values()) / 1e6:.1f}M values, {precision}, {where}",
+            )
+        ]
         if persist is not None:
             twice = (base.vision(1, v_blocks) > 0, seqs > 0 and base.text(seqs, t_blocks) > 0)
             gathered = gathered_values(arch, ds, twice[0], seqs > 0, twice[1])
             out.append(("ZeRO-3 gathered parameters", element * gathered, "upper bound, see assumptions"))
         out += [
-            ("buffers + cached class text", arch.buffers + element * arch.text_cache, "class-prompt tokens, masks"),
-            (f"prompts, grads, master, {optimizer} state",
-             prompt_bytes(arch.trainable, element, zero, gpus, precision, optimizer),
-             f"{arch.trainable} trainable values"),
+            (
+                "buffers + cached class text",
+                arch.buffers + element * arch.text_cache,
+                "class-prompt tokens, masks",
+            ),
+            (
+                f"prompts, grads, master, {optimizer} state",
+                prompt_bytes(arch.trainable, element, zero, gpus, precision, optimizer),
+                f"{arch.trainable} trainable values",
+            ),
             *((f"activations: {k}", v, saved) for k, v in parts.items()),
             ("working set in flight", working, "largest block (computed / recomputed) or text chunk"),
             ("input batch", 4 * b * arch.image_values + 8 * b, "fp32 images + labels"),
             ("CUDA context + allocator slack", OVERHEAD, "assumed"),
-        ]  # fmt: skip
+        ]
         return out
 
     def total(b: int) -> int:
@@ -586,15 +651,32 @@ def plan(model: str, method: str, *, batch: int, gpus: int = 8, zero: int = 2, p
     while hi - fits > 1 and fits:
         mid = (fits + hi) // 2
         fits, hi = (mid, hi) if total(mid) <= gpu_memory else (fits, mid)
-    return Plan(model, method, batch, gpus, zero, precision, grad_checkpointing, classes, text_chunk, optimizer,
-                gpu_memory, tuple(rows(batch)), total(batch), fits, ASSUMPTIONS)  # fmt: skip
+    return Plan(
+        model,
+        method,
+        batch,
+        gpus,
+        zero,
+        precision,
+        grad_checkpointing,
+        classes,
+        text_chunk,
+        optimizer,
+        gpu_memory,
+        tuple(rows(batch)),
+        total(batch),
+        fits,
+        ASSUMPTIONS,
+    )
 
 
 def format_plan(p: Plan) -> str:
     """The plan as a table (GiB) with its assumptions."""
-    head = (f"{p.model} / {p.method}: micro-batch {p.batch} per GPU x {p.gpus} GPUs, ZeRO-{p.zero}, {p.precision}, "
-            f"grad checkpointing {'on' if p.grad_checkpointing else 'off'}, {p.classes} classes"
-            + (f", text chunk {p.text_chunk}" if p.text_chunk else ""))  # fmt: skip
+    head = (
+        f"{p.model} / {p.method}: micro-batch {p.batch} per GPU x {p.gpus} GPUs, ZeRO-{p.zero}, {p.precision}, "
+        f"grad checkpointing {'on' if p.grad_checkpointing else 'off'}, {p.classes} classes"
+        + (f", text chunk {p.text_chunk}" if p.text_chunk else "")
+    )
     lines = [head, f"{'per GPU':<40} {'GiB':>9}"]
     lines += [f"  {what:<38} {nbytes / GiB:9.3f}  {note}" for what, nbytes, note in p.rows]
     lines.append(f"  {'total':<38} {p.total / GiB:9.3f}  of {p.gpu_memory / GiB:.2f} GiB")

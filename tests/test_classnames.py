@@ -72,9 +72,15 @@ def test_micro_world_unknown_names_warn_naming_the_classes(micro, caplog, name, 
 
 @pytest.mark.parametrize(
     "name,args",
-    [("zsclip", {}), ("coop", {}), ("coop", {"ctx_init": "a photo of a"}), ("cocoop", {}), ("upt", {}),
-     ("provp_ref", {"templates": ["a {} that is red.", "something {}."]})],
-)  # fmt: skip
+    [
+        ("zsclip", {}),
+        ("coop", {}),
+        ("coop", {"ctx_init": "a photo of a"}),
+        ("cocoop", {}),
+        ("upt", {}),
+        ("provp_ref", {"templates": ["a {} that is red.", "something {}."]}),
+    ],
+)
 def test_names_the_micro_world_knows_do_not_warn(micro, caplog, name, args):
     # (the learned-context placeholders "X X X X" are not class-name words and are not checked)
     with caplog.at_level(logging.WARNING):
@@ -84,9 +90,13 @@ def test_names_the_micro_world_knows_do_not_warn(micro, caplog, name, args):
 
 
 def test_a_partly_unknown_name_names_its_unknown_words(micro):
-    problems = class_prompt_problems(micro.tokenizer, 24, ["blue bag", "blue sandal", "red circle"],
-                                     [[TEMPLATE.format(c) for c in ("blue bag", "blue sandal", "red circle")]],
-                                     "sp-micro-clip")  # fmt: skip
+    problems = class_prompt_problems(
+        micro.tokenizer,
+        24,
+        ["blue bag", "blue sandal", "red circle"],
+        [[TEMPLATE.format(c) for c in ("blue bag", "blue sandal", "red circle")]],
+        "sp-micro-clip",
+    )
     assert problems[0].endswith(": blue bag (bag), blue sandal (sandal)")
     assert problems[1].endswith(': blue bag, blue sandal -> "blue <unk>"')
 
@@ -200,8 +210,14 @@ class FakeWordPiece:
         words = text.lower().replace(".", " .").split()
         return [self.vocab.index(w) if w in self.vocab else self.unk_token_id for w in words]
 
-    def __call__(self, texts: list[str], add_special_tokens: bool = True, max_length: int | None = None,
-                 return_tensors: str | None = None, **kwargs: Any) -> dict[str, Any]:  # fmt: skip
+    def __call__(
+        self,
+        texts: list[str],
+        add_special_tokens: bool = True,
+        max_length: int | None = None,
+        return_tensors: str | None = None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
         rows = [self._ids(t) for t in texts]
         if not add_special_tokens:
             return {"input_ids": rows}
@@ -235,8 +251,10 @@ def test_hf_tokenizers_report_their_unknown_token():
         'identical: axolotl, quokka -> "[UNK]"',
     ]
     long = class_prompt_problems(tok, 8, ["cat"], [["a photo of a photo of a cat."]])
-    assert long == ['1 class prompt does not fit in the 8-token context of this backbone and is cut off: cat '
-                    '(e.g. "a photo of a photo of a cat.")']  # fmt: skip
+    assert long == [
+        "1 class prompt does not fit in the 8-token context of this backbone and is cut off: cat "
+        '(e.g. "a photo of a photo of a cat.")'
+    ]
 
 
 @pytest.mark.parametrize("mode", ["", "clips"])

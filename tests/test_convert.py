@@ -428,8 +428,24 @@ def test_convert_command_writes_a_prompt_file(clip12, images, tmp_path):
     names = tmp_path / "classnames.txt"
     names.write_text("\n".join(CLASSNAMES) + "\n")
     out = tmp_path / "coop.safetensors"
-    rc = main(["convert", "--method", "coop", "--official", str(official), "--classnames-file", str(names),
-               "--model", "sp-tiny-vit-12", "--pretrained", "none", "--out", str(out), "class_position=front"])  # fmt: skip
+    rc = main(
+        [
+            "convert",
+            "--method",
+            "coop",
+            "--official",
+            str(official),
+            "--classnames-file",
+            str(names),
+            "--model",
+            "sp-tiny-vit-12",
+            "--pretrained",
+            "none",
+            "--out",
+            str(out),
+            "class_position=front",
+        ]
+    )
     assert rc == 0
     loaded = methods.load_prompts(out, clip12).eval()
     with torch.no_grad():
@@ -442,8 +458,23 @@ def test_convert_command_reports_a_refused_file_on_one_line(clip12, tmp_path, ca
         {"state_dict": {"ctx": torch.zeros(4, 32)}, "epoch": 1, "scheduler": ArmedPickle(tmp_path / "m")},
         path,
     )
-    rc = main(["convert", "--method", "coop", "--official", str(path), "--classnames", "cat,dog",
-               "--model", "sp-tiny-vit-12", "--pretrained", "none", "--out", str(tmp_path / "x.safetensors")])  # fmt: skip
+    rc = main(
+        [
+            "convert",
+            "--method",
+            "coop",
+            "--official",
+            str(path),
+            "--classnames",
+            "cat,dog",
+            "--model",
+            "sp-tiny-vit-12",
+            "--pretrained",
+            "none",
+            "--out",
+            str(tmp_path / "x.safetensors"),
+        ]
+    )
     assert rc == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "refusing to load" in err[0]

@@ -61,8 +61,9 @@ def vit_b16():
         return load_clip("ViT-B-16")
 
 
-def real_step(backbone, method: str, batch: int, classes: int, ckpt: bool, chunk: int, precision: str = "fp32"
-              ) -> dict[str, int]:  # fmt: skip
+def real_step(
+    backbone, method: str, batch: int, classes: int, ckpt: bool, chunk: int, precision: str = "fp32"
+) -> dict[str, int]:
     """Saved bytes of one training step of the full-depth model (what the planner must predict); 16-bit: every
     parameter cast, as DeepSpeed's engine casts the module."""
     backbone.model.set_grad_checkpointing(ckpt)
@@ -121,8 +122,10 @@ def test_parameter_bytes_are_the_real_models(model, tiny, request):
             for gpus in (1, 3, 8):
                 got = planner.weight_bytes(arch.frozen, ELEMENT[precision], zero, gpus, persist)
                 assert got == expected_weight_bytes(backbone.model, precision, zero, gpus, persist), (
-                    precision, zero, gpus,
-                )  # fmt: skip
+                    precision,
+                    zero,
+                    gpus,
+                )
 
 
 def test_zero3_splits_the_weights_and_the_plan_reads_the_threshold_from_the_ds_config():
@@ -166,11 +169,21 @@ def test_prompt_states_follow_the_zero_stage_and_the_optimizer():
 
 def test_the_zero3_working_set_is_bounded_by_the_reuse_distance():
     arch = planner.Architecture(
-        frozen={"visual.proj": 500_000, "visual.transformer.resblocks.0.w": 2_000_000,
-                "visual.transformer.resblocks.1.w": 2_000_000, "transformer.resblocks.0.w": 1_000_000,
-                "token_embedding.weight": 9_000_000, "ln_final.weight": 10},
-        trainable=0, buffers=0, vision_blocks=2, text_blocks=1, text_cache=0, image_values=0,
-    )  # fmt: skip
+        frozen={
+            "visual.proj": 500_000,
+            "visual.transformer.resblocks.0.w": 2_000_000,
+            "visual.transformer.resblocks.1.w": 2_000_000,
+            "transformer.resblocks.0.w": 1_000_000,
+            "token_embedding.weight": 9_000_000,
+            "ln_final.weight": 10,
+        },
+        trainable=0,
+        buffers=0,
+        vision_blocks=2,
+        text_blocks=1,
+        text_cache=0,
+        image_values=0,
+    )
     ds = dict(planner.ZERO3_DEFAULTS)
     # the prompted image tower returns in backward: all of it stays gathered (+ the external projection)
     assert planner.gathered_values(arch, ds, True, False, False) == 500_000 + 4_000_000
@@ -189,8 +202,15 @@ TINY_CASES = [("provp_ref", 0), ("coop", 0), ("coop", 2), ("upt", 0), ("upt", 2)
 @pytest.mark.parametrize(("method", "chunk"), TINY_CASES)
 def test_activations_equal_a_real_full_depth_step_of_the_tiny_model(tiny, method, chunk, ckpt):
     """12 blocks per tower, batch 3 and 5 classes (the planner ran 1-2 blocks, batch 1-2, 2 or 4 classes)."""
-    p = planner.plan("sp-tiny-vit-12", method, batch=3, classes=5, precision="fp32", grad_checkpointing=ckpt,
-                     text_chunk=chunk)  # fmt: skip
+    p = planner.plan(
+        "sp-tiny-vit-12",
+        method,
+        batch=3,
+        classes=5,
+        precision="fp32",
+        grad_checkpointing=ckpt,
+        text_chunk=chunk,
+    )
     assert activations(p) == real_step(tiny, method, 3, 5, ckpt, chunk)
 
 
@@ -250,20 +270,46 @@ def test_zero3_activations_equal_a_real_deepspeed_step(tmp_path):
     """A real DeepSpeed ZeRO-3 bf16 engine (one CPU process) over the tiny model with its block weights partitioned
     (persistence threshold 10): the blocks run open_clip's own forward and every linear is DeepSpeed's, which saves
     its input; the planner's numbers are that step's, to the byte."""
-    ds = {"train_micro_batch_size_per_gpu": 3, "train_batch_size": 3, "bf16": {"enabled": True},
-          "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 10},
-          "zero_allow_untested_optimizer": True}  # fmt: skip
+    ds = {
+        "train_micro_batch_size_per_gpu": 3,
+        "train_batch_size": 3,
+        "bf16": {"enabled": True},
+        "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 10},
+        "zero_allow_untested_optimizer": True,
+    }
     cases = [("upt", 0, False), ("coop", 2, True), ("vpt_deep", 0, False)]
-    environment = {**env(tmp_path), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "RANK": "0",
-                   "WORLD_SIZE": "1", "LOCAL_RANK": "0"}  # fmt: skip
+    environment = {
+        **env(tmp_path),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+        "RANK": "0",
+        "WORLD_SIZE": "1",
+        "LOCAL_RANK": "0",
+    }
     environment.pop("SCALEPROMPT_INIT_METHOD")
-    proc = subprocess.run([sys.executable, "-c", DEEPSPEED_STEP, json.dumps(cases), json.dumps(ds)], cwd=ROOT,
-                          env=environment, capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", DEEPSPEED_STEP, json.dumps(cases), json.dumps(ds)],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     real = json.loads(proc.stdout.strip().splitlines()[-1])
     for (method, chunk, ckpt), counted in zip(cases, real, strict=True):
-        p = planner.plan("sp-tiny-vit-12", method, batch=3, classes=5, precision="bf16", zero=3, ds_config=ds,
-                         grad_checkpointing=ckpt, text_chunk=chunk)  # fmt: skip
+        p = planner.plan(
+            "sp-tiny-vit-12",
+            method,
+            batch=3,
+            classes=5,
+            precision="bf16",
+            zero=3,
+            ds_config=ds,
+            grad_checkpointing=ckpt,
+            text_chunk=chunk,
+        )
         expected = {"vision": counted["vision"], "text": counted["text"], "loss & method": counted["other"]}
         assert activations(p) == expected, method
 
@@ -273,8 +319,9 @@ def test_zero3_activations_equal_a_real_deepspeed_step(tmp_path):
     ("method", "chunk", "ckpt"), [("provp_ref", 0, False), ("coop", 2, True), ("upt", 0, True)]
 )
 def test_activations_equal_a_real_full_depth_step_of_vit_b16(vit_b16, method, chunk, ckpt):
-    p = planner.plan("ViT-B-16", method, batch=1, classes=5, precision="fp32", grad_checkpointing=ckpt,
-                     text_chunk=chunk)  # fmt: skip
+    p = planner.plan(
+        "ViT-B-16", method, batch=1, classes=5, precision="fp32", grad_checkpointing=ckpt, text_chunk=chunk
+    )
     assert activations(p) == real_step(vit_b16, method, 1, 5, ckpt, chunk)
 
 
@@ -323,9 +370,16 @@ def test_the_largest_micro_batch_is_the_last_that_fits(batch):
 # --- sizes and bad inputs -------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("text", "size"),
-    [("80GB", 80 * 10**9), ("40GiB", 40 * 2**30), ("24gb", 24 * 10**9), ("512MiB", 512 * 2**20),
-     ("1.5TB", 15 * 10**11), (" 2 GiB ", 2 * 2**30), ("1000", 1000)],
-)  # fmt: skip
+    [
+        ("80GB", 80 * 10**9),
+        ("40GiB", 40 * 2**30),
+        ("24gb", 24 * 10**9),
+        ("512MiB", 512 * 2**20),
+        ("1.5TB", 15 * 10**11),
+        (" 2 GiB ", 2 * 2**30),
+        ("1000", 1000),
+    ],
+)
 def test_memory_sizes(text, size):
     assert planner.parse_size(text) == size
 
@@ -341,12 +395,18 @@ BASE = ["plan", "--model", "sp-tiny-vit-12", "--method", "coop", "--batch", "2",
 
 @pytest.mark.parametrize(
     ("change", "said"),
-    [(["--model", "ViT-Q-99"], "unknown model 'ViT-Q-99'"), (["--method", "cooop"], "unknown method 'cooop'"),
-     (["--zero", "4"], "--zero must be 0, 1, 2 or 3"), (["--gpu-memory", "80XB"], "'80XB' is not a size"),
-     (["--batch", "0"], "--batch must be >= 1"), (["--precision", "fp8"], "--precision must be one of"),
-     (["--method-arg", "n_ctx=0"], "n_ctx"), (["--method-arg", "nope=1"], "nope"),
-     (["--method-arg", "n_ctx=30", "--classes", "2"], "--name-tokens")],
-)  # fmt: skip
+    [
+        (["--model", "ViT-Q-99"], "unknown model 'ViT-Q-99'"),
+        (["--method", "cooop"], "unknown method 'cooop'"),
+        (["--zero", "4"], "--zero must be 0, 1, 2 or 3"),
+        (["--gpu-memory", "80XB"], "'80XB' is not a size"),
+        (["--batch", "0"], "--batch must be >= 1"),
+        (["--precision", "fp8"], "--precision must be one of"),
+        (["--method-arg", "n_ctx=0"], "n_ctx"),
+        (["--method-arg", "nope=1"], "nope"),
+        (["--method-arg", "n_ctx=30", "--classes", "2"], "--name-tokens"),
+    ],
+)
 def test_bad_inputs_are_one_line_errors(change, said, capsys):
     argv = BASE + change
     assert main(argv) == 2
@@ -365,5 +425,8 @@ def test_the_command_prints_the_table_or_json(capsys):
     plan = json.loads(capsys.readouterr().out)
     assert plan["batch"] == 2 and plan["gpu_memory"] == 80 * 10**9 and plan["largest_batch"] > 2
     assert plan["total"] == sum(row[1] for row in plan["rows"])
-    assert ["prompts, grads, master, sgd state", planner.prompt_bytes(4 * 32, 2, 2, 8, "bf16", "sgd"),
-            "128 trainable values"] in plan["rows"]  # fmt: skip
+    assert [
+        "prompts, grads, master, sgd state",
+        planner.prompt_bytes(4 * 32, 2, 2, 8, "bf16", "sgd"),
+        "128 trainable values",
+    ] in plan["rows"]

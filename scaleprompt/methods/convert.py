@@ -444,8 +444,13 @@ def _map_vpt_deep(src: _Source, args: Mapping[str, Any], towers: _Towers) -> _Pl
                 f"{blocks} vision blocks (UPT's VPT-deep holds N tokens for every block, token-major)"
             )
         n = ctx.shape[0] // blocks
-        plan.put("prompts", (f"{name} [{ctx.shape[0]}, D] token-major -> [{blocks}, {n}, D]",
-                             ctx.reshape(n, blocks, ctx.shape[1]).transpose(0, 1)))  # fmt: skip
+        plan.put(
+            "prompts",
+            (
+                f"{name} [{ctx.shape[0]}, D] token-major -> [{blocks}, {n}, D]",
+                ctx.reshape(n, blocks, ctx.shape[1]).transpose(0, 1),
+            ),
+        )
         plan.config = {"layout": "upt", "n_ctx": n, "depth": None}
     elif src.has("image_encoder.VPT"):
         # multimodal-prompt-learning trainers/vpt.py (IVLP blocks, vision only): image_encoder.VPT [N, Dv] appended
@@ -456,8 +461,11 @@ def _map_vpt_deep(src: _Source, args: Mapping[str, Any], towers: _Towers) -> _Pl
         deep = src.take_numbered(pattern, 1)
         plan.stack("prompts", [first, *deep], first[1], f"image_encoder.VPT + {_layers(deep, pattern, 1)}")
         depth = 1 + len(deep)
-        plan.config = {"layout": "maple", "n_ctx": first[1].shape[0],
-                       "depth": None if depth == towers.vision_blocks else depth}  # fmt: skip
+        plan.config = {
+            "layout": "maple",
+            "n_ctx": first[1].shape[0],
+            "depth": None if depth == towers.vision_blocks else depth,
+        }
     else:
         raise src.error(
             "neither 'visual_ctx' (UPT's VPT-deep) nor 'image_encoder.VPT' (MaPLe's VPT) is in the file; it holds: "
@@ -524,8 +532,11 @@ def _map_provp(src: _Source, args: Mapping[str, Any], towers: _Towers) -> _Plan:
         logger.warning(
             "%s: N=%d <= 4: the ProVP release inserts nothing at block 0 for N <= 4 and mixes its prompts into "
             "patch tokens 1..N later; scaleprompt's %s always inserts the prompts, so these prompts will not "
-            "compute the release's features (docs/porting.md)", src.path, n, src.method,
-        )  # fmt: skip
+            "compute the release's features (docs/porting.md)",
+            src.path,
+            n,
+            src.method,
+        )
     return plan
 
 

@@ -48,9 +48,17 @@ from scaleprompt.promptfile import (
 )
 
 __all__ = [
-    "FORMAT", "PromptFile", "PromptFileError", "check_finite", "load_prompts", "open_prompt_file",
-    "read_prompt_file", "save_prompts", "tensors_sha256", "verify_prompt_tensors",
-]  # fmt: skip
+    "FORMAT",
+    "PromptFile",
+    "PromptFileError",
+    "check_finite",
+    "load_prompts",
+    "open_prompt_file",
+    "read_prompt_file",
+    "save_prompts",
+    "tensors_sha256",
+    "verify_prompt_tensors",
+]
 
 
 def atomic_write(path: Path, write: Any) -> None:

@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 ClassPosition = Literal["end", "middle", "front"]
 
 LISTED = 8  # class names a problem lists before "and N more"
-_REPORTED: set[str] = set()  # problems already logged by this process (each is logged once)
+_REPORTED: set[str] = set()  # problems already logged by this process, each once (scaleprompt/__init__.py)
 
 
 class ClassPromptTable(nn.Module):
