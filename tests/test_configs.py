@@ -185,3 +185,38 @@ def test_train_py_refuses_a_duplicate_key_in_one_line(tmp_path):
         "the last value would be used, silently; keep one"
     ]
     assert not (tmp_path / "out").exists()
+
+
+# --- each config validates only itself; check_run_config makes the checks of other layers ----------------------
+def test_a_section_checks_its_own_fields_and_check_run_config_the_rest():
+    """A section knows no method registry and no trackers (it imports neither torch nor the methods); the checks
+    that need them are made by check_run_config, which load_run_config and derive_run_config end with."""
+    import subprocess
+    import sys
+
+    from scaleprompt.engine.config import (
+        MethodSection,
+        RunConfig,
+        TrainConfig,
+        check_run_config,
+        derive_run_config,
+        load_run_config,
+    )
+
+    cfg = RunConfig(method=MethodSection("coopp"), train=TrainConfig(report_to="TensorBoard,wandb"))
+    with pytest.raises(ConfigError, match="unknown method 'coopp'"):
+        check_run_config(cfg)
+    cfg = RunConfig(method=MethodSection("coop", {"n_ctx": 4}), train=TrainConfig(report_to="none"))
+    assert check_run_config(cfg).train.report_to == []
+    with pytest.raises(ConfigError, match="unknown key 'n_ctxx' in coop"):
+        check_run_config(RunConfig(method=MethodSection("coop", {"n_ctxx": 4})))
+    base = load_run_config(None, ["method.name=coop", "method.args.n_ctx=4"])
+    with pytest.raises(ConfigError, match="optim.epochs: 0 trains nothing; coop needs >= 1 epoch"):
+        derive_run_config(base, {"optim.epochs": 0})
+    assert derive_run_config(base, {"method.name": "zsclip", "optim.epochs": 0}).method.args == {}
+    assert base.optim.epochs == 10 and base.method.args == {"n_ctx": 4}  # (the base is left as it is)
+    code = "import sys, scaleprompt.engine.config; print(sorted({'torch', 'scaleprompt.methods'} & set(sys.modules)))"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert done.stdout.strip() == "[]"
