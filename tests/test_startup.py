@@ -83,11 +83,11 @@ def test_scaleprompt_help_lists_every_command_and_imports_none_of_the_stack():
     )
     text, loaded = _python(code).splitlines()
     assert json.loads(loaded) == []
-    listing = " ".join(json.loads(text).split())  # (argparse wraps the help lines)
+    listing = "".join(json.loads(text).split())  # (argparse wraps the help lines, also at hyphens)
     from scaleprompt.commands import COMMANDS
 
     for command in COMMANDS:
-        assert f"{command.NAME} {' '.join(command.HELP.split())}" in listing, command.NAME
+        assert command.NAME + "".join(command.HELP.split()) in listing, command.NAME
 
 
 def _imported(importtime_log: str) -> set[str]:
