@@ -554,16 +554,12 @@ class PromptedTextEncoder(nn.Module):
         parts = []
         for lo in range(0, size, chunk):
             rows = slice(lo, lo + chunk)
-            encode = partial(
-                self._encode,
-                embeds[rows],
-                ids[rows],
-                None if pooled is None else pooled[rows],
-                length,
-                start,
-                *(p[rows] if p.dim() == 3 else p for p in deep),
-            )
-            parts.append(checkpoint(encode, use_reentrant=False) if torch.is_grad_enabled() else encode())
+            part = (embeds[rows], ids[rows], None if pooled is None else pooled[rows])
+            part_deep = [p[rows] if p.dim() == 3 else p for p in deep]
+            if torch.is_grad_enabled():  # (the chunk's inputs are checkpoint's: kept, the rest recomputed)
+                parts.append(checkpoint(self._encode, *part, length, start, *part_deep, use_reentrant=False))
+            else:
+                parts.append(self._encode(*part, length, start, *part_deep))
         return torch.cat(parts)  # [S, E]
 
     def _encode(
