@@ -21,6 +21,7 @@ prompts come from the checkpoint (:mod:`scaleprompt.engine.progress`), so the re
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -274,90 +275,85 @@ class Trainer:
             cfg.train.checkpoint_every_steps,
             cfg.train.checkpoint_every_epochs,
         )
-        bar = tqdm(
-            total=self.epochs * (len(loader) // self.accumulation),
-            initial=ds_engine.global_steps,
-            disable=True if not dist.is_main else None,  # None: off when stderr is not a terminal
-            desc=cfg.method.name,
-            dynamic_ncols=True,
-        )
-        # fp16: DeepSpeed's loss scaler skips its own gradient overflows; the loss is still watched
-        guard = NonFiniteGuard(model.trainable, dist.device, watch_gradients=cfg.train.precision != "fp16")
-        window: list[float] = []  # the micro-step losses of the current optimizer step
-        try:
-            # log lines print above the bar instead of through it; a stop signal waits for a step boundary
-            with logging_redirect_tqdm(), signals.deferred():
-                while loader.epoch < self.epochs:
-                    lr = lr_at_epoch(loader.epoch, cfg.optim)
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr
-                    ds_engine.train()
-                    for batch in loader:
-                        # one micro-step; at an accumulation boundary the optimizer step, unless something was
-                        # not finite on some rank (engine.nonfinite): then the run stops, or the step is skipped
-                        out = ds_engine(batch.images.to(dist.device), batch.labels.to(dist.device))
-                        guard.watch_loss(out.loss, out.parts)
-                        ds_engine.backward(out.loss)
-                        boundary = (
-                            ds_engine.is_gradient_accumulation_boundary()
-                        )  # (before step() advances it)
-                        window.append(out.loss.item())
-                        bad = guard.verdict() if boundary else []
-                        if bad:
-                            self._skip_or_stop(bad, run, lr)
-                            with skipped_step(optimizer, model.trainable):
-                                ds_engine.step()
-                        else:
+        with contextlib.ExitStack() as stack:
+            stack.callback(loader.close)  # (its workers stop now, not at interpreter exit after an error)
+            bar = stack.enter_context(
+                tqdm(
+                    total=self.epochs * (len(loader) // self.accumulation),
+                    initial=ds_engine.global_steps,
+                    disable=True if not dist.is_main else None,  # None: off when stderr is not a terminal
+                    desc=cfg.method.name,
+                    dynamic_ncols=True,
+                )
+            )
+            # fp16: DeepSpeed's loss scaler skips its own gradient overflows; the loss is still watched
+            guard = NonFiniteGuard(
+                model.trainable, dist.device, watch_gradients=cfg.train.precision != "fp16"
+            )
+            stack.callback(guard.close)
+            stack.enter_context(logging_redirect_tqdm())  # (log lines print above the bar, not through it)
+            stack.enter_context(signals.deferred())  # (a stop signal waits for a step boundary)
+            window: list[float] = []  # the micro-step losses of the current optimizer step
+            while loader.epoch < self.epochs:
+                lr = lr_at_epoch(loader.epoch, cfg.optim)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                ds_engine.train()
+                for batch in loader:
+                    # one micro-step; at an accumulation boundary the optimizer step, unless something was not
+                    # finite on some rank (engine/nonfinite.py): then the run stops, or the step is skipped
+                    out = ds_engine(batch.images.to(dist.device), batch.labels.to(dist.device))
+                    guard.watch_loss(out.loss, out.parts)
+                    ds_engine.backward(out.loss)
+                    # (asked before step(), which advances it)
+                    boundary = ds_engine.is_gradient_accumulation_boundary()
+                    window.append(out.loss.item())
+                    bad = guard.verdict() if boundary else []
+                    if bad:
+                        self._skip_or_stop(bad, run, lr)
+                        with skipped_step(optimizer, model.trainable):
                             ds_engine.step()
-                        images = len(batch.labels) * dist.world_size
-                        run.images_seen, run.session_images = (
-                            run.images_seen + images,
-                            run.session_images + images,
-                        )
-                        if not boundary:
-                            continue
-                        if not bad:  # (the train loss averages the micro-steps of the optimizer steps taken)
-                            run.epoch_loss = [
-                                run.epoch_loss[0] + sum(window),
-                                run.epoch_loss[1] + len(window),
-                            ]
-                        window = []
-                        bar.update(1)
-                        self._log_step(out, batch.labels, lr, run)
-                        if self._at_max_steps() or self._stop_agreed():
-                            break
-                        step, epoch_end = ds_engine.global_steps, loader.consumed % len(loader) == 0
-                        if every_steps and step % every_steps == 0 and not epoch_end:
-                            self._save(
-                                loader, run
-                            )  # (a step checkpoint at an epoch end is saved after validation)
-                    # the epoch's end (or a max_steps / signal stop): validation, checkpoint, report
-                    step, epoch = ds_engine.global_steps, loader.epoch
-                    epoch_done = loader.consumed % len(loader) == 0
-                    metrics = None
-                    if epoch_done and (every_val and epoch % every_val == 0 or epoch == self.epochs):
-                        metrics = self._validate(run, epoch, lr)
-                    if epoch_done:
-                        run.epoch_loss = [0.0, 0]
-                    checkpoint_due = run.global_step != step and (  # (not saved at this step already)
-                        bool(every_steps)
-                        and step % every_steps == 0
-                        or epoch_done
-                        and (bool(every_epochs) and epoch % every_epochs == 0 or epoch == self.epochs)
-                        or self._at_max_steps()
-                    )
-                    saved = self._save(loader, run) if checkpoint_due else None
-                    self._last_saved = saved or self._last_saved
-                    if self.report is not None and metrics is not None and epoch < self.epochs:
-                        self.report(metrics, saved)  # (after the checkpoint: a search can attach it)
-                    if self._stop_agreed():
-                        self._stop_for_signal(loader, run)
-                    if self._at_max_steps():
+                    else:
+                        ds_engine.step()
+                    run.images_seen += len(batch.labels) * dist.world_size
+                    run.session_images += len(batch.labels) * dist.world_size
+                    if not boundary:
+                        continue
+                    if not bad:  # (the train loss averages the micro-steps of the optimizer steps taken)
+                        run.epoch_loss = [run.epoch_loss[0] + sum(window), run.epoch_loss[1] + len(window)]
+                    window = []
+                    bar.update(1)
+                    self._log_step(out, batch.labels, lr, run)
+                    if self._at_max_steps() or self._stop_agreed():
                         break
-        finally:
-            guard.close()
-            bar.close()
-            loader.close()  # (its workers stop now; an error must not leave them for interpreter exit)
+                    # a step checkpoint (one that falls on an epoch end is saved once, after validation)
+                    step, epoch_end = ds_engine.global_steps, loader.consumed % len(loader) == 0
+                    if every_steps and step % every_steps == 0 and not epoch_end:
+                        self._save(loader, run)
+                # after the epoch (or a max_steps / signal stop): validation, checkpoint, report, signal stop
+                step, epoch = ds_engine.global_steps, loader.epoch
+                epoch_done = loader.consumed % len(loader) == 0
+                metrics = None
+                if epoch_done and ((every_val and epoch % every_val == 0) or epoch == self.epochs):
+                    metrics = self._validate(run, epoch, lr)
+                if epoch_done:
+                    run.epoch_loss = [0.0, 0]
+                checkpoint_due = run.global_step != step and (  # (not saved at this step already)
+                    (bool(every_steps) and step % every_steps == 0)
+                    or (
+                        epoch_done
+                        and ((bool(every_epochs) and epoch % every_epochs == 0) or epoch == self.epochs)
+                    )
+                    or self._at_max_steps()
+                )
+                saved = self._save(loader, run) if checkpoint_due else None
+                self._last_saved = saved or self._last_saved
+                if self.report is not None and metrics is not None and epoch < self.epochs:
+                    self.report(metrics, saved)  # (after the checkpoint: a search can attach it)
+                if self._stop_agreed():
+                    self._stop_for_signal(loader, run)
+                if self._at_max_steps():
+                    break
 
     # self-contained pieces of the run ---------------------------------------------------------------------------
     def _train_loader(self) -> ShardLoader:
