@@ -128,7 +128,7 @@ class EncoderOptions:
 
 
 def frozen_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """``F.linear`` over frozen weights. On CPU in fp32 it runs oneDNN's matmul (:class:`_OneDNNLinear`): PyTorch's
+    """``F.linear(x, weight, bias)`` over a frozen ``weight`` / ``bias``. On CPU in fp32 it runs oneDNN's matmul (:class:`_OneDNNLinear`): PyTorch's
     CPU ``F.linear`` calls MKL's sgemm, which on AMD processors runs at less than half of oneDNN's speed (on this
     project's AMD EPYC test machines 200 vs 450 GFLOPS on 2 cores, ViT-B/16 shapes). Same fp32 math, summed in
     another order (1e-6 relative). Anything else (GPU, bf16, CPU autocast, trainable weights, code being compiled by

@@ -76,7 +76,8 @@ ASSUMPTIONS = (
 
 
 def parse_size(text: str) -> int:
-    """``"80GB"`` (10^9), ``"40GiB"`` (2^30), ``"512MiB"``, ``"1.5TB"``, ``"123"`` (bytes) -> bytes."""
+    """The bytes of the size ``text``: ``"80GB"`` (10^9), ``"40GiB"`` (2^30), ``"512MiB"``, ``"1.5TB"``, ``"123"``
+    (bytes)."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*", text, flags=re.IGNORECASE)
     if not match:
         raise ConfigError(f"--gpu-memory: {text!r} is not a size such as 80GB, 40GiB, 24GB or 512MiB")
@@ -439,6 +440,8 @@ _ARCHITECTURES: dict[tuple[Any, ...], Architecture] = {}
 def architecture(
     model: str, method: str, method_args: Mapping[str, Any], classes: int, name_tokens: int
 ) -> Architecture:
+    """What ``method`` (config fields ``method_args``) over the full-depth ``model`` stores, built on the meta device
+    for ``classes`` class names of ``name_tokens`` tokens (cached in this process)."""
     key = (model, method, json.dumps(dict(method_args), sort_keys=True), classes, name_tokens)
     if key not in _ARCHITECTURES:
         from scaleprompt.backbone import Backbone, import_open_clip, text_tower
@@ -482,6 +485,9 @@ def weight_bytes(values: Mapping[str, int], element: int, zero: int, gpus: int, 
 
 
 def prompt_bytes(values: int, element: int, zero: int, gpus: int, precision: str, optimizer: str) -> int:
+    """Per-GPU bytes of ``values`` trainable prompt values of ``element`` bytes each: the model copy, gradients, the
+    fp32 master (with ZeRO or a 16-bit ``precision``) and the ``optimizer``'s states, split over ``gpus`` as ZeRO
+    stage ``zero`` splits them."""
     part = -(-values // gpus)
     grads = element * (part if zero >= 2 else values)
     master = 4 * (part if zero >= 1 else values) if zero >= 1 or precision != "fp32" else 0
@@ -504,7 +510,9 @@ EXTERNAL = (
 def gathered_values(
     arch: Architecture, ds: Mapping[str, int], vision_twice: bool, text_used: bool, text_twice: bool
 ) -> int:
-    """ZeRO-3's gathered parameters (values) at the worst moment of a step: see :data:`ASSUMPTIONS`."""
+    """ZeRO-3's gathered parameters (values) of ``arch`` at the worst moment of a step, under the DeepSpeed knobs
+    ``ds``; ``vision_twice`` / ``text_twice``: the tower's blocks run again in backward; ``text_used``: the text
+    tower runs in the step. See :data:`ASSUMPTIONS`."""
     big = {n: v for n, v in arch.frozen.items() if v > ds["stage3_param_persistence_threshold"]}
     external = sum(v for n, v in big.items() if n in EXTERNAL)
     towers: dict[str, int] = {"vision": 0, "text": 0, "vision block": 0, "text block": 0}
@@ -671,7 +679,7 @@ def plan(
 
 
 def format_plan(p: Plan) -> str:
-    """The plan as a table (GiB) with its assumptions."""
+    """The plan ``p`` as a table (GiB) with its assumptions."""
     head = (
         f"{p.model} / {p.method}: micro-batch {p.batch} per GPU x {p.gpus} GPUs, ZeRO-{p.zero}, {p.precision}, "
         f"grad checkpointing {'on' if p.grad_checkpointing else 'off'}, {p.classes} classes"
