@@ -32,6 +32,14 @@ Caches keyed by their inputs:
 * ``scaleprompt.locks._HELD``: the lock descriptors this process holds.
 * ``scaleprompt.engine.distributed._rendezvous_file``: the file rendezvous of the process group.
 
+A run's process (``engine/``; a process runs one run):
+
+* ``scaleprompt.engine.signals._state``: the stop-signal handlers :func:`~scaleprompt.engine.signals.install` set
+  (a ``train`` command only) and the stop request they received.
+* ``scaleprompt.engine.distributed``: ``DS_ACCELERATOR=cpu`` (a default, without CUDA, at import), ``LOCAL_RANK``,
+  ``GLOO_SOCKET_IFNAME=lo`` (CPU, every rank local) and torch's thread count (CPU ranks share the cores), set by
+  ``init_distributed``.
+
 Switches changed for a block only, restored after it:
 
 * ``huggingface_hub.constants.HF_HUB_OFFLINE`` (``backbone._hub_access``, only without network): open_clip's
