@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from scaleprompt.backbone import load_clip
+from scaleprompt.encoders import EncoderOptions
 from scaleprompt.engine.config import load_ds_config, load_run_config
 from scaleprompt.engine.distributed import barrier, init_distributed
 from scaleprompt.engine.model import PromptedModel
@@ -121,22 +122,22 @@ def main(argv: list[str] | None = None) -> None:
                  f"model.text_chunk={args.text_chunk}",
                  f"optim.batch_size={args.micro * dist.world_size}", *(f"method.args.{kv}" for kv in args.method_arg)]  # fmt: skip
     cfg = load_run_config(None, overrides)
-    method = build(args.method, backbone, class_names(args.classes), **cfg.method.args)
-    method.text.chunk = args.text_chunk
+    options = EncoderOptions(text_chunk=args.text_chunk)
+    method = build(args.method, backbone, class_names(args.classes), options=options, **cfg.method.args)
     frozen = [p for p in method.clip.parameters() if not p.requires_grad]
     build_seconds = time.perf_counter() - start
     rss_build = rss_field("VmHWM")
     reset_peak_rss()
     start = time.perf_counter()
     ds_base = load_ds_config(args.ds) if args.ds else None
-    engine = PromptedModel(method, cfg, ds_base, dist, micro=args.micro, accumulation=1)
+    model = PromptedModel(method, cfg, ds_base, dist, micro=args.micro, accumulation=1)
     engine_seconds = time.perf_counter() - start
     rss_engine, rss_after_engine = rss_field("VmHWM"), rss_field("VmRSS")
     frozen_held, frozen_total = held_bytes(frozen), full_bytes(frozen)
     reset_peak_rss()
     image_size = backbone.info.image_size
     step_seconds, losses = [], []
-    module = engine.module
+    module = model.module
     for step in range(args.steps):
         images, labels = global_batch(args.seed, step, args.micro * dist.world_size, image_size, args.classes)
         mine = slice(dist.rank * args.micro, (dist.rank + 1) * args.micro)
@@ -151,13 +152,13 @@ def main(argv: list[str] | None = None) -> None:
         logger.info("rank %d step %d: loss %.6f, %.2f s", dist.rank, step, losses[-1], step_seconds[-1])
     rss_steps = rss_field("VmHWM")
     frozen_held_after = held_bytes(frozen)
-    prompts = engine.snapshot()
+    prompts = model.snapshot()
     if dist.is_main:
         from safetensors.torch import save_file
 
         save_file({k: v.float().contiguous() for k, v in prompts.items()}, str(out / "prompts.safetensors"))
     record = {
-        "rank": dist.rank, "world_size": dist.world_size, "zero_stage": engine.zero_stage,
+        "rank": dist.rank, "world_size": dist.world_size, "zero_stage": model.zero_stage,
         "zero_optimization": (ds_base or {}).get("zero_optimization", {}), "threads": torch.get_num_threads(), "peak_resettable": resettable,
         "rss": {"build": rss_build, "engine": rss_engine, "steps": rss_steps, "after_engine": rss_after_engine,
                 "end": rss_field("VmRSS")},

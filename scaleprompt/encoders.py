@@ -38,7 +38,6 @@ the planner's simulation the same steps written out, :func:`_unfused_block`, wit
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 from collections.abc import Callable, Sequence
@@ -494,16 +493,6 @@ class PromptedTextEncoder(nn.Module):
     def options(self) -> EncoderOptions:
         """How this encoder computes (fixed when it is built)."""
         return self._options
-
-    @property
-    def chunk(self) -> int:
-        """``options.text_chunk``. Transitional: setting it replaces the options (for callers not yet passing
-        ``options=`` at build time; to be removed once none sets it)."""
-        return self._options.text_chunk
-
-    @chunk.setter
-    def chunk(self, value: int) -> None:
-        self._options = dataclasses.replace(self._options, text_chunk=value)
 
     @property
     def tower(self) -> OpenClipModule:
