@@ -17,12 +17,12 @@ import logging
 import typing
 
 from scaleprompt.commands.common import (
+    CommandParser,
     add_debug_argument,
     add_overrides,
     add_recipe_arguments,
     command_parser,
 )
-from scaleprompt.search.options import SearchOptions
 
 NAME = "tune"
 HELP = "an ablation sweep (Ray Tune + Optuna); = tune/ablation.py"
@@ -38,8 +38,19 @@ EPILOG = (
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """The ``tune`` parser in ``subparsers``: the space, the recipe and DeepSpeed config, one flag per field of
-    :class:`~scaleprompt.search.options.SearchOptions` and the ``key=value`` overrides."""
+    :class:`~scaleprompt.search.options.SearchOptions` and the ``key=value`` overrides (added when the parser is
+    used: the options' module imports the config stack)."""
     parser = command_parser(subparsers, NAME, help=HELP, description=DESCRIPTION, epilog=EPILOG)
+    parser.defer(_add_arguments)
+    add_overrides(parser)
+    parser.set_defaults(console="timestamped")
+    return parser
+
+
+def _add_arguments(parser: CommandParser) -> None:
+    """``--space``, ``--config``, ``--ds``, a flag per search option and ``--debug``, in this order."""
+    from scaleprompt.search.options import SearchOptions
+
     parser.add_argument(
         "--space",
         required=True,
@@ -59,14 +70,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         kind = {int: int, float: float}.get(hints[f.name], str)
         parser.add_argument(flag, type=kind, default=f.default, help=f"{help_text} (default: %(default)s)")
     add_debug_argument(parser)
-    add_overrides(parser)
-    parser.set_defaults(console="timestamped")
-    return parser
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the sweep ``args`` describe. A bad space, range, recipe, flag or DS JSON is an error (one line, exit 2)
     before any trial; so is a sweep in which no trial finished, summarising the distinct errors."""
+    from scaleprompt.search.options import SearchOptions
+
     if args.quiet:
         logging.getLogger("scaleprompt").setLevel(logging.WARNING)
     names = {f.name for f in dataclasses.fields(SearchOptions)}
