@@ -24,8 +24,8 @@ def colors(tmp_path_factory):
 
 @pytest.mark.parametrize("stage", [1, 2, 3])
 def test_deepspeed_two_processes_learn_under_zero_stage(colors, tmp_path, stage):
-    launch(deepspeed_cmd(2, "tests/ds_driver.py", "--ds", f"ds_configs/zero{stage}.json", "--out", str(tmp_path),
-                         "--data", str(colors), "--epochs", "6"), tmp_path)  # fmt: skip
+    ds = ["--ds", f"ds_configs/zero{stage}.json", "--out", str(tmp_path)]
+    launch(deepspeed_cmd(2, "tests/ds_driver.py", *ds, "--data", str(colors), "--epochs", "6"), tmp_path)
     for method in ("provp_ref", "upt"):
         res = results(tmp_path / method)
         assert res["world_size"] == 2 and res["method"] == method
@@ -108,8 +108,10 @@ def test_resume_after_sigkill_reaches_the_same_prompts(colors, tmp_path):
     assert 5 <= killed_at < 48 and not (out / "results.json").exists(), killed_at
     launch([*cmd, "--resume"], out)
     torch.testing.assert_close(
-        load_file(out / "prompts.safetensors")["unified"], load_file(ref / "prompts.safetensors")["unified"],
-        rtol=0, atol=1e-6,
-    )  # fmt: skip
+        load_file(out / "prompts.safetensors")["unified"],
+        load_file(ref / "prompts.safetensors")["unified"],
+        rtol=0,
+        atol=1e-6,
+    )
     assert results(out)["results"]["last"]["test"] == results(ref)["results"]["last"]["test"]
     assert json.loads((out / "checkpoints" / "latest.json").read_text())["tag"] == "step00000048"
