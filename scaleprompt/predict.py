@@ -178,6 +178,8 @@ class Predictor:
         if classnames is not None and clean_classnames(classnames) != self.method.classnames:
             self.method.set_classnames(classnames)
         info = self.backbone.info
+        assert info is not None  # (load_clip records it; only a bare model wrapped by Backbone.of has none)
+        self.info = info
         self.transform = clip_transform(info.image_size, train=False, mean=info.mean, std=info.std)
         self.device = device
 
@@ -343,7 +345,7 @@ def run_predict(
     k = min(top_k, len(predictor.classnames))
     logger.info(
         "%d images from %d inputs; %s over %s, %d classes, top %d",
-        len(paths), len(inputs), predictor.method.name, predictor.backbone.info.model_name,
+        len(paths), len(inputs), predictor.method.name, predictor.info.model_name,
         len(predictor.classnames), k,
     )  # fmt: skip
     skipped: list[Path] = []

@@ -105,9 +105,17 @@ def ensure_shards(
         _explain_new_folder(out, key)
         _write_json(out / SOURCE, key)
         write_shards_locked(
-            ds, out, protocol, splits=splits, shard_size=shard_size, min_shards=min_shards, processes=1,
-            max_image_size=None, overwrite=False, allow_fewer_shots=allow_fewer_shots,
-        )  # fmt: skip
+            ds,
+            out,
+            protocol,
+            splits=splits,
+            shard_size=shard_size,
+            min_shards=min_shards,
+            processes=1,
+            max_image_size=None,
+            overwrite=False,
+            allow_fewer_shots=allow_fewer_shots,
+        )
     return out
 
 
@@ -116,8 +124,13 @@ def _check_reused_shots(out: Path, protocol: Protocol, allow_fewer_shots: bool) 
     manifest = read_manifest(out)
     train = manifest["splits"].get("train")
     if train is not None and train.get("class_counts") is not None:
-        check_shots(manifest["dataset"], manifest["classnames"], train["class_counts"], protocol.shots,
-                    allow_fewer_shots)  # fmt: skip
+        check_shots(
+            manifest["dataset"],
+            manifest["classnames"],
+            train["class_counts"],
+            protocol.shots,
+            allow_fewer_shots,
+        )
 
 
 def dataset_source(dataset: str, root: str | Path | None, ds: DatasetSplits) -> dict:
@@ -157,11 +170,12 @@ def cache_key(
     """The key inputs (what ``source.json`` holds); ``key["key"]`` is their sha256 (the ``dataset`` spec as
     written and its display ``name`` are recorded, not hashed: ``folder:./x`` and ``folder:/abs/x`` are one key)."""
     start = time.monotonic()
+    listing = listing_fingerprint(ds)
     inputs = {
         "key_version": KEY_VERSION,
         "format": FORMAT,
         "source": dataset_source(dataset, root, ds),
-        "listing": listing_fingerprint(ds),
+        "listing": listing,
         "protocol": asdict(protocol),
         "splits": list(splits),
         "shard_size": shard_size,
@@ -171,7 +185,7 @@ def cache_key(
     key = {"dataset": dataset, "name": dataset_display_name(dataset), **inputs, "key": digest}
     logger.info(
         "shard cache: listed %d images of %s in %.1f s",
-        key["listing"]["images"],
+        listing["images"],
         dataset,
         time.monotonic() - start,
     )
@@ -247,9 +261,13 @@ def _explain_new_folder(out: Path, key: dict) -> None:
         if recorded.get("source") == key["source"] and differ == ["listing"]:
             logger.warning(
                 "shard cache: the images of %s changed since %s was written (%d -> %d images, or sizes / mtimes "
-                "/ ctimes / inodes differ): writing %s", key["dataset"], other, recorded["listing"].get("images", -1),
-                key["listing"]["images"], out,
-            )  # fmt: skip
+                "/ ctimes / inodes differ): writing %s",
+                key["dataset"],
+                other,
+                recorded["listing"].get("images", -1),
+                key["listing"]["images"],
+                out,
+            )
         else:
             logger.info(
                 "shard cache: %s differs from %s in %s: writing %s", key["dataset"], other, differ, out

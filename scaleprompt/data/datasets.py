@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import cast
 
 from scaleprompt.data.fashion_mnist import load_fashion_mnist
 from scaleprompt.data.layout import (
@@ -31,20 +32,28 @@ from scaleprompt.microworld.datasets import DATASETS as MICRO_DATASETS
 from scaleprompt.microworld.datasets import load_microworld
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm"}
+SPLITS = ("train", "val", "test")
+
+# root -> splits; root is None only for a generated dataset loaded without a root folder (see register_dataset)
+DatasetReader = Callable[[Path | None], DatasetSplits]
 
 
 def list_images(folder: Path) -> list[Path]:
+    """The images of ``folder`` (by suffix, hidden files left out), sorted."""
     return sorted(
         p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
     )
 
 
 def list_class_folders(folder: Path) -> list[str]:
+    """The names of the sub-folders of ``folder`` (hidden ones left out), sorted."""
     return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _finish(name: str, image_root: Path, train, val, test, val_from_train: bool = False) -> DatasetSplits:
-    return DatasetSplits(name, image_root, train, val, test, classnames_of(train, val, test), val_from_train)
+def _finish(
+    name: str, image_root: Path, train: list[Datum], val: list[Datum], test: list[Datum]
+) -> DatasetSplits:
+    return DatasetSplits(name, image_root, train, val, test, classnames_of(train, val, test))
 
 
 # --- readers --------------------------------------------------------------------------------------------------
@@ -68,8 +77,8 @@ def read_fgvc_aircraft(root: Path) -> DatasetSplits:
     ]
     classnames = [c for c in classnames if c]
     label_of = {c: i for i, c in enumerate(classnames)}
-    splits = []
-    for split in ("train", "val", "test"):
+    splits: dict[str, list[Datum]] = {}
+    for split in SPLITS:
         items = []
         path = require_file(base / f"images_variant_{split}.txt", "split file")
         for line in path.read_text().splitlines():
@@ -79,8 +88,8 @@ def read_fgvc_aircraft(root: Path) -> DatasetSplits:
             if variant not in label_of:
                 raise DatasetError(f"{path}: variant {variant!r} is not in variants.txt")
             items.append(Datum(str(images / f"{image_id}.jpg"), label_of[variant], variant))
-        splits.append(items)
-    return DatasetSplits("FGVCAircraft", images, *splits, classnames=classnames)
+        splits[split] = items
+    return DatasetSplits("FGVCAircraft", images, splits["train"], splits["val"], splits["test"], classnames)
 
 
 def read_imagenet_classnames(path: Path) -> dict[str, str]:
@@ -160,30 +169,31 @@ def read_image_folder(root: Path, p_train: float = 0.5, p_val: float = 0.2, seed
     root = require_dir(Path(root), "dataset")
     if (root / "train").is_dir():
         found = {
-            split: _class_folder_images(root / split) if (root / split).is_dir() else {}
-            for split in ("train", "val", "test")
+            split: _class_folder_images(root / split) if (root / split).is_dir() else {} for split in SPLITS
         }
         labels = {c: i for i, c in enumerate(found["train"])}
         if not labels:
             raise DatasetError(f"no class folders with images under {root / 'train'}")
-        splits = []
+        splits: dict[str, list[Datum]] = {}
         for split, classes in found.items():
             items = []
-            for c, images in classes.items():
+            for c, paths in classes.items():
                 if c not in labels:
                     raise DatasetError(f"class folder {root / split / c} does not exist in {root / 'train'}")
-                items += [Datum(str(p), labels[c], c) for p in images]
-            splits.append(items)
-        return _finish(root.name, root, *splits)
+                items += [Datum(str(p), labels[c], c) for p in paths]
+            splits[split] = items
+        return _finish(root.name, root, splits["train"], splits["val"], splits["test"])
     rng = random.Random(seed)
-    train, val, test = [], [], []
+    train: list[Datum] = []
+    val: list[Datum] = []
+    test: list[Datum] = []
     for label, (c, paths) in enumerate(_class_folder_images(root).items()):
-        images = [Datum(str(p), label, c) for p in paths]
-        rng.shuffle(images)
-        n_train, n_val = round(len(images) * p_train), round(len(images) * p_val)
-        train += images[:n_train]
-        val += images[n_train : n_train + n_val]
-        test += images[n_train + n_val :]
+        data = [Datum(str(p), label, c) for p in paths]
+        rng.shuffle(data)
+        n_train, n_val = round(len(data) * p_train), round(len(data) * p_val)
+        train += data[:n_train]
+        val += data[n_train : n_train + n_val]
+        test += data[n_train + n_val :]
     if not train:
         raise DatasetError(f"no class folders with images under {root}")
     return _finish(root.name, root, train, val, test)
@@ -214,7 +224,7 @@ def read_split_file(split_file: Path, image_root: Path | None = None) -> Dataset
 @dataclass(frozen=True)
 class DatasetSpec:
     name: str
-    reader: Callable[[Path | None], DatasetSplits]  # root -> splits (root None: a generated dataset, no root)
+    reader: DatasetReader  # root -> splits (root None: a generated dataset, no root)
     aliases: tuple[str, ...] = ()
     eval_only: bool = False  # DG targets: a test split only
     generated: bool = False  # shipped or generated: no root folder needed (written under the cache or root)
@@ -225,7 +235,7 @@ DATASETS: dict[str, DatasetSpec] = {}
 
 def register_dataset(
     name: str,
-    reader: Callable[[Path | None], DatasetSplits],
+    reader: Callable[[Path], DatasetSplits],
     *,
     aliases: tuple[str, ...] = (),
     eval_only: bool = False,
@@ -234,15 +244,17 @@ def register_dataset(
     """Make ``load_dataset(name, root)`` (and a recipe's ``data.dataset``) read a dataset; how an extension adds
     one, and how the built-in datasets below are registered.
 
-    ``reader(root)`` returns its :class:`DatasetSplits`; ``root`` is the folder that holds the datasets, None for
-    a ``generated`` dataset loaded without one (write it under ``scaleprompt.data.layout.CACHE_ROOT``). ``aliases``:
-    other names it is found by (case-insensitive). ``eval_only``: a test split only (domain-generalization targets)."""
+    ``name``: the registry name; ``reader(root)`` returns its :class:`DatasetSplits`, ``root`` being the folder
+    that holds the datasets; ``aliases``: other names it is found by (case-insensitive); ``eval_only``: a test split
+    only (domain-generalization targets); ``generated``: shipped or generated, loaded without a root too, when its
+    reader is called with None (write it under ``scaleprompt.data.layout.CACHE_ROOT`` then)."""
     aliases = tuple(a.lower() for a in aliases)
     taken = {key for spec in DATASETS.values() for key in (spec.name.lower(), *spec.aliases)}
     clash = sorted({name.lower(), *aliases} & taken)
     if clash:
         raise ValueError(f"dataset {name!r}: {', '.join(clash)} already names a registered dataset")
-    spec = DatasetSpec(name, reader, aliases, eval_only, generated)
+    # (only a generated dataset's reader is ever called with None: load_dataset refuses the others without a root)
+    spec = DatasetSpec(name, cast(DatasetReader, reader), aliases, eval_only, generated)
     DATASETS[name] = spec
     return spec
 

@@ -53,10 +53,10 @@ import itertools
 import json
 import logging
 import random
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import braceexpand
 import torch
@@ -120,20 +120,22 @@ class ShardSource:
 
 
 def resolve_source(source: str | Path | Sequence[str], split: str = "train") -> ShardSource:
-    """Shard URLs (+ class names and sample count when a manifest is available)."""
+    """Shard URLs (+ class names and sample count when a manifest is available) of ``split`` of ``source``: a
+    shard folder, a remote shard folder (``pipe:`` template), a brace pattern, a list of paths or ``pipe:``
+    commands (see the module docstring)."""
     remote = is_remote_folder(source)
-    if remote or (not is_pipe(source) and isinstance(source, str | Path) and Path(source).is_dir()):
-        if not remote:  # (absolute: no shard path can read as a URL scheme or a pipe: command)
-            source = Path(source).absolute()
-        manifest = read_manifest(str(source) if remote else source)
+    if isinstance(source, str | Path) and (remote or (not is_pipe(source) and Path(source).is_dir())):
+        # (absolute: no shard path can read as a URL scheme or a pipe: command)
+        folder = str(source) if remote else Path(source).absolute()
+        manifest = read_manifest(folder)
         if split not in manifest["splits"]:
-            raise DataError(f"{source} has no {split!r} split (has {sorted(manifest['splits'])})")
+            raise DataError(f"{folder} has no {split!r} split (has {sorted(manifest['splits'])})")
         info = manifest["splits"][split]
         if remote:
-            urls = [remote_url(str(source), s["name"]) for s in info["shards"]]
+            urls = [remote_url(str(folder), s["name"]) for s in info["shards"]]
         else:
-            urls = [str(Path(source) / s["name"]) for s in info["shards"]]
-        src = ShardSource(urls, manifest["classnames"], info["count"], str(source), tuple(info["shards"]))
+            urls = [str(Path(folder) / s["name"]) for s in info["shards"]]
+        src = ShardSource(urls, manifest["classnames"], info["count"], str(folder), tuple(info["shards"]))
         return _checked(src)
     patterns = [str(source)] if isinstance(source, str | Path) else [str(s) for s in source]
     urls = [u for p in patterns for u in (braceexpand.braceexpand(p) if not p.startswith("pipe:") else [p])]
@@ -144,10 +146,11 @@ def _checked(src: ShardSource) -> ShardSource:
     if not src.urls:
         raise DataError("no shards to read")
     missing = [
-        u for u in src.urls
+        u
+        for u in src.urls
         if not u.startswith(("pipe:", "http://", "https://", "gs://", "s3://"))
         and not Path(u.removeprefix("file:")).is_file()
-    ]  # fmt: skip
+    ]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise DataError(f"shard not found: {missing[0]}{more}")
@@ -171,7 +174,12 @@ def sample_label(sample: dict, num_classes: int | None = None) -> int:
     return label
 
 
-def decode_sample(sample: dict, transform, num_classes: int | None = None) -> tuple[torch.Tensor, int, str]:
+def decode_sample(
+    sample: dict, transform: Callable[[Any], torch.Tensor], num_classes: int | None = None
+) -> tuple[torch.Tensor, int, str]:
+    """The image (through ``transform``), checked label and key of ``sample`` (a WebDataset sample: its image under
+    one of :data:`IMAGE_KEYS`); ``num_classes``: the label range, when known. An undecodable sample raises any
+    exception but :class:`DataError`, a wrong label a DataError (:func:`sample_label`)."""
     key = next((k for k in IMAGE_KEYS if k in sample), None)
     if key is None:
         raise ValueError(f"no image in sample (keys: {sorted(k for k in sample if not k.startswith('__'))})")
@@ -183,9 +191,27 @@ def decode_sample(sample: dict, transform, num_classes: int | None = None) -> tu
 class ShardStream(IterableDataset):
     """The per-worker stream: shards for this rank and worker -> samples -> decoded, transformed batches."""
 
-    def __init__(self, urls, *, train, batch_size, transform, rank, world_size, seed, shuffle_buffer,
-                 resampled, max_bad_samples, drop_last, epoch, counts=None, num_classes=None,
-                 strict=False, hashes=None, commands=None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        urls: Sequence[str],
+        *,
+        train: bool,
+        batch_size: int,
+        transform: Callable[[Any], torch.Tensor],
+        rank: int,
+        world_size: int,
+        seed: int,
+        shuffle_buffer: int,
+        resampled: bool,
+        max_bad_samples: int,
+        drop_last: bool,
+        epoch: int,
+        counts: dict[str, int] | None = None,
+        num_classes: int | None = None,
+        strict: bool = False,
+        hashes: dict[str, str] | None = None,
+        commands: dict[str, list[str]] | None = None,
+    ) -> None:
         super().__init__()
         # url -> manifest sample count, and url -> sha256 of the shards hashed as they stream (both checked when the
         # shard ends); classes for the label range; strict: an undecodable sample is an error (eval over a manifest)
@@ -201,11 +227,11 @@ class ShardStream(IterableDataset):
             epoch,
         )
 
-    def _passes(self, worker: int, num_workers: int) -> Iterator[list[str]]:
-        """Shard lists, one per pass over this worker's part of the data."""
+    def _passes(self, worker: int, num_workers: int) -> Iterator[Iterable[str]]:
+        """Shard lists, one per pass over this worker's part of the data (resampled: one endless draw)."""
         if self.resampled:  # with replacement: one endless pass per (rank, worker)
             rng = random.Random(f"{self.seed}-{self.epoch}-{self.rank}-{worker}")
-            yield (rng.choice(self.urls) for _ in itertools.count())  # type: ignore[misc]
+            yield (rng.choice(self.urls) for _ in itertools.count())
             return
         for n in itertools.count() if self.train else range(1):
             urls = list(self.urls)
@@ -219,7 +245,7 @@ class ShardStream(IterableDataset):
                 )
             yield mine
 
-    def _shard_samples(self, urls) -> Iterator[dict]:
+    def _shard_samples(self, urls: Iterable[str]) -> Iterator[dict]:
         """The samples of ``urls``, shard by shard. When a shard ends: a ``pipe:`` command must have exited with
         status 0 (read to the end of its output first); the samples read must equal the manifest count (tar
         readers take a damaged header for the end of the archive); a remote folder's shard must have its manifest
@@ -312,8 +338,8 @@ def _tar_samples(url: str, pipe: PipeStream | None) -> Generator[dict, None, int
             yield sample
     except DataError as exc:
         status = pipe.status() if pipe is not None else 0
-        if status not in (0, None):  # a failed command (missing object, network error) explains the bad tar
-            raise DataError(pipe.failure(status)) from exc  # type: ignore[union-attr]
+        if pipe is not None and status not in (0, None):  # a failed command (missing object, network error)
+            raise DataError(pipe.failure(status)) from exc  # explains the bad tar
         raise
     return n
 
@@ -323,7 +349,9 @@ def _shard_error(exc: Exception) -> bool:
     raise DataError(f"cannot read shard: {exc}") from exc
 
 
-def _collate(batch: Batch) -> Batch:
+def _collate(batch: Any) -> Any:
+    """The identity: a :class:`ShardStream` yields whole batches (``batch_size=None``), passed through as they are.
+    (Typed ``Any``: the DataLoader's ``collate_fn`` type is that of a batching loader, a list of samples in.)"""
     return batch
 
 
@@ -398,6 +426,7 @@ class ShardLoader:
     def __len__(self) -> int:
         """Batches per epoch on this rank (train: exact; eval: an estimate from the manifest count)."""
         if self.train:
+            assert self.epoch_samples is not None  # (__init__ refuses a training loader without it)
             return max(1, self.epoch_samples // (self.batch_size * self.world_size))
         if self.src.count is None:
             raise TypeError("the length of an eval pass over shards without a manifest is unknown")
@@ -406,18 +435,36 @@ class ShardLoader:
     def _make_iter(self, epoch: int) -> Iterator[Batch]:
         self.verify()
         has_manifest = self.src.entries is not None
+        classnames = self.src.classnames if has_manifest else None  # (a manifest source has both)
         stream = ShardStream(
-            self.src.urls, train=self.train, batch_size=self.batch_size, transform=self.transform,
-            rank=self.rank, world_size=self.world_size, seed=self.seed, shuffle_buffer=self.shuffle_buffer,
-            resampled=self.resampled, max_bad_samples=self.max_bad, drop_last=self.train, epoch=epoch,
-            counts=self.src.counts, num_classes=len(self.src.classnames) if has_manifest else None,
-            strict=has_manifest and not self.train, hashes=self.src.stream_hashes, commands=self.src.commands,
-        )  # fmt: skip
+            self.src.urls,
+            train=self.train,
+            batch_size=self.batch_size,
+            transform=self.transform,
+            rank=self.rank,
+            world_size=self.world_size,
+            seed=self.seed,
+            shuffle_buffer=self.shuffle_buffer,
+            resampled=self.resampled,
+            max_bad_samples=self.max_bad,
+            drop_last=self.train,
+            epoch=epoch,
+            counts=self.src.counts,
+            num_classes=len(classnames) if classnames is not None else None,
+            strict=has_manifest and not self.train,
+            hashes=self.src.stream_hashes,
+            commands=self.src.commands,
+        )
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch * 7919 + self.rank)
         loader = DataLoader(
-            stream, batch_size=None, num_workers=self.num_workers, collate_fn=_collate, generator=generator,
-            persistent_workers=False, prefetch_factor=2 if self.num_workers else None,
-        )  # fmt: skip
+            stream,
+            batch_size=None,
+            num_workers=self.num_workers,
+            collate_fn=_collate,
+            generator=generator,
+            persistent_workers=False,
+            prefetch_factor=2 if self.num_workers else None,
+        )
         return iter(loader)
 
     def __iter__(self) -> Iterator[Batch]:
