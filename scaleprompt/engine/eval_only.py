@@ -42,7 +42,13 @@ from scaleprompt.config import ConfigError
 from scaleprompt.data.datasets import dataset_display_name
 from scaleprompt.encoders import EncoderOptions
 from scaleprompt.engine.assembly import assemble, run_result, write_result
-from scaleprompt.engine.config import REMOVED_KEYS, MethodSection, RunConfig, load_run_config
+from scaleprompt.engine.config import (
+    REMOVED_KEYS,
+    MethodSection,
+    RunConfig,
+    check_run_config,
+    load_run_config,
+)
 from scaleprompt.engine.distributed import DistInfo, init_distributed
 from scaleprompt.engine.run import EvalSetting
 from scaleprompt.methods.base import PromptMethod
@@ -110,7 +116,7 @@ def evaluation_config(
     args = dict(header["config"])
     if header.get("templates_from") == "dataset":
         args["templates"] = None  # the template rule: each dataset's own template (as in training)
-    return replace(cfg, method=MethodSection(header["method"], args))
+    return check_run_config(replace(cfg, method=MethodSection(header["method"], args)))
 
 
 class PromptEvaluation:
