@@ -80,9 +80,11 @@ class DirLock:
             os.close(fd)
             raise
         info = {
-            "pid": os.getpid(), "host": socket.gethostname(), "since": time.time(),
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": time.time(),
             "command": " ".join(sys.argv)[:300],
-        }  # fmt: skip
+        }
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
         self._fd = fd
@@ -104,6 +106,7 @@ class DirLock:
     def __enter__(self) -> DirLock:
         return self if self.held else self.acquire(wait=True)
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:  # fmt: skip
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.release()

@@ -27,8 +27,14 @@ def _save(plt, fig, out: Path) -> Path:
     return out
 
 
-def grouped_bars(groups: Sequence[str], series: Mapping[str, Sequence[tuple[float, float]]], out: Path,
-                 ylabel: str, title: str, baseline: float | None = None) -> Path:  # fmt: skip
+def grouped_bars(
+    groups: Sequence[str],
+    series: Mapping[str, Sequence[tuple[float, float]]],
+    out: Path,
+    ylabel: str,
+    title: str,
+    baseline: float | None = None,
+) -> Path:
     """``series[name][i]`` = (mean, std) of group ``i``; std drawn as an error bar, the mean written on the bar.
     ``baseline``: a dashed horizontal line (e.g. zero-shot HM)."""
     plt = _pyplot()
@@ -40,8 +46,15 @@ def grouped_bars(groups: Sequence[str], series: Mapping[str, Sequence[tuple[floa
         means, stds = [m for m, _ in values], [s for _, s in values]
         bars = ax.bar(xs, means, width, yerr=stds, capsize=2, label=name, alpha=0.9)
         for bar, mean, std in zip(bars, means, stds, strict=True):  # above the error bar
-            ax.text(bar.get_x() + bar.get_width() / 2, mean + std + 0.8, f"{mean:.1f}", ha="center",
-                    va="bottom", fontsize=6.5, rotation=90)  # fmt: skip
+            ax.text(
+                bar.get_x() + bar.get_width() / 2,
+                mean + std + 0.8,
+                f"{mean:.1f}",
+                ha="center",
+                va="bottom",
+                fontsize=6.5,
+                rotation=90,
+            )
     if baseline is not None:
         ax.axhline(baseline, color="0.3", ls="--", lw=1, label="zero-shot HM")
     ax.set_xticks(range(len(groups)), list(groups), rotation=20)

@@ -161,8 +161,13 @@ class Predictor:
     ``classnames``: classify with other classes than the file's; a method whose prompts belong to the training
     classes (e.g. class-specific CoOp context) refuses with its own error."""
 
-    def __init__(self, prompts: str | Path | PromptFile, pretrained: str | None = None, device: str = "cpu",
-                 classnames: Sequence[str] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        prompts: str | Path | PromptFile,
+        pretrained: str | None = None,
+        device: str = "cpu",
+        classnames: Sequence[str] | None = None,
+    ) -> None:
         file = prompts if isinstance(prompts, PromptFile) else open_prompt_file(prompts)  # (read once)
         backbone = file.header.get("backbone")
         if not backbone:
@@ -170,9 +175,11 @@ class Predictor:
                 f"{file.path} does not record its backbone; build the method with load_prompts()"
             )
         self.backbone = load_clip(
-            backbone["model_name"], pretrained or backbone["pretrained"], device=device,
+            backbone["model_name"],
+            pretrained or backbone["pretrained"],
+            device=device,
             init_seed=backbone.get("init_seed") or 0,
-        )  # fmt: skip
+        )
         # loaded on its own classes, then moved: the method decides whether its prompts can move to others
         self.method = load_prompts(file, self.backbone).to(device).eval()
         if classnames is not None and clean_classnames(classnames) != self.method.classnames:
@@ -190,9 +197,8 @@ class Predictor:
     def load_image(self, path: str | Path) -> Tensor:
         """The transformed ``[3, H, W]`` image of a file; :class:`ImageReadError` names a file that cannot be read."""
         try:
-            rgb = load_rgb(
-                path
-            )  # (decodes the whole image: a truncated file fails here; 16-bit scaled, bombs refused)
+            # (decodes the whole image: a truncated file fails here; 16-bit scaled, bombs refused)
+            rgb = load_rgb(path)
         except Exception as exc:  # noqa: BLE001 - whatever PIL raises, the file is unreadable
             raise ImageReadError(f"cannot read image {path}: {one_line(exc)}") from exc
         return self.transform(rgb)
@@ -345,9 +351,13 @@ def run_predict(
     k = min(top_k, len(predictor.classnames))
     logger.info(
         "%d images from %d inputs; %s over %s, %d classes, top %d",
-        len(paths), len(inputs), predictor.method.name, predictor.info.model_name,
-        len(predictor.classnames), k,
-    )  # fmt: skip
+        len(paths),
+        len(inputs),
+        predictor.method.name,
+        predictor.info.model_name,
+        len(predictor.classnames),
+        k,
+    )
     skipped: list[Path] = []
 
     def skip(path: Path, exc: ImageReadError) -> None:

@@ -115,8 +115,8 @@ def raw_tensors_sha256(entries: dict[str, dict[str, Any]], data: bytes | memoryv
     for name in sorted(entries):
         entry = entries[name]
         begin, end = entry["data_offsets"]
-        digest.update(json.dumps([name, entry["dtype"], list(entry["shape"]), end - begin],
-                                 separators=(",", ":")).encode() + b"\n")  # fmt: skip
+        line = json.dumps([name, entry["dtype"], list(entry["shape"]), end - begin], separators=(",", ":"))
+        digest.update(line.encode() + b"\n")
         digest.update(view[start + begin : start + end])
     return digest.hexdigest()
 
@@ -135,8 +135,11 @@ def check_checksum(meta: dict[str, str], actual: str, path: str | Path) -> Check
         key = str(Path(path).resolve())
         if key not in _warned_unverified:
             _warned_unverified.add(key)
-            logger.warning("%s records no %s (an older or foreign file): its tensors are not verified", path,
-                           CHECKSUM_ENTRY)  # fmt: skip
+            logger.warning(
+                "%s records no %s (an older or foreign file): its tensors are not verified",
+                path,
+                CHECKSUM_ENTRY,
+            )
         return "absent"
     if recorded != actual:
         raise PromptFileError(

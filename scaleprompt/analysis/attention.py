@@ -54,9 +54,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="average the heads (default) or keep each head",
     )
     parser.add_argument(
-        "--tokens", type=int, default=DEFAULT_TOKENS,
+        "--tokens",
+        type=int,
+        default=DEFAULT_TOKENS,
         help=f"individual prompt tokens drawn per image (default {DEFAULT_TOKENS}; all are saved)",
-    )  # fmt: skip
+    )
     parser.add_argument(
         "--out", help="output folder (default: <prompt file stem>.attention next to the file)"
     )
@@ -222,20 +224,34 @@ def run(args: argparse.Namespace) -> int:
         stems.add(stem)
         heads = "heads averaged" if args.heads == "mean" else f"mean of {rows.shape[0]} heads (all saved)"
         title = f"{method.name}: attention to patches in block {block} of {method.vision.num_blocks} ({heads}) - {path.name}"
-        figure = draw(_display_image(image, info.mean, info.std), maps.mean(0), out / f"{stem}.attention.png", title,
-                      args.tokens)  # fmt: skip
+        figure = draw(
+            _display_image(image, info.mean, info.std),
+            maps.mean(0),
+            out / f"{stem}.attention.png",
+            title,
+            args.tokens,
+        )
         logger.info("%s: %s", path, figure)
     n_prompts = len(found.prompt_positions)
     metadata = {
-        "method": method.name, "prompts": str(Path(args.prompts).resolve()), "block": str(block),
-        "heads": args.heads, "images": json.dumps([str(p) for p in paths]),
+        "method": method.name,
+        "prompts": str(Path(args.prompts).resolve()),
+        "block": str(block),
+        "heads": args.heads,
+        "images": json.dumps([str(p) for p in paths]),
         "tokens": json.dumps(["class token", *(f"prompt token {k + 1}" for k in range(n_prompts))]),
-        "key_layout": layout, "grid": str(found.maps.shape[-1]), "backbone": info.model_name,
-    }  # fmt: skip
+        "key_layout": layout,
+        "grid": str(found.maps.shape[-1]),
+        "backbone": info.model_name,
+    }
     out.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out / "attention.safetensors"), metadata=metadata)
     logger.info(
         "attention of %d prompt tokens and the class token in block %d of %s, %d image(s): %s",
-        n_prompts, block, method.name, len(paths), out / "attention.safetensors",
-    )  # fmt: skip
+        n_prompts,
+        block,
+        method.name,
+        len(paths),
+        out / "attention.safetensors",
+    )
     return 0

@@ -67,9 +67,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--tsne", action=argparse.BooleanOptionalAction, default=True, help="draw the t-SNE figure"
     )
     parser.add_argument(
-        "--perplexity", type=float, default=DEFAULT_PERPLEXITY,
+        "--perplexity",
+        type=float,
+        default=DEFAULT_PERPLEXITY,
         help=f"t-SNE perplexity, capped at points - 1 (default {DEFAULT_PERPLEXITY:g}, ProVP's)",
-    )  # fmt: skip
+    )
     parser.add_argument(
         "--max-points", type=int, help="t-SNE: at most this many images per panel (seeded draw; default: all)"
     )
@@ -192,10 +194,14 @@ def _config(file: Any, args: argparse.Namespace) -> Any:
 
     overrides = [
         f"{key}={value}"
-        for key, value in (("data.dataset", args.dataset), ("data.root", args.root), ("eval.setting", args.setting),
-                           ("data.cache_dir", args.cache_dir))
+        for key, value in (
+            ("data.dataset", args.dataset),
+            ("data.root", args.root),
+            ("eval.setting", args.setting),
+            ("data.cache_dir", args.cache_dir),
+        )
         if value is not None
-    ]  # fmt: skip
+    ]
     return evaluation_config(file, None, overrides)
 
 
@@ -218,34 +224,59 @@ def run(args: argparse.Namespace) -> int:
     cfg = _config(file, args)
     setting = "base2new" if cfg.eval.setting == "base2new" else "fewshot"
     saved = file.header["backbone"]
-    backbone = load_clip(cfg.model.name, cfg.model.pretrained, cache_dir=cfg.model.cache_dir,
-                         init_seed=saved.get("init_seed") or 0)  # fmt: skip
+    backbone = load_clip(
+        cfg.model.name,
+        cfg.model.pretrained,
+        cache_dir=cfg.model.cache_dir,
+        init_seed=saved.get("init_seed") or 0,
+    )
     info = backbone.info
     assert info is not None  # (load_clip's backbones have it)
     method = load_prompts(file, backbone).eval()
     image_size = cfg.data.image_size or info.image_size
-    frozen = frozen_image_features(cfg.data.dataset, backbone, split=args.split, root=cfg.data.root,
-                                   cache_dir=cfg.data.cache_dir, image_size=image_size,
-                                   batch_size=cfg.eval.batch_size, shard_size=cfg.data.shard_size,
-                                   min_shards=cfg.data.min_shards)  # fmt: skip
+    frozen = frozen_image_features(
+        cfg.data.dataset,
+        backbone,
+        split=args.split,
+        root=cfg.data.root,
+        cache_dir=cfg.data.cache_dir,
+        image_size=image_size,
+        batch_size=cfg.eval.batch_size,
+        shard_size=cfg.data.shard_size,
+        min_shards=cfg.data.min_shards,
+    )
 
     def loader() -> ShardLoader:  # (the frozen features' folder, order and transform)
-        return ShardLoader(frozen.shards, args.split, batch_size=cfg.eval.batch_size, train=False, image_size=image_size,
-                           mean=info.mean, std=info.std, num_workers=0, rank=0, world_size=1)  # fmt: skip
+        return ShardLoader(
+            frozen.shards,
+            args.split,
+            batch_size=cfg.eval.batch_size,
+            train=False,
+            image_size=image_size,
+            mean=info.mean,
+            std=info.std,
+            num_workers=0,
+            rank=0,
+            world_size=1,
+        )
 
     first = next(iter(loader()))[0]
     text_only = not uses_visual_prompts(method, first[:1])
     tau = float(getattr(method.config, "tau", 1.0))
     if text_only:
-        logger.info("%s puts no prompts into the image tower: its image features are frozen CLIP's (cosine 1.0)",
-                    method.name)  # fmt: skip
+        logger.info(
+            "%s puts no prompts into the image tower: its image features are frozen CLIP's (cosine 1.0)",
+            method.name,
+        )
         prompted = frozen.features
     else:
         with torch.no_grad():
             check = torch.nn.functional.normalize(method.vision(first).float(), dim=-1)
         if not torch.allclose(check, frozen.features[: check.shape[0]], atol=1e-4):
-            raise AnalysisError(f"the cached frozen features {frozen.cache_file} are not in the shard folder's "
-                                "order (computed with DataLoader workers?): delete the file and run again")  # fmt: skip
+            raise AnalysisError(
+                f"the cached frozen features {frozen.cache_file} are not in the shard folder's "
+                "order (computed with DataLoader workers?): delete the file and run again"
+            )
         prompted, labels = encode_images(image_encoder(method), loader())
         if not torch.equal(labels, frozen.labels):
             raise AnalysisError(f"{frozen.shards}: the prompted pass read the images in another order")
@@ -259,24 +290,43 @@ def run(args: argparse.Namespace) -> int:
     name = dataset_display_name(cfg.data.dataset)
     stats: dict[str, Any] = {}
     for key, rows in sets.items():
-        stats[key] = deviation_stats(prompted[rows], frozen.features[rows], frozen.labels[rows], tau,
-                                     cfg.eval.batch_size)  # fmt: skip
+        stats[key] = deviation_stats(
+            prompted[rows], frozen.features[rows], frozen.labels[rows], tau, cfg.eval.batch_size
+        )
     out = Path(args.out) if args.out else file.path.with_name(f"{file.path.stem}.deviation")
     result: dict[str, Any] = {
-        "prompts": str(file.path.resolve()), "sha256": file.sha256, "method": method.name, "seed": seed,
-        "dataset": name, "split": args.split, "setting": setting, "backbone": info.model_name,
-        "pretrained": info.pretrained, "text_only": text_only, "tau": tau, "batch_size": cfg.eval.batch_size,
+        "prompts": str(file.path.resolve()),
+        "sha256": file.sha256,
+        "method": method.name,
+        "seed": seed,
+        "dataset": name,
+        "split": args.split,
+        "setting": setting,
+        "backbone": info.model_name,
+        "pretrained": info.pretrained,
+        "text_only": text_only,
+        "tau": tau,
+        "batch_size": cfg.eval.batch_size,
         "batches": f"consecutive batches of {cfg.eval.batch_size} images in the order of the split's shards",
-        "frozen_features": frozen.describe(), "sets": stats,
-    }  # fmt: skip
+        "frozen_features": frozen.describe(),
+        "sets": stats,
+    }
     header = f"{'set':<8}{'images':>8}{'cos mean':>10}{'cos std':>9}{'ref loss':>10}{'(no drift)':>11}{'class shift':>12}"
     lines = [header] + [
         f"{k:<8}{s['n_images']:>8}{s['cosine_mean']:>10.4f}{s['cosine_std']:>9.4f}{s['reformation_loss']:>10.4f}"
         f"{s['reformation_loss_no_drift']:>11.4f}{s['class_mean_shift']:>12.4f}"
         for k, s in stats.items()
-    ]  # fmt: skip
-    logger.info("deviation of %s (%s) from frozen %s on %s/%s, tau %g:\n%s", file.path, method.name,
-                info.model_name, name, args.split, tau, "\n".join(lines))  # fmt: skip
+    ]
+    logger.info(
+        "deviation of %s (%s) from frozen %s on %s/%s, tau %g:\n%s",
+        file.path,
+        method.name,
+        info.model_name,
+        name,
+        args.split,
+        tau,
+        "\n".join(lines),
+    )
     if args.tsne:
         gen = torch.Generator().manual_seed(TSNE_SEED)
         panels: list[dict[str, Any]] = []
@@ -299,11 +349,18 @@ def run(args: argparse.Namespace) -> int:
             )
             tsne[key] = {"images": n, "of": int(rows.sum()), "perplexity": used}
         seed_text = f", seed {seed}" if seed is not None else ""
-        title = (f"{method.name}{seed_text}: prompted vs frozen image features (t-SNE) - {name} {args.split} - "
-                 f"{info.model_name} ({info.pretrained or 'random init'})")  # fmt: skip
+        title = (
+            f"{method.name}{seed_text}: prompted vs frozen image features (t-SNE) - {name} {args.split} - "
+            f"{info.model_name} ({info.pretrained or 'random init'})"
+        )
         figure = draw_tsne(panels, out / "deviation_tsne.png", title)
-        result["tsne"] = {"file": str(figure), "random_state": TSNE_SEED, "init": "sklearn default",
-                          "features": "L2-normalised, prompted and frozen embedded jointly per panel", "panels": tsne}  # fmt: skip
+        result["tsne"] = {
+            "file": str(figure),
+            "random_state": TSNE_SEED,
+            "init": "sklearn default",
+            "features": "L2-normalised, prompted and frozen embedded jointly per panel",
+            "panels": tsne,
+        }
         logger.info("t-SNE figure: %s", figure)
     out.mkdir(parents=True, exist_ok=True)
     atomic_json(out / "deviation.json", result)

@@ -85,11 +85,18 @@ class FrozenFeatures:
     def describe(self) -> dict[str, Any]:
         """What the features were computed on (for logs, CSVs and figure titles)."""
         return {
-            "dataset": self.dataset, "spec": self.spec, "split": self.split, "n_images": self.n_images,
-            "n_classes": self.n_classes, "dim": int(self.features.shape[1]), "model": self.model,
-            "pretrained": self.pretrained, "cache_key": self.cache_key, "shards": self.shards,
+            "dataset": self.dataset,
+            "spec": self.spec,
+            "split": self.split,
+            "n_images": self.n_images,
+            "n_classes": self.n_classes,
+            "dim": int(self.features.shape[1]),
+            "model": self.model,
+            "pretrained": self.pretrained,
+            "cache_key": self.cache_key,
+            "shards": self.shards,
             "cache_file": self.cache_file,
-        }  # fmt: skip
+        }
 
 
 # ----------------------------------------------------------------------------------------------- encoding
@@ -253,8 +260,9 @@ def _write_cached(path: Path, features: Tensor, labels: Tensor, key: dict[str, A
             os.unlink(tmp)
 
 
-def _check_counts(features: Tensor, labels: Tensor, part: dict[str, Any], classnames: Sequence[str],
-                  where: str) -> None:  # fmt: skip
+def _check_counts(
+    features: Tensor, labels: Tensor, part: dict[str, Any], classnames: Sequence[str], where: str
+) -> None:
     """As many features as the split's manifest count, labels in range, per class as its ``class_counts``."""
     import torch
 
@@ -269,8 +277,15 @@ def _check_counts(features: Tensor, labels: Tensor, part: dict[str, Any], classn
         raise AnalysisError(f"{where}: the images per class differ from the manifest's class_counts")
 
 
-def dataset_shards(dataset: str, split: str, *, root: str | Path | None, cache_dir: str | Path,
-                   shard_size: int | None = None, min_shards: int | None = None) -> Path:  # fmt: skip
+def dataset_shards(
+    dataset: str,
+    split: str,
+    *,
+    root: str | Path | None,
+    cache_dir: str | Path,
+    shard_size: int | None = None,
+    min_shards: int | None = None,
+) -> Path:
     """The shard-cache folder holding every image of ``split`` of ``dataset`` (all classes, no sampling), written
     if the cache has none; ``shard_size`` / ``min_shards`` default to the recipes' (``data.*``)."""
     from scaleprompt.data.cache import ensure_shards
@@ -279,9 +294,15 @@ def dataset_shards(dataset: str, split: str, *, root: str | Path | None, cache_d
 
     defaults = DataConfig()
     protocol = Protocol(shots=0, seed=FEATURE_PROTOCOL_SEED, subset="all")
-    return ensure_shards(dataset, root, protocol, (split,), cache_dir,
-                         shard_size=shard_size or defaults.shard_size,
-                         min_shards=min_shards or defaults.min_shards)  # fmt: skip
+    return ensure_shards(
+        dataset,
+        root,
+        protocol,
+        (split,),
+        cache_dir,
+        shard_size=shard_size or defaults.shard_size,
+        min_shards=min_shards or defaults.min_shards,
+    )
 
 
 def frozen_image_features(
@@ -316,8 +337,9 @@ def frozen_image_features(
     if info is None:
         raise AnalysisError("the backbone has no info (not built by load_clip)")
     name = dataset_display_name(dataset)
-    shards = dataset_shards(dataset, split, root=root, cache_dir=cache_dir, shard_size=shard_size,
-                            min_shards=min_shards)  # fmt: skip
+    shards = dataset_shards(
+        dataset, split, root=root, cache_dir=cache_dir, shard_size=shard_size, min_shards=min_shards
+    )
     manifest = read_manifest(shards)
     part = manifest["splits"].get(split, {"count": 0})
     if part["count"] == 0:
@@ -327,8 +349,17 @@ def frozen_image_features(
     key = feature_key(shards, split, backbone, size)
     path = Path(cache_dir) / FEATURES_DIR / _file_name(name, split, info.model_name, key["key"])
     where = f"{name} {split} features ({path})"
-    common = dict(classnames=classnames, dataset=name, spec=dataset, split=split, model=info.model_name,
-                  pretrained=info.pretrained, cache_key=key["key"], shards=str(shards), cache_file=str(path))  # fmt: skip
+    common = dict(
+        classnames=classnames,
+        dataset=name,
+        spec=dataset,
+        split=split,
+        model=info.model_name,
+        pretrained=info.pretrained,
+        cache_key=key["key"],
+        shards=str(shards),
+        cache_file=str(path),
+    )
     cached = _read_cached(path, key["key"])
     if cached is not None:
         try:
@@ -346,8 +377,18 @@ def frozen_image_features(
         info.pretrained,
         path,
     )
-    loader = ShardLoader(shards, split, batch_size=batch_size, train=False, image_size=size, mean=info.mean,
-                         std=info.std, num_workers=num_workers, rank=0, world_size=1)  # fmt: skip
+    loader = ShardLoader(
+        shards,
+        split,
+        batch_size=batch_size,
+        train=False,
+        image_size=size,
+        mean=info.mean,
+        std=info.std,
+        num_workers=num_workers,
+        rank=0,
+        world_size=1,
+    )
     vision = PromptedVisionEncoder(backbone.model)
     target = torch.device(device) if device else next(backbone.model.parameters()).device
     if target != next(backbone.model.parameters()).device:

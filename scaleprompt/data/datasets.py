@@ -300,9 +300,18 @@ for _name in MICRO_DATASETS:
     register_dataset(_name, partial(load_microworld, _name), aliases=(_micro_alias(_name),), generated=True)
 
 BENCHMARKS = [
-    "ImageNet", "Caltech101", "OxfordPets", "StanfordCars", "OxfordFlowers", "Food101",
-    "FGVCAircraft", "SUN397", "DescribableTextures", "EuroSAT", "UCF101",
-]  # fmt: skip
+    "ImageNet",
+    "Caltech101",
+    "OxfordPets",
+    "StanfordCars",
+    "OxfordFlowers",
+    "Food101",
+    "FGVCAircraft",
+    "SUN397",
+    "DescribableTextures",
+    "EuroSAT",
+    "UCF101",
+]
 DG_TARGETS = ["ImageNetV2", "ImageNetSketch", "ImageNetA", "ImageNetR"]
 CROSS_DATASET_TARGETS = [b for b in BENCHMARKS if b != "ImageNet"]
 

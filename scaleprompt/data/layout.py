@@ -40,9 +40,8 @@ class DatasetSplits:
     val: list[Datum] = field(default_factory=list)
     test: list[Datum] = field(default_factory=list)
     classnames: list[str] = field(default_factory=list)  # index = label
-    val_from_train: bool = (
-        False  # no official val split: the protocol draws val shots from unused train images
-    )
+    # no official val split: the protocol draws val shots from unused train images
+    val_from_train: bool = False
 
     def split(self, name: str) -> list[Datum]:
         if name not in ("train", "val", "test"):

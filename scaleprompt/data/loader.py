@@ -220,12 +220,8 @@ class ShardStream(IterableDataset):
         self.commands = dict(commands or {})  # url -> argument vector of a remote folder's shard
         self.urls, self.train, self.batch_size, self.transform = list(urls), train, batch_size, transform
         self.rank, self.world_size, self.seed, self.shuffle_buffer = rank, world_size, seed, shuffle_buffer
-        self.resampled, self.max_bad, self.drop_last, self.epoch = (
-            resampled,
-            max_bad_samples,
-            drop_last,
-            epoch,
-        )
+        self.resampled, self.max_bad = resampled, max_bad_samples
+        self.drop_last, self.epoch = drop_last, epoch
 
     def _passes(self, worker: int, num_workers: int) -> Iterator[Iterable[str]]:
         """Shard lists, one per pass over this worker's part of the data (resampled: one endless draw)."""
@@ -279,9 +275,7 @@ class ShardStream(IterableDataset):
     def _samples(self, worker: int, num_workers: int) -> Iterator[dict]:
         for n, shards in enumerate(self._passes(worker, num_workers)):
             samples = self._shard_samples(shards)
-            if (
-                self.train and self.shuffle_buffer > 1
-            ):  # shuffled within a pass: every pass sees each sample once
+            if self.train and self.shuffle_buffer > 1:  # (within a pass: every pass sees each sample once)
                 rng = random.Random(f"{self.seed}-{self.epoch}-{self.rank}-{worker}-{n}")
                 samples = wds.shuffle(self.shuffle_buffer, min(100, self.shuffle_buffer), rng=rng)(samples)
             yield from samples

@@ -217,9 +217,14 @@ class PipeStream:
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - open while the command runs; release() closes it
         try:
             self._proc = subprocess.Popen(
-                list(argv) if argv is not None else self.command, shell=argv is None, stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=self._stderr, start_new_session=True, bufsize=0,
-            )  # fmt: skip
+                list(argv) if argv is not None else self.command,
+                shell=argv is None,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=self._stderr,
+                start_new_session=True,
+                bufsize=0,
+            )
         except OSError as exc:
             self._stderr.close()
             raise DataError(f"cannot run shard command {url}: {exc}") from exc

@@ -209,10 +209,17 @@ def write_shards(
     out = Path(out_dir)
     with DirLock(out / LOCK, f"shard folder {out}").acquire(wait=True):
         return write_shards_locked(
-            ds, out, protocol, splits=splits, shard_size=shard_size, min_shards=min_shards,
-            processes=processes, max_image_size=max_image_size, overwrite=overwrite,
+            ds,
+            out,
+            protocol,
+            splits=splits,
+            shard_size=shard_size,
+            min_shards=min_shards,
+            processes=processes,
+            max_image_size=max_image_size,
+            overwrite=overwrite,
             allow_fewer_shots=allow_fewer_shots,
-        )  # fmt: skip
+        )
 
 
 def write_shards_locked(
@@ -233,8 +240,13 @@ def write_shards_locked(
     if protocol is not None:
         ds = apply_protocol(ds, protocol)
         if "train" in splits:
-            check_shots(ds.name, ds.classnames, _class_counts(ds.train, len(ds.classnames)), protocol.shots,
-                        allow_fewer_shots)  # fmt: skip
+            check_shots(
+                ds.name,
+                ds.classnames,
+                _class_counts(ds.train, len(ds.classnames)),
+                protocol.shots,
+                allow_fewer_shots,
+            )
     out.mkdir(parents=True, exist_ok=True)
     jobs: list[ShardJob] = []
     layout: dict[str, list[tuple[str, int]]] = {}
@@ -434,9 +446,12 @@ def _manifest_problem(manifest: dict) -> str | None:
             return f"split {split!r} lacks 'count' or 'shards'"
         for i, entry in enumerate(info["shards"]):
             if not (
-                isinstance(entry, dict) and isinstance(entry.get("name"), str) and _is_count(entry.get("count"))
-                and isinstance(entry.get("sha256"), str) and len(entry["sha256"]) == 64
-            ):  # fmt: skip
+                isinstance(entry, dict)
+                and isinstance(entry.get("name"), str)
+                and _is_count(entry.get("count"))
+                and isinstance(entry.get("sha256"), str)
+                and len(entry["sha256"]) == 64
+            ):
                 return f"split {split!r} shard #{i} lacks 'name', 'count' or 'sha256'"
             if not SHARD_NAME.fullmatch(entry["name"]):
                 return (
@@ -448,9 +463,11 @@ def _manifest_problem(manifest: dict) -> str | None:
             return f"split {split!r} has count {info['count']} but its shards hold {total}"
         counts = info.get("class_counts")
         if counts is not None and (
-            not isinstance(counts, list) or len(counts) != len(names) or not all(_is_count(c) for c in counts)
+            not isinstance(counts, list)
+            or len(counts) != len(names)
+            or not all(_is_count(c) for c in counts)
             or sum(counts) != info["count"]
-        ):  # fmt: skip
+        ):
             return f"split {split!r} class_counts do not match its count and {len(names)} classes"
     return None
 

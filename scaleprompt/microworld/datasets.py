@@ -68,8 +68,13 @@ class MicroDataset:
 
     def fingerprint(self) -> str:
         """Hash of everything that shapes the pixels and labels (for the folder name)."""
-        spec = {"seed": self.seed, "style": asdict(self.style), "classes": self.classes, "per_class": PER_CLASS,
-                "generator": GENERATOR_VERSION}  # fmt: skip
+        spec = {
+            "seed": self.seed,
+            "style": asdict(self.style),
+            "classes": self.classes,
+            "per_class": PER_CLASS,
+            "generator": GENERATOR_VERSION,
+        }
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
 
 
@@ -86,9 +91,12 @@ def classnames() -> list[str]:
 CLUTTER = world.WorldStyle(backgrounds=world.NEW_BACKGROUNDS, saturation=0.65, noise=12.0)
 TIGHT = world.WorldStyle(backgrounds=("plain",), saturation=0.5, blur=1, colour_jitter=0.0, max_rotation=0.0)
 LOOSE = world.WorldStyle(
-    backgrounds=world.NEW_BACKGROUNDS, object_styles=world.OBJECT_STYLES, saturation=0.65, noise=12.0,
+    backgrounds=world.NEW_BACKGROUNDS,
+    object_styles=world.OBJECT_STYLES,
+    saturation=0.65,
+    noise=12.0,
     max_rotation=45.0,
-)  # fmt: skip
+)
 _ALL = tuple(range(8))
 VARIANCE_TEXT = {  # name -> classes (colour, shape): how the 8 class names differ
     "Shape": tuple((0, s) for s in _ALL),  # red circle, red square, ...

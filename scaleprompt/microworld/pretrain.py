@@ -88,26 +88,35 @@ def make_batch(rng: np.random.Generator, cfg: PretrainConfig, size: int, tokeniz
         else:
             colours.append(rng.permutation(n_colours)[:n_shapes])
             shapes.append(np.full(n_shapes, rng.integers(n_shapes)))
-    scenes = world.sample_scenes(rng, cfg.groups * n_shapes, shape=np.concatenate(shapes),
-                                 colour=np.concatenate(colours))  # fmt: skip
+    scenes = world.sample_scenes(
+        rng, cfg.groups * n_shapes, shape=np.concatenate(shapes), colour=np.concatenate(colours)
+    )
     images = world.render(scenes, rng, size)
     texts, mentions = world.captions(scenes, rng)
     return to_tensor(images), tokenizer(texts), torch.from_numpy(world.caption_matches(scenes, mentions))
 
 
-def fixed_test_set(per_class: int = 50, seed: int = TEST_SEED, style: world.WorldStyle | None = None,
-             size: int = 64) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def fixed_test_set(
+    per_class: int = 50, seed: int = TEST_SEED, style: world.WorldStyle | None = None, size: int = 64
+) -> tuple[np.ndarray, np.ndarray]:
     """A fixed, class-balanced set: uint8 images ``[64 * per_class, H, W, 3]`` and their colour-shape labels."""
     rng = np.random.default_rng(seed)
     labels = np.repeat(np.arange(len(world.COLOURS) * len(world.SHAPES)), per_class)
-    scenes = world.sample_scenes(rng, len(labels), style, shape=labels % len(world.SHAPES),
-                                 colour=labels // len(world.SHAPES))  # fmt: skip
+    scenes = world.sample_scenes(
+        rng, len(labels), style, shape=labels % len(world.SHAPES), colour=labels // len(world.SHAPES)
+    )
     return world.render(scenes, rng, size, style), labels
 
 
 @torch.no_grad()
-def zero_shot_accuracy(model: nn.Module, tokenizer, images: np.ndarray, labels: np.ndarray,
-                       template: str = ZERO_SHOT_TEMPLATE, batch_size: int = 512) -> float:  # fmt: skip
+def zero_shot_accuracy(
+    model: nn.Module,
+    tokenizer,
+    images: np.ndarray,
+    labels: np.ndarray,
+    template: str = ZERO_SHOT_TEMPLATE,
+    batch_size: int = 512,
+) -> float:
     """Top-1 (in [0, 1]) of the 64 class prompts ``template.format('red circle')`` ... on ``images``."""
     was_training = model.training
     model.eval()
@@ -187,18 +196,33 @@ def pretrain(cfg: PretrainConfig, out: Path | None = None) -> tuple[nn.Module, d
             loss_sum += loss.item()
             if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
                 acc = zero_shot_accuracy(model, tokenizer, test_images, test_labels)
-                row = {"step": step + 1, "loss": loss_sum / cfg.eval_every, "zero_shot_top1": acc,
-                       "minutes": (time.time() - start) / 60}  # fmt: skip
+                row = {
+                    "step": step + 1,
+                    "loss": loss_sum / cfg.eval_every,
+                    "zero_shot_top1": acc,
+                    "minutes": (time.time() - start) / 60,
+                }
                 history.append(row)
                 loss_sum = 0.0
-                logger.info("step %d  loss %.3f  zero-shot top-1 %.1f%%  %.1f min", row["step"], row["loss"],
-                            100 * acc, row["minutes"])  # fmt: skip
+                logger.info(
+                    "step %d  loss %.3f  zero-shot top-1 %.1f%%  %.1f min",
+                    row["step"],
+                    row["loss"],
+                    100 * acc,
+                    row["minutes"],
+                )
     finally:
         stop.set()
     model.eval()
-    report = {"model": MODEL, "config": asdict(cfg), "vocab_sha256_16": vocab_hash(), "history": history,
-              "zero_shot_top1": history[-1]["zero_shot_top1"], "torch": torch.__version__,
-              "minutes": (time.time() - start) / 60}  # fmt: skip
+    report = {
+        "model": MODEL,
+        "config": asdict(cfg),
+        "vocab_sha256_16": vocab_hash(),
+        "history": history,
+        "zero_shot_top1": history[-1]["zero_shot_top1"],
+        "torch": torch.__version__,
+        "minutes": (time.time() - start) / 60,
+    }
     if out is not None:
         save_weights(model, Path(out), report)
     return model, report

@@ -16,8 +16,16 @@ import torch
 from scaleprompt.microworld import world
 
 _SPLIT = re.compile(r"[a-z]+|[0-9]+|[^\sa-z0-9]")
-_TEXT = " ".join([*world.SHAPES, *world.COLOURS, *world.SIZES, *world.ALL_BACKGROUNDS, *world.POSITION_PHRASES,
-                  *(re.sub(r"\{\w+\}", " ", t) for t, _ in world.TEMPLATES)])  # fmt: skip
+_TEXT = " ".join(
+    [
+        *world.SHAPES,
+        *world.COLOURS,
+        *world.SIZES,
+        *world.ALL_BACKGROUNDS,
+        *world.POSITION_PHRASES,
+        *(re.sub(r"\{\w+\}", " ", t) for t, _ in world.TEMPLATES),
+    ]
+)
 _EXTRA = (
     "x a an the of on in at is this that photo picture image something object coloured shape type kind thing"
 )

@@ -66,11 +66,17 @@ class WorldStyle:
     def __post_init__(self) -> None:
         check_types(self)
         unknown = [b for b in self.backgrounds if b not in ALL_BACKGROUNDS]
-        require(not unknown and bool(self.backgrounds), "backgrounds",
-                f"choose from {ALL_BACKGROUNDS}, got {self.backgrounds}")  # fmt: skip
+        require(
+            not unknown and bool(self.backgrounds),
+            "backgrounds",
+            f"choose from {ALL_BACKGROUNDS}, got {self.backgrounds}",
+        )
         unknown = [s for s in self.object_styles if s not in OBJECT_STYLES]
-        require(not unknown and bool(self.object_styles), "object_styles",
-                f"choose from {OBJECT_STYLES}, got {self.object_styles}")  # fmt: skip
+        require(
+            not unknown and bool(self.object_styles),
+            "object_styles",
+            f"choose from {OBJECT_STYLES}, got {self.object_styles}",
+        )
         require(0.0 <= self.saturation <= 1.0, "saturation", f"must be in [0, 1], got {self.saturation}")
         require(self.noise >= 0 and self.blur >= 0, "noise", "noise and blur must be >= 0")
 
@@ -119,8 +125,13 @@ def class_names() -> list[str]:
     return [f"{c} {s}" for c in COLOURS for s in SHAPES]
 
 
-def sample_scenes(rng: np.random.Generator, n: int, style: WorldStyle | None = None,
-                  shape: np.ndarray | None = None, colour: np.ndarray | None = None) -> Scenes:  # fmt: skip
+def sample_scenes(
+    rng: np.random.Generator,
+    n: int,
+    style: WorldStyle | None = None,
+    shape: np.ndarray | None = None,
+    colour: np.ndarray | None = None,
+) -> Scenes:
     """``n`` random scenes; ``shape`` / ``colour`` fix those attributes (e.g. to balance classes)."""
     style = style or WorldStyle()
     size = rng.integers(0, 2, n)
@@ -253,17 +264,20 @@ def _box_blur(images: np.ndarray, radius: int) -> np.ndarray:
     return (c[:, k : k + h, k : k + w] - c[:, :h, k : k + w] - c[:, k : k + h, :w] + c[:, :h, :w]) / (k * k)
 
 
-def captions(scenes: Scenes, rng: np.random.Generator, templates: tuple[int, ...] | None = None
-             ) -> tuple[list[str], np.ndarray]:  # fmt: skip
+def captions(
+    scenes: Scenes, rng: np.random.Generator, templates: tuple[int, ...] | None = None
+) -> tuple[list[str], np.ndarray]:
     """One caption per scene from a random template (of ``templates``, default all) and a boolean
     ``[N, len(ATTRIBUTES)]`` array of the attributes each caption mentions."""
     pool = np.arange(len(TEMPLATES)) if templates is None else np.asarray(templates)
     which = pool[rng.integers(0, len(pool), len(scenes))]
     words = {
-        "shape": np.array(SHAPES)[scenes.shape], "colour": np.array(COLOURS)[scenes.colour],
-        "size": np.array(SIZES)[scenes.size], "background": np.array(ALL_BACKGROUNDS)[scenes.background],
+        "shape": np.array(SHAPES)[scenes.shape],
+        "colour": np.array(COLOURS)[scenes.colour],
+        "size": np.array(SIZES)[scenes.size],
+        "background": np.array(ALL_BACKGROUNDS)[scenes.background],
         "position": np.array(POSITION_PHRASES)[scenes.position],
-    }  # fmt: skip
+    }
     texts = [TEMPLATES[t][0].format(**{k: str(w[i]) for k, w in words.items()}) for i, t in enumerate(which)]
     mentions = np.array([[a in TEMPLATES[t][1] for a in ATTRIBUTES] for t in which], dtype=bool)
     return texts, mentions
