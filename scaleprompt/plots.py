@@ -11,15 +11,19 @@ from pathlib import Path
 
 
 def _pyplot():
+    """matplotlib's pyplot on the Agg backend (no screen needed)."""
+    # (import cost: matplotlib, 1-3 s; the report and analysis modules import this module at their top)
     import matplotlib
 
     matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # (after the backend is chosen)
 
     return plt
 
 
 def _save(plt, fig, out: Path) -> Path:
+    """``fig`` (of pyplot ``plt``) laid out and written to ``out`` (PNG, its folder made if missing), then closed;
+    ``out``."""
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)

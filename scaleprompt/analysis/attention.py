@@ -28,6 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from scaleprompt.analysis.features import AnalysisError
+from scaleprompt.plots import _pyplot, _save
+
 if TYPE_CHECKING:
     from torch import Tensor, nn
 
@@ -39,6 +42,7 @@ DEFAULT_TOKENS = 4  # individual prompt tokens drawn per image
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``scaleprompt analyze attention``, added to ``parser``."""
     parser.add_argument("prompts", help="a prompt file of a method with visual prompts (prompts.safetensors)")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     parser.add_argument(
@@ -81,9 +85,7 @@ class AttentionMaps:
 def attention_weights(block: nn.Module, x: Tensor) -> Tensor:
     """``[B, H, T, T]``: the attention probabilities of an open_clip vision block for its input ``x`` ``[B, T, D]``
     (the block's own ``nn.MultiheadAttention`` on ``ln_1(x)``, per head)."""
-    from torch import nn
-
-    from scaleprompt.analysis.features import AnalysisError
+    from torch import nn  # (import cost: torch)
 
     attn = getattr(block, "attn", None)
     if not isinstance(attn, nn.MultiheadAttention):
@@ -98,9 +100,9 @@ def attention_weights(block: nn.Module, x: Tensor) -> Tensor:
 def block_attention(method: PromptMethod, images: Tensor, block: int) -> AttentionMaps:
     """The attention maps of ``method``'s prompted vision tower in ``block`` for ``images`` ``[B, 3, H, W]``.
     A method whose image features take no visual prompts is an :class:`AnalysisError`."""
-    import torch
+    import torch  # (import cost: torch; and the methods below)
 
-    from scaleprompt.analysis.features import AnalysisError
+    from scaleprompt.methods.base import FeatureMethod
 
     vision = method.vision
     seen: dict[str, Any] = {}
@@ -108,8 +110,6 @@ def block_attention(method: PromptMethod, images: Tensor, block: int) -> Attenti
     def hook(i: int, x: Tensor, slots: slice) -> None:
         if i == block:
             seen["x"], seen["slots"] = x.detach(), slots
-
-    from scaleprompt.methods.base import FeatureMethod
 
     vision.block_input_hook = hook
     try:
@@ -145,8 +145,7 @@ def block_attention(method: PromptMethod, images: Tensor, block: int) -> Attenti
 
 
 def _resolve_block(block: int, blocks: int) -> int:
-    from scaleprompt.analysis.features import AnalysisError
-
+    """``block`` (negative: from the end) as an index into ``blocks`` blocks; out of range: an error."""
     if not -blocks <= block < blocks:
         raise AnalysisError(
             f"--block {block} is out of range: the vision tower has {blocks} blocks (0..{blocks - 1}, or -1 for the last)"
@@ -155,8 +154,9 @@ def _resolve_block(block: int, blocks: int) -> int:
 
 
 def _display_image(image: Tensor, mean: Sequence[float], std: Sequence[float]) -> Any:
-    """The transformed ``[3, H, W]`` image back in [0, 1] (``[H, W, 3]`` numpy), as the model sees it."""
-    import torch
+    """The transformed ``[3, H, W]`` image back in [0, 1] (``[H, W, 3]`` numpy), as the model sees it (``mean``,
+    ``std``: the normalisation it was transformed with)."""
+    import torch  # (import cost: torch)
 
     m = torch.tensor(mean).view(3, 1, 1)
     s = torch.tensor(std).view(3, 1, 1)
@@ -164,12 +164,11 @@ def _display_image(image: Tensor, mean: Sequence[float], std: Sequence[float]) -
 
 
 def draw(image: Any, maps: Tensor, out: Path, title: str, n_tokens: int) -> Path:
-    """One figure: the image, then the class token's map, the prompt tokens' mean map and the first ``n_tokens``
-    prompt tokens' maps (``maps`` ``[1 + N, g, g]``, heads averaged), each over the image with its colour bar."""
-    import torch
+    """One figure, the PNG file ``out`` (returned) titled ``title``: ``image`` (``[H, W, 3]``), then the class
+    token's map, the prompt tokens' mean map and the first ``n_tokens`` prompt tokens' maps (``maps``
+    ``[1 + N, g, g]``, heads averaged), each over the image with its colour bar."""
+    import torch  # (import cost: torch)
     from torch.nn import functional as F
-
-    from scaleprompt.plots import _pyplot, _save
 
     plt = _pyplot()
     n_prompts = maps.shape[0] - 1
@@ -197,9 +196,10 @@ def draw(image: Any, maps: Tensor, out: Path, title: str, n_tokens: int) -> Path
 
 
 def run(args: argparse.Namespace) -> int:
+    """``scaleprompt analyze attention`` with the options ``args`` (see :func:`add_arguments`); the exit code."""
+    # (import cost: torch, open_clip)
     from safetensors.torch import save_file
 
-    from scaleprompt.analysis.features import AnalysisError
     from scaleprompt.predict import Predictor
 
     if args.tokens < 0:
@@ -210,8 +210,7 @@ def run(args: argparse.Namespace) -> int:
     paths = [Path(p) for p in args.images]
     images = [predictor.load_image(p) for p in paths]  # (an unreadable image: one line naming it)
     out = Path(args.out) if args.out else Path(args.prompts).with_name(f"{Path(args.prompts).stem}.attention")
-    info = predictor.backbone.info
-    assert info is not None  # (load_clip's backbones have it)
+    info = predictor.info
     tensors, stems = {}, set()
     layout = ""
     for index, (path, image) in enumerate(zip(paths, images, strict=True)):

@@ -38,6 +38,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from scaleprompt.analysis.features import AnalysisError, encode_images, frozen_image_features
+from scaleprompt.data.datasets import dataset_display_name
+from scaleprompt.plots import _pyplot, _save
+
 if TYPE_CHECKING:
     from torch import Tensor
 
@@ -50,6 +56,7 @@ DEFAULT_PERPLEXITY = 200.0  # ProVP's script
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``scaleprompt analyze deviation``, added to ``parser``."""
     parser.add_argument("prompts", help="a prompt file (prompts.safetensors)")
     parser.add_argument(
         "--dataset", help="registered name, folder:<path> or split file (default: the file's run config's)"
@@ -87,16 +94,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def same_image_cosine(prompted: Tensor, frozen: Tensor) -> Tensor:
-    """``[N]`` cosine of each row pair (unit rows); exactly 1.0 where the two rows are the same vector."""
-    import torch
+    """``[N]`` cosine of each row pair of ``prompted`` and ``frozen`` (unit rows); exactly 1.0 where the two rows
+    are the same vector."""
+    import torch  # (import cost: torch)
 
     cos = (prompted.double() * frozen.double()).sum(-1).clamp(-1.0, 1.0)
     return torch.where((prompted == frozen).all(-1), torch.ones_like(cos), cos)
 
 
 def batched_reformation_loss(prompted: Tensor, frozen: Tensor, tau: float, batch_size: int) -> float:
-    """ProVP-Ref's re-formation loss over consecutive batches of ``batch_size`` rows, averaged over the rows."""
-    from scaleprompt.losses import reformation_loss
+    """ProVP-Ref's re-formation loss (temperature ``tau``) of ``prompted`` against ``frozen`` over consecutive
+    batches of ``batch_size`` rows, averaged over the rows."""
+    from scaleprompt.losses import reformation_loss  # (import cost: torch)
 
     total = 0.0
     for lo in range(0, prompted.shape[0], batch_size):
@@ -108,8 +117,9 @@ def batched_reformation_loss(prompted: Tensor, frozen: Tensor, tau: float, batch
 def deviation_stats(
     prompted: Tensor, frozen: Tensor, labels: Tensor, tau: float, batch_size: int
 ) -> dict[str, Any]:
-    """The numbers of one set (see the module docstring); ``prompted`` / ``frozen`` ``[N, E]`` unit rows."""
-    import torch
+    """The numbers of one set (see the module docstring); ``prompted`` / ``frozen`` ``[N, E]`` unit rows,
+    ``labels`` ``[N]``; ``tau``, ``batch_size``: the re-formation loss's (:func:`batched_reformation_loss`)."""
+    import torch  # (import cost: torch)
     from torch.nn import functional as F
 
     cos = same_image_cosine(prompted, frozen)
@@ -133,7 +143,7 @@ def deviation_stats(
 
 def uses_visual_prompts(method: PromptMethod, image: Tensor) -> bool:
     """Whether ``method``'s image path inserts prompt tokens into the vision tower (one forward of ``image``)."""
-    import torch
+    import torch  # (import cost: torch)
 
     seen = []
     method.vision.block_input_hook = lambda i, x, slots: seen.append(slots.stop > slots.start)
@@ -148,7 +158,7 @@ def uses_visual_prompts(method: PromptMethod, image: Tensor) -> bool:
 def image_encoder(method: PromptMethod) -> Callable[[Tensor], Tensor]:
     """The function giving ``method``'s image features ``[B, E]`` (CoCoOp's: frozen CLIP's, which its meta-net
     reads)."""
-    from scaleprompt.methods.base import FeatureMethod
+    from scaleprompt.methods.base import FeatureMethod  # (import cost: torch, open_clip)
 
     return method.image_features if isinstance(method, FeatureMethod) else method.frozen_image_features
 
@@ -157,9 +167,9 @@ def image_encoder(method: PromptMethod) -> Callable[[Tensor], Tensor]:
 
 
 def tsne_2d(prompted: Tensor, frozen: Tensor, perplexity: float) -> tuple[Any, float]:
-    """The 2-D t-SNE of the joint set ``[prompted; frozen]`` (unit rows): ``([2N, 2] array, perplexity used)``."""
-    import numpy as np
-    from sklearn.manifold import TSNE  # type: ignore[import-untyped]
+    """The 2-D t-SNE of the joint set ``[prompted; frozen]`` (unit rows) at ``perplexity`` (at most 2N - 1):
+    ``([2N, 2] array, perplexity used)``."""
+    from sklearn.manifold import TSNE  # type: ignore[import-untyped]  # (import cost: sklearn, 4 s)
 
     points = np.concatenate([prompted.numpy(), frozen.numpy()]).astype(np.float64)
     used = float(min(perplexity, points.shape[0] - 1))
@@ -167,9 +177,8 @@ def tsne_2d(prompted: Tensor, frozen: Tensor, perplexity: float) -> tuple[Any, f
 
 
 def draw_tsne(panels: list[dict[str, Any]], out: Path, title: str) -> Path:
-    """One panel per set: prompted and frozen points of its t-SNE."""
-    from scaleprompt.plots import _pyplot, _save
-
+    """The PNG file ``out`` (returned), titled ``title``: one panel per set of ``panels`` (``xy``: its t-SNE
+    points, the ``n`` prompted ones first; ``title``), its prompted and frozen points."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 5.0), squeeze=False)
     for ax, panel in zip(axes[0], panels, strict=True):
@@ -190,7 +199,7 @@ def draw_tsne(panels: list[dict[str, Any]], out: Path, title: str) -> Path:
 def _config(file: Any, args: argparse.Namespace) -> Any:
     """The run config of the analysis: :func:`~scaleprompt.engine.eval_only.evaluation_config` of the file (its run's
     config.json when it sits in one, else the defaults) with the flags."""
-    from scaleprompt.engine.eval_only import evaluation_config
+    from scaleprompt.engine.eval_only import evaluation_config  # (import cost: the engine, 10 s)
 
     overrides = [
         f"{key}={value}"
@@ -206,11 +215,11 @@ def _config(file: Any, args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
+    """``scaleprompt analyze deviation`` with the options ``args`` (see :func:`add_arguments`); the exit code."""
+    # (import cost: torch, open_clip, the engine)
     import torch
 
-    from scaleprompt.analysis.features import AnalysisError, encode_images, frozen_image_features
     from scaleprompt.backbone import load_clip
-    from scaleprompt.data.datasets import dataset_display_name
     from scaleprompt.data.loader import ShardLoader
     from scaleprompt.engine.checkpoint import atomic_json
     from scaleprompt.engine.eval_only import RUN_CONFIG

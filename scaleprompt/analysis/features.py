@@ -36,6 +36,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from safetensors import safe_open
+
+from scaleprompt.data.cache import ensure_shards
+from scaleprompt.data.datasets import dataset_display_name
+from scaleprompt.data.protocols import Protocol
+from scaleprompt.data.shards import file_identity, read_manifest
+from scaleprompt.engine.config import DataConfig
 from scaleprompt.errors import ScalepromptError
 
 if TYPE_CHECKING:
@@ -107,7 +114,7 @@ def encode_images(encode_fn: Callable[[Tensor], Tensor], loader: Iterable) -> tu
     ``(features [N, D] float32 unit rows, labels [N] int64)``, on the CPU, in the loader's order. A prompted
     encoder can be passed as well as the frozen one. A loader with ``expected_images`` (an evaluation
     :class:`~scaleprompt.data.loader.ShardLoader`: the manifest's count) must yield exactly that many."""
-    import torch
+    import torch  # (import cost: torch; `scaleprompt analyze --help` imports this module: see the package)
     from torch.nn import functional as F
 
     feats, labels = [], []
@@ -130,8 +137,8 @@ def class_text_embeddings(backbone: Backbone, classnames: Sequence[str], templat
     """Unit class embeddings ``[C, D]`` (float32, CPU) of the frozen text encoder: each template filled with each
     class name (underscores read as spaces, as the methods do), normalised, averaged over the templates and
     renormalised (zero-shot CLIP's ensemble; one template: its normalised features). Bare names:
-    ``templates=["{}"]``."""
-    import torch
+    ``templates=["{}"]``. ``backbone``: the frozen CLIP (from ``load_clip``)."""
+    import torch  # (import cost: torch, open_clip)
     from torch.nn import functional as F
 
     from scaleprompt.encoders import PromptedTextEncoder
@@ -164,8 +171,7 @@ def weights_identity(model: str, pretrained: str | None) -> dict[str, Any]:
     """What identifies the weights of ``load_clip(model, pretrained)`` without reading them: a local file (a tag
     registered with the model, or a path) by its resolved path, size, mtime, ctime and inode; an open_clip tag or a
     hub model by its name; a random initialisation by None (its seed is in the backbone info)."""
-    from scaleprompt.backbone import model_spec, registered_models
-    from scaleprompt.data.shards import file_identity
+    from scaleprompt.backbone import model_spec, registered_models  # (import cost: torch, open_clip)
 
     if pretrained in (None, "", "none"):
         return {"kind": "random"}
@@ -185,9 +191,8 @@ def weights_identity(model: str, pretrained: str | None) -> dict[str, Any]:
 
 
 def feature_key(shards: str | Path, split: str, backbone: Backbone, image_size: int) -> dict[str, Any]:
-    """The inputs the cached features depend on and their sha256 (``["key"]``): see the module docstring."""
-    from scaleprompt.data.shards import read_manifest
-
+    """The inputs the cached features of ``split`` of the shard folder ``shards`` under ``backbone`` at
+    ``image_size`` depend on, and their sha256 (``["key"]``): see the module docstring."""
     info = backbone.info
     if info is None:
         raise AnalysisError(
@@ -222,8 +227,6 @@ def _read_cached(path: Path, key: str) -> tuple[Tensor, Tensor] | None:
     """The cached (features, labels) of ``key`` at ``path``; None (logged) when missing or unreadable."""
     if not path.is_file():
         return None
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
@@ -243,7 +246,7 @@ def _read_cached(path: Path, key: str) -> tuple[Tensor, Tensor] | None:
 
 def _write_cached(path: Path, features: Tensor, labels: Tensor, key: dict[str, Any]) -> None:
     """Atomically (a temporary file in the same folder, then a rename): a reader never sees half a file."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save_file  # (import cost: torch)
 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -264,7 +267,7 @@ def _check_counts(
     features: Tensor, labels: Tensor, part: dict[str, Any], classnames: Sequence[str], where: str
 ) -> None:
     """As many features as the split's manifest count, labels in range, per class as its ``class_counts``."""
-    import torch
+    import torch  # (import cost: torch)
 
     if features.shape[0] != part["count"]:
         raise AnalysisError(
@@ -287,11 +290,8 @@ def dataset_shards(
     min_shards: int | None = None,
 ) -> Path:
     """The shard-cache folder holding every image of ``split`` of ``dataset`` (all classes, no sampling), written
-    if the cache has none; ``shard_size`` / ``min_shards`` default to the recipes' (``data.*``)."""
-    from scaleprompt.data.cache import ensure_shards
-    from scaleprompt.data.protocols import Protocol
-    from scaleprompt.engine.config import DataConfig
-
+    if the cache has none (``root``: the datasets' folder; ``cache_dir``: the shard cache); ``shard_size`` /
+    ``min_shards`` default to the recipes' (``data.*``)."""
     defaults = DataConfig()
     protocol = Protocol(shots=0, seed=FEATURE_PROTOCOL_SEED, subset="all")
     return ensure_shards(
@@ -323,12 +323,11 @@ def frozen_image_features(
     ``root``, ``folder:<path>``, a split file) under ``backbone`` (from ``load_clip``): from the feature cache under
     ``<cache_dir>/features`` when it holds them for exactly these inputs, else computed through the shard cache
     (``cache_dir``) and written there. See the module docstring. ``image_size``: None = the backbone's;
-    ``device``: where to encode (None: where the backbone is)."""
-    import torch
+    ``device``: where to encode (None: where the backbone is); ``batch_size``, ``num_workers``: the loader's;
+    ``shard_size``, ``min_shards``: the shard cache's (:func:`dataset_shards`)."""
+    import torch  # (import cost: torch, open_clip)
 
-    from scaleprompt.data.datasets import dataset_display_name
     from scaleprompt.data.loader import ShardLoader
-    from scaleprompt.data.shards import read_manifest
     from scaleprompt.encoders import PromptedVisionEncoder
 
     if split not in ("train", "val", "test"):

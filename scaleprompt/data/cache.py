@@ -85,7 +85,8 @@ def ensure_shards(
 ) -> Path:
     """The cache folder of ``dataset`` (a :func:`~scaleprompt.data.datasets.load_dataset` spec, with ``root``)
     after ``protocol``, holding ``splits``; written if the cache has no finished folder for this exact key (see
-    the module docstring). Call it on one process per file system (rank 0): a concurrent call waits.
+    the module docstring), under ``cache_dir``, in shards of ``shard_size`` samples (at least ``min_shards`` per
+    split). Call it on one process per file system (rank 0): a concurrent call waits.
 
     A few-shot protocol with classes that have fewer training images than its shots is a :class:`DataError` naming
     them unless ``allow_fewer_shots`` (checked on a reused folder too: one written with it is not silently reused
@@ -134,7 +135,8 @@ def _check_reused_shots(out: Path, protocol: Protocol, allow_fewer_shots: bool) 
 
 
 def dataset_source(dataset: str, root: str | Path | None, ds: DatasetSplits) -> dict:
-    """Where the dataset comes from, resolved (absolute paths, registry names)."""
+    """Where the dataset ``dataset`` (a :func:`~scaleprompt.data.datasets.load_dataset` spec, with ``root``; read
+    as ``ds``) comes from, resolved (absolute paths, registry names)."""
     image_root = str(Path(ds.image_root).resolve())
     if dataset.startswith("folder:"):
         return {"kind": "folder", "path": str(Path(dataset[len("folder:") :]).resolve())}
@@ -147,8 +149,8 @@ def dataset_source(dataset: str, root: str | Path | None, ds: DatasetSplits) -> 
 
 
 def listing_fingerprint(ds: DatasetSplits) -> dict:
-    """sha256 over every item of every split (path, label, class name, size, mtime_ns, ctime_ns, inode) and the
-    class names."""
+    """sha256 over every item of every split of ``ds`` (path, label, class name, size, mtime_ns, ctime_ns, inode)
+    and the class names."""
     rows = [(split, d.path, d.label, d.classname) for split in SPLITS for d in ds.split(split)]
     stats = _stat_all([r[1] for r in rows])
     digest = hashlib.sha256(repr((ds.classnames, ds.val_from_train)).encode())
@@ -167,8 +169,10 @@ def cache_key(
     shard_size: int,
     min_shards: int,
 ) -> dict:
-    """The key inputs (what ``source.json`` holds); ``key["key"]`` is their sha256 (the ``dataset`` spec as
-    written and its display ``name`` are recorded, not hashed: ``folder:./x`` and ``folder:/abs/x`` are one key)."""
+    """The key inputs of the cache folder of ``dataset`` (with ``root``, read as ``ds``) after ``protocol``, holding
+    ``splits`` in shards of ``shard_size`` (at least ``min_shards``): what ``source.json`` holds; ``key["key"]`` is
+    their sha256 (the ``dataset`` spec as written and its display ``name`` are recorded, not hashed:
+    ``folder:./x`` and ``folder:/abs/x`` are one key)."""
     start = time.monotonic()
     listing = listing_fingerprint(ds)
     inputs = {
@@ -193,6 +197,8 @@ def cache_key(
 
 
 def folder_name(dataset: str, protocol: Protocol, splits: tuple[str, ...], key: dict) -> str:
+    """The cache folder's name: ``<dataset>-<protocol tag>-<splits>-<hash of the key>`` (``key``: of
+    :func:`cache_key`; ``dataset``'s display name made file-safe)."""
     name = re.sub(r"[^A-Za-z0-9._+-]+", "_", dataset_display_name(dataset)).strip("._")[:64] or "dataset"
     return f"{name}-{protocol.tag()}-{'-'.join(splits)}-{key['key'][:HASH_CHARS]}"
 

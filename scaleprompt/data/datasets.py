@@ -60,6 +60,9 @@ def _finish(
 def split_json_reader(
     name: str, directory: str, image_dir: str, split_file: str
 ) -> Callable[[Path], DatasetSplits]:
+    """The reader of the dataset ``name`` released with a CoOp split file: ``<root>/<directory>/<split_file>``,
+    the images under ``<root>/<directory>/<image_dir>`` (empty: the folder itself)."""
+
     def read(root: Path) -> DatasetSplits:
         base = require_dir(Path(root) / directory, name)
         images = require_dir(base / image_dir, f"{name} image") if image_dir else base
@@ -70,6 +73,8 @@ def split_json_reader(
 
 
 def read_fgvc_aircraft(root: Path) -> DatasetSplits:
+    """FGVCAircraft under ``root/fgvc_aircraft``: ``variants.txt`` (the classes) and the release's
+    ``images_variant_{train,val,test}.txt`` splits."""
     base = require_dir(Path(root) / "fgvc_aircraft", "FGVCAircraft")
     images = require_dir(base / "images", "FGVCAircraft image")
     classnames = [
@@ -93,7 +98,8 @@ def read_fgvc_aircraft(root: Path) -> DatasetSplits:
 
 
 def read_imagenet_classnames(path: Path) -> dict[str, str]:
-    """``classnames.txt``: ``<wnid> <class name>`` per line, in label order."""
+    """The file ``path`` (``classnames.txt``: ``<wnid> <class name>`` per line, in label order) as wnid -> class
+    name."""
     out: dict[str, str] = {}
     for line in require_file(path, "class-name list").read_text().splitlines():
         wnid, _, name = line.strip().partition(" ")
@@ -103,6 +109,8 @@ def read_imagenet_classnames(path: Path) -> dict[str, str]:
 
 
 def read_class_folders(folder: Path, classnames: dict[str, str], labels: dict[str, int]) -> list[Datum]:
+    """The images of every wnid folder of ``folder``, labelled by ``labels`` and named by ``classnames`` (wnid ->
+    label / class name); a folder missing from either is an error."""
     items = []
     for wnid in list_class_folders(folder):
         if wnid not in labels or wnid not in classnames:
@@ -112,6 +120,8 @@ def read_class_folders(folder: Path, classnames: dict[str, str], labels: dict[st
 
 
 def read_imagenet(root: Path) -> DatasetSplits:
+    """ImageNet under ``root/imagenet``: ``images/train`` and ``images/val`` (the test split) per wnid, the class
+    names from ``classnames.txt``."""
     base = require_dir(Path(root) / "imagenet", "ImageNet")
     images = require_dir(base / "images", "ImageNet image")
     names = read_imagenet_classnames(base / "classnames.txt")
@@ -123,6 +133,7 @@ def read_imagenet(root: Path) -> DatasetSplits:
 
 
 def read_imagenetv2(root: Path) -> DatasetSplits:
+    """ImageNetV2 (matched frequency) under ``root/imagenetv2``: a test split, one folder per integer label."""
     base = require_dir(Path(root) / "imagenetv2", "ImageNetV2")
     images = require_dir(base / "imagenetv2-matched-frequency-format-val", "ImageNetV2 image")
     names = list(read_imagenet_classnames(base / "classnames.txt").values())
@@ -133,7 +144,8 @@ def read_imagenetv2(root: Path) -> DatasetSplits:
 
 
 def sorted_folder_reader(name: str, directory: str, image_dir: str) -> Callable[[Path], DatasetSplits]:
-    """ImageNet-Sketch / -A / -R: one folder per wnid; label = index in the sorted folders present."""
+    """The reader of ImageNet-Sketch / -A / -R (the dataset ``name``): one folder per wnid under
+    ``<root>/<directory>/<image_dir>``; label = index in the sorted folders present."""
 
     def read(root: Path) -> DatasetSplits:
         base = require_dir(Path(root) / directory, name)
@@ -163,9 +175,9 @@ def _class_folder_images(folder: Path) -> dict[str, list[Path]]:
 
 
 def read_image_folder(root: Path, p_train: float = 0.5, p_val: float = 0.2, seed: int = 0) -> DatasetSplits:
-    """User data: ``root/{train,val,test}/<class>/*`` or ``root/<class>/*`` (split per class p_train / p_val /
-    rest after a seeded shuffle, like Dassl's ``read_and_split_data``). Labels follow sorted class names. Every
-    class folder must hold at least one image."""
+    """User data: ``root/{train,val,test}/<class>/*`` or ``root/<class>/*`` (split per class ``p_train`` /
+    ``p_val`` / rest after a shuffle seeded with ``seed``, like Dassl's ``read_and_split_data``). Labels follow
+    sorted class names. Every class folder must hold at least one image."""
     root = require_dir(Path(root), "dataset")
     if (root / "train").is_dir():
         found = {
@@ -200,7 +212,8 @@ def read_image_folder(root: Path, p_train: float = 0.5, p_val: float = 0.2, seed
 
 
 def read_split_file(split_file: Path, image_root: Path | None = None) -> DatasetSplits:
-    """User data from a JSON split (CoOp format) or a CSV with columns ``split,path,label,classname``."""
+    """User data from ``split_file``, a JSON split (CoOp format) or a CSV with columns
+    ``split,path,label,classname``; image paths are relative to ``image_root`` (default: the file's folder)."""
     split_file = require_file(Path(split_file), "split file")
     image_root = Path(image_root) if image_root else split_file.parent
     if split_file.suffix.lower() == ".csv":
@@ -317,10 +330,12 @@ CROSS_DATASET_TARGETS = [b for b in BENCHMARKS if b != "ImageNet"]
 
 
 def list_datasets() -> list[str]:
+    """The names of the registered datasets, in registration order."""
     return list(DATASETS)
 
 
 def get_dataset(name: str) -> DatasetSpec:
+    """The registered dataset called ``name`` or one of its aliases (case-insensitive); else an error listing them."""
     key = name.lower()
     for spec in DATASETS.values():
         if key == spec.name.lower() or key in spec.aliases:
@@ -331,7 +346,7 @@ def get_dataset(name: str) -> DatasetSpec:
 
 
 def dataset_display_name(dataset: str) -> str:
-    """Readable name of a dataset spec: the registry name; ``folder:<path>`` and split files are named after their
+    """Readable name of the dataset spec ``dataset``: the registry name; ``folder:<path>`` and split files are named after their
     folder / file (``folder:/a/flowers`` -> ``flowers``). Not unique: the shard cache adds a hash of the source."""
     if dataset.startswith("folder:"):
         folder = dataset[len("folder:") :]
@@ -342,7 +357,7 @@ def dataset_display_name(dataset: str) -> str:
 
 
 def load_dataset(name: str, root: str | Path | None = None) -> DatasetSplits:
-    """Read a dataset: a registered name with the datasets' ``root`` folder; ``folder:<path>`` for an image
+    """Read the dataset ``name``: a registered name with the datasets' ``root`` folder; ``folder:<path>`` for an image
     folder per class; or the path of a JSON / CSV split file."""
     if name.startswith("folder:"):
         return read_image_folder(Path(name[len("folder:") :]).absolute())

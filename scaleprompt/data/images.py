@@ -18,6 +18,7 @@ import warnings
 from pathlib import Path
 from typing import IO
 
+import numpy as np
 from PIL import Image
 
 SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # integer grayscale modes holding 16-bit data
@@ -28,7 +29,7 @@ class ImageTooLarge(ValueError):
 
 
 def open_image(source: str | Path | IO[bytes]) -> Image.Image:
-    """``Image.open(source)`` (reads the header only), refused with :class:`ImageTooLarge` when it holds more than
+    """``Image.open(source)`` (a file or stream; reads the header only), refused with :class:`ImageTooLarge` when it holds more than
     ``PIL.Image.MAX_IMAGE_PIXELS`` pixels. The caller closes the image."""
     with warnings.catch_warnings():  # (Pillow only warns between 1x and 2x its limit: refused below instead)
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -58,15 +59,13 @@ def to_rgb(img: Image.Image) -> Image.Image:
     ``convert("RGB")`` does); every other mode through ``convert("RGB")``."""
     if img.mode not in SIXTEEN_BIT:
         return img.convert("RGB")
-    import numpy as np
-
     values = np.asarray(img).astype(np.int64)
     high = np.clip(values >> 8, 0, 255).astype(np.uint8)  # (mode I may hold values outside 0..65535: clipped)
     return Image.fromarray(high, "L").convert("RGB")
 
 
 def load_rgb(source: str | Path | IO[bytes]) -> Image.Image:
-    """The decoded 8-bit RGB image of a file or stream: :func:`open_image` (the pixel limit, checked before
+    """The decoded 8-bit RGB image of ``source``, a file or stream: :func:`open_image` (the pixel limit, checked before
     decoding), then :func:`to_rgb` (decodes every pixel: a truncated file fails here)."""
     with open_image(source) as img:
         return to_rgb(img)

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from PIL import Image
 
 from scaleprompt.errors import ScalepromptError
 
@@ -44,16 +48,18 @@ class DatasetSplits:
     val_from_train: bool = False
 
     def split(self, name: str) -> list[Datum]:
+        """The items of the split ``name`` (train, val or test)."""
         if name not in ("train", "val", "test"):
             raise ValueError(f"unknown split {name!r}: train, val or test")
         return getattr(self, name)
 
     def counts(self) -> dict[str, int]:
+        """Items per split."""
         return {s: len(self.split(s)) for s in ("train", "val", "test")}
 
 
 def classnames_of(*splits: list[Datum]) -> list[str]:
-    """Label -> class name over the splits (Dassl's ``get_lab2cname``); labels must be 0..C-1 and consistent."""
+    """Label -> class name over the ``splits`` (Dassl's ``get_lab2cname``); labels must be 0..C-1 and consistent."""
     mapping: dict[int, str] = {}
     for items in splits:
         for d in items:
@@ -72,19 +78,22 @@ def classnames_of(*splits: list[Datum]) -> list[str]:
 
 
 def require_dir(path: Path, what: str) -> Path:
+    """``path`` if it is a folder, else a :class:`DatasetError` naming it as ``what``."""
     if not path.is_dir():
         raise DatasetError(f"{what} folder not found: {path}")
     return path
 
 
 def require_file(path: Path, what: str) -> Path:
+    """``path`` if it is a file, else a :class:`DatasetError` naming it as ``what``."""
     if not path.is_file():
         raise DatasetError(f"{what} not found: {path}")
     return path
 
 
 def read_split_json(split_file: Path, image_root: Path) -> tuple[list[Datum], list[Datum], list[Datum]]:
-    """``{"train"|"val"|"test": [[relpath, label, classname], ...]}`` (CoOp's ``split_zhou_*.json``)."""
+    """The train, val and test items of ``split_file``, ``{"train"|"val"|"test": [[relpath, label, classname],
+    ...]}`` (CoOp's ``split_zhou_*.json``), paths relative to ``image_root``."""
     require_file(split_file, "split file")
     try:
         data = json.loads(split_file.read_text())
@@ -98,13 +107,8 @@ def read_split_json(split_file: Path, image_root: Path) -> tuple[list[Datum], li
 
 def write_generated(root: Path, split_file: str, samples: Iterable[tuple[str, Any, int, str]]) -> Path:
     """Write a generated dataset in CoOp's layout under ``root`` (``images/<class>/<split>_<i>.png`` + the split
-    JSON), atomically: a complete tree appears at once or not at all; an existing complete one is reused.
+    JSON ``split_file``), atomically: a complete tree appears at once or not at all; an existing complete one is reused.
     ``samples`` yields ``(split, uint8 HxWx3 or HxW image, label, classname)``."""
-    import shutil
-    import tempfile
-
-    from PIL import Image
-
     root = Path(root)
     if (root / split_file).is_file():
         return root

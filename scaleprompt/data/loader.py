@@ -158,7 +158,8 @@ def _checked(src: ShardSource) -> ShardSource:
 
 
 def sample_label(sample: dict, num_classes: int | None = None) -> int:
-    """The sample's ``.cls`` label, checked: in [0, num_classes) (when known) and equal to the ``.json`` label.
+    """The ``.cls`` label of ``sample``, checked: in [0, ``num_classes``) (when known) and equal to the ``.json``
+    label.
     An unreadable ``.cls`` / ``.json`` is an undecodable sample (ValueError); a wrong label is a DataError."""
     label = int(sample["cls"])
     meta = json.loads(sample["json"]) if "json" in sample else {}
@@ -391,6 +392,7 @@ class ShardLoader:
 
     @property
     def classnames(self) -> list[str] | None:
+        """The split's class names (a manifest source; None otherwise)."""
         return self.src.classnames
 
     @property
@@ -509,7 +511,8 @@ class ShardLoader:
         return {"consumed": self.consumed}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        """Resume at a data position: the stream is deterministic, so replaying it reaches the same samples."""
+        """Resume at the data position ``state`` (of :meth:`state_dict`): the stream is deterministic, so replaying
+        it reaches the same samples."""
         self._stream = self._make_iter(0)
         for _ in range(state["consumed"]):
             next(self._stream)
@@ -517,6 +520,7 @@ class ShardLoader:
 
 
 def math_ceil(a: int, b: int) -> int:
+    """``ceil(a / b)`` in integers."""
     return -(-a // b)
 
 

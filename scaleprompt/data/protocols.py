@@ -47,15 +47,17 @@ class Protocol:
 
     @property
     def val_shots(self) -> int:
+        """Validation images per class: ``min(shots, 4)`` (CoOp's)."""
         return min(self.shots, 4)
 
     def tag(self) -> str:
+        """The protocol in a folder name: ``16shot-seed1-all``, ``full-seed1-base``."""
         shots = f"{self.shots}shot" if self.shots > 0 else "full"
         return f"{shots}-seed{self.seed}-{self.subset}"
 
 
 def split_by_label(items: Sequence[Datum]) -> dict[int, list[Datum]]:
-    """Items grouped by label, labels in order of first appearance (Dassl's ``split_dataset_by_label``)."""
+    """``items`` grouped by label, labels in order of first appearance (Dassl's ``split_dataset_by_label``)."""
     groups: dict[int, list[Datum]] = {}
     for d in items:
         groups.setdefault(d.label, []).append(d)
@@ -63,7 +65,7 @@ def split_by_label(items: Sequence[Datum]) -> dict[int, list[Datum]]:
 
 
 def fewshot(items: Sequence[Datum], shots: int, rng: random.Random) -> list[Datum]:
-    """``shots`` items per label with ``rng.sample`` (all of a label's items when it has fewer)."""
+    """``shots`` of the ``items`` per label with ``rng.sample`` (all of a label's items when it has fewer)."""
     if shots < 1:
         return list(items)
     out: list[Datum] = []
@@ -75,9 +77,9 @@ def fewshot(items: Sequence[Datum], shots: int, rng: random.Random) -> list[Datu
 def fewer_shots_problem(
     dataset: str, classnames: Sequence[str], counts: Sequence[int], shots: int
 ) -> str | None:
-    """What is wrong when some of ``classnames`` have fewer than ``shots`` training images (``counts``: the images
-    per class after the protocol, i.e. min(shots, available)): one line naming them (first few + count); None when
-    every class has ``shots`` (or ``shots`` <= 0: all images)."""
+    """What is wrong when some of ``classnames`` of ``dataset`` have fewer than ``shots`` training images
+    (``counts``: the images per class after the protocol, i.e. min(shots, available)): one line naming them (first
+    few + count); None when every class has ``shots`` (or ``shots`` <= 0: all images)."""
     if shots < 1:
         return None
     short = [f"{name!r} ({n})" for name, n in zip(classnames, counts, strict=True) if n < shots]
@@ -91,8 +93,8 @@ def fewer_shots_problem(
 
 
 def subsample_classes(*splits: Sequence[Datum], subset: Subset = "all") -> tuple[list[Datum], ...]:
-    """Dassl's ``subsample_classes``: labels of the FIRST split sorted, base = first ceil(C/2), new = the rest;
-    every split filtered to the selected labels and relabelled 0..k-1."""
+    """Dassl's ``subsample_classes``: labels of the FIRST of ``splits`` sorted, base = first ceil(C/2), new = the
+    rest; every split filtered to the labels of ``subset`` (``all``, ``base``, ``new``) and relabelled 0..k-1."""
     if subset == "all":
         return tuple(list(s) for s in splits)
     labels = sorted({d.label for d in splits[0]})
@@ -105,7 +107,8 @@ def subsample_classes(*splits: Sequence[Datum], subset: Subset = "all") -> tuple
 
 
 def apply_protocol(ds: DatasetSplits, protocol: Protocol) -> DatasetSplits:
-    """Few-shot train / val, then the class subset; class names follow the relabelled labels."""
+    """``ds`` after ``protocol``: few-shot train / val, then the class subset; class names follow the relabelled
+    labels."""
     rng = random.Random(protocol.seed)
     train = fewshot(ds.train, protocol.shots, rng)
     if ds.val_from_train:  # no official val (ImageNet): val shots from train images the few-shot draw left
@@ -128,10 +131,10 @@ def apply_protocol(ds: DatasetSplits, protocol: Protocol) -> DatasetSplits:
 
 
 def evaluation_targets(setting: Literal["cross_dataset", "domain_generalization"]) -> list[str]:
-    """Datasets a prompt trained on ImageNet is evaluated on (test split, all classes)."""
+    """Datasets a prompt trained on ImageNet is evaluated on in ``setting`` (test split, all classes)."""
     return list(CROSS_DATASET_TARGETS if setting == "cross_dataset" else DG_TARGETS)
 
 
 def harmonic_mean(base: float, novel: float) -> float:
-    """HM = 2 B N / (B + N) (0 when both are 0)."""
+    """The harmonic mean of the ``base`` and ``novel`` accuracies, 2 B N / (B + N) (0 when both are 0)."""
     return 0.0 if base + novel == 0 else 2 * base * novel / (base + novel)

@@ -476,7 +476,7 @@ def verify_shards(shard_dir: str | Path) -> list[str]:
     """Names of shards that are missing or whose sha256 differs from the manifest (a remote ``pipe:`` folder:
     every shard is downloaded once and hashed as it streams)."""
     if isinstance(shard_dir, str) and shard_dir.startswith("pipe:"):
-        from scaleprompt.data.remote import verify_remote_shards
+        from scaleprompt.data.remote import verify_remote_shards  # (remote imports this module)
 
         return verify_remote_shards(shard_dir)
     manifest = read_manifest(shard_dir)

@@ -17,9 +17,9 @@ def clip_transform(
     std: Sequence[float] | None = None,
     crop_min_scale: float = 0.08,
 ) -> T.Compose:
-    """Train: RandomResizedCrop(size, scale=(crop_min_scale, 1), bicubic) -> RandomHorizontalFlip -> normalize
-    (0.08: the papers'). Test: Resize(size, bicubic, short side) -> CenterCrop(size) -> normalize. Mean / std
-    default to CLIP's."""
+    """CLIP's image transform at ``size``. ``train``: RandomResizedCrop(size, scale=(``crop_min_scale``, 1),
+    bicubic) -> RandomHorizontalFlip -> normalize (0.08: the papers'); else: Resize(size, bicubic, short side) ->
+    CenterCrop(size) -> normalize. ``mean`` / ``std`` default to CLIP's."""
     normalize = T.Normalize(mean or OPENAI_DATASET_MEAN, std or OPENAI_DATASET_STD)
     if train:
         steps = [

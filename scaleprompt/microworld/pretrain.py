@@ -27,6 +27,7 @@ from typing import cast
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 from torch import nn
 
 from scaleprompt.backbone import import_open_clip, model_spec
@@ -69,6 +70,7 @@ def vocab_hash() -> str:
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
     """uint8 ``[N, H, W, 3]`` -> normalized float ``[N, 3, H, W]`` (CLIP's mean / std, as the engine's transforms)."""
+    # (import cost: open_clip, torchvision; `scaleprompt pretrain-microworld --help` imports this module)
     from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
@@ -229,9 +231,8 @@ def pretrain(cfg: PretrainConfig, out: Path | None = None) -> tuple[nn.Module, d
 
 
 def save_weights(model: nn.Module, out: Path, report: dict) -> None:
-    """Atomic safetensors write; the report goes into the file's metadata and next to it as JSON."""
-    from safetensors.torch import save_file
-
+    """Atomic safetensors write of ``model``'s weights to ``out``; the ``report`` goes into the file's metadata and
+    next to it as JSON."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
