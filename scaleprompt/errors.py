@@ -37,17 +37,20 @@ def one_line(exc: BaseException) -> str:
 
 
 def reported_elsewhere(exc: BaseException) -> BaseException:
-    """Mark an error that another rank (rank 0) reports too: entry points of the other ranks stay silent."""
+    """Mark the error ``exc`` (returned) as one that another rank (rank 0) reports too: entry points of the other
+    ranks stay silent."""
     exc.scaleprompt_reported_elsewhere = True  # type: ignore[attr-defined]
     return exc
 
 
 def debug_requested(argv: Sequence[str] = ()) -> bool:
+    """Whether tracebacks are asked for: ``--debug`` in ``argv``, or the environment variable :data:`DEBUG_ENV`."""
     return "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
 
 
 def run_entry_point(main: Callable[[list[str]], int], argv: Sequence[str] | None, prog: str) -> int:
-    """``main(argv)`` with the project's errors shown as one line (exit code 2), tracebacks behind ``--debug``."""
+    """``main(argv)`` (``argv``: None = the command line) with the project's errors shown as one line after
+    ``prog`` (exit code 2), tracebacks behind ``--debug``."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = debug_requested(args)
     args = [a for a in args if a != "--debug"]

@@ -64,6 +64,8 @@ class DirLock:
         self._fd: int | None = None
 
     def acquire(self, wait: bool = False) -> DirLock:
+        """Take the lock (the holder recorded in the lock file); held elsewhere: a :class:`LockError` naming the
+        holder, or with ``wait`` block until it is free. Returns the lock."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -92,6 +94,7 @@ class DirLock:
         return self
 
     def release(self) -> None:
+        """Give the lock back (nothing when it is not held)."""
         if self._fd is not None:
             _HELD.discard(self._fd)
             os.ftruncate(self._fd, 0)
@@ -101,6 +104,7 @@ class DirLock:
 
     @property
     def held(self) -> bool:
+        """Whether this object holds the lock."""
         return self._fd is not None
 
     def __enter__(self) -> DirLock:

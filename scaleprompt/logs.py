@@ -52,8 +52,8 @@ def quiet_third_party() -> None:
 
 
 def setup_rank_logging(rank: int) -> None:
-    """The console of a launched entry point (train.py, evaluate.py): INFO on rank 0, warnings elsewhere, each line
-    stamped with its rank; DeepSpeed's and torch.distributed's INFO chatter off; :func:`quiet_third_party`."""
+    """The console of a launched entry point (train.py, evaluate.py) on the rank ``rank``: INFO on rank 0, warnings
+    elsewhere, each line stamped with its rank; DeepSpeed's and torch.distributed's INFO chatter off; :func:`quiet_third_party`."""
     logging.basicConfig(
         level=logging.INFO if rank == 0 else logging.WARNING, format=f"%(asctime)s [rank {rank}] %(message)s"
     )

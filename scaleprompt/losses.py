@@ -8,12 +8,14 @@ from torch import Tensor
 
 
 def cosine_logits(image_features: Tensor, text_features: Tensor, logit_scale: Tensor) -> Tensor:
-    """CLIP logits ``logit_scale.exp() * normalize(image) @ normalize(text).T``: ``[B, E] x [C, E] -> [B, C]``."""
+    """CLIP logits ``logit_scale.exp() * normalize(image) @ normalize(text).T``: ``image_features`` ``[B, E]`` x
+    ``text_features`` ``[C, E]`` -> ``[B, C]`` (``logit_scale``: the log of the temperature's inverse)."""
     return logit_scale.exp() * F.normalize(image_features, dim=-1) @ F.normalize(text_features, dim=-1).t()
 
 
 def per_image_cosine_logits(image_features: Tensor, text_features: Tensor, logit_scale: Tensor) -> Tensor:
-    """Logits when every image has its own class text features (CoCoOp): ``[B, E] x [B, C, E] -> [B, C]``."""
+    """Logits when every image has its own class text features (CoCoOp): ``image_features`` ``[B, E]`` x
+    ``text_features`` ``[B, C, E]`` -> ``[B, C]``, scaled by ``logit_scale.exp()``."""
     img = F.normalize(image_features, dim=-1)
     txt = F.normalize(text_features, dim=-1)
     return logit_scale.exp() * torch.einsum("be,bce->bc", img, txt)
@@ -23,8 +25,9 @@ def reformation_loss(prompted: Tensor, frozen: Tensor, tau: float = 1.0) -> Tens
     """ProVP-Ref's contrastive feature re-formation.
 
     ``CE((f_p @ f_c^T) / tau, arange(B))`` with ``f_p`` / ``f_c`` the L2-normalized prompted and frozen image
-    features ``[B, E]`` of the same augmented images: each prompted feature must pick its own frozen feature
-    among the batch's. One direction only; ``frozen`` is detached (the frozen branch never gets gradient).
+    features ``[B, E]`` (``prompted``, ``frozen``) of the same augmented images, ``tau`` the temperature: each
+    prompted feature must pick its own frozen feature among the batch's. One direction only; ``frozen`` is
+    detached (the frozen branch never gets gradient).
     """
     f_p = F.normalize(prompted, dim=-1)
     f_c = F.normalize(frozen.detach(), dim=-1)
@@ -46,5 +49,5 @@ def multi_positive_clip_loss(logits: Tensor, matches: Tensor) -> Tensor:
 
 
 def accuracy(logits: Tensor, labels: Tensor) -> float:
-    """Top-1 accuracy in [0, 1]."""
+    """Top-1 accuracy in [0, 1] of ``logits`` ``[B, C]`` against ``labels`` ``[B]``."""
     return (logits.argmax(dim=-1) == labels).float().mean().item()

@@ -39,8 +39,10 @@ def grouped_bars(
     title: str,
     baseline: float | None = None,
 ) -> Path:
-    """``series[name][i]`` = (mean, std) of group ``i``; std drawn as an error bar, the mean written on the bar.
-    ``baseline``: a dashed horizontal line (e.g. zero-shot HM)."""
+    """Grouped bars as the PNG file ``out`` (returned): one group per name of ``groups``, one bar per series of
+    ``series``: ``series[name][i]`` = (mean, std) of group ``i``; std drawn as an error bar, the mean written on the
+    bar. ``ylabel``, ``title``: the axis label and the title; ``baseline``: a dashed horizontal line (e.g.
+    zero-shot HM)."""
     plt = _pyplot()
     n = len(series)
     width = 0.8 / max(1, n)

@@ -104,7 +104,7 @@ def folder_images(folder: str | Path) -> list[Path]:
 
 
 def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
-    """Image paths, in a deterministic order, from image files, folders and glob patterns.
+    """Image paths, in a deterministic order, from ``inputs``: image files, folders and glob patterns.
 
     Each input in turn: an existing folder gives its images (:func:`folder_images`), an existing file itself
     (whatever its suffix), anything else with ``*``, ``?`` or ``[`` is a glob pattern (``recursive=True``, so
@@ -192,10 +192,12 @@ class Predictor:
 
     @property
     def classnames(self) -> list[str]:
+        """The classes it predicts, in label order."""
         return self.method.classnames
 
     def load_image(self, path: str | Path) -> Tensor:
-        """The transformed ``[3, H, W]`` image of a file; :class:`ImageReadError` names a file that cannot be read."""
+        """The transformed ``[3, H, W]`` image of the file ``path``; :class:`ImageReadError` names a file that cannot
+        be read."""
         try:
             # (decodes the whole image: a truncated file fails here; 16-bit scaled, bombs refused)
             rgb = load_rgb(path)
@@ -208,7 +210,7 @@ class Predictor:
         return self.method.logits(batch.to(self.device)).softmax(dim=-1).cpu()
 
     def probabilities(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """``[N, C]`` class probabilities."""
+        """``[N, C]`` class probabilities of ``images``."""
         return self._probabilities(torch.stack([self.transform(to_rgb(img)) for img in images]))
 
     def predict_files(
@@ -246,13 +248,13 @@ class Predictor:
                 )
 
     def classify_files(self, paths: Sequence[str | Path], top_k: int = 1) -> list[list[tuple[str, float]]]:
-        """Top-k (class name, probability) per image file."""
+        """The ``top_k`` (class name, probability) per image file of ``paths``."""
         return [prediction.top for prediction in self.predict_files(paths, top_k)]
 
 
 # --- output ---------------------------------------------------------------------------------------------------
 def output_format(output: str | Path | None, fmt: str | None = None) -> str:
-    """``fmt`` if given, else from the output file's suffix (``.csv``: csv), else ``jsonl``."""
+    """``fmt`` if given, else from the suffix of the file ``output`` (``.csv``: csv), else ``jsonl``."""
     if fmt is not None:
         if fmt not in FORMATS:
             raise PredictInputError(f"unknown output format {fmt!r} (one of {', '.join(FORMATS)})")
@@ -261,8 +263,8 @@ def output_format(output: str | Path | None, fmt: str | None = None) -> str:
 
 
 def write_predictions(predictions: Iterable[Prediction], stream: TextIO, fmt: str, top_k: int) -> int:
-    """Write each prediction as it comes (a JSON line, or a CSV row under a header with ``top_k`` class and
-    probability columns); the number written."""
+    """Write each of ``predictions`` to ``stream`` as it comes (``fmt`` ``jsonl``: a JSON line; ``csv``: a row
+    under a header with ``top_k`` class and probability columns); the number written."""
     count = 0
     if fmt == "csv":
         writer = csv.writer(stream, lineterminator="\n")
@@ -338,7 +340,9 @@ def run_predict(
     skip_bad: bool = False,
 ) -> int:
     """``scaleprompt predict``: classify every image of ``inputs`` (:func:`expand_inputs`) with the prompt file
-    and write one record per image to ``output`` (:func:`write_output`: complete or not there; after an error the
+    ``prompts`` (its backbone with the weights ``pretrained``, default the recorded ones, on ``device``; its
+    classes, or ``classnames``), ``batch_size`` images at a time, and write one record per image (its ``top_k``
+    classes) in the format ``fmt`` (:func:`output_format`) to ``output`` (:func:`write_output`: complete or not there; after an error the
     records written so far are in ``<output>.partial``), or to stdout (nothing else goes there: records already
     written stay there if a later image stops the run). A tqdm bar on stderr when there is more than one batch. An
     unreadable image stops the run with :class:`ImageReadError` naming it; ``skip_bad``: it is logged (a warning

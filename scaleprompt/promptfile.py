@@ -88,7 +88,7 @@ def _checked_format(meta: dict[str, str], path: Path) -> None:
 
 
 def read_prompt_header(path: str | Path) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
-    """The metadata and the tensor table (name -> ``{"dtype", "shape"}``) of a prompt file, checked like
+    """The metadata and the tensor table (name -> ``{"dtype", "shape"}``) of the prompt file ``path``, checked like
     :func:`scaleprompt.methods.io.read_prompt_file` (format tag, every tensor's bytes inside the file); the
     tensor data is not read (nor the checksum verified: :func:`read_prompt_bytes` does)."""
     path = Path(path)
@@ -128,8 +128,9 @@ def safetensors_sha256(blob: bytes) -> str:
 
 
 def check_checksum(meta: dict[str, str], actual: str, path: str | Path) -> Checksum:
-    """``"verified"`` when the file's recorded checksum is ``actual``; ``"absent"`` (with a warning, once per file)
-    when it records none; a :class:`PromptFileError` naming the file when they differ."""
+    """``"verified"`` when the checksum recorded in ``meta`` (the metadata of the file ``path``) is ``actual``;
+    ``"absent"`` (with a warning, once per file) when it records none; a :class:`PromptFileError` naming the file
+    when they differ."""
     recorded = meta.get(CHECKSUM_ENTRY)
     if recorded is None:
         key = str(Path(path).resolve())
@@ -194,7 +195,7 @@ class RawPromptFile:
 
 
 def read_prompt_bytes(path: str | Path) -> RawPromptFile:
-    """Read a prompt file's bytes ONCE, parse its header from them, check its format tag and verify its
+    """Read the bytes of the prompt file ``path`` ONCE, parse its header from them, check its format tag and verify its
     checksum (:func:`check_checksum`)."""
     path = Path(path)
     if not path.is_file():
@@ -210,7 +211,7 @@ def read_prompt_bytes(path: str | Path) -> RawPromptFile:
 
 
 def decode_metadata(meta: dict[str, str], path: str | Path) -> dict[str, Any]:
-    """The metadata with its JSON entries (:data:`JSON_ENTRIES`) decoded and checked (``config`` an object,
+    """The metadata ``meta`` (of the file ``path``) with its JSON entries (:data:`JSON_ENTRIES`) decoded and checked (``config`` an object,
     ``classnames`` a list of strings, ``backbone`` an object or null; ``method``, ``config`` and ``classnames``
     required); the other entries stay strings. A bad entry is a :class:`PromptFileError` naming the file and the entry."""
     decoded: dict[str, Any] = dict(meta)

@@ -83,7 +83,8 @@ class AttentionMaps:
 
 
 def attention_weights(block: nn.Module, x: Tensor) -> Tensor:
-    """``[B, H, T, T]``: the attention probabilities of an open_clip vision block for its input ``x`` ``[B, T, D]``
+    """``[B, H, T, T]``: the attention probabilities of the open_clip vision block ``block`` for its input ``x``
+    ``[B, T, D]``
     (the block's own ``nn.MultiheadAttention`` on ``ln_1(x)``, per head)."""
     from torch import nn  # (import cost: torch)
 

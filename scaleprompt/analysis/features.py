@@ -83,10 +83,12 @@ class FrozenFeatures:
 
     @property
     def n_images(self) -> int:
+        """Images (feature rows)."""
         return int(self.features.shape[0])
 
     @property
     def n_classes(self) -> int:
+        """Classes of the split (the manifest's, with or without images here)."""
         return len(self.classnames)
 
     def describe(self) -> dict[str, Any]:
@@ -134,8 +136,8 @@ def encode_images(encode_fn: Callable[[Tensor], Tensor], loader: Iterable) -> tu
 
 
 def class_text_embeddings(backbone: Backbone, classnames: Sequence[str], templates: Sequence[str]) -> Tensor:
-    """Unit class embeddings ``[C, D]`` (float32, CPU) of the frozen text encoder: each template filled with each
-    class name (underscores read as spaces, as the methods do), normalised, averaged over the templates and
+    """Unit class embeddings ``[C, D]`` (float32, CPU) of the frozen text encoder: each of ``templates`` filled
+    with each of ``classnames`` (underscores read as spaces, as the methods do), normalised, averaged over the templates and
     renormalised (zero-shot CLIP's ensemble; one template: its normalised features). Bare names:
     ``templates=["{}"]``. ``backbone``: the frozen CLIP (from ``load_clip``)."""
     import torch  # (import cost: torch, open_clip)
@@ -168,7 +170,8 @@ def class_text_embeddings(backbone: Backbone, classnames: Sequence[str], templat
 
 
 def weights_identity(model: str, pretrained: str | None) -> dict[str, Any]:
-    """What identifies the weights of ``load_clip(model, pretrained)`` without reading them: a local file (a tag
+    """What identifies the weights of ``load_clip(model, pretrained)`` (``model``: a model name; ``pretrained``: its
+    weights' tag or file, None for a random initialisation) without reading them: a local file (a tag
     registered with the model, or a path) by its resolved path, size, mtime, ctime and inode; an open_clip tag or a
     hub model by its name; a random initialisation by None (its seed is in the backbone info)."""
     from scaleprompt.backbone import model_spec, registered_models  # (import cost: torch, open_clip)

@@ -89,7 +89,8 @@ def check_template(template: str) -> None:
 
 
 def check_file_name(name: str, template: str) -> None:
-    """A :class:`DataError` unless ``name`` is ``manifest.json`` or a plain shard file name (:data:`SHARD_NAME`)."""
+    """A :class:`DataError` (naming the folder ``template``) unless ``name`` is ``manifest.json`` or a plain shard
+    file name (:data:`SHARD_NAME`)."""
     if name != MANIFEST and not SHARD_NAME.fullmatch(name):
         raise DataError(
             f"refusing to read {name!r} from remote shard folder {template}: not a plain shard file name (letters, "
@@ -164,7 +165,7 @@ def read_timeout() -> float | None:
 
 
 def read_remote_manifest(template: str) -> dict:
-    """The remote folder's ``manifest.json``, fetched through its command and checked like a local one (a copy of
+    """The ``manifest.json`` of the remote folder ``template``, fetched through its command and checked like a local one (a copy of
     the one fetched first in this process)."""
     if template not in _MANIFESTS:
         url = remote_url(template, MANIFEST)
@@ -280,7 +281,7 @@ class PipeStream:
     def finish(self, what: str = "shard command") -> str:
         """Read (and hash) the rest of the output, wait for the command, check its exit status; the sha256 of the
         whole output. (A tar reader stops at the end-of-archive blocks: the record padding after them is read
-        here, so the hash covers every byte of the shard.)"""
+        here, so the hash covers every byte of the shard.) ``what``: the command, as named in an error."""
         while self.read(1 << 20):
             pass
         self.check_exit(what)
@@ -311,7 +312,8 @@ class PipeStream:
             ) from None
 
     def failure(self, status: int | None, what: str = "shard command") -> str:
-        """One line: ``what`` failed, the command, its exit status and the end of its stderr (or why it was killed)."""
+        """One line: ``what`` failed, the command, its exit status ``status`` and the end of its stderr (or why it
+        was killed)."""
         if self.stalled is not None:
             return self.stalled
         how = f"killed by signal {-status}" if status is not None and status < 0 else f"exit {status}"
@@ -348,7 +350,7 @@ class PipeStream:
 
 
 def verify_remote_shards(template: str) -> list[str]:
-    """Names of the remote folder's shards whose command fails or whose streamed sha256 differs from the manifest
+    """Names of the shards of the remote folder ``template`` whose command fails or whose streamed sha256 differs from the manifest
     (downloads every shard once)."""
     manifest = read_remote_manifest(template)
     bad = []

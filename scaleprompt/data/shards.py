@@ -99,7 +99,7 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def write_shard(job: ShardJob) -> dict:
-    """Write one shard atomically; returns its manifest entry. Runs in a worker process."""
+    """Write the shard of ``job`` atomically; returns its manifest entry. Runs in a worker process."""
     out = Path(job.path)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
@@ -120,7 +120,7 @@ def write_shard(job: ShardJob) -> dict:
 
 
 def sha256_file(path: str | Path) -> str:
-    """The sha256 of a file, read in 1 MiB blocks (shards, checkpoint files, evaluated prompt files)."""
+    """The sha256 of the file ``path``, read in 1 MiB blocks (shards, checkpoint files, evaluated prompt files)."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -129,11 +129,12 @@ def sha256_file(path: str | Path) -> str:
 
 
 def shard_entry(path: Path, count: int) -> dict:
+    """The manifest entry of the shard ``path`` holding ``count`` samples: name, count, sha256."""
     return {"name": path.name, "count": count, "sha256": sha256_file(path)}
 
 
 def file_identity(path: str | Path) -> tuple[int, int, int, int]:
-    """(size, mtime_ns, ctime_ns, inode) of a file: what tells that it changed without reading it. Size and mtime
+    """(size, mtime_ns, ctime_ns, inode) of the file ``path``: what tells that it changed without reading it. Size and mtime
     alone miss a file rewritten with the same size whose mtime was put back (``touch -r``); no one can set a ctime,
     and a file replaced by another (a rename) has another inode."""
     st = os.stat(path)
@@ -158,7 +159,8 @@ def cached_sha256(path: str | Path) -> str:
 
 
 def check_shards(shard_dir: str | Path, entries: list[dict]) -> None:
-    """Each shard of ``entries`` (manifest entries) exists and has its manifest sha256, else :class:`DataError`."""
+    """Each shard of ``entries`` (manifest entries of the folder ``shard_dir``) exists and has its manifest sha256,
+    else :class:`DataError`."""
     for entry in entries:
         path = Path(shard_dir) / entry["name"]
         if not path.is_file():
@@ -175,7 +177,9 @@ def check_shards(shard_dir: str | Path, entries: list[dict]) -> None:
 def plan_shards(
     items: list[Datum], split: str, shard_size: int, min_shards: int, seed: int
 ) -> list[list[Datum]]:
-    """A seeded permutation cut into near-equal contiguous shards (so shards mix classes)."""
+    """The ``items`` of ``split`` in a permutation seeded by ``seed`` and ``split``, cut into near-equal contiguous
+    shards (so shards mix classes): ``ceil(len / shard_size)`` of them, at least ``min_shards`` (at most one per
+    item)."""
     if not items:
         return []
     order = list(items)
@@ -198,7 +202,10 @@ def write_shards(
     overwrite: bool = False,
     allow_fewer_shots: bool = False,
 ) -> dict:
-    """Write the shards of ``ds`` (after ``protocol``, if given) to ``out_dir``; returns the manifest.
+    """Write the shards of ``ds`` (after ``protocol``, if given) to ``out_dir``; returns the manifest. ``splits``:
+    the splits written; ``shard_size``, ``min_shards``: the layout (:func:`plan_shards`); ``processes``: writer
+    processes; ``max_image_size``: re-encode images whose short side is longer (None: the bytes as on disk);
+    ``overwrite``: replace shards of another plan in ``out_dir`` (else an error).
 
     Holds the folder's lock (``<out_dir>/.lock``) while writing: a concurrent writer of the same folder waits, then
     returns the manifest the first one finished (nothing is rewritten when the folder is complete). A few-shot
@@ -235,7 +242,8 @@ def write_shards_locked(
     overwrite: bool,
     allow_fewer_shots: bool = False,
 ) -> dict:
-    """:func:`write_shards` for a caller that already holds ``<out>/.lock``."""
+    """:func:`write_shards` of ``ds`` to ``out`` (the other arguments as there) for a caller that already holds
+    ``<out>/.lock``."""
     _check_sizes(shard_size, min_shards, processes)
     if protocol is not None:
         ds = apply_protocol(ds, protocol)
@@ -310,8 +318,8 @@ def write_shards_locked(
 def check_shots(
     dataset: str, classnames: list[str], counts: list[int], shots: int, allow_fewer: bool
 ) -> None:
-    """A :class:`DataError` when some classes have fewer than ``shots`` training images (``counts`` per class), or
-    with ``allow_fewer`` a warning naming them (see :func:`~scaleprompt.data.protocols.fewer_shots_problem`)."""
+    """A :class:`DataError` when some of ``classnames`` of ``dataset`` have fewer than ``shots`` training images
+    (``counts`` per class), or with ``allow_fewer`` a warning naming them (see :func:`~scaleprompt.data.protocols.fewer_shots_problem`)."""
     problem = fewer_shots_problem(dataset, classnames, counts, shots)
     if problem is None:
         return
@@ -411,7 +419,8 @@ def read_manifest(shard_dir: str | Path) -> dict:
 
 
 def parse_manifest(raw: bytes, where: str, remedy: str = "delete the shard folder to rebuild it") -> dict:
-    """A manifest's bytes, checked (``where``: the file or command it came from, named in errors)."""
+    """A manifest's bytes ``raw``, parsed and checked (``where``: the file or command it came from, named in errors;
+    ``remedy``: what an error tells to do)."""
     try:
         manifest = json.loads(raw)
     except ValueError as exc:  # (UnicodeDecodeError included)
@@ -473,7 +482,8 @@ def _manifest_problem(manifest: dict) -> str | None:
 
 
 def verify_shards(shard_dir: str | Path) -> list[str]:
-    """Names of shards that are missing or whose sha256 differs from the manifest (a remote ``pipe:`` folder:
+    """Names of the shards of ``shard_dir`` that are missing or whose sha256 differs from the manifest (a remote
+    ``pipe:`` folder:
     every shard is downloaded once and hashed as it streams)."""
     if isinstance(shard_dir, str) and shard_dir.startswith("pipe:"):
         from scaleprompt.data.remote import verify_remote_shards  # (remote imports this module)

@@ -64,6 +64,7 @@ class MicroDataset:
     classes: tuple[tuple[int, int], ...]
 
     def classnames(self) -> list[str]:
+        """Its class names (``"<colour> <shape>"``), in label order."""
         return [f"{world.COLOURS[c]} {world.SHAPES[s]}" for c, s in self.classes]
 
     def fingerprint(self) -> str:
@@ -85,6 +86,7 @@ def class_order() -> list[tuple[int, int]]:
 
 
 def classnames() -> list[str]:
+    """The 64 class names (``"<colour> <shape>"``) in :func:`class_order`."""
     return [f"{world.COLOURS[c]} {world.SHAPES[s]}" for c, s in class_order()]
 
 
@@ -135,7 +137,8 @@ VARIANCE_DATASETS = [name for name in DATASETS if name.startswith("MicroVar")]
 
 
 def samples(name: str, size: int = 64):
-    """Yield ``(split, image, label, classname)`` of dataset ``name``, deterministic by its seed."""
+    """Yield ``(split, image, label, classname)`` of dataset ``name`` (images ``size`` x ``size``), deterministic by
+    its seed."""
     spec = DATASETS[name]
     rng = np.random.default_rng(spec.seed)
     order = np.array(spec.classes)
@@ -151,7 +154,8 @@ def samples(name: str, size: int = 64):
 
 
 def load_microworld(name: str, root: Path | None = None) -> DatasetSplits:
-    """Dataset ``name`` of :data:`DATASETS`, written under ``root/microworld/<name>-<hash>`` on first use."""
+    """Dataset ``name`` of :data:`DATASETS`, written under ``root/microworld/<name>-<hash>`` on first use
+    (``root``: default the user cache)."""
     folder = Path(root or CACHE_ROOT) / "microworld" / f"{name}-{DATASETS[name].fingerprint()}"
     folder = write_generated(folder, SPLIT_FILE, samples(name))
     train, val, test = read_split_json(folder / SPLIT_FILE, folder / "images")

@@ -65,11 +65,12 @@ class PretrainConfig:
 
 
 def vocab_hash() -> str:
+    """The first 16 hex digits of the sha256 of the word vocabulary (recorded with the weights)."""
     return hashlib.sha256("\n".join(VOCAB).encode()).hexdigest()[:16]
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 ``[N, H, W, 3]`` -> normalized float ``[N, 3, H, W]`` (CLIP's mean / std, as the engine's transforms)."""
+    """``images`` uint8 ``[N, H, W, 3]`` -> normalized float ``[N, 3, H, W]`` (CLIP's mean / std, as the engine's transforms)."""
     # (import cost: open_clip, torchvision; `scaleprompt pretrain-microworld --help` imports this module)
     from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
@@ -80,7 +81,8 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
 
 
 def make_batch(rng: np.random.Generator, cfg: PretrainConfig, size: int, tokenizer: WordTokenizer):
-    """Images ``[N, 3, H, W]``, caption ids ``[N, T]`` and the ``[N, N]`` caption-is-true-of-image matrix."""
+    """One training batch drawn with ``rng`` after ``cfg``: images ``[N, 3, size, size]``, caption ids ``[N, T]``
+    (by ``tokenizer``) and the ``[N, N]`` caption-is-true-of-image matrix."""
     n_shapes, n_colours = len(world.SHAPES), len(world.COLOURS)
     shapes, colours = [], []
     for colour_group in rng.random(cfg.groups) < cfg.colour_group_fraction:
@@ -101,7 +103,8 @@ def make_batch(rng: np.random.Generator, cfg: PretrainConfig, size: int, tokeniz
 def fixed_test_set(
     per_class: int = 50, seed: int = TEST_SEED, style: world.WorldStyle | None = None, size: int = 64
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A fixed, class-balanced set: uint8 images ``[64 * per_class, H, W, 3]`` and their colour-shape labels."""
+    """A fixed, class-balanced set drawn with ``seed`` in ``style`` (default: ``WorldStyle()``): uint8
+    images ``[64 * per_class, size, size, 3]`` and their colour-shape labels."""
     rng = np.random.default_rng(seed)
     labels = np.repeat(np.arange(len(world.COLOURS) * len(world.SHAPES)), per_class)
     scenes = world.sample_scenes(
@@ -119,7 +122,8 @@ def zero_shot_accuracy(
     template: str = ZERO_SHOT_TEMPLATE,
     batch_size: int = 512,
 ) -> float:
-    """Top-1 (in [0, 1]) of the 64 class prompts ``template.format('red circle')`` ... on ``images``."""
+    """Top-1 (in [0, 1]) of ``model`` (with its word ``tokenizer``) on ``images`` (uint8, labels ``labels``)
+    against the 64 class prompts ``template.format('red circle')`` ..., ``batch_size`` images at a time."""
     was_training = model.training
     model.eval()
     encode_text = cast(Callable[[torch.Tensor], torch.Tensor], model.encode_text)  # (open_clip's CLIP)
@@ -158,7 +162,8 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def pretrain(cfg: PretrainConfig, out: Path | None = None) -> tuple[nn.Module, dict]:
-    """Train ``sp-micro-clip`` from a seeded random init; write safetensors to ``out``. Returns model, report."""
+    """Train ``sp-micro-clip`` after ``cfg`` from a seeded random init; write safetensors to ``out`` (None: not
+    written). Returns model, report."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     spec = model_spec(MODEL)  # registered by scaleprompt.backbone: open_clip knows its config

@@ -46,12 +46,15 @@ class WordTokenizer:
 
     @property
     def vocab_size(self) -> int:
+        """Words in the vocabulary (special tokens included)."""
         return len(self.vocab)
 
     def encode(self, text: str) -> list[int]:
+        """The ids of the words of ``text`` (lower-cased; an unknown word: ``<unk>``), without ``<sot>`` / ``<eot>``."""
         return [self.index.get(w, self.unk) for w in _SPLIT.findall(text.lower())]
 
     def decode(self, ids: Sequence[int]) -> str:
+        """The text of ``ids``, padding and ``<sot>`` / ``<eot>`` left out."""
         words = [self.vocab[int(i)] for i in ids if int(i) not in (0, self.sot, self.eot)]
         return " ".join(words).replace(" .", ".").replace(" ,", ",")
 

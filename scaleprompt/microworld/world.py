@@ -81,6 +81,7 @@ class WorldStyle:
         require(self.noise >= 0 and self.blur >= 0, "noise", "noise and blur must be >= 0")
 
     def shifted(self, **changes: Any) -> WorldStyle:
+        """A copy with the fields ``changes`` changed."""
         return replace(self, **changes)
 
 
@@ -117,6 +118,7 @@ class Scenes:
         return np.where(np.maximum(np.abs(dx), np.abs(dy)) < 0.1, 4, pos)
 
     def attribute(self, name: str) -> np.ndarray:
+        """The values of the attribute ``name`` (of :data:`ATTRIBUTES`) per scene."""
         return self.position if name == "position" else getattr(self, name)
 
 
@@ -132,7 +134,8 @@ def sample_scenes(
     shape: np.ndarray | None = None,
     colour: np.ndarray | None = None,
 ) -> Scenes:
-    """``n`` random scenes; ``shape`` / ``colour`` fix those attributes (e.g. to balance classes)."""
+    """``n`` random scenes drawn with ``rng`` in ``style`` (default: ``WorldStyle()``); ``shape`` /
+    ``colour`` fix those attributes (e.g. to balance classes)."""
     style = style or WorldStyle()
     size = rng.integers(0, 2, n)
     scale = np.where(size == 0, rng.uniform(0.15, 0.21, n), rng.uniform(0.29, 0.36, n))
@@ -224,7 +227,8 @@ def _backgrounds(scenes: Scenes, rng: np.random.Generator, yy: np.ndarray, xx: n
 def render(
     scenes: Scenes, rng: np.random.Generator, size: int = 64, style: WorldStyle | None = None
 ) -> np.ndarray:
-    """uint8 images ``[N, size, size, 3]`` of ``scenes`` (drawn with ``rng``: same rng state, same pixels)."""
+    """uint8 images ``[N, size, size, 3]`` of ``scenes`` in ``style`` (default: ``WorldStyle()``), drawn
+    with ``rng``: same rng state, same pixels."""
     style = style or WorldStyle()
     n = len(scenes)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
@@ -267,7 +271,7 @@ def _box_blur(images: np.ndarray, radius: int) -> np.ndarray:
 def captions(
     scenes: Scenes, rng: np.random.Generator, templates: tuple[int, ...] | None = None
 ) -> tuple[list[str], np.ndarray]:
-    """One caption per scene from a random template (of ``templates``, default all) and a boolean
+    """One caption per scene of ``scenes`` from a template drawn with ``rng`` (of ``templates``, default all) and a boolean
     ``[N, len(ATTRIBUTES)]`` array of the attributes each caption mentions."""
     pool = np.arange(len(TEMPLATES)) if templates is None else np.asarray(templates)
     which = pool[rng.integers(0, len(pool), len(scenes))]
@@ -284,7 +288,7 @@ def captions(
 
 
 def caption_matches(scenes: Scenes, mentions: np.ndarray) -> np.ndarray:
-    """``[N, N]`` bool: caption j (of scene j, mentioning ``mentions[j]``) is true of image i."""
+    """``[N, N]`` bool: caption j (of scene j of ``scenes``, mentioning ``mentions[j]``) is true of image i."""
     ok = np.ones((len(scenes), len(scenes)), dtype=bool)
     for k, name in enumerate(ATTRIBUTES):
         a = scenes.attribute(name)

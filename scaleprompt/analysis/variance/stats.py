@@ -54,7 +54,8 @@ def intra_class_variance(features: Any, labels: Any) -> float:
 
 
 def inter_class_variance(embeddings: Any) -> float:
-    """Mean over classes of the squared distance of each class embedding to their mean,
+    """Mean over classes of the squared distance of each class embedding (the rows of ``embeddings`` ``[C, D]``,
+    a tensor or an array) to their mean,
     ``(1/C) sum_c ||w_c - w_bar||^2`` (population convention; ``1 - ||w_bar||^2`` for unit rows)."""
     w = _array(embeddings)
     if w.ndim != 2 or w.shape[0] == 0:
