@@ -17,6 +17,17 @@ from scaleprompt.backbone import load_clip  # noqa: E402
 
 CLASSNAMES = ["cat", "dog", "golden_retriever", "airplane", "sea turtle"]
 
+# The suite runs on 2 pytest-xdist workers (`-n 2 --dist loadgroup`, README "Tests"). Each file's tests stay on ONE
+# worker (its module- and session-scoped runs are made once), and every file that starts Ray shares one group:
+# Ray clusters never run side by side (a test's `ray stop` or port checks would see the other's).
+RAY_FILES = {"test_search.py", "test_trackers.py", "test_two_nodes.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        name = item.path.name
+        item.add_marker(pytest.mark.xdist_group("ray" if name in RAY_FILES else name))
+
 
 @pytest.fixture(scope="session")
 def backbone12():

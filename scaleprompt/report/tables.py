@@ -21,20 +21,14 @@ lays the rows of :func:`~scaleprompt.report.aggregate.aggregate` out as :class:`
 
 from __future__ import annotations
 
-import argparse
-import logging
 import statistics
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, NamedTuple
 
 from scaleprompt.data.protocols import harmonic_mean
 from scaleprompt.report.aggregate import DATASET_ORDER, METHOD_ORDER, SETTINGS, Row, Stat, order, ordered
-from scaleprompt.report.schema import METRICS, SELECTIONS
 from scaleprompt.report.variants import natural, variant_label
-
-logger = logging.getLogger("scaleprompt.report.tables")  # not __name__: "__main__" under -m
 
 SELECTION_LABELS = {"last": "last epoch", "best_val": "best validation epoch"}
 METRIC_LABELS = {"top1": "top-1 accuracy (%)", "mean_per_class": "mean per-class accuracy (%)"}
@@ -311,104 +305,3 @@ def make_tables(rows: Iterable[Row], setting: str) -> list[Table]:
     if setting not in TABLE_BUILDERS:
         raise ValueError(f"setting must be one of {list(SETTINGS)}, got {setting!r}")
     return TABLE_BUILDERS[setting](rows)
-
-
-# ------------------------------------------------------------------------------------ CLI (transitional)
-# ``scaleprompt results`` is scaleprompt.commands.results; this copy serves the cli until its registry lists it.
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Errors (an unreadable results.json, no rows, an unwritable folder) are one line, exit code 2."""
-    from scaleprompt.errors import run_entry_point
-
-    return run_entry_point(_main, argv, prog="scaleprompt results")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="scaleprompt results",
-        description="Aggregate run results (results.json) over seeds into paper-style markdown / CSV tables.",
-    )
-    parser.add_argument(
-        "runs",
-        nargs="*",
-        metavar="RUNS",
-        help="results.json files, directories (searched recursively) or globs (none: with --published, the "
-        "published table alone)",
-    )
-    parser.add_argument(
-        "--selection",
-        choices=SELECTIONS,
-        default="last",
-        help="last = last epoch; best_val = epoch chosen on the validation split (default: last)",
-    )
-    parser.add_argument(
-        "--metric", choices=METRICS, default="top1", help="accuracy to tabulate (default: top1)"
-    )
-    parser.add_argument(
-        "--out-dir",
-        type=Path,
-        default=None,
-        help="write results_<setting>.md / .csv here (default: only log the tables)",
-    )
-    parser.add_argument(
-        "--published",
-        action="store_true",
-        help="after the tables, each measured average beside the papers' published numbers (with their "
-        "sources; published_vs_measured_<setting>.md / .csv); without RUNS, the published table itself",
-    )
-    parser.add_argument(
-        "--published-file",
-        type=Path,
-        default=None,
-        metavar="FILE",
-        help="the published table to use (implies --published; default: the packaged "
-        "scaleprompt/report/published.json)",
-    )
-    return parser
-
-
-def _main(argv: Sequence[str]) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    logging.getLogger("scaleprompt").setLevel(logging.INFO)
-    from scaleprompt.report import published as pub
-    from scaleprompt.report.aggregate import aggregate
-    from scaleprompt.report.load import load_runs
-    from scaleprompt.report.render import render, write_tables
-    from scaleprompt.report.render_published import report_comparisons, report_published
-    from scaleprompt.report.schema import ResultsError
-
-    published = None
-    if args.published or args.published_file is not None:  # validated first: a bad table costs nothing
-        published = pub.load_published(args.published_file)
-        if not args.runs:
-            report_published(published, args.out_dir)
-            return 0
-    if not args.runs:
-        raise ResultsError("no RUNS given: pass results.json files, folders or globs (or --published alone)")
-    try:
-        runs = load_runs(args.runs)
-        rows = aggregate(runs, args.selection, args.metric)
-    except (ValueError, OSError) as exc:
-        raise exc if isinstance(exc, ResultsError) else ResultsError(str(exc)) from None
-    if not rows:
-        raise ResultsError(f"none of the {len(runs)} runs has {args.selection!r} results")
-    logger.info("%d runs -> %d rows (selection: %s)", len(runs), len(rows), SELECTION_LABELS[args.selection])
-    for setting in SETTINGS:
-        if any(r.setting == setting for r in rows):
-            logger.info("%s", render(rows, setting)[0])
-    if args.out_dir is not None:
-        try:
-            written = write_tables(rows, args.out_dir)
-        except OSError as exc:
-            raise ResultsError(f"cannot write the tables to {args.out_dir}: {exc}") from None
-        for md_path, csv_path in written.values():
-            logger.info("wrote %s and %s", md_path, csv_path)
-    if published is not None:  # its own section and files: never part of the measured tables or their CSV
-        report_comparisons(rows, published, args.out_dir)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
