@@ -160,7 +160,7 @@ def test_the_command_refuses_a_bad_table_in_one_line(tmp_path):
     bad = tmp_path / "published.json"
     bad.write_text(json.dumps(data))
     result = subprocess.run(
-        [sys.executable, "-m", "scaleprompt.commands.results", "--published-file", str(bad)],
+        [sys.executable, "-m", "scaleprompt.cli", "results", "--published-file", str(bad)],
         capture_output=True,
         text=True,
         check=False,

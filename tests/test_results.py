@@ -700,13 +700,14 @@ def test_main_errors_name_the_file(tmp_path, capsys):
         main([str(tmp_path), "--selection", "best_test"])
 
 
-def test_module_runs_as_a_script(tmp_path):
+def test_the_results_command_runs_in_its_own_process(tmp_path):
     make_transfer(tmp_path / "runs")
     result = subprocess.run(
         [
             sys.executable,
             "-m",
-            "scaleprompt.commands.results",
+            "scaleprompt.cli",
+            "results",
             str(tmp_path / "runs"),
             "--out-dir",
             str(tmp_path),

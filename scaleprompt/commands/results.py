@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,7 +25,7 @@ NAME = "results"
 HELP = "aggregate runs' results.json over seeds into paper-style tables"
 DESCRIPTION = "Aggregate run results (results.json) over seeds into paper-style markdown / CSV tables."
 
-logger = logging.getLogger("scaleprompt.commands.results")  # (not __name__: "__main__" under -m)
+logger = logging.getLogger(__name__)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -113,12 +114,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``scaleprompt results`` on ``argv`` (default: the process's arguments) without the rest of the command line
-    (``python -m scaleprompt.commands.results``): errors are one line, exit code 2."""
-    from scaleprompt.commands import results  # (this module, also when it runs as __main__)
-
-    return run_standalone(results, "scaleprompt results", argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    """``scaleprompt results`` on ``argv`` (default: the process's arguments) from Python, without the rest of the
+    command line: errors are one line, exit code 2."""
+    return run_standalone(sys.modules[__name__], "scaleprompt results", argv)
