@@ -10,7 +10,7 @@ Only the exact token ``{}`` names the file (every occurrence); a ``pipe:`` folde
 :class:`DataError`. ``manifest.json`` is fetched through the command (once per process: the run then checks every
 shard against that one view of the folder) and validated like a local one, shard names included: a name must be a
 plain file name ending in ``.tar`` (letters, digits, ``.``, ``_``, ``-``; see
-:data:`~scaleprompt.data.shards.SHARD_NAME`), so no name can carry a separator, a URL scheme or a shell character.
+:data:`~scaleprompt.data.manifest.SHARD_NAME`), so no name can carry a separator, a URL scheme or a shell character.
 
 The file name is never spliced into the shell text. The command runs as ``sh -c SCRIPT sh NAME``: SCRIPT is the
 template with each ``{}`` replaced by a reference to the argument ``$1``, written for the quoting it stands in, so
@@ -51,7 +51,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 
-from scaleprompt.data.shards import MANIFEST, SHARD_NAME, DataError, parse_manifest
+from scaleprompt.data.manifest import MANIFEST, SHARD_NAME, DataError, parse_manifest
 
 logger = logging.getLogger(__name__)
 

@@ -70,7 +70,7 @@ def evaluate(
     every rank returns the accuracy over the whole (rank-split) evaluation set. The result's ``images`` is the
     number of images evaluated over all ranks; it must equal ``expected_images`` (default: the loader's
     ``expected_images``, i.e. the manifest count of an eval :class:`~scaleprompt.data.loader.ShardLoader`), else
-    :class:`~scaleprompt.data.shards.DataError` (on every rank: the check follows the all-reduce).
+    :class:`~scaleprompt.data.manifest.DataError` (on every rank: the check follows the all-reduce).
     ``lockstep``: every rank runs the same number of forwards (:func:`in_lockstep`; needed under ZeRO-3)."""
     if expected_images is None:
         expected_images = getattr(batches, "expected_images", None)
