@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from engine_utils import ROOT
 
 
@@ -22,10 +23,15 @@ def _bench():
     return module
 
 
+@pytest.mark.slow  # an end-to-end micro-world run (two trainings through the engine): in the full suite only
 def test_quick_base_to_novel_miniature_runs_and_writes_its_row(tmp_path):
     runs, out = tmp_path / "runs", tmp_path / "out"
-    subprocess.run([sys.executable, "bench/findings.py", "--quick", "--runs", str(runs), "--out", str(out)],
-                   cwd=ROOT, check=True, timeout=900)  # fmt: skip
+    subprocess.run(
+        [sys.executable, "bench/findings.py", "--quick", "--runs", str(runs), "--out", str(out)],
+        cwd=ROOT,
+        check=True,
+        timeout=900,
+    )
     for method in ("zsclip", "coop"):
         result = json.loads(
             (runs / "b2n" / "MicroWorldNovelShapes" / method / "seed1" / "results.json").read_text()

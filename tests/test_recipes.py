@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
@@ -29,8 +30,14 @@ def _id(path: Path) -> str:
     return str(path.relative_to(CONFIGS))
 
 
+@functools.cache
+def recipe(path: Path):
+    """The recipe at ``path``, read once for the module (the tests read it; none changes it)."""
+    return load_run_config(path)
+
+
 def load(rel: str, overrides=()):
-    return load_run_config(CONFIGS / rel, overrides)
+    return load_run_config(CONFIGS / rel, overrides) if overrides else recipe(CONFIGS / rel)
 
 
 def test_every_method_has_every_setting():
@@ -42,7 +49,7 @@ def test_every_method_has_every_setting():
 
 @pytest.mark.parametrize("path", RECIPES, ids=_id)
 def test_recipe_loads_and_validates(path):
-    cfg = load_run_config(path)
+    cfg = recipe(path)
     methods.make_config(cfg.method.name, cfg.method.args)  # typed method config builds
     if path.parent != CONFIGS:  # configs/<method>/<setting>.yaml or configs/microworld/<method>.yaml
         assert cfg.method.name == (path.stem if path.parent.name == "microworld" else path.parent.name)
@@ -50,7 +57,7 @@ def test_recipe_loads_and_validates(path):
 
 @pytest.mark.parametrize("path", OFFICIAL, ids=_id)
 def test_official_recipe_shared_parts(path):
-    cfg = load_run_config(path)
+    cfg = recipe(path)
     assert (cfg.model.name, cfg.model.pretrained) == ("ViT-B-16", "openai")
     assert cfg.optim.name == "sgd" and cfg.optim.momentum == 0.9
     assert cfg.optim.warmup_lr == 1e-5
@@ -74,7 +81,7 @@ def test_official_recipe_shared_parts(path):
 
 @pytest.mark.parametrize("path", RECIPES, ids=_id)
 def test_backbone_is_one_override(path):
-    base = load_run_config(path).to_dict()
+    base = recipe(path).to_dict()
     large = load_run_config(path, ["model.name=ViT-L-14"]).to_dict()
     assert large["model"]["name"] == "ViT-L-14"
     large["model"]["name"] = base["model"]["name"]
@@ -210,7 +217,7 @@ def test_recipe_methods_build_on_a_12_block_tower(clip12):
     """Every distinct method.args of the recipes builds over a 12-block CLIP (the depths of ViT-B/16)."""
     seen = set()
     for path in OFFICIAL:
-        cfg = load_run_config(path)
+        cfg = recipe(path)
         key = (cfg.method.name, repr(sorted(cfg.method.args.items())))
         if key in seen:
             continue
@@ -224,6 +231,6 @@ def test_recipe_methods_build_on_a_12_block_tower(clip12):
 def test_microworld_methods_build_on_the_micro_backbone():
     backbone = load_clip("sp-micro-clip")  # (random init: the architecture is what matters here)
     for path in [CONFIGS / "demo.yaml", *sorted((CONFIGS / "microworld").glob("*.yaml"))]:
-        cfg = load_run_config(path)
+        cfg = recipe(path)
         model = methods.build(cfg.method.name, backbone, ["red circle", "blue heart"], **cfg.method.args)
         assert model.loss(torch.randn(2, 3, 64, 64), torch.tensor([0, 1])).loss.isfinite(), path
