@@ -120,7 +120,7 @@ def test_the_registries_import_without_a_cycle_or_torch():
     )
     subprocess.run([sys.executable, "-c", code], check=True)
     for module in (
-        "scaleprompt.microworld.datasets",
+        "scaleprompt.data.microworld",
         "scaleprompt.data.fashion_mnist",
         "scaleprompt.backbone",
     ):

@@ -2,8 +2,7 @@
 floor or one below, and no two units import each other, directly or round a longer loop.
 
 The floors are the table :data:`FLOORS`, lowest first. A unit is a top-level module or subpackage of
-``scaleprompt`` (``engine`` = ``scaleprompt/engine/**``), or a module the table names on its own (``report.schema``,
-``data.layout``): every module belongs to the longest name of the table it starts with. A module the table does not
+``scaleprompt`` (``engine`` = ``scaleprompt/engine/**``), or a module the table names on its own (``report.schema``): every module belongs to the longest name of the table it starts with. A module the table does not
 place fails the test: a new package is put on a floor when it is written. Imports by ``importlib`` are not seen.
 """
 
@@ -23,19 +22,17 @@ FLOORS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # change), below both the engine (which checks it) and the reports (which group runs by it)
     ("ground", ("errors", "logs", "losses", "failpoints", "locks", "plots", "identity", "promptfile")),
     # typed configs and recipes; the results schema (written by the engine, read by the reports); the
-    # micro-world's world and word tokenizer (the micro CLIP's vocabulary, which the backbone loads); the
-    # folder layout a dataset is built from (the micro-world's datasets build on it, the registry lists them)
-    ("config", ("config", "recipes", "report.schema", "microworld", "microworld.world", "microworld.tokenizer",
-                "data.layout")),
+    # micro-world (its world and the micro CLIP's word tokenizer, which the backbone registry loads)
+    ("config", ("config", "recipes", "report.schema", "microworld")),
     ("backbone", ("backbone",)),
-    ("data and encoders", ("data", "encoders", "microworld.datasets")),
+    ("data and encoders", ("data", "encoders")),
     ("methods", ("methods", "report", "plan", "predict")),
     ("engine", ("engine",)),
     # what runs engines or reads many runs: sweeps, analyses, the micro CLIP's pretraining
-    ("tools", ("search", "analysis", "microworld.pretrain")),
+    ("tools", ("search", "analysis", "pretrain")),
     # entry points: the command line and the launchable files
     ("entry points", ("cli", "commands", "train", "evaluate", "__init__")),
-)  # fmt: skip
+)
 FLOOR_OF = {unit: level for level, (_, units) in enumerate(FLOORS) for unit in units}
 FLOOR_NAMES = [name for name, _ in FLOORS]
 
@@ -191,4 +188,4 @@ def test_the_checker_sees_a_loop_and_function_level_imports():
     inside_functions = {t for t, _ in imports("analysis.variance")}  # imports report.tables inside a function
     assert any(unit_of(t) == "report" for t in inside_functions)
     assert unit_of("report.schema") == "report.schema" and unit_of("report.tables") == "report"
-    assert unit_of("engine.trainer") == "engine" and unit_of("microworld.pretrain") == "microworld.pretrain"
+    assert unit_of("engine.trainer") == "engine" and unit_of("data.microworld") == "data"

@@ -1,5 +1,5 @@
 """``scaleprompt pretrain-microworld --out FILE``: pretrain the micro-world CLIP (``sp-micro-clip``) from scratch on
-the CPU (:mod:`scaleprompt.microworld.pretrain`); rebuilds the shipped weights."""
+the CPU (:mod:`scaleprompt.pretrain`); rebuilds the shipped weights."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ from scaleprompt.commands.common import CommandParser, command_parser
 
 NAME = "pretrain-microworld"
 HELP = "pretrain the micro-world CLIP (rebuilds the shipped weights)"
-logger = logging.getLogger("scaleprompt.microworld.pretrain")
+logger = logging.getLogger("scaleprompt.pretrain")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """The ``pretrain-microworld`` parser in ``subparsers``: the output file, then one flag per field of
-    :class:`~scaleprompt.microworld.pretrain.PretrainConfig` (added when the parser is used: the config's module
+    :class:`~scaleprompt.pretrain.PretrainConfig` (added when the parser is used: the config's module
     imports torch)."""
     parser = command_parser(subparsers, NAME, help=HELP)
     parser.add_argument("--out", type=Path, required=True, help="safetensors file to write")
@@ -28,7 +28,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def _add_config_flags(parser: CommandParser) -> None:
     """The module's summary as ``parser``'s description and a flag per :class:`PretrainConfig` field."""
-    from scaleprompt.microworld import pretrain
+    from scaleprompt import pretrain
 
     parser.description = (pretrain.__doc__ or "").split("\n\n")[0]
     for name, value in asdict(pretrain.PretrainConfig()).items():
@@ -42,7 +42,7 @@ def _add_config_flags(parser: CommandParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Pretrain with the config of ``args``, write the weights to ``args.out`` and log the zero-shot accuracy."""
-    from scaleprompt.microworld.pretrain import PretrainConfig, pretrain  # (import cost: torch, open_clip)
+    from scaleprompt.pretrain import PretrainConfig, pretrain  # (import cost: torch, open_clip)
 
     cfg = PretrainConfig(**{k: getattr(args, k) for k in asdict(PretrainConfig())})
     _, report = pretrain(cfg, args.out)

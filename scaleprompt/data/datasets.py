@@ -28,8 +28,8 @@ from scaleprompt.data.layout import (
     require_dir,
     require_file,
 )
-from scaleprompt.microworld.datasets import DATASETS as MICRO_DATASETS
-from scaleprompt.microworld.datasets import load_microworld
+from scaleprompt.data.microworld import DATASETS as MICRO_DATASETS
+from scaleprompt.data.microworld import load_microworld
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm"}
 SPLITS = ("train", "val", "test")
@@ -308,7 +308,7 @@ for _name, _directory, _images, _alias in (
         _name, sorted_folder_reader(_name, _directory, _images), aliases=(_alias,), eval_only=True
     )
 register_dataset("FashionMNIST", _fashion_mnist, aliases=("fashion_mnist", "embedded"), generated=True)
-# the micro-world's downstream datasets (scaleprompt.microworld.datasets)
+# the micro-world's downstream datasets (scaleprompt.data.microworld)
 for _name in MICRO_DATASETS:
     register_dataset(_name, partial(load_microworld, _name), aliases=(_micro_alias(_name),), generated=True)
 

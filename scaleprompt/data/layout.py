@@ -3,7 +3,7 @@ split files and generated datasets written in CoOp's layout.
 
 The bottom of the data layer (no scaleprompt import but the errors): the dataset registry
 (:mod:`scaleprompt.data.datasets`), the embedded dataset (:mod:`scaleprompt.data.fashion_mnist`) and the micro-world's
-datasets (:mod:`scaleprompt.microworld.datasets`) build on it.
+datasets (:mod:`scaleprompt.data.microworld`) build on it.
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
-"""The micro-world: a procedural image world, a tiny CLIP pretrained on it (shipped), and shifted downstream
-datasets on which zero-shot accuracy and prompt learning mean something on a CPU.
+"""The micro-world: a procedural image world and the word tokenizer of the tiny CLIP pretrained on it (shipped).
 
-Its model ``sp-micro-clip`` (config, shipped weights ``"microworld"``, word tokenizer) and its datasets
-(``MicroWorld``, ``MicroWorldSketch``, ``MicroWorldClutter``) are registered with the public functions an extension
-uses (:func:`scaleprompt.backbone.register_model`, :func:`scaleprompt.data.datasets.register_dataset`), in the
-built-in block of each registry. The micro-world's modules import neither registry (they build on
-:mod:`scaleprompt.data.layout`), so the imports form no cycle."""
+Only the world (:mod:`~scaleprompt.microworld.world`: scenes, colours, shapes, captions) and the tokenizer live here,
+on a low floor: the backbone registry loads ``sp-micro-clip`` with the tokenizer, the data layer builds the shifted
+downstream datasets from the world (:mod:`scaleprompt.data.microworld`, registered with the built-in datasets), and
+``scaleprompt pretrain-microworld`` (:mod:`scaleprompt.pretrain`) retrains the shipped weights. This package imports
+none of them, so the imports form no loop."""
