@@ -169,7 +169,7 @@ def image_encoder(method: PromptMethod) -> Callable[[Tensor], Tensor]:
 def tsne_2d(prompted: Tensor, frozen: Tensor, perplexity: float) -> tuple[Any, float]:
     """The 2-D t-SNE of the joint set ``[prompted; frozen]`` (``[N, E]`` each, unit rows) at ``perplexity`` (at most 2N - 1):
     ``([2N, 2] array, perplexity used)``."""
-    from sklearn.manifold import TSNE  # type: ignore[import-untyped]  # (import cost: sklearn, 4 s)
+    from sklearn.manifold import TSNE  # (import cost: sklearn, 4 s)
 
     points = np.concatenate([prompted.numpy(), frozen.numpy()]).astype(np.float64)
     used = float(min(perplexity, points.shape[0] - 1))

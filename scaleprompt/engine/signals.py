@@ -38,7 +38,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil  # type: ignore[import-untyped]  # (a DeepSpeed dependency)
+import psutil  # (a DeepSpeed dependency)
 import torch
 
 from scaleprompt.engine.distributed import all_reduce_max
