@@ -29,10 +29,9 @@ def _python(code: str) -> str:
 _HEAVY_LOADED = f"print(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r}))))"
 
 
-@pytest.mark.parametrize(
+@pytest.mark.parametrize(  # (``import scaleprompt.methods`` alone: the first line of the last case)
     "code",
     [
-        "import scaleprompt.methods",
         "import scaleprompt.backbone, scaleprompt.encoders, scaleprompt.methods.prompts",
         "from scaleprompt.methods import METHODS, make_config; [make_config(n) for n in METHODS]",
     ],
@@ -148,35 +147,43 @@ def test_the_launched_files_need_no_path_edits_and_shadow_nothing(tmp_path):
         assert done.returncode == 0 and done.stdout.startswith(usage), done.stderr[-2000:]
 
 
+KNOWN = (
+    "open_clip = import_open_clip()\n"
+    f"print(json.dumps([n in open_clip.list_models() for n in {OWN_MODELS!r}]))\n"
+    "print(open_clip.get_model_config('sp-micro-clip')['text_cfg']['context_length'])"
+)
+
+
+def _knows_own_models(lines: list[str]) -> bool:
+    known, context = lines
+    return json.loads(known) == [True] * len(OWN_MODELS) and int(context) > 0
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("first", ["scaleprompt.backbone", "open_clip"])
-def test_open_clip_knows_scaleprompts_models_whoever_imports_it_first(first):
-    """``import_open_clip`` hands open_clip the registered configs, whether open_clip was imported before
-    scaleprompt.backbone or not at all yet."""
-    code = (
-        f"import json, {first}\n"
-        "from scaleprompt.backbone import import_open_clip\n"
-        "open_clip = import_open_clip()\n"
-        f"print(json.dumps([n in open_clip.list_models() for n in {OWN_MODELS!r}]))\n"
-        "print(open_clip.get_model_config('sp-micro-clip')['text_cfg']['context_length'])"
-    )
-    known, context = _python(code).splitlines()
-    assert json.loads(known) == [True] * len(OWN_MODELS) and int(context) > 0
+def test_open_clip_knows_scaleprompts_models_when_imported_first():
+    """``import_open_clip`` hands open_clip the registered configs when open_clip was imported before
+    scaleprompt.backbone (imported after it: the next test)."""
+    code = f"import json, open_clip\nfrom scaleprompt.backbone import import_open_clip\n{KNOWN}"
+    assert _knows_own_models(_python(code).splitlines())
 
 
 @pytest.mark.slow
 def test_a_model_registered_before_open_clip_is_imported_loads():
+    """A model registered before open_clip is imported loads; open_clip, imported after scaleprompt.backbone,
+    knows scaleprompt's models."""
     code = (
         "import json, sys\n"
-        "from scaleprompt.backbone import load_clip, register_model, MODEL_CONFIG_DIR\n"
+        "from scaleprompt.backbone import import_open_clip, load_clip, register_model, MODEL_CONFIG_DIR\n"
         "import shutil, tempfile, pathlib\n"
         "path = pathlib.Path(tempfile.mkdtemp()) / 'my-startup-clip.json'\n"
         "shutil.copy(MODEL_CONFIG_DIR / 'sp-tiny-vit.json', path)\n"
         "register_model('my-startup-clip', path)\n"
         "assert 'open_clip' not in sys.modules\n"
-        "print(load_clip('my-startup-clip').info.vision_layers)"
+        "print(load_clip('my-startup-clip').info.vision_layers)\n"
+        f"{KNOWN}"
     )
-    assert _python(code).strip() == "2"
+    layers, *known = _python(code).splitlines()
+    assert layers == "2" and _knows_own_models(known)
 
 
 def test_a_config_open_clip_cannot_use_is_an_error_at_registration(tmp_path):
