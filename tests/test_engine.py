@@ -226,9 +226,9 @@ def test_resume_refuses_corrupt_and_foreign_checkpoints(colors, tmp_path):
 
 
 def test_resume_continues_where_it_stopped(colors, tmp_path):
-    # stop after step 3 (mid-epoch 2) with a checkpoint every step: the resume needs optimizer, RNG and the
+    # stop after step 3 (mid-epoch 2 of 2) with a checkpoint every step: the resume needs optimizer, RNG and the
     # data position (random crops) to reach the uninterrupted run's prompts
-    common = ["method.name=provp", "method.args.n_ctx=2", "optim.epochs=3", "train.checkpoint_every_steps=1"]
+    common = ["method.name=provp", "method.args.n_ctx=2", "optim.epochs=2", "train.checkpoint_every_steps=1"]
     full = run(colors, tmp_path / "a", *common)
     run(colors, tmp_path / "b", *common, "train.max_steps=3")
     assert (
