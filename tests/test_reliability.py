@@ -31,6 +31,8 @@ from scaleprompt.train import main as train_main
 ZERO1 = json.loads((ROOT / "ds_configs/zero1.json").read_text())
 # UPT has dropout and the crops are random: a resume must restore optimizer, RNG and data position exactly
 UPT = ["method.name=upt", "optim.lr=0.05", "optim.epochs=3", "train.checkpoint_every_steps=1"]
+# the same over 2 epochs (4 steps: mid-epoch, epoch-end and last-epoch checkpoints)
+UPT2 = [*UPT[:2], "optim.epochs=2", *UPT[3:]]
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +67,23 @@ def tags(out: Path) -> list[str]:
 
 def latest(out: Path) -> str:
     return json.loads((out / "checkpoints" / "latest.json").read_text())["tag"]
+
+
+PROVP = ["method.name=provp", "method.args.n_ctx=2", "optim.epochs=2"]
+
+
+@pytest.fixture(scope="module")
+def finished(colors, tmp_path_factory):
+    """One finished ProVP run (2 epochs, a checkpoint per epoch), read or copied by the tests that need a run
+    folder but not their own training: (its tmp folder, holding ``cache`` and ``out``; its results)."""
+    tmp = tmp_path_factory.mktemp("finished")
+    return tmp, fit(colors, tmp, *PROVP)
+
+
+def copy_run(run: Path, to: Path) -> Path:
+    """A copy of the run folder ``run`` at ``to`` (its lock file left behind)."""
+    shutil.copytree(run, to, ignore=shutil.ignore_patterns(".lock"))
+    return to
 
 
 # --- checkpoints that always resume ------------------------------------------------------------------------------
@@ -107,15 +126,17 @@ def test_an_epoch_end_step_checkpoint_is_saved_once_and_a_finished_run_resumes_a
 def test_every_kind_of_checkpoint_resumes_to_the_uninterrupted_results(colors, tmp_path):
     """Mid-epoch, epoch-end and last-epoch checkpoints of one run: each, resumed in a copy of the run folder,
     reaches the same prompts and the same results.json (timing and the copy's own path aside)."""
-    reference = fit(colors, tmp_path, *UPT, "train.keep_checkpoints=10")
+    # 2 epochs of 2 steps hold the three kinds: step 1 mid-epoch, step 2 epoch-end, step 3 in the last epoch
+    upt = [*UPT2, "train.keep_checkpoints=10"]
+    reference = fit(colors, tmp_path, *upt)
     out = tmp_path / "out"
-    assert tags(out) == [f"step{i:08d}" for i in range(1, 7)]
+    assert tags(out) == [f"step{i:08d}" for i in range(1, 5)]
     want = load_file(out / "prompts.safetensors")
-    for tag in ("step00000001", "step00000002", "step00000005"):
+    for tag in ("step00000001", "step00000002", "step00000003"):
         copy_dir = tmp_path / f"from-{tag}"
         shutil.copytree(out / "checkpoints" / tag, copy_dir / "checkpoints" / tag)
         (copy_dir / "checkpoints" / "latest.json").write_text(json.dumps({"tag": tag}))
-        resumed = fit(colors, tmp_path, *UPT, "train.keep_checkpoints=10", out=copy_dir, resume=True)
+        resumed = fit(colors, tmp_path, *upt, out=copy_dir, resume=True)
         changes, resumed["config_changes"] = resumed["config_changes"], []
         assert [c["field"] for c in changes] == ["train.output_dir"], changes
         resumed["config"]["train"]["output_dir"] = str(out)
@@ -125,16 +146,6 @@ def test_every_kind_of_checkpoint_resumes_to_the_uninterrupted_results(colors, t
         assert [s["from_checkpoint"] for s in resumed["timing"]["sessions"]] == [None, tag]
 
 
-KILL_POINTS = [
-    "checkpoint.deepspeed_file@5",  # inside DeepSpeed's save: 3rd save, its model states written, optimizer not
-    "checkpoint.files_written@3",  # DeepSpeed's files are written, nothing is marked complete
-    "checkpoint.marked_complete@3",  # COMPLETE.json written inside the partial folder, not renamed yet
-    "checkpoint.renamed@3",  # the complete folder is in place, latest.json still names the previous one
-    "checkpoint.latest_updated@3",  # latest.json moved, old checkpoints not yet pruned
-    "run.final_evaluation",  # training finished and saved, results.json not written
-]
-
-
 @pytest.fixture(scope="module")
 def launched_reference(colors, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("reference")
@@ -142,53 +153,103 @@ def launched_reference(colors, tmp_path_factory):
     return tmp / "out"
 
 
+def partials(out: Path) -> list[Path]:
+    return [p for p in (out / "checkpoints").iterdir() if p.name.startswith(".partial-")]
+
+
+# One run of 6 steps (a checkpoint after each; 1 DeepSpeed file per save) killed at every phase of a save in
+# turn: each session resumes what the one before it left and is killed at the next phase (a failpoint counts the
+# passes of its own process), and the last session finishes. What each kill leaves is checked before its resume;
+# the end is the uninterrupted run's results and prompts. (One process per phase instead of a killed and a
+# resumed one per phase: every phase's recovery is still what the next session starts from.)
+KILL_CHAIN = [  # (failpoint, the tag latest.json names after the kill)
+    # in the save of step 2: DeepSpeed's file written, not this rank's RNG
+    ("checkpoint.deepspeed_file@2", "step00000001"),
+    # step 3's files written (DeepSpeed's, the RNG), nothing marked complete
+    ("checkpoint.files_written@2", "step00000002"),
+    # step 3's COMPLETE.json written inside its partial folder, not renamed yet
+    ("checkpoint.marked_complete@1", "step00000002"),
+    # step 3 complete in place, latest.json still names step 2
+    ("checkpoint.renamed@1", "step00000002"),
+    # latest.json moved to step 4, old checkpoints not yet pruned
+    ("checkpoint.latest_updated@1", "step00000004"),
+    # training finished and saved, results.json not written
+    ("run.final_evaluation", "step00000006"),
+]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("point", KILL_POINTS)
-def test_a_run_killed_at_any_point_of_a_save_resumes_to_identical_results(
-    colors, tmp_path, launched_reference, point
+def test_a_run_killed_at_every_point_of_a_save_resumes_to_identical_results(
+    colors, tmp_path, launched_reference
 ):
     cmd = [sys.executable, "scaleprompt/train.py", *overrides(colors, tmp_path, *UPT)]
-    killed = subprocess.run(
-        cmd,
-        cwd=ROOT,
-        env={**env(tmp_path), "SCALEPROMPT_FAILPOINT": point},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     out = tmp_path / "out"
-    assert not (out / "results.json").exists()
-    launch([*cmd, "--resume"], tmp_path / "resume")  # (a fresh rendezvous file)
+    for i, (point, pointed) in enumerate(KILL_CHAIN):
+        before = set(partials(out)) if i else set()
+        killed = subprocess.run(
+            [*cmd, "--resume"] if i else cmd,
+            cwd=ROOT,
+            env={**env(tmp_path / f"session{i}"), "SCALEPROMPT_FAILPOINT": point},  # (its own rendezvous)
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert killed.returncode == -signal.SIGKILL, (point, killed.stderr[-3000:])
+        assert not (out / "results.json").exists() and latest(out) == pointed, point
+        new = [p for p in partials(out) if p not in before]  # (left by this session)
+        if point.startswith("checkpoint.deepspeed_file"):
+            assert [sorted(f.name for f in p.iterdir()) for p in new] == [["mp_rank_00_model_states.pt"]]
+        elif point.startswith("checkpoint.files_written"):
+            assert len(new) == 1 and not (new[0] / COMPLETE).exists(), new
+            assert (new[0] / "mp_rank_00_model_states.pt").is_file() and (new[0] / "rng_rank0.json").is_file()
+        elif point.startswith("checkpoint.marked_complete"):
+            assert [(p / COMPLETE).is_file() for p in new] == [True]
+        elif point.startswith("checkpoint.renamed"):
+            assert new == [] and (out / "checkpoints" / "step00000003" / COMPLETE).is_file()
+        elif point.startswith("checkpoint.latest_updated"):
+            complete = [t for t in tags(out) if not t.startswith(".")]
+            assert complete == [f"step{k:08d}" for k in range(1, 5)]  # (steps 1 and 2 not pruned yet)
+        else:
+            assert tags(out) == ["step00000005", "step00000006"] and partials(out) == []
+    launch([*cmd, "--resume"], tmp_path / "last")
     ref = json.loads((launched_reference / "results.json").read_text())
     got = json.loads((out / "results.json").read_text())
     assert without_timing(got, like=ref) == without_timing(ref)
     a, b = load_file(out / "prompts.safetensors"), load_file(launched_reference / "prompts.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in b)
     assert tags(out) == tags(launched_reference) == ["step00000005", "step00000006"]  # partial folders pruned
-    assert len(got["timing"]["sessions"]) == 2
+    # the sessions whose checkpoints the run kept: the one killed after marking step 3 complete left none, and
+    # the one after it resumed from step 2; the one after the rename resumed from step 3, newer than latest.json
+    assert [s["from_checkpoint"] for s in got["timing"]["sessions"]] == [
+        None,
+        "step00000001",
+        "step00000002",
+        "step00000003",
+        "step00000004",
+        "step00000006",
+    ]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", [2, 3])
 def test_two_ranks_killed_during_a_save_resume_to_identical_results(colors, tmp_path, stage):
     """The deepspeed launcher, 2 processes: rank 0 dies between writing every rank's files and marking the save
-    complete (the launcher then stops rank 1); the resumed job matches an uninterrupted one."""
+    complete (the launcher then stops rank 1) in the 3rd of 4 saves; the resumed job matches an uninterrupted one."""
     args = ["--ds", f"ds_configs/zero{stage}.json"]
     ref = tmp_path / "ref"
-    launch(deepspeed_cmd(2, "scaleprompt/train.py", *args, *overrides(colors, tmp_path, *UPT, out=ref)), ref)
+    launch(deepspeed_cmd(2, "scaleprompt/train.py", *args, *overrides(colors, tmp_path, *UPT2, out=ref)), ref)
     out = tmp_path / "out"
-    cmd = deepspeed_cmd(2, "scaleprompt/train.py", *args, *overrides(colors, tmp_path, *UPT, out=out))
+    cmd = deepspeed_cmd(2, "scaleprompt/train.py", *args, *overrides(colors, tmp_path, *UPT2, out=out))
     killed = subprocess.run(
         cmd,
         cwd=ROOT,
-        env={**env(out), "SCALEPROMPT_FAILPOINT": "checkpoint.marked_complete@4"},
+        env={**env(out), "SCALEPROMPT_FAILPOINT": "checkpoint.marked_complete@3"},
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert killed.returncode != 0 and not (out / "results.json").exists(), killed.stderr[-3000:]
-    assert latest(out) == "step00000003" and any(
+    assert latest(out) == "step00000002" and any(
         p.name.startswith(".partial-") for p in (out / "checkpoints").iterdir()
     )
     launch([*cmd, "--resume"], tmp_path / "resume")  # (a fresh rendezvous file)
@@ -199,8 +260,8 @@ def test_two_ranks_killed_during_a_save_resume_to_identical_results(colors, tmp_
 
 
 # --- no code execution from files -------------------------------------------------------------------------------
-def test_a_crafted_pickle_in_the_model_states_is_refused_and_executes_nothing(colors, tmp_path):
-    fit(colors, tmp_path, "method.name=provp", "method.args.n_ctx=2", "optim.epochs=1")
+def test_a_crafted_pickle_in_the_model_states_is_refused_and_executes_nothing(colors, finished, tmp_path):
+    run = copy_run(finished[0] / "out", tmp_path / "out")
     folder = tmp_path / "out" / "checkpoints" / latest(tmp_path / "out")
     states = folder / "mp_rank_00_model_states.pt"
     marker = tmp_path / "pwned"
@@ -211,7 +272,7 @@ def test_a_crafted_pickle_in_the_model_states_is_refused_and_executes_nothing(co
     (folder / COMPLETE).write_text(json.dumps(complete))
     (tmp_path / "out" / "results.json").unlink()
     with pytest.raises(CheckpointError, match=r"refusing to load .*mp_rank_00_model_states\.pt.*system"):
-        fit(colors, tmp_path, "method.name=provp", "method.args.n_ctx=2", "optim.epochs=1", resume=True)
+        fit(colors, finished[0], *PROVP, out=run, resume=True)
     assert not marker.exists()
     torch.load(states, weights_only=False)  # the file was armed: a full unpickle runs the command
     assert marker.exists()
@@ -262,23 +323,27 @@ def test_a_resume_that_changes_math_or_data_is_refused_naming_each_difference(co
     ]
 
 
-def test_a_fresh_run_never_reuses_a_folder_that_holds_a_run(colors, tmp_path):
-    fit(colors, tmp_path, "method.name=provp", "method.args.n_ctx=2", "optim.epochs=1")
-    results = (tmp_path / "out" / "results.json").read_bytes()
+def test_a_fresh_run_never_reuses_a_folder_that_holds_a_run(colors, finished, tmp_path):
+    run = copy_run(finished[0] / "out", tmp_path / "out")
+    results = (run / "results.json").read_bytes()
     with pytest.raises(ConfigError, match="already holds a run .*--resume"):
-        fit(colors, tmp_path, "method.name=provp", "method.args.n_ctx=2", "optim.epochs=1")
-    assert (tmp_path / "out" / "results.json").read_bytes() == results
+        fit(colors, finished[0], *PROVP, out=run)
+    assert (run / "results.json").read_bytes() == results
 
 
 # --- one writer per folder --------------------------------------------------------------------------------------
-def test_a_held_output_folder_is_refused_naming_the_holder(colors, tmp_path):
-    holder = DirLock(tmp_path / "out" / ".lock", "test holder").acquire()
+def test_a_held_output_folder_is_refused_naming_the_holder(colors, finished, tmp_path):
+    tmp, done = finished
+    run = copy_run(tmp / "out", tmp_path / "out")
+    holder = DirLock(run / ".lock", "test holder").acquire()
     try:
         with pytest.raises(LockError, match=f"in use by pid {os.getpid()} on host {socket.gethostname()}"):
-            fit(colors, tmp_path, "method.name=provp", "method.args.n_ctx=2", "optim.epochs=1")
+            fit(colors, tmp, *PROVP, out=run, resume=True)
     finally:
         holder.release()
-    fit(colors, tmp_path, "method.name=provp", "method.args.n_ctx=2", "optim.epochs=1")  # free again: runs
+    # free again: the run goes on (finished: resumed as a no-op, which takes the folder as any run does)
+    again = fit(colors, tmp, *PROVP, out=run, resume=True)
+    assert again["checkpoint"] == done["checkpoint"] and again["results"] == done["results"]
 
 
 def test_a_killed_holder_frees_its_lock_even_if_a_forked_worker_lives_on(tmp_path):
@@ -304,24 +369,40 @@ def test_a_killed_holder_frees_its_lock_even_if_a_forked_worker_lives_on(tmp_pat
         os.kill(child, signal.SIGKILL)
 
 
+def stopped(pid: int) -> bool:
+    """Process ``pid`` is stopped (SIGSTOP)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
+
+
 @pytest.mark.slow
 def test_two_concurrent_runs_on_one_output_folder(colors, tmp_path):
+    """The first run stops itself (SIGSTOP) at its first save, holding the folder, until the second has been
+    refused; then it goes on and finishes as one session."""
     cmd = [
         sys.executable,
         "scaleprompt/train.py",
-        *overrides(colors, tmp_path, "method.name=coop", "method.args.n_ctx=4", "optim.epochs=200"),
+        *overrides(colors, tmp_path, "method.name=coop", "method.args.n_ctx=4", "optim.epochs=2"),
     ]
     log = tmp_path / "first.log"
     with open(log, "w") as sink:
-        first = subprocess.Popen(cmd, cwd=ROOT, env=env(tmp_path / "a"), stdout=sink, stderr=sink)
-    lock = tmp_path / "out" / ".lock"
-    deadline = time.time() + 300
-    while time.time() < deadline and first.poll() is None and not (lock.is_file() and lock.read_text()):
-        time.sleep(0.05)
-    second = subprocess.run(
-        cmd, cwd=ROOT, env=env(tmp_path / "b"), capture_output=True, text=True, timeout=600
-    )
-    assert first.poll() is None, "the first run must still be running"
+        first = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env={**env(tmp_path / "a"), "SCALEPROMPT_FAILPOINT": "checkpoint.files_written:SIGSTOP"},
+            stdout=sink,
+            stderr=sink,
+        )
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and first.poll() is None and not stopped(first.pid):
+            time.sleep(0.05)
+        assert first.poll() is None and stopped(first.pid), log.read_text()[-3000:]
+        second = subprocess.run(
+            cmd, cwd=ROOT, env=env(tmp_path / "b"), capture_output=True, text=True, timeout=600
+        )
+        assert first.poll() is None, "the first run must still be running"
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
     assert second.returncode == 2, second.stderr[-3000:]
     assert f"in use by pid {first.pid} on host {socket.gethostname()}" in second.stderr
     assert [line for line in second.stderr.splitlines() if "error" in line.lower()] == [
@@ -329,7 +410,7 @@ def test_two_concurrent_runs_on_one_output_folder(colors, tmp_path):
     ] and "Traceback" not in second.stderr, second.stderr
     assert first.wait(timeout=600) == 0, log.read_text()[-3000:]
     res = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert [h["epoch"] for h in res["history"]] == list(range(1, 201)) and len(res["timing"]["sessions"]) == 1
+    assert [h["epoch"] for h in res["history"]] == [1, 2] and len(res["timing"]["sessions"]) == 1
 
 
 # --- disk full --------------------------------------------------------------------------------------------------
@@ -473,16 +554,16 @@ def test_a_corrupted_cached_shard_stops_the_next_run_naming_it(colors, tmp_path,
     assert not (tmp_path / "again" / "checkpoints").exists(), "refused before training"
 
 
-def test_results_record_what_they_were_computed_on(colors, tmp_path):
-    res = fit(colors, tmp_path, "method.name=provp", "method.args.n_ctx=2", "optim.epochs=2")
-    state = json.loads((tmp_path / "out" / "checkpoints" / res["checkpoint"] / "run_state.json").read_text())
+def test_results_record_what_they_were_computed_on(colors, finished):
+    tmp, res = finished
+    state = json.loads((tmp / "out" / "checkpoints" / res["checkpoint"] / "run_state.json").read_text())
     assert (
         state["history"] == res["history"]
         and state["epoch"] == 2
         and state["global_step"] == res["steps"] == 4
     )
     assert res["config_changes"] == [] and [s["from_checkpoint"] for s in res["timing"]["sessions"]] == [None]
-    cache = tmp_path / "cache" / res["data"]["shards"]["train"]
+    cache = tmp / "cache" / res["data"]["shards"]["train"]
     assert (cache / "manifest.json").is_file() and res["data"]["shards"]["train"].startswith(
         f"{colors.name}-full-seed1-all"
     )
