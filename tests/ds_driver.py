@@ -1,6 +1,7 @@
-"""Launched by the deepspeed launcher in tests: trains several methods in one process group with the engine.
+"""Launched by the deepspeed launcher in tests: trains several methods under one or more DeepSpeed configs in one
+process group with the engine (one launch instead of one per config), each into ``OUT/<config name>/<method>``.
 
-deepspeed --num_gpus 2 tests/ds_driver.py --ds ds_configs/zero2.json --out DIR --data DIR --methods upt ...
+deepspeed --num_gpus 2 tests/ds_driver.py --ds ds_configs/zero1.json ds_configs/zero2.json --out DIR --data DIR
 """
 
 from __future__ import annotations
@@ -25,16 +26,21 @@ METHOD_ARGS = {
 }
 
 parser = argparse.ArgumentParser()
-parser.add_argument("--ds", required=True)
+parser.add_argument("--ds", required=True, nargs="+")
 parser.add_argument("--out", required=True)
 parser.add_argument("--data", required=True)
 parser.add_argument("--methods", nargs="+", default=["provp_ref", "upt"])
 parser.add_argument("--epochs", type=int, default=6)
 parser.add_argument("--local_rank", type=int, default=None)
 args = parser.parse_args()
-for method in args.methods:
-    out = Path(args.out) / method
-    overrides = base_overrides(Path(args.data), Path(args.out) / "cache", out) + METHOD_ARGS[method]
-    overrides += [f"method.name={method}", f"optim.epochs={args.epochs}", "train.checkpoint_every_epochs=0"]
-    cfg = load_run_config(None, overrides)
-    Trainer(cfg, json.loads(Path(args.ds).read_text()), local_rank=args.local_rank).fit()
+for ds in args.ds:
+    for method in args.methods:
+        out = Path(args.out) / Path(ds).stem / method
+        overrides = base_overrides(Path(args.data), Path(args.out) / "cache", out) + METHOD_ARGS[method]
+        overrides += [
+            f"method.name={method}",
+            f"optim.epochs={args.epochs}",
+            "train.checkpoint_every_epochs=0",
+        ]
+        cfg = load_run_config(None, overrides)
+        Trainer(cfg, json.loads(Path(ds).read_text()), local_rank=args.local_rank).fit()

@@ -24,8 +24,8 @@ from scaleprompt.engine import signals
 from scaleprompt.engine.checkpoint import CheckpointManager
 
 # UPT (dropout, random crops): a resumed run must restore optimizer, RNG and data position exactly. 2 steps per
-# epoch; 12 epochs leave a wide window to signal in, even on a loaded machine
-UPT = ["method.name=upt", "optim.lr=0.05", "optim.epochs=12"]
+# epoch; the signals come after epoch 1's checkpoint: 5 epochs more leave a wide window, even on a loaded machine
+UPT = ["method.name=upt", "optim.lr=0.05", "optim.epochs=6"]
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +149,7 @@ def test_sigint_is_one_line_and_a_second_signal_during_the_save_abandons_it(colo
     assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
     assert stop_lines(err) == [
         f"train.py: stopped by SIGINT outside a training step; newest complete checkpoint {out / 'checkpoints'}/"
-        "step00000024; continue with --resume (exit code 130)"
+        "step00000012; continue with --resume (exit code 130)"
     ], err[-3000:]
 
 
