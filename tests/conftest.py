@@ -10,6 +10,23 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
 
+# Line + branch coverage of the package in every test process (the xdist controller and each worker), started
+# before anything imports scaleprompt: SCALEPROMPT_TEST_COVERAGE=<data file> (README "Tests"; then
+# `coverage combine` and `coverage report`). Processes the tests launch (deepspeed ranks, Ray workers) are not measured.
+if os.environ.get("SCALEPROMPT_TEST_COVERAGE"):
+    import atexit
+
+    import coverage
+
+    _coverage = coverage.Coverage(
+        data_file=os.environ["SCALEPROMPT_TEST_COVERAGE"],
+        data_suffix=True,
+        branch=True,
+        source=["scaleprompt"],
+    )
+    _coverage.start()
+    atexit.register(lambda: (_coverage.stop(), _coverage.save()))
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
