@@ -1,5 +1,6 @@
 """Launched by the deepspeed launcher in tests: trains several methods under one or more DeepSpeed configs in one
-process group with the engine (one launch instead of one per config), each into ``OUT/<config name>/<method>``.
+process group with the engine (one launch instead of one per config), each into ``OUT/<config name>/<method>``;
+with ``--overrides``: one run of those settings per config, into ``OUT/<config name>``.
 
 deepspeed --num_gpus 2 tests/ds_driver.py --ds ds_configs/zero1.json ds_configs/zero2.json --out DIR --data DIR
 """
@@ -31,9 +32,17 @@ parser.add_argument("--out", required=True)
 parser.add_argument("--data", required=True)
 parser.add_argument("--methods", nargs="+", default=["provp_ref", "upt"])
 parser.add_argument("--epochs", type=int, default=6)
+parser.add_argument("--overrides", nargs="+", help="instead of --methods and --epochs: one run of these")
 parser.add_argument("--local_rank", type=int, default=None)
 args = parser.parse_args()
 for ds in args.ds:
+    if args.overrides:  # one run per config, into OUT/<config name>
+        out = Path(args.out) / Path(ds).stem
+        cfg = load_run_config(
+            None, base_overrides(Path(args.data), Path(args.out) / "cache", out) + args.overrides
+        )
+        Trainer(cfg, json.loads(Path(ds).read_text()), local_rank=args.local_rank).fit()
+        continue
     for method in args.methods:
         out = Path(args.out) / Path(ds).stem / method
         overrides = base_overrides(Path(args.data), Path(args.out) / "cache", out) + METHOD_ARGS[method]

@@ -230,14 +230,30 @@ def test_a_run_killed_at_every_point_of_a_save_resumes_to_identical_results(
     ]
 
 
+@pytest.fixture(scope="module")
+def two_rank_references(colors, tmp_path_factory):
+    """The uninterrupted 2-rank runs of UPT2 under ZeRO-2 and ZeRO-3, in one launch (tests/ds_driver.py: the same
+    Trainer as train.py's, one run after the other; bit for bit train.py's numbers): ``zero<stage>`` in the folder."""
+    tmp = tmp_path_factory.mktemp("two-rank-references")
+    ds = ["--ds", "ds_configs/zero2.json", "ds_configs/zero3.json"]
+    launch(
+        deepspeed_cmd(
+            2, "tests/ds_driver.py", *ds, "--out", str(tmp), "--data", str(colors), "--overrides", *UPT2
+        ),
+        tmp,
+    )
+    return tmp
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", [2, 3])
-def test_two_ranks_killed_during_a_save_resume_to_identical_results(colors, tmp_path, stage):
+def test_two_ranks_killed_during_a_save_resume_to_identical_results(
+    colors, tmp_path, two_rank_references, stage
+):
     """The deepspeed launcher, 2 processes: rank 0 dies between writing every rank's files and marking the save
     complete (the launcher then stops rank 1) in the 3rd of 4 saves; the resumed job matches an uninterrupted one."""
     args = ["--ds", f"ds_configs/zero{stage}.json"]
-    ref = tmp_path / "ref"
-    launch(deepspeed_cmd(2, "scaleprompt/train.py", *args, *overrides(colors, tmp_path, *UPT2, out=ref)), ref)
+    ref = two_rank_references / f"zero{stage}"
     out = tmp_path / "out"
     cmd = deepspeed_cmd(2, "scaleprompt/train.py", *args, *overrides(colors, tmp_path, *UPT2, out=out))
     killed = subprocess.run(
