@@ -38,6 +38,7 @@ def fit(colors: Path, tmp: Path, out: Path, resume: bool = False) -> dict:
     return Trainer(cfg, ZERO1, resume=resume).fit()
 
 
+@pytest.mark.slow  # (quick-loop budget: an end-to-end run / processes / a timeout)
 def test_a_mid_epoch_checkpoint_under_accumulation_resumes_to_the_same_prompts(colors, tmp_path):
     """The loop asked DeepSpeed for the accumulation boundary AFTER ``engine.step()``, which had advanced its
     micro-step counter: with 2 accumulation steps every "boundary" came one micro-step late (after the first micro

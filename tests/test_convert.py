@@ -219,7 +219,15 @@ def _id(case):
     return name + "".join(f"-{k}={v}" for k, v in kwargs.items())
 
 
-@pytest.mark.parametrize("case", CASES, ids=[_id(c) for c in CASES])
+# the deep multi-modal cases take seconds each: the full suite's (maple depth 1 and vpt_deep depth 6 keep the
+# converter's multi-modal and deep paths in the quick loop)
+SLOW_CASES = {"ivlp-vision_depth=5", "maple-prompt_depth=4"}
+
+
+@pytest.mark.parametrize(
+    "case",
+    [pytest.param(c, id=_id(c), marks=[pytest.mark.slow] if _id(c) in SLOW_CASES else []) for c in CASES],
+)
 def test_a_converted_official_checkpoint_computes_the_same_logits(case, clip12, images, tmp_path):
     name, kwargs, write_official, method_args = case
     reference = methods.build(name, clip12, CLASSNAMES, **kwargs)

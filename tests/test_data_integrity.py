@@ -405,6 +405,7 @@ print(json.dumps({"folder": str(folder), "manifest": shards.read_manifest(folder
 
 
 @pytest.mark.parametrize("kind", ["ensure", "write"])
+@pytest.mark.slow  # (quick-loop budget: an end-to-end run / processes / a timeout)
 def test_concurrent_writers_of_one_folder_wait_and_agree(tmp_path, kind):
     data = make_folder(tmp_path / "flowers")
     out = tmp_path / ("cache" if kind == "ensure" else "shards")

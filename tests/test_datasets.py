@@ -110,6 +110,7 @@ def test_an_extension_registers_a_dataset(tmp_path, monkeypatch):
             register_dataset(name, spec.reader, aliases=aliases)
 
 
+@pytest.mark.slow  # (quick-loop budget: an end-to-end run / processes / a timeout)
 def test_the_registries_import_without_a_cycle_or_torch():
     """The data layer (shard-writer processes import it) stays torch-free; the micro-world's datasets are
     registered by scaleprompt.data.datasets, which the micro-world's modules never import."""

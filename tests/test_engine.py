@@ -93,6 +93,7 @@ def run(colors, tmp_path, *extra, resume=False):
     return Trainer(cfg, json.loads(Path(ROOT / "ds_configs/zero1.json").read_text()), resume=resume).fit()
 
 
+@pytest.mark.slow  # (quick-loop budget: an end-to-end run / processes / a timeout)
 def test_best_validation_prompts_equal_to_the_last_are_not_tested_twice(colors, tmp_path, monkeypatch):
     from scaleprompt.engine.evaluate import Evaluator
 
@@ -143,6 +144,7 @@ def test_fit_writes_results_prompts_and_checkpoints(colors, tmp_path):
     assert accuracy == pytest.approx(res["results"]["last"]["test"]["top1"])
 
 
+@pytest.mark.slow  # (quick-loop budget: an end-to-end run / processes / a timeout)
 def test_a_run_logs_one_line_per_epoch_and_tensorboard_on_one_axis(colors, tmp_path, caplog):
     """The console: one line per epoch (train loss, validation accuracy, lr); TensorBoard: every scalar against
     the global step (the epoch is its own scalar), no image counts as scalars."""
@@ -172,6 +174,7 @@ def test_a_run_logs_one_line_per_epoch_and_tensorboard_on_one_axis(colors, tmp_p
     assert [e.value for e in events.Scalars("train/epoch")] == [1.0, 2.0]
 
 
+@pytest.mark.slow  # (quick-loop budget: an end-to-end run / processes / a timeout)
 def test_base_to_novel_and_transfer_settings(colors, tmp_path):
     b2n = run(
         colors,
@@ -210,6 +213,7 @@ def test_zero_shot_runs_without_training(colors, tmp_path):
     assert res["epochs"] == 0 and res["history"] == [] and "test" in res["results"]["last"]
 
 
+@pytest.mark.slow  # (quick-loop budget: an end-to-end run / processes / a timeout)
 def test_resume_refuses_corrupt_and_foreign_checkpoints(colors, tmp_path):
     run(colors, tmp_path, "method.name=provp", "method.args.n_ctx=2", "optim.epochs=2")
     ckpts = tmp_path / "out" / "checkpoints"
@@ -225,6 +229,7 @@ def test_resume_refuses_corrupt_and_foreign_checkpoints(colors, tmp_path):
         run(colors, tmp_path, "method.name=provp", "method.args.n_ctx=2", "optim.epochs=3", resume=True)
 
 
+@pytest.mark.slow  # (quick-loop budget: an end-to-end run / processes / a timeout)
 def test_resume_continues_where_it_stopped(colors, tmp_path):
     # stop after step 3 (mid-epoch 2 of 2) with a checkpoint every step: the resume needs optimizer, RNG and the
     # data position (random crops) to reach the uninterrupted run's prompts
@@ -242,6 +247,7 @@ def test_resume_continues_where_it_stopped(colors, tmp_path):
     assert resumed["results"]["last"]["test"] == full["results"]["last"]["test"]
 
 
+@pytest.mark.slow  # (quick-loop budget: an end-to-end run / processes / a timeout)
 def test_report_callback_gets_validation_metrics_and_the_epoch_checkpoint(colors, tmp_path):
     """The hook a search trial uses: metrics per validated epoch, after that epoch's checkpoint is complete; the
     last one, marked final, only after results.json and the prompts are written."""
@@ -267,6 +273,7 @@ def test_report_callback_gets_validation_metrics_and_the_epoch_checkpoint(colors
     )
 
 
+@pytest.mark.slow  # (quick-loop budget: an end-to-end run / processes / a timeout)
 def test_finish_evaluates_the_newest_checkpoint_as_stopped_early(colors, tmp_path):
     """What a search does with a trial its scheduler stopped: resume=True + finish=reason trains nothing more and
     writes results.json from the newest checkpoint, labelled with its epoch; the prompts are that epoch's."""

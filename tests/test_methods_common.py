@@ -277,6 +277,7 @@ def test_text_chunks_change_nothing(name, backbone12, images, labels):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5 * float(a.abs().max()))
 
 
+@pytest.mark.slow  # (quick-loop budget: an end-to-end run / processes / a timeout)
 def test_text_chunks_bound_the_activations_kept_for_backward(backbone12):
     """What autograd keeps for the text side of CoOp over 120 classes: with chunks of 8, only each chunk's inputs
     (the chunks' activations are recomputed in backward), a small fraction of the one-pass encoding's."""

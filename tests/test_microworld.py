@@ -155,6 +155,7 @@ def micro():
     return load_clip("sp-micro-clip", "microworld")
 
 
+@pytest.mark.slow  # (quick-loop budget: an end-to-end run / processes / a timeout)
 def test_shipped_backbone_loads_offline_by_name_and_knows_the_world(micro):
     path = model_spec("sp-micro-clip").weights["microworld"]
     assert path.stat().st_size <= 20 * 2**20

@@ -169,6 +169,7 @@ def test_a_diverging_run_stops_with_one_line_and_writes_no_result(colors, tmp_pa
     assert ckpt.latest() == "step00000001"
 
 
+@pytest.mark.slow  # (quick-loop budget: an end-to-end run / processes / a timeout)
 def test_skip_mode_skips_a_bad_step_records_it_and_finishes(colors, tmp_path, monkeypatch):
     """train.nonfinite=skip: one micro-step whose loss is NaN (injected into the 3rd forward) is skipped, the run
     finishes with finite numbers and results.json lists the skipped step."""

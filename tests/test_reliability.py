@@ -87,6 +87,7 @@ def copy_run(run: Path, to: Path) -> Path:
 
 
 # --- checkpoints that always resume ------------------------------------------------------------------------------
+@pytest.mark.slow  # (quick-loop budget: an end-to-end run / processes / a timeout)
 def test_an_epoch_end_step_checkpoint_is_saved_once_and_a_finished_run_resumes_as_a_no_op(
     colors, tmp_path, caplog
 ):
@@ -123,6 +124,7 @@ def test_an_epoch_end_step_checkpoint_is_saved_once_and_a_finished_run_resumes_a
     )
 
 
+@pytest.mark.slow  # (quick-loop budget: an end-to-end run / processes / a timeout)
 def test_every_kind_of_checkpoint_resumes_to_the_uninterrupted_results(colors, tmp_path):
     """Mid-epoch, epoch-end and last-epoch checkpoints of one run: each, resumed in a copy of the run folder,
     reaches the same prompts and the same results.json (timing and the copy's own path aside)."""
@@ -295,6 +297,7 @@ def test_a_crafted_pickle_in_the_model_states_is_refused_and_executes_nothing(co
 
 
 # --- resume identity --------------------------------------------------------------------------------------------
+@pytest.mark.slow  # (quick-loop budget: an end-to-end run / processes / a timeout)
 def test_a_resume_that_changes_math_or_data_is_refused_naming_each_difference(colors, tmp_path):
     base = ["method.name=provp", "method.args.n_ctx=2", "optim.epochs=2"]
     fit(colors, tmp_path, *base, "train.max_steps=3")  # stopped mid-epoch 2
@@ -508,6 +511,7 @@ def test_bad_inputs_are_one_line_errors_named_before_any_work(colors, tmp_path, 
         train_main([*args, "optim.lrr=0.1", "--debug"])
 
 
+@pytest.mark.slow  # (quick-loop budget: an end-to-end run / processes / a timeout)
 def test_a_launched_run_reports_errors_in_one_line_with_exit_code_2(tmp_path):
     done = subprocess.run(
         [sys.executable, "scaleprompt/train.py", "data.datset=x"],
@@ -545,6 +549,7 @@ def test_a_launched_run_reports_errors_in_one_line_with_exit_code_2(tmp_path):
 
 
 # --- the data reproductions, end to end -------------------------------------------------------------------------
+@pytest.mark.slow  # (quick-loop budget: an end-to-end run / processes / a timeout)
 def test_two_datasets_with_one_basename_never_share_shards(tmp_path):
     a = make_color_folder(tmp_path / "a" / "flowers", n_train=2, n_val=1, n_test=2)
     b = make_color_folder(tmp_path / "b" / "flowers", n_train=2, n_val=1, n_test=2)
@@ -556,6 +561,7 @@ def test_two_datasets_with_one_basename_never_share_shards(tmp_path):
     assert ra["results"]["last"]["test"]["images"] == 6 and rb["results"]["last"]["test"]["images"] == 8
 
 
+@pytest.mark.slow  # (quick-loop budget: an end-to-end run / processes / a timeout)
 def test_a_corrupted_cached_shard_stops_the_next_run_naming_it(colors, tmp_path, capsys):
     common = ["method.name=coop", "method.args.n_ctx=2", "optim.epochs=1"]
     fit(colors, tmp_path, *common)

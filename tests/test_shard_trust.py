@@ -243,6 +243,7 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+@pytest.mark.slow  # (quick-loop budget: an end-to-end run / processes / a timeout)
 def test_a_command_that_writes_nothing_is_killed_after_the_read_timeout(shard_dir, tmp_path, monkeypatch):
     script, pids = tmp_path / "hang.sh", tmp_path / "pids"
     script.write_text(HANG.format(pids=shlex.quote(str(pids)), bucket=shlex.quote(str(shard_dir))))

@@ -259,6 +259,7 @@ shards.write_shards(make_dataset(Path({images!r})), {out!r}, shard_size=5, min_s
 """
 
 
+@pytest.mark.slow  # (quick-loop budget: an end-to-end run / processes / a timeout)
 def test_killed_writer_leaves_no_complete_looking_partial_shard_and_rerun_finishes(tmp_path, shard_dir):
     out = tmp_path / "out"
     script = KILL_SCRIPT.format(tests=str(Path(__file__).parent), images=str(tmp_path / "img"), out=str(out))
@@ -305,6 +306,7 @@ dist.destroy_process_group()
 """
 
 
+@pytest.mark.slow  # (quick-loop budget: an end-to-end run / processes / a timeout)
 def test_ranks_of_a_real_process_group_read_disjoint_parts(shard_dir, tmp_path):
     """Two processes in a gloo group (file rendezvous: loopback only) take their rank from torch.distributed."""
     script = DIST_SCRIPT.format(rdzv=tmp_path / "rdzv", shards=str(shard_dir), out=str(tmp_path / "keys"))

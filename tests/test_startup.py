@@ -36,10 +36,12 @@ _HEAVY_LOADED = f"print(json.dumps(sorted({{m.split('.')[0] for m in sys.modules
         "from scaleprompt.methods import METHODS, make_config; [make_config(n) for n in METHODS]",
     ],
 )
+@pytest.mark.slow  # (quick-loop budget: an end-to-end run / processes / a timeout)
 def test_describing_methods_imports_neither_open_clip_nor_torchvision(code):
     assert json.loads(_python(f"import json, sys\n{code}\n{_HEAVY_LOADED}")) == []
 
 
+@pytest.mark.slow  # (quick-loop budget: an end-to-end run / processes / a timeout)
 def test_scaleprompt_methods_lists_every_method_and_field_without_open_clip():
     """The command's whole output (on stderr, through logging), then what it imported."""
     code = (

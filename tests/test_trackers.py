@@ -207,6 +207,7 @@ def exit_code(records: list) -> int | None:
     return next((r.exit.exit_code for r in records if r.WhichOneof("record_type") == "exit"), None)
 
 
+@pytest.mark.slow  # (quick-loop budget: an end-to-end run / processes / a timeout)
 def test_wandb_tracker_offline_logs_on_the_step_and_a_resume_continues_the_same_run(offline_wandb, tmp_path):
     out = tmp_path / "run"
     tracker = WandbTracker(out, {"train": {"seed": 3}})
@@ -250,6 +251,7 @@ def train(colors: Path, tmp: Path, *extra: str, resume: bool = False) -> dict:
     return Trainer(load_run_config(None, overrides), ds, resume=resume).fit()
 
 
+@pytest.mark.slow  # (quick-loop budget: an end-to-end run / processes / a timeout)
 def test_a_run_reports_to_tensorboard_and_wandb_on_the_global_step(offline_wandb, colors, tmp_path):
     """Both trackers get the same scalars against the global step: the epoch is a scalar of its own, image counts
     are not scalars."""
@@ -281,6 +283,7 @@ def test_report_to_none_writes_no_tracker_files(colors, tmp_path):
     assert not (out / "tensorboard").exists() and not (out / "wandb").exists()
 
 
+@pytest.mark.slow  # (quick-loop budget: an end-to-end run / processes / a timeout)
 def test_a_failed_session_closes_its_trackers_and_the_resume_continues_them(offline_wandb, colors, tmp_path,
                                                                              monkeypatch):  # fmt: skip
     """A run that raises closes its trackers (W&B: exit code 1) and releases its folder; ``--resume`` continues the
