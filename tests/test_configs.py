@@ -173,7 +173,7 @@ def test_train_py_refuses_a_duplicate_key_in_one_line(tmp_path):
         sys.executable,
         "scaleprompt/train.py",
         "--config",
-        "microworld/coop",
+        "configs/microworld/coop.yaml",  # (a file: a packaged name logs which file it uses, a line of its own)
         "--ds",
         str(path),
         f"train.output_dir={tmp_path / 'out'}",
