@@ -90,6 +90,14 @@ def command_parser(subparsers: argparse._SubParsersAction, name: str, **kwargs: 
     return parser
 
 
+def plain_parser(subparsers: argparse._SubParsersAction, name: str, help: str) -> argparse.ArgumentParser:
+    """The parser of a subcommand ``name`` without arguments (``help``: its line in ``scaleprompt --help``), whose
+    errors are named ``scaleprompt``."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(name, help=help)
+    parser.set_defaults(prog=PROG)
+    return parser
+
+
 def register(subparsers: argparse._SubParsersAction, command: Command) -> argparse.ArgumentParser:
     """Add ``command``'s parser to ``subparsers``; parsing it sets ``args.run`` (the command's ``run``),
     ``args.prog`` (the name its error lines start with: the parser's own name unless the command set another) and

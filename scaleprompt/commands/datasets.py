@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from scaleprompt.commands.common import PROG
+from scaleprompt.commands.common import plain_parser
 
 NAME = "datasets"
 HELP = "list the registered datasets"
@@ -14,9 +14,7 @@ logger = logging.getLogger("scaleprompt")
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """The ``datasets`` parser in ``subparsers`` (no arguments)."""
-    parser: argparse.ArgumentParser = subparsers.add_parser(NAME, help=HELP)
-    parser.set_defaults(prog=PROG)
-    return parser
+    return plain_parser(subparsers, NAME, HELP)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from scaleprompt.commands.common import PROG
+from scaleprompt.commands.common import plain_parser
 
 NAME = "methods"
 HELP = "list methods and their config defaults"
@@ -15,9 +15,7 @@ logger = logging.getLogger("scaleprompt")
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """The ``methods`` parser in ``subparsers`` (no arguments)."""
-    parser: argparse.ArgumentParser = subparsers.add_parser(NAME, help=HELP)
-    parser.set_defaults(prog=PROG)
-    return parser
+    return plain_parser(subparsers, NAME, HELP)
 
 
 def run(args: argparse.Namespace) -> int:
