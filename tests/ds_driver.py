@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from engine_utils import base_overrides  # noqa: E402
 
 from scaleprompt.engine.config import load_run_config  # noqa: E402
 from scaleprompt.engine.trainer import Trainer  # noqa: E402
+from scaleprompt.logs import setup_rank_logging  # noqa: E402
 
 # Random-init tiny backbone: with clipping to norm 1 these learn the colours within a few epochs.
 METHOD_ARGS = {
@@ -35,6 +37,7 @@ parser.add_argument("--epochs", type=int, default=6)
 parser.add_argument("--overrides", nargs="+", help="instead of --methods and --epochs: one run of these")
 parser.add_argument("--local_rank", type=int, default=None)
 args = parser.parse_args()
+setup_rank_logging(int(os.environ.get("RANK", "0")))  # (as train.py: the tests read rank 0's lines)
 for ds in args.ds:
     if args.overrides:  # one run per config, into OUT/<config name>
         out = Path(args.out) / Path(ds).stem

@@ -52,33 +52,37 @@ def test_one_step_on_one_and_two_processes_gives_the_same_prompts(tmp_path):
     """Same global batch (16 = the whole deterministic training set) on 1 process, 2 deepspeed ranks (ZeRO-2),
     2 torchrun ranks, and 2 deepspeed ranks under ZeRO-3 with every backbone weight partitioned (persistence
     threshold 0: the encoders' fused blocks must not read a partitioned weight): one SGD step gives the same prompts
-    (ProVP: a per-sample loss)."""
+    (ProVP: a per-sample loss). The two deepspeed runs share one launch (tests/ds_driver.py: the engine, one run per
+    DeepSpeed config, in one process group)."""
     data = make_color_folder(tmp_path / "data", n_train=4, n_val=1, n_test=2)
     zero3 = json.loads((ROOT / "ds_configs" / "zero3.json").read_text())
     zero3["zero_optimization"]["stage3_param_persistence_threshold"] = 0
     (tmp_path / "zero3_partitioned.json").write_text(json.dumps(zero3))
-    prompts = {}
-    for name in ("python", "deepspeed", "torchrun", "zero3"):
-        out = tmp_path / name
-        args = base_overrides(data, tmp_path / "cache", out) + [  # (one shard cache: the same data)
-            "method.name=provp", "method.args.n_ctx=4", "optim.epochs=1", "optim.lr=0.5", "optim.momentum=0.0",
-            "data.train_augment=false", "data.shuffle_buffer=0",
-        ]  # fmt: skip
+    settings = [
+        "method.name=provp", "method.args.n_ctx=4", "optim.epochs=1", "optim.lr=0.5", "optim.momentum=0.0",
+        "data.train_augment=false", "data.shuffle_buffer=0",
+    ]  # fmt: skip
+    said = "ZeRO-3 partitions the backbone's block weights"
+    outs = {name: tmp_path / name for name in ("python", "torchrun")}
+    for name, out in outs.items():
+        args = base_overrides(data, tmp_path / "cache", out) + settings  # (one shard cache: the same data)
         if name == "python":
             cmd = [sys.executable, "scaleprompt/train.py", *args]
-        elif name == "deepspeed":
-            cmd = deepspeed_cmd(2, "scaleprompt/train.py", "--ds", "ds_configs/zero2.json", *args)
-        elif name == "zero3":
-            cmd = deepspeed_cmd(
-                2, "scaleprompt/train.py", "--ds", str(tmp_path / "zero3_partitioned.json"), *args
-            )
         else:
             cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
                    "--master_port", "29533", "scaleprompt/train.py", *args]  # fmt: skip
         proc = launch(cmd, tmp_path / name)
+        assert said not in proc.stdout + proc.stderr, f"{name}: the fused blocks' ZeRO-3 fallback said so"
+    configs = ["ds_configs/zero2.json", str(tmp_path / "zero3_partitioned.json")]
+    driver = ["tests/ds_driver.py", "--ds", *configs, "--out", str(tmp_path), "--data", str(data)]
+    proc = launch(deepspeed_cmd(2, *driver, "--overrides", *settings), tmp_path / "deepspeed")
+    outs["deepspeed"], outs["zero3"] = tmp_path / "zero2", tmp_path / "zero3_partitioned"
+    text = proc.stdout + proc.stderr  # (the ZeRO-2 run, then the ZeRO-3 one: only the latter says it)
+    first, _, second = text.partition(f"results: {outs['deepspeed'] / 'results.json'}")
+    assert second and said not in first and said in second, text[-3000:]
+    prompts = {}
+    for name, out in outs.items():
         assert results(out)["world_size"] == (1 if name == "python" else 2)
-        said = "ZeRO-3 partitions the backbone's block weights" in proc.stdout + proc.stderr
-        assert said == (name == "zero3"), f"{name}: the fused blocks' ZeRO-3 fallback said {said}"
         prompts[name] = load_file(out / "prompts.safetensors")["prompts"]
     for name in ("deepspeed", "torchrun", "zero3"):
         torch.testing.assert_close(prompts[name], prompts["python"], rtol=0, atol=1e-6, msg=name)

@@ -587,31 +587,6 @@ def test_deterministic_errors_fail_the_trial_once_and_the_sweep(tmp_path, colors
 
 
 @pytest.mark.slow
-def test_a_killed_trial_is_retried_from_its_checkpoint_and_the_sweep_finishes(tmp_path, colors):
-    """The trial's worker process SIGKILLs itself once its epoch-2 checkpoint is complete (before reporting it):
-    Tune retries the trial, which resumes from the newest complete checkpoint and finishes epoch 3."""
-    space = write(tmp_path, "space.yaml", SPACE)
-    storage = tmp_path / "search"
-    cmd = [
-        *sweep_cmd(space, storage, samples=1, concurrent=1),
-        *overrides(colors, tmp_path),
-        "optim.epochs=3",
-    ]
-    run_env = {**env(tmp_path), "SCALEPROMPT_FAILPOINT": "checkpoint.latest_updated@2"}
-    done = subprocess.run(cmd, cwd=ROOT, env=run_env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "infrastructure fault" in done.stderr and "retrying from its last checkpoint" in done.stderr
-    (trial,) = rows(storage)
-    assert trial["status"] == "finished"
-    result = json.loads((Path(trial["trial_dir"]) / "run" / "results.json").read_text())
-    assert [h["epoch"] for h in result["history"]] == [1, 2, 3]
-    sessions = result["timing"]["sessions"]
-    assert (
-        len(sessions) == 2 and sessions[1]["from_checkpoint"].startswith("step") and sessions[1]["epoch"] == 2
-    )
-
-
-@pytest.mark.slow
 def test_a_killed_driver_resumes_and_completes_the_sweep(tmp_path, colors):
     space = write(tmp_path, "space.yaml", SPACE)
     storage = tmp_path / "search"
@@ -657,10 +632,13 @@ def test_a_killed_driver_resumes_and_completes_the_sweep(tmp_path, colors):
 
 
 @pytest.mark.slow
-def test_one_driver_per_sweep_a_second_one_is_refused_and_changes_nothing(tmp_path, colors):
+def test_one_driver_per_sweep_and_a_killed_trial_is_retried_from_its_checkpoint(tmp_path, colors):
     """While a driver runs a trial of the sweep, a second driver of it (--resume, or fresh) exits 2 at once with one
     line naming the holder, before Ray: it restarts no trial (no run.attempt-N) and the first driver finishes every
-    trial with its results. (The first driver is held by SIGSTOP meanwhile, so it cannot end first.)"""
+    trial with its results. (The first driver is held by SIGSTOP meanwhile, so it cannot end first.)
+
+    The same sweep's trial worker SIGKILLs itself once its epoch-2 checkpoint is complete (before reporting it):
+    Tune retries the trial, which resumes from the newest complete checkpoint and finishes epoch 3."""
     import socket
 
     space = write(tmp_path, "space.yaml", SPACE)
@@ -668,11 +646,13 @@ def test_one_driver_per_sweep_a_second_one_is_refused_and_changes_nothing(tmp_pa
     cmd = [
         *sweep_cmd(space, storage, "--full-schedule", samples=1, concurrent=1),
         *overrides(colors, tmp_path),
+        "optim.epochs=3",
     ]
+    run_env = {**env(tmp_path), "SCALEPROMPT_FAILPOINT": "checkpoint.latest_updated@2"}
     log = tmp_path / "first.log"
     with open(log, "w") as fh:
         first = subprocess.Popen(
-            cmd, cwd=ROOT, env=env(tmp_path), stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
+            cmd, cwd=ROOT, env=run_env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
         )
     try:
         deadline = time.time() + 300
@@ -703,10 +683,18 @@ def test_one_driver_per_sweep_a_second_one_is_refused_and_changes_nothing(tmp_pa
     finally:
         if first.poll() is None:
             os.killpg(first.pid, signal.SIGKILL)
+    text = log.read_text()
+    assert "infrastructure fault" in text and "retrying from its last checkpoint" in text, text[-3000:]
     (trial,) = rows(storage)
     assert trial["status"] == "finished", trial
     check_trial_runs([trial], tensorboard=False)
     assert not list(storage.glob("sweep/*/run.attempt-*"))
+    result = json.loads((Path(trial["trial_dir"]) / "run" / "results.json").read_text())
+    assert [h["epoch"] for h in result["history"]] == [1, 2, 3]
+    sessions = result["timing"]["sessions"]
+    assert (
+        len(sessions) == 2 and sessions[1]["from_checkpoint"].startswith("step") and sessions[1]["epoch"] == 2
+    )
 
 
 LOOPBACK = {"0100007F", "00000000000000000000000001000000", "0000000000000000FFFF00000100007F"}
