@@ -36,8 +36,9 @@ CLASSNAMES = ["cat", "dog", "golden_retriever", "airplane", "sea turtle"]
 
 # The suite runs on 2 pytest-xdist workers (`-n 2 --dist loadgroup --no-loadscope-reorder`, README "Tests").
 # Each file's tests stay on ONE worker (its module- and session-scoped runs are made once), and every file that
-# starts Ray shares one group: Ray clusters never run side by side (a test's `ray stop` or port checks would see
-# the other's).
+# starts Ray shares one group: Ray clusters never run side by side (the killed-driver test's `ray stop --force`
+# stops every cluster of the machine). The groups are made by FileGroups below: xdist's own `xdist_group` marks
+# rename node ids, which pytest 9 no longer reads (with them every test was its own group).
 RAY_FILES = {"test_search.py", "test_trackers.py", "test_two_nodes.py"}
 
 # The longest groups go out first (longest-processing-time first: the workers then end close together; xdist's own
@@ -59,16 +60,29 @@ LONGEST_FIRST = {
 }
 
 
-def group_of(item: pytest.Item) -> str:
-    name = item.path.name
+def group_of(nodeid: str) -> str:
+    """The xdist group of a test: ``ray`` for the files that start Ray, else its file's name."""
+    name = nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
     return "ray" if name in RAY_FILES else name
 
 
+@pytest.hookimpl(trylast=True)  # (after pytest's own fixture-scope ordering; every worker sorts alike)
 def pytest_collection_modifyitems(config, items):
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(group_of(item)))
     # (a stable sort: each file keeps its tests' order; serial runs take the same order)
-    items.sort(key=lambda item: -LONGEST_FIRST.get(group_of(item), 0))
+    items.sort(key=lambda item: -LONGEST_FIRST.get(group_of(item.nodeid), 0))
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadgroup``: the groups of :func:`group_of`, handed out in collection order (longest first)."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FileGroups(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return group_of(nodeid)
+
+    return FileGroups(config, log)
 
 
 @pytest.fixture(scope="session")
