@@ -35,21 +35,24 @@ from scaleprompt.backbone import load_clip  # noqa: E402
 CLASSNAMES = ["cat", "dog", "golden_retriever", "airplane", "sea turtle"]
 
 # The suite runs on 2 pytest-xdist workers (`-n 2 --dist loadgroup --no-loadscope-reorder`, README "Tests").
-# Each file's tests stay on ONE worker (its module- and session-scoped runs are made once), and every file that
-# starts Ray shares one group: Ray clusters never run side by side (the killed-driver test's `ray stop --force`
-# stops every cluster of the machine). The groups are made by FileGroups below: xdist's own `xdist_group` marks
-# rename node ids, which pytest 9 no longer reads (with them every test was its own group).
-RAY_FILES = {"test_search.py", "test_trackers.py", "test_two_nodes.py"}
+# Each file's tests stay on ONE worker (its module- and session-scoped runs are made once), and the files that start
+# a local Ray cluster with ray.init share one group: their clusters never run side by side (a second ray.init on
+# the machine may join the first's cluster). test_two_nodes.py's Ray lives in network namespaces with temp folders
+# of its own, and the killed-driver sweep stops only its own cluster, so that file is a group of its own. The
+# groups are made by FileGroups below: xdist's own `xdist_group` marks rename node ids, which pytest 9 no longer
+# reads (with them every test was its own group).
+RAY_FILES = {"test_search.py", "test_trackers.py"}
 
 # The longest groups go out first (longest-processing-time first: the workers then end close together; xdist's own
-# order, by number of tests, would start the Ray group, 40 tests and a third of the suite's time, last). Seconds of
+# order, by number of tests, would start the Ray group, 38 tests and a third of the suite's time, last). Seconds of
 # each group in one process (AMD EPYC AVX2, 2 cores); a file not listed follows in collection order.
 LONGEST_FIRST = {
-    "ray": 506,
+    "ray": 410,
     "test_reliability.py": 186,
     "test_launch.py": 131,
     "test_signals.py": 101,
     "test_microworld.py": 87,
+    "test_two_nodes.py": 85,
     "test_eval.py": 52,
     "test_findings.py": 46,
     "test_accumulation.py": 30,

@@ -61,10 +61,13 @@ def env(tmp: Path) -> dict[str, str]:
     return e
 
 
-def launch(args: list[str], tmp: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+def launch(
+    args: list[str], tmp: Path, timeout: int = 600, extra_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     left: list[Path] = []
+    run_env = {**env(tmp), **(extra_env or {})}
     try:
-        proc = subprocess.run(args, cwd=ROOT, env=env(tmp), capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(args, cwd=ROOT, env=run_env, capture_output=True, text=True, timeout=timeout)
     finally:
         if "--master_port" in args:  # DeepSpeed's all-reduce buffers (2 x 66 MB of RAM) in /dev/shm: the run
             port = args[args.index("--master_port") + 1]  # removes their names; a failed one may leave them
