@@ -591,7 +591,7 @@ def test_deterministic_errors_fail_the_trial_once_and_the_sweep(tmp_path, colors
 
 
 @pytest.mark.slow
-def test_a_killed_driver_resumes_and_completes_the_sweep(tmp_path, colors):
+def test_a_killed_driver_resumes_and_completes_the_sweep(tmp_path, colors, ray_tmp):
     space = write(tmp_path, "space.yaml", SPACE)
     storage = tmp_path / "search"
     # one trial at a time: after the first trial's first report its second epoch and a whole trial are still to
@@ -600,10 +600,8 @@ def test_a_killed_driver_resumes_and_completes_the_sweep(tmp_path, colors):
         *sweep_cmd(space, storage, "--full-schedule", samples=2, concurrent=1),
         *overrides(colors, tmp_path),
     ]
-    # the driver's local Ray cluster in a temp folder of its own (short: Ray's unix sockets live under it), so that
-    # this test stops that cluster only, never another test's
-    ray_tmp = Path(tempfile.mkdtemp(prefix="sp-rk-", dir="/tmp"))
-    run_env = {**env(tmp_path), "RAY_TMPDIR": str(ray_tmp)}
+    own_ray = {"RAY_TMPDIR": str(ray_tmp)}  # (the driver's local cluster: stopped by this test only)
+    run_env = {**env(tmp_path), **own_ray}
     proc = subprocess.Popen(
         cmd,
         cwd=ROOT,
@@ -633,13 +631,23 @@ def test_a_killed_driver_resumes_and_completes_the_sweep(tmp_path, colors):
     # cannot restore from); the resume puts back the last complete copy
     (state,) = (storage / "sweep").glob("experiment_state-*.json")
     state.write_bytes(state.read_bytes()[:0])
-    resumed = launch([*cmd, "--resume"], tmp_path / "resume", extra_env={"RAY_TMPDIR": str(ray_tmp)})
+    resumed = launch([*cmd, "--resume"], tmp_path / "resume", extra_env=own_ray)
     assert f"{state.name} was truncated" in resumed.stderr + resumed.stdout
     trials = rows(storage)
     assert len(trials) == 2 and all(t["status"] == "finished" for t in trials), trials  # (--full-schedule)
     check_trial_runs(trials, tensorboard=False)  # (the sweep's overrides: train.report_to=none)
     assert not processes_under(ray_tmp), "the resumed driver stops its cluster"
-    shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+@pytest.fixture
+def ray_tmp():
+    """A Ray temp folder of the test's own (``RAY_TMPDIR``; short: Ray's unix sockets live under it), so that the test
+    stops that cluster only, never another test's; whatever still runs under it is stopped at the end, pass or
+    fail."""
+    folder = Path(tempfile.mkdtemp(prefix="sp-rk-", dir="/tmp"))
+    yield folder
+    stop_processes_under(folder)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def processes_under(folder: Path) -> list[psutil.Process]:
