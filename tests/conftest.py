@@ -10,6 +10,14 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
 
+# The xdist workers share the machine's cores: each gets its share as its thread count, set before torch is
+# imported (the OpenMP threads of two workers on 2 cores spin against each other: the quick subset took 66-71 s
+# with torch's default, 51-53 s with one thread per worker; AMD EPYC AVX-512, 2026-12-07). Processes the tests
+# launch inherit it (engine_utils.env sets 1 for them anyway). One process (`-n 0`): torch's default.
+if os.environ.get("PYTEST_XDIST_WORKER") and "OMP_NUM_THREADS" not in os.environ:
+    _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // _workers))
+
 # Line + branch coverage of the package in every test process (the xdist controller and each worker), started
 # before anything imports scaleprompt: SCALEPROMPT_TEST_COVERAGE=<data file> (README "Tests"; then
 # `coverage combine` and `coverage report`). Processes the tests launch (deepspeed ranks, Ray workers) are not measured.
@@ -30,6 +38,8 @@ if os.environ.get("SCALEPROMPT_TEST_COVERAGE"):
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # (also if something imported torch before this file)
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 from scaleprompt.backbone import load_clip  # noqa: E402
 
 CLASSNAMES = ["cat", "dog", "golden_retriever", "airplane", "sea turtle"]

@@ -8,6 +8,7 @@ import contextlib
 import csv
 import functools
 import json
+import logging
 import math
 import os
 import random
@@ -24,6 +25,7 @@ import psutil
 import pytest
 from engine_utils import ROOT, base_overrides, env, launch, make_color_folder
 
+from scaleprompt.cli import main as cli_main
 from scaleprompt.config import ConfigError
 from scaleprompt.engine import config as engine_config
 from scaleprompt.engine.config import RunConfig, load_run_config
@@ -498,7 +500,9 @@ def test_shipped_provp_ref_space_on_the_micro_world_and_its_best_recipe_trains(t
 
 
 @pytest.mark.slow
-def test_shipped_upt_space_on_the_micro_world_then_results_and_predict_on_trials(tmp_path, micro_shards):
+def test_shipped_upt_space_on_the_micro_world_then_results_and_predict_on_trials(
+    tmp_path, micro_shards, caplog
+):
     storage = tmp_path / "search"
     # one trial at a time and ASHA judging after epoch 1 of 2: the decisions are deterministic (seeded sampler,
     # seeded CPU training) and this sweep stops a trial early, whose results are then written from its checkpoint
@@ -524,8 +528,10 @@ def test_shipped_upt_space_on_the_micro_world_then_results_and_predict_on_trials
     assert len(trials) == 3
     check_trial_runs(trials)
     assert {t["status"] for t in trials} == {"finished", "stopped early at epoch 1"}, trials
-    scaleprompt = str(Path(sys.executable).parent / "scaleprompt")
-    table = launch([scaleprompt, "results", str(storage / "sweep")], tmp_path).stderr
+    # the commands in this process (the console script itself: test_scaleprompt_tune_is_the_same_command)
+    with caplog.at_level(logging.INFO, logger="scaleprompt"):
+        assert cli_main(["results", str(storage / "sweep")]) == 0
+    table = caplog.text
     assert table.count("| upt (") == 3, table  # one row per trial: a variant each, never averaged
     image = next(micro_shards.rglob("*.tar"))  # any shard: predict needs image files
     import tarfile
@@ -534,10 +540,11 @@ def test_shipped_upt_space_on_the_micro_world_then_results_and_predict_on_trials
         member = next(m for m in tar.getmembers() if m.name.endswith((".png", ".jpg", ".jpeg")))
         (tmp_path / ("img" + Path(member.name).suffix)).write_bytes(tar.extractfile(member).read())
     prompts = Path(trials[0]["trial_dir"]) / "run" / "prompts.safetensors"
-    out = launch(
-        [scaleprompt, "predict", str(prompts), str(tmp_path / ("img" + Path(member.name).suffix))], tmp_path
-    )
-    assert "img" in out.stderr + out.stdout
+    records = tmp_path / "predicted.jsonl"
+    image_file = tmp_path / ("img" + Path(member.name).suffix)
+    assert cli_main(["predict", str(prompts), str(image_file), "--output", str(records)]) == 0
+    (record,) = [json.loads(line) for line in records.read_text().splitlines()]
+    assert "img" in json.dumps(record)
 
 
 @pytest.mark.slow
