@@ -32,13 +32,18 @@ Caches keyed by their inputs:
 * ``scaleprompt.locks._HELD``: the lock descriptors this process holds.
 * ``scaleprompt.engine.distributed._rendezvous_file``: the file rendezvous of the process group.
 
-A run's process (``engine/``; a process runs one run):
+A run's process (``engine/``). A launched run has a process of its own; a sweep's one-worker trials run one after
+another in a Ray actor they take over (``reuse_actors``), so the engine keeps nothing that a later run of the
+process reads: a run builds its own backbone, data, DeepSpeed engine and trackers, seeds its own RNGs, and
+releases its folder and loaders when it ends or is stopped. What stays for the process:
 
 * ``scaleprompt.engine.signals._state``: the stop-signal handlers :func:`~scaleprompt.engine.signals.install` set
   (a ``train`` command only) and the stop request they received.
 * ``scaleprompt.engine.distributed``: ``DS_ACCELERATOR=cpu`` (a default, without CUDA, at import), ``LOCAL_RANK``,
   ``GLOO_SOCKET_IFNAME=lo`` (CPU, every rank local) and torch's thread count (CPU ranks share the cores), set by
-  ``init_distributed``.
+  ``init_distributed``; the process group it creates (the next run of the process joins it: the same ranks).
+* The once-per-process flags above: a trial in a taken-over actor does not repeat a warning an earlier trial of
+  that actor logged (the actor's log holds it once).
 
 Switches changed for a block only, restored after it:
 

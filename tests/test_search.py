@@ -23,7 +23,9 @@ from pathlib import Path
 import optuna
 import psutil
 import pytest
+import torch
 from engine_utils import ROOT, base_overrides, env, launch, make_color_folder
+from safetensors.torch import load_file
 
 from scaleprompt.cli import main as cli_main
 from scaleprompt.config import ConfigError
@@ -644,6 +646,29 @@ def test_a_killed_driver_resumes_and_completes_the_sweep(tmp_path, colors, ray_t
     assert len(trials) == 2 and all(t["status"] == "finished" for t in trials), trials  # (--full-schedule)
     check_trial_runs(trials, tensorboard=False)  # (the sweep's overrides: train.report_to=none)
     assert not processes_under(ray_tmp), "the resumed driver stops its cluster"
+    # the resumed driver ran both trials in ONE Ray actor (reuse_actors: the first resumed from its checkpoint, then
+    # the second): the second trial's results and prompts are bit for bit those of its run alone, by train.py (a
+    # process of its own: one thread from the start, as the actor; the sums of a process that starts with more
+    # threads and then sets one differ in the last bits)
+    pids = [
+        json.loads((Path(t["trial_dir"]) / "result.json").read_text().splitlines()[-1])["pid"] for t in trials
+    ]
+    assert pids[0] == pids[1], pids
+    second = Path(trials[1]["trial_dir"]) / "run"
+    got = json.loads((second / "results.json").read_text())
+    recipe = write(tmp_path, "second.yaml", json.dumps(got["config"]))
+    alone = tmp_path / "alone"
+    launch(
+        [sys.executable, "scaleprompt/train.py", "--config", str(recipe), f"train.output_dir={alone}"],
+        tmp_path / "a",
+    )
+    want = json.loads((alone / "results.json").read_text())
+    for results in (got, want):
+        results.pop("timing")
+        results["config"]["train"]["output_dir"] = "<run>"
+    assert got == want
+    a, b = load_file(second / "prompts.safetensors"), load_file(alone / "prompts.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.fixture

@@ -326,6 +326,10 @@ def _run_search(
             scheduler=scheduler,
             num_samples=opts.num_samples,
             trial_dirname_creator=trial_dirname,
+            # a one-worker trial runs in a Ray actor that the next trial takes over (its imports, several seconds
+            # per trial, are paid once per actor); the engine keeps nothing of a run that a later run in the same
+            # process reads (scaleprompt/__init__.py); a multi-worker trial's workers are Ray Train's, per trial
+            reuse_actors=workers == 1,
         )
         run_config = tune.RunConfig(
             name=name,
