@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from engine_utils import ROOT, launch
+from engine_utils import ROOT
 
 from scaleprompt.backbone import BackboneError, import_open_clip, load_clip, model_spec
 from scaleprompt.data import microworld as mwd
 from scaleprompt.data.datasets import load_dataset
+from scaleprompt.engine.config import load_run_config
+from scaleprompt.engine.trainer import Trainer
 from scaleprompt.losses import multi_positive_clip_loss
 from scaleprompt.microworld import world
 from scaleprompt.microworld.tokenizer import VOCAB, WordTokenizer
@@ -215,19 +216,10 @@ def test_shifted_datasets_are_registered_generated_and_calibrated(micro, worlds,
 @pytest.mark.slow
 def test_short_base_to_novel_run_on_the_micro_world(tmp_path, worlds):
     out = tmp_path / "run"
-    launch(
-        [
-            sys.executable,
-            "scaleprompt/train.py",
-            "--config",
-            "configs/microworld/provp_ref.yaml",
-            f"data.cache_dir={tmp_path / 'shards'}",
-            f"data.root={worlds}",
-            f"train.output_dir={out}",
-            "optim.epochs=3",
-        ],
-        tmp_path,
-    )
+    # the engine in this process (train.py's launch of a recipe: tests/test_launch.py, tests/test_search.py)
+    overrides = [f"data.cache_dir={tmp_path / 'shards'}", f"data.root={worlds}", f"train.output_dir={out}"]
+    cfg = load_run_config(ROOT / "configs" / "microworld" / "provp_ref.yaml", [*overrides, "optim.epochs=3"])
+    Trainer(cfg, None).fit()
     result = json.loads((out / "results.json").read_text())
     assert result["backbone"] == "sp-micro-clip" and result["pretrained"] == "microworld"
     zs, last = result["zero_shot"], result["results"]["last"]

@@ -42,6 +42,13 @@ def train_cmd(colors: Path, tmp: Path, *extra: str) -> list[str]:
     ]
 
 
+def _default_stop_signals() -> None:
+    """In the child before exec: the stop signals at their default disposition. A test run started in the background
+    by a non-interactive shell (`pytest ... &`) inherits SIGINT ignored, which a run leaves alone (as under nohup)."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_DFL)
+
+
 def start(cmd: list[str], tmp: Path, **env_extra: str) -> subprocess.Popen:
     return subprocess.Popen(
         cmd,
@@ -51,6 +58,7 @@ def start(cmd: list[str], tmp: Path, **env_extra: str) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        preexec_fn=_default_stop_signals,  # (signal dispositions only: no lock is taken in the child)
     )
 
 
