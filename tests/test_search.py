@@ -594,8 +594,9 @@ def test_deterministic_errors_fail_the_trial_once_and_the_sweep(tmp_path, colors
 def test_a_killed_driver_resumes_and_completes_the_sweep(tmp_path, colors, ray_tmp):
     space = write(tmp_path, "space.yaml", SPACE)
     storage = tmp_path / "search"
-    # one trial at a time: after the first trial's first report its second epoch and a whole trial are still to
-    # run, a window of seconds to kill in (the test kills within 50 ms of the report)
+    # one trial at a time; the first trial's process stops itself (SIGSTOP) once its epoch-2 checkpoint is complete,
+    # so the sweep cannot end before the kill: the driver is killed after the first trial's first report, with its
+    # second epoch and a whole trial still to run (a window of a second or two otherwise, with the actor taken over)
     cmd = [
         *sweep_cmd(space, storage, "--full-schedule", samples=2, concurrent=1),
         *overrides(colors, tmp_path),
@@ -605,7 +606,7 @@ def test_a_killed_driver_resumes_and_completes_the_sweep(tmp_path, colors, ray_t
     proc = subprocess.Popen(
         cmd,
         cwd=ROOT,
-        env=run_env,
+        env={**run_env, "SCALEPROMPT_FAILPOINT": "checkpoint.latest_updated@2:SIGSTOP"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
