@@ -44,8 +44,9 @@ def train_cmd(colors: Path, tmp: Path, *extra: str) -> list[str]:
 
 def _default_stop_signals() -> None:
     """In the child before exec: the stop signals at their default disposition. A test run started in the background
-    by a non-interactive shell (`pytest ... &`) inherits SIGINT ignored, which a run leaves alone (as under nohup)."""
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    by a non-interactive shell (`pytest ... &`) inherits SIGINT ignored (under nohup: SIGHUP), which a run leaves
+    alone."""
+    for signum in signals.STOP_SIGNALS:
         signal.signal(signum, signal.SIG_DFL)
 
 
