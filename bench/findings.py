@@ -27,7 +27,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from multiprocessing import get_context
+from multiprocessing import get_context, get_start_method, set_start_method
 from pathlib import Path
 from statistics import mean, stdev
 
@@ -114,13 +114,15 @@ def _argv(run: Run, runs: Path, cache: Path) -> list[str]:
             *COMMON, *run.overrides]  # fmt: skip
 
 
-def _init_worker(threads: int) -> None:
-    os.environ["OMP_NUM_THREADS"] = str(threads)
+def _init_worker(threads: int, start_method: str) -> None:
+    # a run's DataLoader workers start as in a launched train.py (this platform's default), not as this spawned
+    # worker would by inheritance (spawn: every loader's worker importing torch again, ~5 s of CPU each)
+    set_start_method(start_method, force=True)
+    # torch is imported by the run, not here: the pool starts a replacement for every worker that ends its one run,
+    # also when no run is left for it, and each would pay torch's import (~5 s of CPU) for nothing
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # (before torch is imported: one thread count)
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    import torch
-
-    torch.set_num_threads(threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger().handlers[0].setLevel(logging.WARNING)  # (the console: warnings; each run's log: all)
 
@@ -154,8 +156,9 @@ def execute_all(plan: list[Run], runs: Path, workers: int) -> dict[Run, tuple[in
     todo.sort(key=lambda r: (r.method == "zsclip", r.part != "b2n"))
     # one run per process: DeepSpeed keeps its process group in module state, so a second run in the same process
     # would meet the first one's destroyed group
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
-                             initargs=(threads,), max_tasks_per_child=1) as pool:  # fmt: skip
+    # (no more processes than runs: each started worker imports Python's start-up and this file)
+    with ProcessPoolExecutor(max(1, min(workers, len(todo))), mp_context=get_context("spawn"), initializer=_init_worker,
+                             initargs=(threads, get_start_method()), max_tasks_per_child=1) as pool:  # fmt: skip
         futures = {}
         for run in todo:
             run.folder(runs).parent.mkdir(parents=True, exist_ok=True)
