@@ -98,6 +98,13 @@ def deepspeed_cmd(nproc: int, script: str, *args: str) -> list[str]:
     return [launcher, "--num_gpus", str(nproc), "--master_port", str(free_port()), script, *args]
 
 
+def torchrun_cmd(nproc: int, script: str, *args: str) -> list[str]:
+    """torchrun (``python -m torch.distributed.run``) with ``nproc`` processes on a free loopback port: 2 ranks for
+    a test whose subject is not the launcher (the deepspeed launcher's own two processes cost ~10 s of CPU)."""
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
+            "127.0.0.1", "--master_port", str(free_port()), script, *args]  # fmt: skip
+
+
 def results(out: Path) -> dict:
     return json.loads((out / "results.json").read_text())
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from engine_utils import ROOT, base_overrides, deepspeed_cmd, launch, make_color_folder, results
+from engine_utils import ROOT, base_overrides, deepspeed_cmd, launch, make_color_folder, results, torchrun_cmd
 from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow
@@ -67,8 +67,7 @@ def test_one_step_on_one_and_two_processes_gives_the_same_prompts(tmp_path):
         if name == "python":
             cmd = [sys.executable, "scaleprompt/train.py", *args]
         else:
-            cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-                   "--master_port", "29533", "scaleprompt/train.py", *args]  # fmt: skip
+            cmd = torchrun_cmd(2, "scaleprompt/train.py", *args)
         proc = launch(cmd, tmp_path / name)
         assert said not in proc.stdout + proc.stderr, f"{name}: the fused blocks' ZeRO-3 fallback said so"
     configs = ["ds_configs/zero2.json", str(tmp_path / "zero3_partitioned.json")]

@@ -23,7 +23,11 @@ def test_the_ray_files_share_a_group_and_every_other_file_is_its_own():
 
 @pytest.mark.slow  # (a pytest run with two xdist workers: seconds)
 def test_each_file_runs_on_one_xdist_worker():
-    files = ["tests/test_layers.py", "tests/test_published.py", "tests/test_protocols.py"]  # (light ones: seconds)
+    files = [
+        "tests/test_layers.py",
+        "tests/test_published.py",
+        "tests/test_protocols.py",
+    ]  # (light ones: seconds)
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-n", "2", "-v", "-p", "no:cacheprovider", *files],
         cwd=ROOT,
