@@ -7,16 +7,16 @@ The "object store" is another directory read through a small shell script that l
 
 from __future__ import annotations
 
+import logging
 import shlex
 import shutil
-import sys
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
-from engine_utils import base_overrides, launch, make_color_folder, results
+from engine_utils import base_overrides, make_color_folder, results
 from safetensors.torch import load_file
 
 from scaleprompt.config import ConfigError
@@ -26,6 +26,7 @@ from scaleprompt.data.remote import check_template, forget_remote_manifests, rea
 from scaleprompt.data.shards import read_manifest, verify_shards, write_shards
 from scaleprompt.engine.config import load_run_config
 from scaleprompt.engine.run import shard_fingerprint
+from scaleprompt.engine.trainer import Trainer
 
 # A stand-in for an object store's command line client: prints one file of the bucket folder to stdout (cat's
 # error on stderr and exit status 1 when it is missing) and logs the request, with the rank that made it. The file
@@ -289,16 +290,20 @@ def comparable(res: dict) -> dict:
 
 
 @pytest.mark.slow
-def test_training_on_a_remote_folder_equals_training_on_the_local_folder(run_data, tmp_path):
+def test_training_on_a_remote_folder_equals_training_on_the_local_folder(run_data, tmp_path, caplog):
     data, shards = run_data
     bucket = make_bucket(shards, tmp_path)
     common = ["method.name=upt", "optim.lr=0.05", "optim.epochs=2", "data.num_workers=1"]
     runs = {}
+    # both runs by the engine in this process: what differs is where the shards come from (train.py's launches:
+    # tests/test_launch.py and the other end-to-end files)
     for name, source in (("local", str(shards)), ("remote", bucket.template)):
         out = tmp_path / name
         args = [*base_overrides(data, tmp_path / "cache", out), *common, f"data.shards={source}"]
-        proc = launch([sys.executable, "scaleprompt/train.py", *args], out, timeout=300)
-        runs[name] = (results(out), load_file(out / "prompts.safetensors"), proc.stderr)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="scaleprompt"):
+            Trainer(load_run_config(None, args), None).fit()
+        runs[name] = (results(out), load_file(out / "prompts.safetensors"), caplog.text)
     (local, local_prompts, _), (remote, remote_prompts, log) = runs["local"], runs["remote"]
     assert comparable(remote) == comparable(local)
     assert (
