@@ -23,6 +23,7 @@ from pathlib import Path
 import optuna
 import psutil
 import pytest
+import ray
 import torch
 from engine_utils import ROOT, base_overrides, env, launch, make_color_folder
 from safetensors.torch import load_file
@@ -437,6 +438,20 @@ def flat(config: dict, prefix: str = "") -> dict:
     return out
 
 
+def second_driver(cmd: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """The sweep command ``cmd`` (``python tune/ablation.py ...``) run in this process as the file runs it (the
+    same ``run_standalone``; the file itself: test_scaleprompt_tune_is_the_same_command), for a driver the sweep
+    refuses before Ray and before any trial: its exit code and what it wrote to stderr."""
+    from scaleprompt.commands import tune
+    from scaleprompt.commands.common import run_standalone
+
+    assert cmd[1] == "tune/ablation.py", cmd[:2]
+    capsys.readouterr()
+    code = run_standalone(tune, "tune/ablation.py", cmd[2:])
+    assert not ray.is_initialized(), "a refused driver starts no Ray"
+    return code, capsys.readouterr().err
+
+
 def rows(storage: Path) -> list[dict]:
     with open(storage / "sweep" / "trials.csv") as fh:
         return list(csv.DictReader(fh))
@@ -613,7 +628,7 @@ def test_deterministic_errors_fail_the_trial_once_and_the_sweep(tmp_path, colors
 
 
 @pytest.mark.slow
-def test_a_killed_driver_resumes_and_completes_the_sweep(tmp_path, colors, ray_tmp):
+def test_a_killed_driver_resumes_and_completes_the_sweep(tmp_path, colors, ray_tmp, capsys):
     space = write(tmp_path, "space.yaml", SPACE)
     storage = tmp_path / "search"
     # one trial at a time; the first trial's process stops itself (SIGSTOP) once its epoch-2 checkpoint is complete,
@@ -648,8 +663,8 @@ def test_a_killed_driver_resumes_and_completes_the_sweep(tmp_path, colors, ray_t
     assert json.loads((storage / "sweep" / ".lock").read_text())["pid"] == proc.pid
     # the killed driver's cluster outlives it (Ray's daemons are sessions of their own)
     stop_processes_under(ray_tmp)
-    again = subprocess.run(cmd, cwd=ROOT, env=run_env, capture_output=True, text=True, timeout=120)
-    assert again.returncode == 2 and "already holds a sweep: pass --resume" in again.stderr
+    code, stderr = second_driver(cmd, capsys)
+    assert code == 2 and "already holds a sweep: pass --resume" in stderr, stderr[-3000:]
     # the kill as it sometimes lands: while Tune copied its experiment state (a truncated file, which Tune itself
     # cannot restore from); the resume puts back the last complete copy
     (state,) = (storage / "sweep").glob("experiment_state-*.json")
@@ -719,7 +734,7 @@ def stop_processes_under(folder: Path) -> None:
 
 
 @pytest.mark.slow
-def test_one_driver_per_sweep_and_a_killed_trial_is_retried_from_its_checkpoint(tmp_path, colors):
+def test_one_driver_per_sweep_and_a_killed_trial_is_retried_from_its_checkpoint(tmp_path, colors, capsys):
     """While a driver runs a trial of the sweep, a second driver of it (--resume, or fresh) exits 2 at once with one
     line naming the holder, before Ray: it restarts no trial (no run.attempt-N) and the first driver finishes every
     trial with its results. (The first driver is held by SIGSTOP meanwhile, so it cannot end first.)
@@ -753,11 +768,9 @@ def test_one_driver_per_sweep_and_a_killed_trial_is_retried_from_its_checkpoint(
         os.kill(first.pid, signal.SIGSTOP)  # (the driver only: its trial keeps its Ray worker)
         sweep_json = (storage / "sweep" / "sweep.json").read_bytes()
         for extra in (["--resume"], []):
-            second = subprocess.run(
-                [*cmd, *extra], cwd=ROOT, env=env(tmp_path), capture_output=True, text=True, timeout=300
-            )
-            assert second.returncode == 2, second.stderr[-3000:]
-            (line,) = second.stderr.strip().splitlines()
+            code, stderr = second_driver([*cmd, *extra], capsys)
+            assert code == 2, stderr[-3000:]
+            (line,) = stderr.strip().splitlines()
             assert line.startswith(
                 f"tune/ablation.py: error: sweep {storage / 'sweep'} is in use by pid {first.pid} "
                 f"on host {socket.gethostname()} (since "
