@@ -99,8 +99,9 @@ def deepspeed_cmd(nproc: int, script: str, *args: str) -> list[str]:
 
 
 def torchrun_cmd(nproc: int, script: str, *args: str) -> list[str]:
-    """torchrun (``python -m torch.distributed.run``) with ``nproc`` processes on a free loopback port: 2 ranks for
-    a test whose subject is not the launcher (the deepspeed launcher's own two processes cost ~10 s of CPU)."""
+    """torchrun (``python -m torch.distributed.run``) with ``nproc`` processes, its rendezvous on a free port of
+    127.0.0.1. (Its store still listens on every interface, unlike the deepspeed launcher's runs, which use a file
+    rendezvous: only where torchrun is what a test checks.)"""
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
             "127.0.0.1", "--master_port", str(free_port()), script, *args]  # fmt: skip
 

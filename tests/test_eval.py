@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from engine_utils import ROOT, base_overrides, deepspeed_cmd, launch, make_color_folder, torchrun_cmd
+from engine_utils import ROOT, base_overrides, deepspeed_cmd, launch, make_color_folder
 
 from scaleprompt.cli import main
 from scaleprompt.engine.config import load_run_config
@@ -217,8 +217,8 @@ def test_eval_records_the_hash_selection_and_epoch_of_the_bytes_it_evaluated(b2n
 
 @pytest.mark.slow
 def test_eval_under_the_deepspeed_launcher_reproduces_a_two_rank_run(data, tmp_path):
-    """Train base-to-novel on 2 ranks (ZeRO-2; under torchrun), evaluate its prompts on 2 ranks under the deepspeed
-    launcher: the same numbers."""
+    """Train base-to-novel on 2 ranks (ZeRO-2), evaluate its prompts on 2 ranks: the same numbers. (Both under the
+    deepspeed launcher: its file rendezvous listens on loopback only; torchrun's store listens on every interface.)"""
     source, _ = data
     overrides = base_overrides(source, tmp_path / "cache", tmp_path / "run") + [
         "method.name=maple",
@@ -227,7 +227,7 @@ def test_eval_under_the_deepspeed_launcher_reproduces_a_two_rank_run(data, tmp_p
         "optim.lr=0.05",
         "eval.setting=base2new",
     ]
-    launch(torchrun_cmd(2, "scaleprompt/train.py", "--ds", "ds_configs/zero2.json", *overrides), tmp_path)
+    launch(deepspeed_cmd(2, "scaleprompt/train.py", "--ds", "ds_configs/zero2.json", *overrides), tmp_path)
     trained = json.loads((tmp_path / "run/results.json").read_text())
     out = tmp_path / "eval.json"
     proc = launch(

@@ -797,19 +797,22 @@ def test_one_driver_per_sweep_and_a_killed_trial_is_retried_from_its_checkpoint(
     )
 
 
-LOOPBACK = {"0100007F", "00000000000000000000000001000000", "0000000000000000FFFF00000100007F"}
+LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
 
 
-def listeners() -> set[tuple[str, int]]:
-    """(hex address, port) of every TCP socket in LISTEN state on this machine."""
-    found = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            local, state = line.split()[1], line.split()[3]
-            if state == "0A":
-                address, port = local.split(":")
-                found.add((address, int(port, 16)))
-    return found
+def listeners(root: int) -> set[tuple[str, int]]:
+    """(address, port) of every TCP socket in LISTEN state of the process ``root`` and its descendants (a sweep's
+    driver: Ray's services and workers, the trials' ranks). Not the whole machine's: a test on the other xdist
+    worker may listen elsewhere meanwhile (torchrun's rendezvous store listens on every interface)."""
+    try:
+        tree = {root, *(p.pid for p in psutil.Process(root).children(recursive=True))}
+    except psutil.NoSuchProcess:
+        return set()
+    return {
+        (c.laddr.ip, c.laddr.port)
+        for c in psutil.net_connections(kind="tcp")
+        if c.status == psutil.CONN_LISTEN and c.pid in tree
+    }
 
 
 def free_port() -> int:
@@ -847,7 +850,6 @@ def test_dashboard_and_multi_worker_deepspeed_trials_listen_on_loopback_only(tmp
         *overrides(colors, tmp_path),
         "optim.epochs=1",
     ]
-    before = listeners()
     log = tmp_path / "driver.log"
     with open(log, "w") as fh:
         proc = subprocess.Popen(
@@ -858,7 +860,7 @@ def test_dashboard_and_multi_worker_deepspeed_trials_listen_on_loopback_only(tmp
     try:
         deadline = time.time() + 400
         while proc.poll() is None and time.time() < deadline:
-            seen |= listeners()
+            seen |= listeners(proc.pid)
             if version is None and f"Ray dashboard: http://127.0.0.1:{port}" in log.read_text():
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/version", timeout=10) as resp:
                     assert resp.status == 200
@@ -869,9 +871,8 @@ def test_dashboard_and_multi_worker_deepspeed_trials_listen_on_loopback_only(tmp
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.wait() == 0, log.read_text()[-3000:]
     assert version and "ray_version" in version, log.read_text()[-3000:]
-    opened = seen - before
-    assert ("0100007F", port) in opened
-    assert {a for a, _ in opened} <= LOOPBACK, sorted(opened)
+    assert ("127.0.0.1", port) in seen, sorted(seen)
+    assert {a for a, _ in seen} <= LOOPBACK, sorted(seen)
     trials = rows(storage)
     assert len(trials) == 1 and all(t["status"] == "finished" for t in trials), trials
     for trial in trials:
