@@ -54,4 +54,10 @@ Switches changed for a block only, restored after it:
 * The levels of named loggers (``logs.silenced``, e.g. the planner's ``scaleprompt.methods.prompts``).
 """
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _metadata_version
+
+try:  # the one version source: pyproject.toml's [project] version, as installed (``scaleprompt --version``)
+    __version__ = _metadata_version("scaleprompt")
+except PackageNotFoundError:  # (a source tree imported without an install)
+    __version__ = "0+unknown"

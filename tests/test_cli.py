@@ -202,3 +202,17 @@ def test_recipes_lists_the_packaged_names_each_of_which_resolves(caplog):
             kind = next(kinds)
         else:
             assert resolve_recipe(line.strip(), kind).is_file()
+
+
+def test_version_is_the_installed_projects(capsys):
+    """``scaleprompt --version``: the one version source, pyproject.toml's ``[project] version`` as installed."""
+    import tomllib
+
+    from scaleprompt import __version__
+    from scaleprompt.cli import build_parser
+
+    want = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    with pytest.raises(SystemExit) as done:
+        build_parser().parse_args(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out == f"scaleprompt {want}\n"
+    assert __version__ == want

@@ -258,6 +258,11 @@ def test_real_wheel_carries_and_resolves_the_recipes(tmp_path):
         f"scaleprompt/packaged/{rel}" for rel in shipped_files()
     }
     assert not extra, f"stale or unexpected packaged files: {sorted(extra)}"
+    # typed for users' type checkers (PEP 561), the license beside the metadata
+    assert "scaleprompt/py.typed" in names
+    assert any(n.split("/")[0].endswith(".dist-info") and n.endswith("/LICENSE") for n in names), sorted(
+        names
+    )[-8:]
 
     site = tmp_path / "site"
     _run([*pip, "install", "--no-deps", "--no-index", "--target", str(site), str(wheel)])
