@@ -54,10 +54,17 @@ Switches changed for a block only, restored after it:
 * The levels of named loggers (``logs.silenced``, e.g. the planner's ``scaleprompt.methods.prompts``).
 """
 
-from importlib.metadata import PackageNotFoundError
-from importlib.metadata import version as _metadata_version
 
-try:  # the one version source: pyproject.toml's [project] version, as installed (``scaleprompt --version``)
-    __version__ = _metadata_version("scaleprompt")
-except PackageNotFoundError:  # (a source tree imported without an install)
-    __version__ = "0+unknown"
+def __getattr__(name: str) -> str:
+    """``scaleprompt.__version__``: the one version source, pyproject.toml's ``[project] version`` as installed
+    (``scaleprompt --version``), read when asked for: importlib.metadata costs ~25 ms, which every process that
+    imports the package (ranks, trials, workers) would pay otherwise. A source tree without an install:
+    ``0+unknown``."""
+    if name != "__version__":
+        raise AttributeError(f"module 'scaleprompt' has no attribute {name!r}")
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("scaleprompt")
+    except PackageNotFoundError:
+        return "0+unknown"

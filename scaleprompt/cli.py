@@ -34,7 +34,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from scaleprompt import __version__
+import scaleprompt
 from scaleprompt.commands import COMMANDS
 from scaleprompt.commands.common import PROG, CommandParser, execute, register
 
@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     :data:`scaleprompt.commands.COMMANDS`."""
     parser = argparse.ArgumentParser(prog=PROG, description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks of input errors")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {scaleprompt.__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, parser_class=CommandParser)
     for command in COMMANDS:
         register(subparsers, command)

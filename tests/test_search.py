@@ -32,6 +32,7 @@ from scaleprompt.cli import main as cli_main
 from scaleprompt.config import ConfigError
 from scaleprompt.engine import config as engine_config
 from scaleprompt.engine.config import RunConfig, load_run_config
+from scaleprompt.identity import flatten
 from scaleprompt.methods import list_methods, method_class
 from scaleprompt.recipes import list_recipes
 from scaleprompt.search.options import SearchFailed, SearchOptions
@@ -427,17 +428,6 @@ def sweep_cmd(
     ]
 
 
-def flat(config: dict, prefix: str = "") -> dict:
-    """A run config's dict (``config.json``) as ``section.key -> value`` (method args kept whole)."""
-    out: dict = {}
-    for key, value in config.items():
-        if isinstance(value, dict) and key != "args":
-            out.update(flat(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
-
-
 def second_driver(cmd: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
     """The sweep command ``cmd`` (``python tune/ablation.py ...``) run in this process as the file runs it (the
     same ``run_standalone``; the file itself: test_scaleprompt_tune_is_the_same_command), for a driver the sweep
@@ -519,7 +509,7 @@ def test_shipped_provp_ref_space_on_the_micro_world_writes_the_best_trial_as_a_r
     assert cfg.optim.epochs == 10 and cfg.method.args["depth"] == summary["best_params"]["method.args.depth"]
     best_run = Path(summary["best_run"])
     assert best_run.parent.name == f"trial_{summary['best_trial']}"
-    ran, written = flat(json.loads((best_run / "config.json").read_text())), flat(cfg.to_dict())
+    ran, written = flatten(json.loads((best_run / "config.json").read_text())), flatten(cfg.to_dict())
     assert ran.keys() == written.keys()
     differ = {key: (ran[key], written[key]) for key in ran if ran[key] != written[key]}
     assert differ == {
