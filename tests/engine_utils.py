@@ -57,6 +57,7 @@ def env(tmp: Path) -> dict[str, str]:
         DS_ACCELERATOR="cpu",
         PYTHONPATH=str(ROOT),
         OMP_NUM_THREADS="1",
+        TORCH_EXTENSIONS_DIR=str(tmp / "torch_extensions"),  # (launch() checks that no run compiled an op)
     )
     return e
 
@@ -69,13 +70,22 @@ def launch(
     try:
         proc = subprocess.run(args, cwd=ROOT, env=run_env, capture_output=True, text=True, timeout=timeout)
     finally:
-        if "--master_port" in args:  # DeepSpeed's all-reduce buffers (2 x 66 MB of RAM) in /dev/shm: the run
-            port = args[args.index("--master_port") + 1]  # removes their names; a failed one may leave them
-            left = list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_127.0.0.1_{port}_*"))
+        if (
+            "--master_port" in args
+        ):  # DeepSpeed's shared-memory all-reduce buffers (66 MB per rank in /dev/shm,
+            port = args[
+                args.index("--master_port") + 1
+            ]  # never removed by DeepSpeed) come with its shm op: a
+            left = list(
+                Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_127.0.0.1_{port}_*")
+            )  # run has none
             for buffer in left:
                 buffer.unlink(missing_ok=True)
     if proc.returncode == 0 and left:
         raise AssertionError(f"{args[:4]} left its shared-memory buffers: {[p.name for p in left]}")
+    built = [str(p) for p in Path(run_env["TORCH_EXTENSIONS_DIR"]).glob("*/*")]
+    if built:  # (a training run uses no DeepSpeed C++ op: none may be compiled, silently or not)
+        raise AssertionError(f"{args[:4]} compiled DeepSpeed ops: {built}")
     if proc.returncode != 0:
         raise AssertionError(
             f"{args[:4]} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"

@@ -349,3 +349,47 @@ def test_bf16_prompts_after_a_step_do_not_depend_on_the_zero_stage():
         prompts["zero3"]["ctx"], before["ctx"]
     )
     torch.testing.assert_close(prompts["zero3"], prompts["zero2"], rtol=0, atol=0)
+
+
+def test_no_deepspeed_op_is_compiled_and_builds_are_announced_in_a_per_environment_cache(
+    tmp_path, monkeypatch, caplog
+):
+    """A run's process group starts without DeepSpeed's shm op (inference-only: it would be compiled for minutes
+    on a first CPU run); the switch is undone afterwards; a build, when one happens, is announced in one line
+    naming the op and its cache, a folder keyed by the Python environment unless TORCH_EXTENSIONS_DIR is set."""
+    import deepspeed.ops
+
+    from scaleprompt.engine import distributed
+
+    compatible = deepspeed.ops.__compatible_ops__
+    before = dict(compatible)
+    with distributed._ops_switched_off(("deepspeed_shm_comm", "no_such_op")):
+        assert compatible["deepspeed_shm_comm"] is False and compatible["no_such_op"] is False
+    assert compatible == before  # (also an op DeepSpeed never listed is gone again)
+
+    monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
+    monkeypatch.setenv("SCALEPROMPT_CACHE", str(tmp_path / "cache"))
+    here = distributed.extensions_dir()
+    assert here.parent == tmp_path / "cache" / "torch_extensions" and here.name.startswith("env-")
+    monkeypatch.setattr(distributed.sys, "prefix", "/another/venv")
+    assert distributed.extensions_dir() != here  # another environment, another cache
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "mine"))
+    assert distributed.extensions_dir() == tmp_path / "mine"
+
+    first = distributed.build_notice("cpu_adam", tmp_path / "mine")
+    assert "compiling" in first and "cpu_adam" in first and str(tmp_path / "mine") in first
+    (tmp_path / "mine" / "cpu_adam").mkdir(parents=True)
+    (tmp_path / "mine" / "cpu_adam" / "cpu_adam.so").touch()
+    assert "loading its build cached" in distributed.build_notice("cpu_adam", tmp_path / "mine")
+
+    from deepspeed.ops.op_builder.builder import OpBuilder
+
+    monkeypatch.setattr(OpBuilder, "jit_load", lambda self, verbose=True: ("built", self.name))
+    monkeypatch.setattr(distributed, "_announcing", False)
+    distributed.announce_op_builds()
+    builder = deepspeed.ops.op_builder.cpu.CPUAdamBuilder()
+    with caplog.at_level(logging.INFO, logger="scaleprompt"):
+        assert builder.jit_load() == ("built", builder.name)
+    assert [r.getMessage() for r in caplog.records if "DeepSpeed op" in r.getMessage()] == [
+        distributed.build_notice(builder.name, tmp_path / "mine")
+    ]

@@ -12,11 +12,16 @@ On CPU the backend is gloo and, when every rank is local (MASTER_ADDR on loopbac
 from __future__ import annotations
 
 import atexit
+import contextlib
+import functools
+import hashlib
 import logging
 import os
+import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
@@ -30,6 +35,10 @@ if not torch.cuda.is_available():  # before deepspeed is imported: no accelerato
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
 logger = logging.getLogger(__name__)
+# DeepSpeed's ops that a scaleprompt run never calls, never built: deepspeed_shm_comm is DeepSpeed's shared-memory
+# all-reduce for its INFERENCE engine (``inference_all_reduce``, tensor-parallel layers); training reduces through
+# torch.distributed whether it is built or not. DeepSpeed builds it (C++, ~30-160 s) when a CPU process group starts.
+UNUSED_OPS = ("deepspeed_shm_comm",)
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 _rendezvous_file: str | None = None  # the file rendezvous of this process's group (removed by shutdown)
 T = TypeVar("T")
@@ -89,7 +98,8 @@ def init_distributed(local_rank_arg: int | None = None) -> DistInfo:
         _rendezvous_file = (
             init_method[len("file://") :] if init_method and init_method.startswith("file://") else None
         )
-        with captured_prints("deepspeed"):  # ("DeepSpeed ... op built successfully", once per rank)
+        announce_op_builds()
+        with captured_prints("deepspeed"), _ops_switched_off(UNUSED_OPS):
             deepspeed.init_distributed(
                 dist_backend="nccl" if cuda else "gloo",
                 init_method=init_method,
@@ -98,8 +108,6 @@ def init_distributed(local_rank_arg: int | None = None) -> DistInfo:
                 verbose=False,
                 auto_mpi_discovery=False,
             )
-    if not cuda and os.environ.get("LOCAL_SIZE") == str(world_size):
-        _unlink_shm_buffers()
     # a launcher shows each node's GPUs to all its ranks (index = local rank); Ray shows each worker only its own
     device = torch.device("cuda", local_rank % torch.cuda.device_count()) if cuda else torch.device("cpu")
     if cuda:
@@ -107,16 +115,67 @@ def init_distributed(local_rank_arg: int | None = None) -> DistInfo:
     return DistInfo(torch.distributed.get_rank(), torch.distributed.get_world_size(), local_rank, device)
 
 
-def _unlink_shm_buffers() -> None:
-    """Remove the names of DeepSpeed's shared-memory all-reduce buffers (one of ~66 MB per rank in /dev/shm,
-    created when every rank of a deepspeed launch is on one CPU machine, and never removed by DeepSpeed). After a
-    barrier every rank has mapped every buffer: the mappings stay valid, and nothing is left behind even by a
-    killed run."""
-    # DeepSpeed's csrc/cpu/comm/shm.cpp names them <prefix>_<uid>_<master addr>_<master port>_<rank>
-    addr, port = os.environ.get("MASTER_ADDR", ""), os.environ.get("MASTER_PORT", "")
-    path = f"/dev/shm/deepspeed_allreduce_buffer_{os.getuid()}_{addr}_{port}_{torch.distributed.get_rank()}"
-    torch.distributed.barrier()  # (every rank decides the same: by the environment only)
-    _remove(path, "DeepSpeed's all-reduce buffer")
+@contextlib.contextmanager
+def _ops_switched_off(names: tuple[str, ...]) -> Iterator[None]:
+    """DeepSpeed's ops ``names`` reported as not compatible while the block runs, so DeepSpeed neither builds nor
+    loads them (its own switch for an op this machine cannot build; it then takes the torch.distributed path)."""
+    import deepspeed.ops
+
+    compatible = deepspeed.ops.__compatible_ops__
+    before = {name: compatible[name] for name in names if name in compatible}
+    compatible.update(dict.fromkeys(names, False))
+    try:
+        yield
+    finally:
+        for name in names:
+            compatible.pop(name, None)
+        compatible.update(before)
+
+
+def extensions_dir() -> Path:
+    """Where this environment's JIT-compiled DeepSpeed ops are cached: ``$TORCH_EXTENSIONS_DIR`` when set, else a
+    folder of the scaleprompt cache keyed by the Python environment (two venvs sharing torch's one default folder
+    rebuild each other's ops in turns: their DeepSpeed sources differ)."""
+    if os.environ.get("TORCH_EXTENSIONS_DIR"):
+        return Path(os.environ["TORCH_EXTENSIONS_DIR"])
+    cache = Path(os.environ.get("SCALEPROMPT_CACHE", Path.home() / ".cache" / "scaleprompt"))
+    key = hashlib.sha256(os.path.realpath(sys.prefix).encode()).hexdigest()[:12]
+    return cache / "torch_extensions" / f"env-{key}"
+
+
+_announcing = False
+
+
+def announce_op_builds() -> None:
+    """Point DeepSpeed's op builds at :func:`extensions_dir` and log one line before each op DeepSpeed compiles
+    (once per environment, a minute or more on a few cores, silent otherwise). Idempotent."""
+    global _announcing
+    os.environ["TORCH_EXTENSIONS_DIR"] = str(extensions_dir())
+    if _announcing:
+        return
+    from deepspeed.ops.op_builder.builder import OpBuilder
+
+    jit_load = OpBuilder.jit_load
+
+    @functools.wraps(jit_load)
+    def announced(builder: Any, *args: Any, **kwargs: Any) -> Any:
+        logger.info("%s", build_notice(builder.name, extensions_dir()))
+        return jit_load(builder, *args, **kwargs)
+
+    OpBuilder.jit_load = (
+        announced  # (DeepSpeed has no hook before a build; jit_load is where every build starts)
+    )
+    _announcing = True
+
+
+def build_notice(op: str, folder: Path) -> str:
+    """The line logged before DeepSpeed JIT-compiles ``op``: a first build, or the load of a cached one."""
+    if any(folder.glob(f"{op}/{op}*.so")):  # (torch's layout under TORCH_EXTENSIONS_DIR, which runs set)
+        return f"DeepSpeed op {op}: loading its build cached in {folder} (rebuilt if its sources changed)"
+    return (
+        f"DeepSpeed op {op}: compiling it (C++, once per environment, about 30 s to a few minutes), "
+        f"cached in {folder}"
+    )
 
 
 def shutdown(collective: bool = True) -> None:
