@@ -361,6 +361,8 @@ def test_no_deepspeed_op_is_compiled_and_builds_are_announced_in_a_per_environme
 
     from scaleprompt.engine import distributed
 
+    distributed.init_distributed()  # (this process's group, as a run starts it)
+    assert deepspeed.comm.comm.cdb.shm_comm_op is None
     compatible = deepspeed.ops.__compatible_ops__
     before = dict(compatible)
     with distributed._ops_switched_off(("deepspeed_shm_comm", "no_such_op")):

@@ -98,16 +98,18 @@ def init_distributed(local_rank_arg: int | None = None) -> DistInfo:
         _rendezvous_file = (
             init_method[len("file://") :] if init_method and init_method.startswith("file://") else None
         )
-        announce_op_builds()
-        with captured_prints("deepspeed"), _ops_switched_off(UNUSED_OPS):
-            deepspeed.init_distributed(
-                dist_backend="nccl" if cuda else "gloo",
-                init_method=init_method,
-                rank=rank,
-                world_size=world_size,
-                verbose=False,
-                auto_mpi_discovery=False,
-            )
+    # (also when torch.distributed was started by the caller: DeepSpeed would otherwise make its communication
+    # backend inside deepspeed.initialize, building the op after all; with one, the call returns at once)
+    announce_op_builds()
+    with captured_prints("deepspeed"), _ops_switched_off(UNUSED_OPS):
+        deepspeed.init_distributed(
+            dist_backend="nccl" if cuda else "gloo",
+            init_method=init_method,
+            rank=rank,
+            world_size=world_size,
+            verbose=False,
+            auto_mpi_discovery=False,
+        )
     # a launcher shows each node's GPUs to all its ranks (index = local rank); Ray shows each worker only its own
     device = torch.device("cuda", local_rank % torch.cuda.device_count()) if cuda else torch.device("cpu")
     if cuda:
