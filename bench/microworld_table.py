@@ -5,7 +5,8 @@ DeepSpeed on CPU) on a shifted micro-world dataset (default ``MicroWorldClutter`
 classes; 50 test images per class, base and novel), with ``train.seed`` = each seed. Finished runs are kept
 under ``--runs`` and skipped when the bench is started again. The table is built from the runs' results.json by
 ``scaleprompt.report`` (mean ± sample std over seeds) and written as markdown + CSV, with a PNG bar
-chart of Base / Novel / HM per method and the zero-shot HM as a dashed line.
+chart of Base / Novel / HM per method and the zero-shot HM as a dashed line (the bars of ``scaleprompt plot``,
+:func:`scaleprompt.report.figures.bars_figure`).
 
     .venv/bin/python bench/microworld_table.py                       # 9 methods x 3 seeds, about 30-40 minutes
     .venv/bin/python bench/microworld_table.py --methods coop,provp_ref --seeds 1 --datasets MicroWorldSketch
@@ -29,8 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from scaleprompt.methods.registry import list_methods  # noqa: E402
-from scaleprompt.plots import grouped_bars  # noqa: E402
 from scaleprompt.report.aggregate import aggregate  # noqa: E402
+from scaleprompt.report.figures import bars_figure, figure_groups  # noqa: E402
 from scaleprompt.report.load import load_runs  # noqa: E402
 from scaleprompt.report.render import to_csv, to_markdown  # noqa: E402
 from scaleprompt.report.tables import base2new_tables  # noqa: E402
@@ -59,23 +60,18 @@ def run_one(method: str, dataset: str, seed: int, runs: Path, cache: Path, overr
 
 
 def write_outputs(runs: Path, out: Path, selection: str, tag: str = "") -> str:
-    rows = aggregate(load_runs([runs]), selection=selection, metric="top1")
+    loaded = load_runs([runs])
+    rows = aggregate(loaded, selection=selection, metric="top1")
     tables = base2new_tables(rows)
     markdown, csv = to_markdown(tables), to_csv(tables)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"microworld_table{tag}.md").write_text(markdown)
     (out / f"microworld_table{tag}.csv").write_text(csv)
-    for dataset in sorted({r.dataset for r in rows}):
-        mine = [r for r in rows if r.dataset == dataset]
-        zs = next((r for r in mine if r.method == "zsclip"), None)
-        grouped_bars(
-            [r.method for r in mine],
-            {label: [(r.values[part].mean, r.values[part].std) for r in mine]
-             for part, label in (("base", "Base"), ("novel", "Novel"), ("hm", "HM"))},
-            out / f"microworld_{dataset}{tag}.png", ylabel="top-1 accuracy (%)",
-            title=f"{dataset}: base-to-novel, 16 shots, sp-micro-clip, {selection} epoch, mean ± std of "
-                  f"{max(r.n for r in mine)} seeds",
-            baseline=zs.hm_of_means if zs else None,
+    by_source = {run.source: run for run in loaded}
+    for group in figure_groups(rows):  # (the figures of `scaleprompt plot`, one per dataset)
+        bars_figure(
+            group, out / f"microworld_{group.dataset}{tag}", by_source, ("png",), caption=False,
+            title=f"{group.dataset}: base-to-novel, 16 shots, sp-micro-clip, {selection} epoch",
         )  # fmt: skip
     return markdown
 

@@ -13,6 +13,8 @@ Each subcommand is a module of :mod:`scaleprompt.commands` (listed in its ``COMM
   an official release's checkpoint as a prompt file (docs/porting.md).
 * ``scaleprompt results RUNS... [--selection best_val] [--published]``: paper-style tables (markdown + CSV) from
   runs; ``--published`` lays the papers' published averages beside them.
+* ``scaleprompt plot RUNS... SWEEPS... [--out-dir DIR] [--format pdf,png]``: figures for a paper: base / novel /
+  HM bars over seeds, per-epoch curves with the seeds as a band, sweep views with report.md's trial ids.
 * ``scaleprompt analyze variance|deviation|attention ...``: the papers' analyses (UPT's variance statistics and
   figure, ProVP's feature deviation and t-SNE, prompt-token attention maps); see docs/findings.md.
 * ``scaleprompt train --config RECIPE [key=value ...]``: training in this process (= ``scaleprompt/train.py``).

@@ -542,6 +542,31 @@ def test_same_seed_duplicate_within_a_variant_still_raises(tmp_path):
     assert str(a) in str(err.value) and str(b) in str(err.value)
 
 
+def test_results_names_and_skips_duplicate_runs_unless_asked_to_stop(tmp_path, caplog, capsys):
+    """One configuration and seed twice (a copied folder, a rerun): one warning line per duplicate set naming the
+    kept run (the path that sorts first, whatever the argument order) and the skipped ones; counted once.
+    ``--duplicates error``: the old refusal, one line, exit code 2."""
+    a = write_run(tmp_path / "a", run_json("coop", "OxfordPets", 1, "base2new", b2n_result(80, 70)))
+    b = write_run(tmp_path / "b", run_json("coop", "OxfordPets", 1, "base2new", b2n_result(90, 70)))
+    c = write_run(tmp_path / "c", run_json("coop", "OxfordPets", 1, "base2new", b2n_result(70, 70)))
+    write_run(tmp_path / "a", run_json("coop", "OxfordPets", 2, "base2new", b2n_result(82, 70)))
+    out = tmp_path / "tables"
+    with caplog.at_level(logging.INFO, logger="scaleprompt"):
+        assert (
+            main([str(tmp_path / "c"), str(tmp_path / "b"), str(tmp_path / "a"), "--out-dir", str(out)]) == 0
+        )
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        f"duplicate runs of base2new coop on OxfordPets (16 shots, ViT-B-16/openai) with seed 1: keeping {a}, "
+        f"skipping {b}, {c} (--duplicates error stops instead)"
+    ]
+    row = md_row((out / "results_base2new.md").read_text(), "coop")
+    assert row[1] == "81.00"  # the mean of seeds 1 (a: 80) and 2 (82), never b's 90 or c's 70
+    assert main([str(tmp_path), "--duplicates", "error"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "with seed 1" in err and str(a) in err and str(b) in err
+
+
 def test_variants_in_fewshot_and_transfer_tables(tmp_path):
     for seed, lr, v in ((1, 0.05, 80), (2, 0.05, 82), (1, 0.5, 60)):
         data = run_json("coop", "OxfordPets", seed, "fewshot", {"test": split(v)})

@@ -104,6 +104,65 @@ def test_tensorboard_tracker_hides_what_an_interrupted_session_logged_after_the_
     assert set(got) == {"train/loss", "train/epoch"}  # (a bool is not a scalar)
 
 
+def hparams_records(folder: Path) -> tuple[dict, list[str]]:
+    """The hparams plugin's records of a TensorBoard folder: (the run's hyperparameters, the metric tags)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    content = events.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(
+        content["_hparams_/session_start_info"]
+    ).session_start_info
+    hparams = {k: v.WhichOneof("kind") and getattr(v, v.WhichOneof("kind")) for k, v in start.hparams.items()}
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    return hparams, [m.name.tag for m in experiment.metric_infos]
+
+
+def b2n_results() -> dict:
+    """A base-to-novel run's results.json (the schema's own writer) with best-validation and zero-shot numbers."""
+    from scaleprompt.report.schema import Accuracy, RunResult, SelectionResult
+
+    def sel(base: float, novel: float) -> SelectionResult:
+        return SelectionResult(val=Accuracy(base, base), base=Accuracy(base, base - 1, 50),
+                               novel=Accuracy(novel, novel - 1, 50), hm=2 * base * novel / (base + novel))  # fmt: skip
+
+    return RunResult(method="coop", dataset="OxfordPets", setting="base2new", shots=16, seed=1, backbone="ViT-B-16",
+                     pretrained="openai", results={"last": sel(80.0, 70.0), "best_val": sel(81.0, 69.0)}, steps=12,
+                     zero_shot=sel(70.0, 74.0),
+                     config={"optim": {"lr": 0.002, "epochs": 3}, "method": {"name": "coop", "args": {"n_ctx": 4}},
+                             "train": {"report_to": ["tensorboard"], "max_steps": None}}).to_dict()  # fmt: skip
+
+
+def test_final_numbers_and_hyperparameters_go_to_the_runs_own_tensorboard_folder(tmp_path):
+    """Test, best-validation and zero-shot numbers as scalars at the last step, and the hyperparameters through
+    the hparams plugin (the final numbers its metrics), in the run's own event folder (no timestamped subfolder)."""
+    from scaleprompt.engine.trackers import log_results
+
+    tracker = TensorBoardTracker(tmp_path / "tensorboard")
+    tracker.log({"train/loss": 1.0}, 12)
+    log_results([tracker], b2n_results())
+    tracker.close()
+    folder = tmp_path / "tensorboard"
+    assert [p for p in folder.iterdir() if p.is_dir()] == []
+    got = scalars(folder)
+    final = {tag: values for tag, values in got.items() if tag != "train/loss"}
+    assert {tag: values[0][1] for tag, values in final.items()} == pytest.approx({
+        "test/base/top1": 80.0, "test/base/mean_per_class": 79.0, "test/novel/top1": 70.0,
+        "test/novel/mean_per_class": 69.0, "test/hm": 2 * 80 * 70 / 150,
+        "test_best_val/base/top1": 81.0, "test_best_val/base/mean_per_class": 80.0, "test_best_val/novel/top1": 69.0,
+        "test_best_val/novel/mean_per_class": 68.0, "test_best_val/hm": 2 * 81 * 69 / 150,
+        "zero_shot/base/top1": 70.0, "zero_shot/base/mean_per_class": 69.0, "zero_shot/novel/top1": 74.0,
+        "zero_shot/novel/mean_per_class": 73.0, "zero_shot/hm": 2 * 70 * 74 / 144,
+    })  # fmt: skip
+    assert {values[0][0] for values in final.values()} == {12}  # (the run's last step)
+    hparams, metrics = hparams_records(folder)
+    assert hparams == {"optim.lr": 0.002, "optim.epochs": 3.0, "method.name": "coop", "method.args.n_ctx": 4.0,
+                       "train.report_to": '["tensorboard"]', "train.max_steps": "null"}  # fmt: skip
+    assert sorted(metrics) == sorted(final)
+
+
 # --- Weights & Biases, offline ------------------------------------------------------------------------------------
 def wandb_core_children() -> list[int]:
     """Processes of wandb's service (wandb-core) started by this process."""
@@ -274,6 +333,22 @@ def test_a_run_reports_to_tensorboard_and_wandb_on_the_global_step(offline_wandb
     assert config["train"]["report_to"] == ["tensorboard", "wandb"] and config["method"]["name"] == "coop"
     assert run.display_name == "/".join(out.resolve().parts[-2:])  # (<its parent folder>/out)
     assert exit_code(records) == 0
+
+
+def test_a_short_run_logs_its_loss_each_epoch_and_its_final_numbers_to_tensorboard(colors, tmp_path):
+    """``train.log_every_steps`` larger than the run: the loss curve still has the last step of every epoch (a CoOp
+    run once had no train/loss curve at all); the test and zero-shot numbers and the hyperparameters follow."""
+    res = train(colors, tmp_path, "optim.epochs=2", "train.report_to=tensorboard", "train.log_every_steps=1000",
+                "eval.zero_shot_baseline=true")  # fmt: skip
+    folder = tmp_path / "out" / "tensorboard"
+    got = scalars(folder)
+    steps = res["steps"]
+    assert [s for s, _ in got["train/loss"]] == [steps // 2, steps]
+    assert got["test/top1"] == [(steps, pytest.approx(res["results"]["last"]["test"]["top1"]))]
+    assert got["zero_shot/top1"] == [(steps, pytest.approx(res["zero_shot"]["test"]["top1"]))]
+    hparams, metrics = hparams_records(folder)
+    assert hparams["method.name"] == "coop" and hparams["optim.epochs"] == 2 and "test/top1" in metrics
+    assert [p for p in folder.iterdir() if p.is_dir()] == []
 
 
 def test_report_to_none_writes_no_tracker_files(colors, tmp_path):

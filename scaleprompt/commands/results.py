@@ -6,8 +6,10 @@ the runs, :func:`~scaleprompt.report.aggregate.aggregate` averages each configur
 :mod:`~scaleprompt.report.tables` lays the rows out as the papers' tables and :mod:`~scaleprompt.report.render`
 writes ``results_<setting>.md`` and ``.csv`` per setting present (with ``--out-dir``) and logs the markdown.
 ``--published`` adds, separately, each measured average beside the papers' published numbers
-(:mod:`scaleprompt.report.compare`); without RUNS it prints the published table itself. Errors (an unreadable
-results.json, no rows, an unwritable folder) are one line, exit code 2.
+(:mod:`scaleprompt.report.compare`); without RUNS it prints the published table itself. Duplicate runs (one
+configuration and seed twice: a copied folder, a rerun) are named in one warning line per set and counted once,
+the run whose path sorts first kept (``--duplicates error``: an error instead). Errors (an unreadable results.json,
+no rows, an unwritable folder) are one line, exit code 2.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from pathlib import Path
 
 from scaleprompt.commands.common import command_parser, run_standalone
 from scaleprompt.report.schema import METRICS, SELECTIONS, ResultsError
+
+DUPLICATES = ("skip", "error")  # = scaleprompt.report.aggregate.DUPLICATES (not imported: --help stays fast)
 
 NAME = "results"
 HELP = "aggregate runs' results.json over seeds into paper-style tables"
@@ -54,6 +58,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         default=None,
         help="write results_<setting>.md / .csv here (default: only log the tables)",
     )
+    add_duplicates_argument(parser)
     parser.add_argument(
         "--published",
         action="store_true",
@@ -69,6 +74,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "scaleprompt/report/published.json)",
     )
     return parser
+
+
+def add_duplicates_argument(parser: argparse.ArgumentParser) -> None:
+    """``--duplicates skip|error``: what two runs of one configuration and seed do (shared with ``plot``)."""
+    parser.add_argument(
+        "--duplicates",
+        choices=DUPLICATES,
+        default="skip",
+        help="two runs of one configuration with the same seed: skip = keep the one whose path sorts first and "
+        "name the others in a warning (default); error = stop",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -92,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
         raise ResultsError("no RUNS given: pass results.json files, folders or globs (or --published alone)")
     try:
         runs = load_runs(args.runs)
-        rows = aggregate(runs, args.selection, args.metric)
+        rows = aggregate(runs, args.selection, args.metric, args.duplicates)
     except (ValueError, OSError) as exc:
         raise exc if isinstance(exc, ResultsError) else ResultsError(str(exc)) from None
     if not rows:

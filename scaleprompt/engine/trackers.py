@@ -12,6 +12,13 @@ Every scalar goes against ONE x-axis, the optimizer's global step (the epoch is 
   ``<output_dir>/wandb/run_id``: ``--resume`` continues the same W&B run, a fresh run starts a new one.
 * ``none``: no tracker.
 
+When the run has its results (:func:`log_results`), every tracker gets the final numbers at the run's last step:
+the test accuracies of the last prompts (``test/...``), of the best-validation prompts (``test_best_val/...``)
+and of zero-shot CLIP (``zero_shot/...``): top-1 and mean per class of each test split (``test``; ``base`` /
+``novel`` and ``hm``; each transfer target), plus the run's hyperparameters: TensorBoard's hparams plugin (its
+HPARAMS tab: one row per run, the final numbers as its metrics) in the run's own event folder; W&B has the config
+already and gets the numbers in its run summary.
+
 ``train.report_to`` takes one name (``train.report_to=wandb``), several (``train.report_to=[tensorboard,wandb]`` or
 ``tensorboard,wandb``) or ``none``; :func:`report_targets` checks it when the config is loaded, so a misspelt
 name, ``none`` with another tracker or a tracker that is not installed stops the run before it starts.
@@ -77,12 +84,58 @@ def scalars_only(scalars: Mapping[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in scalars.items() if isinstance(v, int | float) and not isinstance(v, bool)}
 
 
+def final_scalars(results: Mapping[str, Any]) -> dict[str, float]:
+    """The final numbers of a run's ``results`` (the results.json schema) as scalars: ``test/<split>/<metric>``
+    of the last prompts (``test/top1`` for the one test split of few-shot and transfer, ``test/hm`` for
+    base-to-novel; a transfer target ``test/<target>/top1``), the same under ``test_best_val/`` for the
+    best-validation prompts and ``zero_shot/`` for zero-shot CLIP. Validation numbers are left out (they are
+    logged per epoch)."""
+    out: dict[str, float] = {}
+    selections = results.get("results") or {}
+    for prefix, numbers in (
+        ("test", selections.get("last")),
+        ("test_best_val", selections.get("best_val")),
+        ("zero_shot", results.get("zero_shot")),
+    ):
+        if not numbers:
+            continue
+        for split in ("test", "base", "novel"):
+            for metric, value in (numbers.get(split) or {}).items():
+                if metric != "images":
+                    out[f"{prefix}/{metric}" if split == "test" else f"{prefix}/{split}/{metric}"] = value
+        if numbers.get("hm") is not None:
+            out[f"{prefix}/hm"] = numbers["hm"]
+        for target, accuracy in (numbers.get("targets") or {}).items():
+            for metric, value in accuracy.items():
+                if metric != "images":
+                    out[f"{prefix}/{target}/{metric}"] = value
+    return scalars_only(out)
+
+
+def hyperparameters(config: Mapping[str, Any]) -> dict[str, bool | int | float | str]:
+    """A run ``config`` (nested) as TensorBoard hparams: ``section.key`` -> a bool, number or text (lists and
+    objects as JSON, None as ``"null"``)."""
+    import json
+
+    from scaleprompt.identity import flatten
+
+    out: dict[str, bool | int | float | str] = {}
+    for key, value in flatten(dict(config)).items():
+        out[key] = value if isinstance(value, bool | int | float | str) else json.dumps(value, default=str)
+    return out
+
+
 class Tracker(Protocol):
-    """Where a run's scalars go: ``log`` at a global step, ``close`` once (``failed``: the run raised)."""
+    """Where a run's scalars go: ``log`` at a global step, ``final`` once with the run's final numbers and
+    hyperparameters, ``close`` once (``failed``: the run raised)."""
 
     name: str
 
     def log(self, scalars: Mapping[str, float], step: int) -> None: ...
+
+    def final(
+        self, scalars: Mapping[str, float], hparams: Mapping[str, bool | int | float | str], step: int
+    ) -> None: ...
 
     def close(self, failed: bool = False) -> None: ...
 
@@ -102,6 +155,22 @@ class TensorBoardTracker:
         for key, value in scalars_only(scalars).items():
             self.writer.add_scalar(key, value, step)
         self.writer.flush()
+
+    def final(
+        self, scalars: Mapping[str, float], hparams: Mapping[str, bool | int | float | str], step: int
+    ) -> None:
+        """The final ``scalars`` at ``step``, and the hparams plugin's records (``hparams``, with those scalars as
+        its metrics) in this run's own event folder (``SummaryWriter.add_hparams`` would open a new timestamped
+        subfolder: a second run in TensorBoard's list)."""
+        from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+        numbers = scalars_only(scalars)
+        experiment, start, end = hparams_summary(dict(hparams), dict(numbers))
+        writer = self.writer.file_writer
+        assert writer is not None  # (open until close)
+        for summary in (experiment, start, end):
+            writer.add_summary(summary, step)
+        self.log(numbers, step)
 
     def close(self, failed: bool = False) -> None:
         self.writer.close()
@@ -148,6 +217,14 @@ class WandbTracker:
     def log(self, scalars: Mapping[str, float], step: int) -> None:
         self.run.log(scalars_only(scalars), step=step)
 
+    def final(
+        self, scalars: Mapping[str, float], hparams: Mapping[str, bool | int | float | str], step: int
+    ) -> None:
+        """The final ``scalars`` at ``step`` and in the run summary (the hyperparameters are the run's config)."""
+        numbers = scalars_only(scalars)
+        self.run.log(numbers, step=step)
+        self.run.summary.update(numbers)
+
     def close(self, failed: bool = False) -> None:
         self.run.finish(exit_code=1 if failed else 0)
 
@@ -169,6 +246,22 @@ def make_trackers(
         close_trackers(trackers, failed=True)
         raise
     return trackers
+
+
+def log_results(trackers: Sequence[Tracker], results: Mapping[str, Any]) -> None:
+    """Every tracker of ``trackers`` gets the final numbers of a run's ``results`` (:func:`final_scalars`) and
+    its hyperparameters (:func:`hyperparameters` of its config) at its last step. A tracker that fails is a
+    warning: results.json is written already."""
+    if not trackers:
+        return
+    scalars = final_scalars(results)
+    hparams = hyperparameters(results.get("config") or {})
+    step = int(results.get("steps") or 0)
+    for tracker in trackers:
+        try:
+            tracker.final(scalars, hparams, step)
+        except Exception as exc:  # (any tracker error)
+            logger.warning("%s: the final numbers were not logged: %s", tracker.name, exc)
 
 
 def close_trackers(trackers: Sequence[Tracker], failed: bool = False) -> None:

@@ -46,7 +46,7 @@ from scaleprompt.engine.model import writing
 from scaleprompt.engine.nonfinite import NonFiniteError, NonFiniteGuard, describe, skipped_step
 from scaleprompt.engine.progress import RunProgress
 from scaleprompt.engine.run import training_fingerprint
-from scaleprompt.engine.trackers import Tracker, close_trackers, make_trackers
+from scaleprompt.engine.trackers import Tracker, close_trackers, log_results, make_trackers
 from scaleprompt.errors import OutputError, reported_elsewhere
 from scaleprompt.failpoints import failpoint
 from scaleprompt.identity import compare, run_identity
@@ -255,6 +255,7 @@ class Trainer:
                     self.train(loader, run)
                 run.end_session()
                 results = self._final_results(run)
+                log_results(self.trackers, results)  # (test / zero-shot numbers and hyperparameters)
             failed = False
         finally:  # (the training stream's workers stop now: an error must not leave them to interpreter exit)
             if loader is not None:
@@ -323,7 +324,7 @@ class Trainer:
                         run.epoch_loss = [run.epoch_loss[0] + sum(window), run.epoch_loss[1] + len(window)]
                     window = []
                     bar.update(1)
-                    self._log_step(out, batch.labels, lr, run)
+                    self._log_step(out, batch.labels, lr, run, loader.consumed % len(loader) == 0)
                     if self._at_max_steps() or self._stop_agreed():
                         break
                     # a step checkpoint (one that falls on an epoch end is saved once, after validation)
@@ -581,13 +582,20 @@ class Trainer:
         run.last_tag = folder.name
         return folder
 
-    def _log_step(self, out: LossOutput, labels: torch.Tensor, lr: float, run: RunProgress) -> None:
+    def _log_step(
+        self, out: LossOutput, labels: torch.Tensor, lr: float, run: RunProgress, epoch_end: bool = False
+    ) -> None:
         """The step line and the trackers' scalars of this optimizer step (its last micro-step's ``out`` on
-        ``labels``, at ``lr``), every ``train.log_every_steps``."""
+        ``labels``, at ``lr``), every ``train.log_every_steps``; the trackers' scalars also at the last step of
+        an epoch (``epoch_end``, or ``train.max_steps``): a run shorter than ``log_every_steps`` has its loss
+        curve too."""
         step = self.parts.model.ds_engine.global_steps
         every = self.cfg.train.log_every_steps
-        if not every or step % every or (run.nonfinite_skipped and run.nonfinite_skipped[-1]["step"] == step):
+        if not every or (run.nonfinite_skipped and run.nonfinite_skipped[-1]["step"] == step):
             return  # (0: no step lines; a skipped step's numbers are not finite)
+        line = step % every == 0
+        if not line and not epoch_end and not self._at_max_steps():
+            return
         scalars = {
             "train/loss": out.loss.item(),
             "train/lr": lr,
@@ -596,7 +604,7 @@ class Trainer:
         scalars.update({f"train/{k}": v.item() for k, v in out.parts.items()})
         scalars["train/accuracy"] = 100.0 * (out.logits.argmax(-1).cpu() == labels).float().mean().item()
         self._log_scalars(scalars, step)
-        if self.dist.is_main:
+        if self.dist.is_main and line:
             logger.info("step %d  %s", step, "  ".join(f"{k[6:]}={v:.4g}" for k, v in scalars.items()))
 
     def _log_scalars(self, scalars: dict[str, float], step: int) -> None:

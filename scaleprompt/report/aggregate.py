@@ -10,6 +10,10 @@ per variant: its seeds, and a :class:`Stat` per split of ``results[selection]`` 
   averaged (a run tested on 1 image next to runs tested on 1600).
 * With ``best_val``, runs that have no ``best_val`` results are left out (logged), never replaced by their last
   epoch.
+* Duplicates (two runs of one variant with the same seed: a copied folder, a rerun) are never averaged twice:
+  ``duplicates="error"`` (the default of :func:`aggregate`) refuses them naming the files; ``"skip"`` (the
+  ``results`` and ``plot`` commands) keeps the run whose file path sorts first and names the others in one warning
+  line per duplicate set.
 * Base-to-novel HM: each seed's HM = 2·B·N/(B+N) is recomputed from that seed's Base and Novel in the chosen
   metric (the stored ``hm`` is top-1; a mismatch with its top-1 Base/Novel is logged).
 """
@@ -32,6 +36,8 @@ logger = logging.getLogger(__name__)
 
 Selection = Literal["last", "best_val"]
 Metric = Literal["top1", "mean_per_class"]
+Duplicates = Literal["error", "skip"]
+DUPLICATES: tuple[str, ...] = ("skip", "error")  # what to do with two runs of one variant and seed
 
 SETTINGS: tuple[str, ...] = ("base2new", "fewshot", "transfer")  # the order of the tables
 # row / column order of the papers; names not listed follow, alphabetically
@@ -110,6 +116,7 @@ def aggregate(
     runs: Iterable[LoadedRun | RunResult | Mapping[str, Any]],
     selection: Selection | str = "last",
     metric: Metric | str = "top1",
+    duplicates: Duplicates | str = "error",
 ) -> list[Row]:
     """Group ``runs`` by (setting, method, dataset, shots, backbone + pretrained), split each group into its
     variants (:func:`~scaleprompt.report.variants.split_variants`: runs whose configs differ in a field that defines
@@ -118,13 +125,17 @@ def aggregate(
 
     ``runs``: :func:`~scaleprompt.report.load.load_runs`' runs, or results (dicts are validated, see
     :func:`~scaleprompt.report.load.as_loaded`). Runs without ``results[selection]`` (``best_val`` of a run without
-    validation) are left out and logged. Two runs of one variant with the same seed raise :class:`ResultsError`
-    naming both files. Rows come sorted by setting, backbone, method (papers' order), variant, dataset, shots.
+    validation) are left out and logged. Two runs of one variant with the same seed (``duplicates``): ``"error"``
+    raises :class:`ResultsError` naming both files; ``"skip"`` keeps the one whose source sorts first and logs one
+    warning per duplicate set naming the kept and the skipped files (:func:`drop_duplicates`). Rows come sorted by
+    setting, backbone, method (papers' order), variant, dataset, shots.
     """
     if selection not in SELECTIONS:
         raise ValueError(f"selection must be one of {list(SELECTIONS)}, got {selection!r}")
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {list(METRICS)}, got {metric!r}")
+    if duplicates not in DUPLICATES:
+        raise ValueError(f"duplicates must be one of {list(DUPLICATES)}, got {duplicates!r}")
     groups: dict[GroupKey, list[Member]] = {}
     skipped: list[str] = []
     for loaded in as_loaded(runs):
@@ -144,18 +155,43 @@ def aggregate(
     rows = []
     for key, group in groups.items():
         for variant, members in split_variants(group, selection, key).items():
+            if duplicates == "skip":
+                members = drop_duplicates(members, key.describe(variant))
             by_seed: dict[int, Member] = {}
             for m in members:
                 seed = m.run.seed
                 if seed in by_seed:
                     raise ResultsError(
-                        f"two runs of {key.describe(variant)} with seed {seed}: {by_seed[seed].source} and {m.source}"
+                        f"two runs of {key.describe(variant)} with seed {seed}: {by_seed[seed].source} and "
+                        f"{m.source} (scaleprompt results / plot: --duplicates skip keeps one)"
                     )
                 by_seed[seed] = m
             check_same_test_data(members, key.setting, key.describe(variant))
             rows.append(_make_row(key, by_seed, selection, metric, variant))
     rows.sort(key=_row_order)
     return rows
+
+
+def drop_duplicates(members: Sequence[Member], cell: str) -> list[Member]:
+    """``members`` (the runs of one variant, ``cell`` names it) with one run per seed: of the runs sharing a seed,
+    the one whose source sorts first is kept (whatever the order the runs were given in); one warning per
+    duplicate set names the kept run and the skipped ones."""
+    by_seed: dict[int, list[Member]] = {}
+    for m in members:
+        by_seed.setdefault(m.run.seed, []).append(m)
+    kept = []
+    for seed, same in by_seed.items():
+        same = sorted(same, key=lambda m: m.source)
+        kept.append(same[0])
+        if len(same) > 1:
+            logger.warning(
+                "duplicate runs of %s with seed %d: keeping %s, skipping %s (--duplicates error stops instead)",
+                cell,
+                seed,
+                same[0].source,
+                ", ".join(m.source for m in same[1:]),
+            )
+    return kept
 
 
 def _row_order(r: Row) -> tuple[Any, ...]:

@@ -426,7 +426,8 @@ def write_report(
             "",
             "Optuna's figures of the searcher's study (`optuna.db`): stopped trials are "
             "PRUNED and failed ones FAIL in it (timeline, learning curves), the other figures use the "
-            "finished trials.",
+            "finished trials. Optuna numbers the trials in its own order, not by the ids above: "
+            "`scaleprompt plot <this folder>` draws the sweep with these ids, for a paper (PDF / PNG).",
             "",
         ]
         lines += [f"![{p.stem}](plots/{p.name})" for p in plots]
