@@ -1,20 +1,29 @@
-"""``scaleprompt plan``: per-GPU memory of a training run, with the activations counted on the real model.
+"""``scaleprompt plan``: per-GPU memory of a training run, with the activations counted on the real model's steps.
 
 Weights, buffers and prompts are counted on the method built over the FULL-depth backbone on PyTorch's meta device
-(shapes only: nothing allocated, nothing downloaded; the token embedding is real, to tokenize the class prompts).
-Activations are counted, not modelled: the same architecture at reduced depth (1-2 blocks per tower, random
-weights, CPU) is built as training builds it (fp32), its parameters cast as DeepSpeed casts them, and runs real
-training steps of the real method (``method.loss`` + backward) under ``saved_tensors_hooks``, which add up the
-bytes of every unique storage autograd keeps (views of one storage count once; parameters and buffers do not
-count), split by who saved it (vision encoder, text encoder, the rest). Five steps over (micro-batch B, vision
-blocks, text blocks, classes C) fit exact formulas per part -- vision: bilinear in (B, blocks); text: in (text
-sequences, blocks); the rest: in (B, C), with B^2 -- evaluated at full depth. Under ZeRO-3 the steps run the code
-DeepSpeed makes the model run, asked of the encoders through their options
-(:class:`~scaleprompt.encoders.EncoderOptions`), nothing patched: the blocks whose weights ZeRO-3 partitions (a
-parameter above the persistence threshold) take open_clip's own steps instead of the fused attention, and with
-``memory_efficient_linear`` (DeepSpeed's default) their projections are :class:`_DeepSpeedLinear`, which saves its
-input as DeepSpeed's linear does. The tests check the formulas against real full-depth steps, to the byte, also
-against a real DeepSpeed ZeRO-3 bf16 engine. What the numbers assume: :data:`ASSUMPTIONS`.
+(shapes only: nothing allocated, nothing downloaded; the token embedding is a fake CPU tensor, which embeds the real
+token ids of the class prompts). Activations are counted, not modelled: the same architecture at reduced depth (1-2
+blocks per tower) is built as training builds it (fp32), its parameters cast as DeepSpeed casts them, and runs
+training steps of the real method (``method.loss``) under ``saved_tensors_hooks``, which add up the bytes of every
+unique storage autograd keeps (views of one storage count once; parameters and buffers do not count), split by who
+saved it (vision encoder, text encoder, the rest). The steps run on fake tensors (PyTorch's ``FakeTensorMode``):
+every weight, image and activation has the shape, strides, dtype and storage sharing it has in a real CPU step, and
+no values, so nothing is computed (a few seconds for ViT-bigG, whose real CPU steps took minutes:
+``bench/plan_speed.py``). The code is the real step's, down the same CPU paths: a fake tensor is a CPU tensor to the
+code and the dispatcher (the SDPA backend chosen, oneDNN's linear, dropout's CPU kernel), and a storage is told by
+its storage object (:func:`_storage_key`). What the encoders read the values of stays real: token ids, labels,
+index and mask tables, the causal mask (open_clip's buffers); a value read off a fake tensor raises rather than
+guessing a path. Only the forward runs: autograd saves in the forward, where the count looks. ``measure(...,
+fake=False)`` runs the same steps on real random weights (the reference: the tests compare the two for every
+method). Five steps over (micro-batch B, vision blocks, text blocks, classes C) fit exact formulas per part --
+vision: bilinear in (B, blocks); text: in (text sequences, blocks); the rest: in (B, C), with B^2 -- evaluated at
+full depth. Under ZeRO-3 the steps run the code DeepSpeed makes the model run, asked of the encoders through their
+options (:class:`~scaleprompt.encoders.EncoderOptions`), nothing patched: the blocks whose weights ZeRO-3
+partitions (a parameter above the persistence threshold) take open_clip's own steps instead of the fused
+attention, and with ``memory_efficient_linear`` (DeepSpeed's default) their projections are
+:class:`_DeepSpeedLinear`, which saves its input as DeepSpeed's linear does. The tests check the formulas against
+real full-depth steps, to the byte, also against a real DeepSpeed ZeRO-3 bf16 engine. What the numbers assume:
+:data:`ASSUMPTIONS`.
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
 from scaleprompt.config import ConfigError
 from scaleprompt.encoders import EncoderOptions
@@ -57,9 +67,9 @@ RUNS = ((1, 1, 1, 2), (2, 2, 1, 4), (1, 2, 2, 4), (2, 1, 2, 2), (3, 1, 2, 2))  #
 ASSUMPTIONS = (
     "weights: DeepSpeed's bf16 / fp16 engine casts every parameter (frozen ones too); buffers keep their dtype "
     "(the class-prompt token embeddings stay fp32)",
-    "activations: the unique storages autograd saves for backward in one step, counted on CPU in the run's dtype "
-    "(fp16 measured as bf16: the same tensors at 2 bytes); GPU flash / memory-efficient attention saves the same "
-    "tensors as CPU's (q, k, v, output, logsumexp)",
+    "activations: the unique storages autograd saves for backward in one step, counted on (fake) CPU tensors in "
+    "the run's dtype (fp16 measured as bf16: the same tensors at 2 bytes); GPU flash / memory-efficient attention "
+    "saves the same tensors as CPU's (q, k, v, output, logsumexp)",
     "peak = everything saved for backward + the working set of the largest unit in flight: one block's saved "
     "activations (the block being computed, with or without gradient, or recomputed under checkpointing) or one "
     "text chunk's recomputation; activation gradients and kernel workspaces beyond that are in the allowance",
@@ -158,19 +168,28 @@ def classnames(classes: int, name_tokens: int) -> list[str]:
     return [" ".join(["x"] * name_tokens)] * classes
 
 
+def _storage_key(t: torch.Tensor) -> int | tuple[str, int]:
+    """What identifies the storage of ``t``: its data address (a real tensor), or the identity of its storage object
+    (a fake tensor: its storage is a meta one, with no address; every view of it shares that object)."""
+    storage = t.untyped_storage()
+    return ("fake", storage._cdata) if isinstance(t, FakeTensor) else storage.data_ptr()
+
+
 class SavedBytes:
-    """Counts what autograd saves while active: unique storages (views of one storage count once), by the part
-    that was running (``part[-1]``), except the storages of ``owned`` tensors (parameters, buffers)."""
+    """Counts what autograd saves while active: unique storages (views of one storage count once,
+    :func:`_storage_key`), by the part that was running (``part[-1]``), except the storages of ``owned`` tensors
+    (parameters, buffers). Real and fake tensors alike: a fake storage knows its size."""
 
     def __init__(self, owned: Iterator[torch.Tensor] | list[torch.Tensor]) -> None:
-        self.owned = {t.untyped_storage().data_ptr() for t in owned}
-        self.part, self.seen, self.alive = ["other"], dict[int, tuple[str, int]](), list[torch.Tensor]()
+        self.owned = {_storage_key(t) for t in owned}
+        self.part, self.seen = ["other"], dict[int | tuple[str, int], tuple[str, int]]()
+        self.alive = list[torch.Tensor]()
 
     def pack(self, t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in self.owned and storage.data_ptr() not in self.seen:
-            self.seen[storage.data_ptr()] = (self.part[-1], storage.nbytes())
-            self.alive.append(t)  # (kept alive until the count is read: no address is reused)
+        key = _storage_key(t)
+        if key not in self.owned and key not in self.seen:
+            self.seen[key] = (self.part[-1], t.untyped_storage().nbytes())
+            self.alive.append(t)  # (kept alive until the count is read: no address or storage is reused)
         return t
 
     def hooks(self) -> torch.autograd.graph.saved_tensors_hooks:
@@ -183,15 +202,25 @@ class SavedBytes:
         return out
 
 
+def _fake_mode(method: nn.Module) -> FakeTensorMode | None:
+    """The fake-tensor mode of ``method``'s parameters (None: real tensors)."""
+    return next((p.fake_mode for p in method.parameters() if isinstance(p, FakeTensor)), None)
+
+
 def _images(method: Any, batch: int) -> torch.Tensor:
+    """Random images of ``method``'s input size: fake ones for a method on fake tensors."""
     size = method.vision.visual.image_size
-    return torch.randn(batch, 3, *(size if isinstance(size, tuple) else (size, size)))
+    mode = _fake_mode(method)
+    with mode if mode is not None else contextlib.nullcontext():
+        return torch.randn(batch, 3, *(size if isinstance(size, tuple) else (size, size)))
 
 
 def count_saved(method: Any, batch: int) -> tuple[dict[str, int], int]:
     """One training step of ``method`` (``loss`` + backward) on random images: bytes of the unique storages autograd
     saves, by part (``vision`` / ``text`` encoder, ``other``), and the text sequences encoded in the step. Class
-    text of fixed-text methods is encoded (once, without gradient) before the step, as in training."""
+    text of fixed-text methods is encoded (once, without gradient) before the step, as in training. A method on
+    fake tensors (:func:`_reduced`) runs the forward only: the count is taken in the forward (the hooks are active
+    there only), and a fake backward would compute nothing."""
     images, labels = _images(method, batch), torch.arange(batch) % len(method.classnames)
     method.train()
     if getattr(method, "frozen_text", False):
@@ -219,7 +248,7 @@ def count_saved(method: Any, batch: int) -> tuple[dict[str, int], int]:
     finally:
         for handle in handles:
             handle.remove()
-    if out.loss.requires_grad:
+    if out.loss.requires_grad and _fake_mode(method) is None:
         out.loss.backward()
     return counter.totals(), seqs[0]
 
@@ -252,7 +281,7 @@ def _depth(clip: Any, vision: int, text: int) -> Iterator[None]:
 def _cast(module: nn.Module, dtype: torch.dtype) -> None:
     """As DeepSpeed under bf16 / fp16: every floating parameter to ``dtype``, buffers as they are."""
     for p in module.parameters():
-        if p.is_floating_point():
+        if p.is_floating_point() and p.dtype != dtype:
             p.data = p.data.to(dtype)
 
 
@@ -272,7 +301,7 @@ def _clipped(method: str, method_args: Mapping[str, Any], vision: int, text: int
 
 # Caches keyed by their inputs (listed in the package docstring, scaleprompt/__init__.py): the reduced models,
 # tokenizers, measurements and meta-device architectures of this process.
-_REDUCED: dict[str, tuple[Any, Any]] = {}
+_REDUCED: dict[tuple[str, bool], tuple[Any, Any, FakeTensorMode | None]] = {}
 _TOKENIZERS: dict[str, Any] = {}
 
 
@@ -287,20 +316,93 @@ def _tokenizer(model: str) -> Any:
 _MEASURED: dict[tuple[Any, ...], Measured] = {}
 
 
-def _reduced(model: str) -> tuple[Any, Any]:
-    """The 2 + 2 block model (random fp32 weights as ``load_clip`` builds them) and its tokenizer, built once per
-    process."""
-    if model not in _REDUCED:
+@contextlib.contextmanager
+def _parameters_on_meta() -> Iterator[list[tuple[nn.Module, str, torch.Tensor]]]:
+    """While active, every parameter a module registers goes to the meta device (shape, strides and dtype kept), so
+    that its initialisation, which follows, computes nothing (torch's layers register an empty tensor, freed
+    unwritten; open_clip draws its class and positional embeddings and projections before: small); every buffer
+    registered is listed as it was built (the list given), to be put back after a move to the meta device."""
+    from torch.nn.modules.module import (
+        register_module_buffer_registration_hook,
+        register_module_parameter_registration_hook,
+    )
+
+    buffers: list[tuple[nn.Module, str, torch.Tensor]] = []
+
+    # (torch's hook returns the parameter to register, or None: its documented contract; its annotation says None)
+    def parameter(_: nn.Module, __: str, p: nn.Parameter | None) -> Any:
+        if p is None or p.is_meta:
+            return None
+        meta = torch.empty_strided(p.shape, p.stride(), dtype=p.dtype, device="meta")
+        return nn.Parameter(meta, requires_grad=p.requires_grad)
+
+    def buffer(module: nn.Module, name: str, tensor: torch.Tensor | None) -> None:
+        if tensor is not None:
+            buffers.append((module, name, tensor))
+
+    handles = [
+        register_module_parameter_registration_hook(parameter),
+        register_module_buffer_registration_hook(buffer),
+    ]
+    try:
+        yield buffers
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _fakeify(module: nn.Module, mode: FakeTensorMode) -> None:
+    """Every floating parameter of ``module`` (and its submodules) that is not fake yet becomes a fake CPU tensor of
+    ``mode`` of the same shape, strides, dtype and ``requires_grad`` (a parameter shared by two modules stays
+    shared). Buffers stay as built: computed from fake weights they are fake already (class-prompt embeddings);
+    the others are small and some are read (the causal mask, token ids)."""
+    fakes: dict[int, torch.Tensor] = {}
+
+    def fake(t: torch.Tensor) -> torch.Tensor:
+        if id(t) not in fakes:
+            with mode:
+                fakes[id(t)] = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="cpu")
+        return fakes[id(t)]
+
+    for m in module.modules():
+        for name, p in m._parameters.items():
+            if p is not None and not isinstance(p, FakeTensor) and p.is_floating_point():
+                m._parameters[name] = nn.Parameter(fake(p), requires_grad=p.requires_grad)
+
+
+def _reduced(model: str, fake: bool = True) -> tuple[Any, Any, FakeTensorMode | None]:
+    """The 2 + 2 block model of ``model``, its tokenizer and (``fake``) its fake-tensor mode, built once per
+    process. ``fake``: open_clip builds it with every parameter on the meta device (:func:`_parameters_on_meta`:
+    no weight allocated or initialised), then the parameters become fake CPU tensors and the buffers are the real
+    ones open_clip built (the text tower's causal mask, whose values the encoders read). Else: real random fp32
+    weights, as ``load_clip`` builds them."""
+    if (model, fake) not in _REDUCED:
         from scaleprompt.backbone import freeze, import_open_clip
 
         oc = import_open_clip()
         cfg = oc.get_model_config(model)
         vision_cfg, text_cfg = {**cfg["vision_cfg"], "layers": 2}, {**cfg["text_cfg"], "layers": 2}
+        mode = None
         with _quiet(), torch.random.fork_rng():
             torch.manual_seed(0)
-            clip = freeze(oc.create_model(model, pretrained=None, vision_cfg=vision_cfg, text_cfg=text_cfg))
-        _REDUCED[model] = clip, _tokenizer(model)
-    return _REDUCED[model]
+            if not fake:
+                clip = oc.create_model(model, pretrained=None, vision_cfg=vision_cfg, text_cfg=text_cfg)
+            else:
+                with _parameters_on_meta() as buffers:
+                    clip = oc.create_model(
+                        model, pretrained=None, device="meta", vision_cfg=vision_cfg, text_cfg=text_cfg
+                    )
+                for module, name, tensor in buffers:  # (create_model moved them to the meta device)
+                    if module._buffers.get(name) is not None:
+                        module._buffers[name] = tensor
+                mode = FakeTensorMode(allow_non_fake_inputs=True)  # (token ids, labels, masks: real)
+                _fakeify(clip, mode)
+                if any(b.is_meta for b in clip.buffers()):
+                    raise RuntimeError(
+                        f"{model}: a buffer was built on the meta device; the planner needs it real"
+                    )
+        _REDUCED[model, fake] = freeze(clip), _tokenizer(model), mode
+    return _REDUCED[model, fake]
 
 
 class _DeepSpeedLinear(torch.autograd.Function):
@@ -357,29 +459,35 @@ def measure(
     ckpt: bool,
     chunk: bool,
     name_tokens: int,
+    fake: bool = True,
 ) -> Measured:
     """Fit the saved bytes of one mode on five steps of the 1-2 block model of ``model`` (cached in this process):
     ``method`` built with ``method_args`` (depths clipped to the measured blocks), its parameters in ``precision``.
     ``zero3``: under ZeRO-3, its persistence threshold (larger block weights are partitioned, so blocks run
     open_clip's own steps, as under DeepSpeed) and ``memory_efficient_linear`` (:func:`_options`); ``ckpt``:
-    gradient checkpointing; ``chunk``: text sequences one per chunk; ``name_tokens``: tokens per class name."""
+    gradient checkpointing; ``chunk``: text sequences one per chunk; ``name_tokens``: tokens per class name.
+    ``fake`` (the planner's way): the steps run on fake tensors (:func:`_reduced`; the method's own floating
+    parameters made fake too, :func:`_fakeify`), which count the same bytes without computing; False: real CPU
+    steps (the reference, in seconds to minutes of CPU time)."""
     args = json.dumps(dict(method_args), sort_keys=True)
-    key = (model, method, args, MEASURED_AS[precision], zero3, ckpt, chunk, name_tokens)
+    key = (model, method, args, MEASURED_AS[precision], zero3, ckpt, chunk, name_tokens, fake)
     if key in _MEASURED:
         return _MEASURED[key]
     from scaleprompt.backbone import Backbone
     from scaleprompt.methods import build
 
-    clip, tokenizer = _reduced(model)
+    clip, tokenizer, mode = _reduced(model, fake)
     backbone, rows, options = Backbone(clip, tokenizer), [], _options(zero3, chunk)
 
     def built(v: int, t: int, c: int, options: EncoderOptions = options) -> Any:
         """The method built as training builds it (fp32; buffers such as the class-prompt embeddings stay fp32),
-        then every parameter cast as DeepSpeed casts them."""
+        then every parameter cast as DeepSpeed casts them (and, on fake tensors, the method's own made fake)."""
         _cast(clip, torch.float32)
         names = classnames(c, name_tokens)
         out = build(method, backbone, names, options=options, **_clipped(method, method_args, v, t))
         _cast(out, MEASURED_AS[precision])
+        if mode is not None:
+            _fakeify(out, mode)
         return out
 
     start = time.perf_counter()
@@ -401,7 +509,7 @@ def measure(
         clip.set_grad_checkpointing(False)
         _cast(clip, torch.float32)
     logger.info(
-        "measured %s / %s on 1-2 blocks (%s%s%s%s): %d steps in %.1f s",
+        "measured %s / %s on 1-2 blocks (%s%s%s%s): %d %s steps in %.1f s",
         model,
         method,
         precision,
@@ -409,6 +517,7 @@ def measure(
         ", checkpointing" if ckpt else "",
         ", text chunks" if chunk else "",
         len(RUNS) + len(block),
+        "fake" if fake else "real",
         time.perf_counter() - start,
     )
     _MEASURED[key] = Measured(
@@ -441,7 +550,8 @@ def architecture(
     model: str, method: str, method_args: Mapping[str, Any], classes: int, name_tokens: int
 ) -> Architecture:
     """What ``method`` (config fields ``method_args``) over the full-depth ``model`` stores, built on the meta device
-    for ``classes`` class names of ``name_tokens`` tokens (cached in this process)."""
+    (the token embedding: fake CPU tensors, which embed the real token ids) for ``classes`` class names of
+    ``name_tokens`` tokens (cached in this process)."""
     key = (model, method, json.dumps(dict(method_args), sort_keys=True), classes, name_tokens)
     if key not in _ARCHITECTURES:
         from scaleprompt.backbone import Backbone, import_open_clip, text_tower
@@ -455,10 +565,14 @@ def architecture(
             )
         with _quiet(), torch.device("meta"):
             clip: Any = oc.create_model(model, pretrained=None, device="meta").requires_grad_(False)
-        tower: Any = text_tower(clip)
+            tower: Any = text_tower(clip)
+            embedding = nn.Embedding(
+                tower.token_embedding.num_embeddings, tower.token_embedding.embedding_dim
+            )
         frozen = {n: p.numel() for n, p in clip.named_parameters()}
-        embedding = tower.token_embedding
-        tower.token_embedding = nn.Embedding(embedding.num_embeddings, embedding.embedding_dim)  # tokenizes
+        # the class prompts' embeddings: fake, as large as real ones (a fake CPU weight takes the real token ids)
+        _fakeify(embedding, FakeTensorMode(allow_non_fake_inputs=True))
+        tower.token_embedding = embedding
         with _quiet():
             built = build(
                 method, Backbone(clip, _tokenizer(model)), classnames(classes, name_tokens), **method_args

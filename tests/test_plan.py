@@ -1,14 +1,18 @@
 """``scaleprompt plan``: the planner's numbers against the real model.
 
 Parameters: the planner's bytes (counted on the meta device) against the real built model's tensors, for every
-precision and ZeRO stage's partition rule. Activations: the planner's extrapolation from the 1-2 block model against
-the saved-tensor count of one real CPU training step of the FULL model (the same :class:`SavedBytes` counter; what
-is tested is the exact scaling in depth, batch and classes, evaluated at a batch and class count the planner never
-ran), with and without gradient checkpointing and text chunks, in fp32, bf16 and fp16, and (slow) against a real
-DeepSpeed ZeRO-3 bf16 engine's step. Tolerance: none (equal to the byte)."""
+precision and ZeRO stage's partition rule. Activations: the planner's extrapolation from the 1-2 block model, whose
+steps run on fake tensors (shapes, no values, no compute), against the saved-tensor count of one real CPU training
+step of the FULL model (the same :class:`SavedBytes` counter; what is tested is the exact scaling in depth, batch
+and classes, evaluated at a batch and class count the planner never ran, and that fake steps save what real ones
+save), with and without gradient checkpointing and text chunks, in fp32, bf16 and fp16, and (slow) against a real
+DeepSpeed ZeRO-3 bf16 engine's step. The fake steps' counts against real steps of the 1-2 block model for the
+methods and ZeRO-3 paths the full-model tests leave out; and a full-size model's fake steps compute nothing for
+real. Tolerance: none (equal to the byte)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import subprocess
@@ -18,6 +22,9 @@ import pytest
 import torch
 from engine_utils import ROOT, env, free_port
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from scaleprompt import plan as planner
 from scaleprompt.backbone import load_clip
@@ -90,6 +97,25 @@ def test_the_counter_counts_each_saved_storage_once_and_no_parameter():
         z = h[0].sin() * h[1].cos()  # sin / cos save views of h: h's whole storage stays alive, counted once
         z.sum().backward()  # (mul saves the sin and cos outputs)
     assert counter.totals() == {"vision": 0, "text": 0, "other": x.nbytes + h.nbytes + 2 * z.nbytes}
+
+
+def test_the_counter_tells_fake_storages_apart_as_real_ones():
+    """A fake tensor's storage has no address: it is told by its storage object, which its views share and a copy
+    does not."""
+
+    def saved(mode: FakeTensorMode | None) -> dict[str, int]:
+        with mode if mode is not None else contextlib.nullcontext():
+            w = nn.Parameter(torch.randn(4, 4))
+            x = torch.randn(2, 4, requires_grad=True)
+        counter = planner.SavedBytes([w])
+        with counter.hooks():
+            h = x @ w  # saves x (and w: a parameter)
+            h[0].sin() * h[1].cos()  # views of h (counted once), the sin and cos outputs
+            h.t().contiguous() * h.t()  # a copy of h (a storage of its own) and a view of h
+        return counter.totals()
+
+    values = 8 + 8 + 4 + 4 + 8  # x, h, sin, cos, the copy
+    assert saved(FakeTensorMode()) == saved(None) == {"vision": 0, "text": 0, "other": 4 * values}
 
 
 # --- parameters -----------------------------------------------------------------------------------------------
@@ -323,6 +349,54 @@ def test_activations_equal_a_real_full_depth_step_of_vit_b16(vit_b16, method, ch
         "ViT-B-16", method, batch=1, classes=5, precision="fp32", grad_checkpointing=ckpt, text_chunk=chunk
     )
     assert activations(p) == real_step(vit_b16, method, 1, 5, ckpt, chunk)
+
+
+# --- fake steps: what real steps save, and no compute ---------------------------------------------------------
+FAKE_CASES = [  # every method the full-model tests above leave out, and ZeRO-3's two linears outside the slow test
+    ("ivlp", "fp32", None, True, True),
+    ("provp", "bf16", (10, True), False, False),
+    ("vpt_deep", "bf16", (10, False), True, False),
+    ("zsclip", "fp32", None, False, False),
+    ("cocoop", "bf16", (10, True), False, True),
+]
+
+
+@pytest.mark.parametrize(("method", "precision", "zero3", "ckpt", "chunk"), FAKE_CASES)
+def test_fake_steps_count_what_real_steps_count(method, precision, zero3, ckpt, chunk):
+    """The planner's five steps of the 1-2 block model on fake tensors against the same steps on real CPU tensors
+    (random weights, forward and backward): the same bytes in every step and part, so the same fits."""
+    args = ("sp-tiny-vit-12", method, {}, precision, zero3, ckpt, chunk, 8)
+    assert planner.measure(*args, fake=True) == planner.measure(*args, fake=False)
+
+
+class RealTensors(TorchDispatchMode):
+    """The bytes of every real (not fake) tensor an operation returns while active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.made: list[tuple[str, int]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and not isinstance(t, FakeTensor):
+                self.made.append((str(func), t.untyped_storage().nbytes()))
+        return out
+
+
+def test_the_planners_steps_compute_nothing_on_a_full_size_model():
+    """ViT-bigG-14 (1664 wide, 257 tokens; 2 + 2 blocks: 185M values, 740 MB as real fp32): its weights are fake, and
+    in its measured steps (ZeRO-3 bf16 ProVP-Ref, batch 1-3) every tensor of the model's width is fake; what
+    operations make for real are the token ids, labels, index and mask tables and the method's prompts before they
+    are made fake (below 1 MiB each)."""
+    clip, _, mode = planner._reduced("ViT-bigG-14")
+    assert mode is not None and all(isinstance(p, FakeTensor) for p in clip.parameters())
+    assert not any(isinstance(b, FakeTensor) for b in clip.buffers())  # (the causal mask: read, so real)
+    watch = RealTensors()
+    with watch:
+        measured = planner.measure("ViT-bigG-14", "provp_ref", {}, "bf16", (100_000, True), False, False, 8)
+    assert watch.made and max(n for _, n in watch.made) < 2**20, sorted(watch.made, key=lambda m: -m[1])[:5]
+    assert measured.vision(32, 48) > 15 * 2**30  # (what was counted: bigG's activations at batch 32)
 
 
 def working_set(p: planner.Plan) -> int:

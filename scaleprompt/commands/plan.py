@@ -13,9 +13,10 @@ NAME = "plan"
 HELP = "per-GPU memory of a training run and the largest micro-batch that fits"
 DESCRIPTION = """Per-GPU memory of a training run: frozen weights (ZeRO-3: partitioned, plus the gathered working set),
 buffers, prompts with their gradients, fp32 master and optimizer states, the activations kept for backward and the
-largest recomputation (counted on the real method at 1-2 blocks per tower, random weights, CPU, then scaled
-exactly to the full depth), the input batch and an allowance for the CUDA context; and the largest micro-batch per
-GPU that fits --gpu-memory. Nothing is downloaded; the pretrained weights do not matter.
+largest recomputation (counted on the real method's training steps at 1-2 blocks per tower, run on fake CPU
+tensors: shapes without values, so nothing is computed and it takes seconds; then scaled exactly to the full
+depth), the input batch and an allowance for the CUDA context; and the largest micro-batch per GPU that fits
+--gpu-memory. Nothing is downloaded; the pretrained weights do not matter.
 
   scaleprompt plan --model ViT-H-14 --method provp_ref --batch 32 --gpus 8 --zero 3 --precision bf16
   scaleprompt plan --model ViT-L-14 --method coop --batch 32 --classes 1000 --text-chunk 100 --grad-checkpointing"""
