@@ -25,7 +25,7 @@ Caches keyed by their inputs:
 * ``scaleprompt.encoders._TRANSPOSED`` (weak, per weight tensor and its version): the transposed frozen weights of
   oneDNN's backward; ``scaleprompt.encoders._onednn_available`` (``functools.cache``): whether oneDNN's linear
   works in this PyTorch build.
-* ``scaleprompt.plan``: ``_REDUCED`` (model -> the 2 + 2 block model), ``_TOKENIZERS``, ``_MEASURED`` (one
+* ``scaleprompt.plan``: ``_REDUCED`` ((model, fake) -> the 2 + 2 block model, its tokenizer and fake-tensor mode), ``_TOKENIZERS``, ``_MEASURED`` (one
   measured mode), ``_ARCHITECTURES`` (one meta-device build).
 * ``scaleprompt.data.remote._MANIFESTS``: a remote folder's checked manifest, fetched once.
 * ``scaleprompt.data.shards._SHA_CACHE``: a file's SHA-256 until its identity changes.
@@ -54,12 +54,31 @@ Switches changed for a block only, restored after it:
 * The levels of named loggers (``logs.silenced``, e.g. the planner's ``scaleprompt.methods.prompts``).
 """
 
+from __future__ import annotations
 
-def __getattr__(name: str) -> str:
-    """``scaleprompt.__version__``: the one version source, pyproject.toml's ``[project] version`` as installed
+import importlib
+from typing import Any
+
+API = {
+    "evaluate": "scaleprompt.api",
+    "Predictor": "scaleprompt.predict",
+    "RunResult": "scaleprompt.report.schema",
+}
+# (and ``train``: the module scaleprompt/train.py, callable as scaleprompt.api.train; imported when first asked for)
+__all__ = ["train", "evaluate", "Predictor", "RunResult", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    """The Python API, imported when first used (``import scaleprompt`` stays light for every rank and worker):
+    ``scaleprompt.train`` / ``evaluate`` / ``Predictor`` / ``RunResult`` (:mod:`scaleprompt.api`), and
+    ``scaleprompt.__version__``: the one version source, pyproject.toml's ``[project] version`` as installed
     (``scaleprompt --version``), read when asked for: importlib.metadata costs ~25 ms, which every process that
     imports the package (ranks, trials, workers) would pay otherwise. A source tree without an install:
     ``0+unknown``."""
+    if name == "train":
+        return importlib.import_module("scaleprompt.train")
+    if name in API:
+        return getattr(importlib.import_module(API[name]), name)
     if name != "__version__":
         raise AttributeError(f"module 'scaleprompt' has no attribute {name!r}")
     from importlib.metadata import PackageNotFoundError, version

@@ -35,6 +35,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from scaleprompt.backbone import load_clip
+from scaleprompt.config import ConfigError
 from scaleprompt.data.images import load_rgb, to_rgb
 from scaleprompt.data.transforms import clip_transform
 from scaleprompt.errors import OutputError, ScalepromptError, one_line
@@ -158,8 +159,10 @@ def _batches(items: Iterable[Path], size: int) -> Iterator[list[Path]]:
 class Predictor:
     """The method of a prompt file on its (rebuilt) backbone, in eval mode.
 
-    ``classnames``: classify with other classes than the file's; a method whose prompts belong to the training
-    classes (e.g. class-specific CoOp context) refuses with its own error."""
+    The classes scored: ``classnames`` when given (a method whose prompts belong to the training classes, e.g.
+    class-specific CoOp context, refuses with its own error); else, for a file of a base-to-novel run, its base
+    AND novel classes (the file records them; base first, in label order), since an image of a novel class would
+    otherwise come back as a base class; else the file's classes. ``scored`` says which, in words."""
 
     def __init__(
         self,
@@ -182,8 +185,21 @@ class Predictor:
         )
         # loaded on its own classes, then moved: the method decides whether its prompts can move to others
         self.method = load_prompts(file, self.backbone).to(device).eval()
-        if classnames is not None and clean_classnames(classnames) != self.method.classnames:
-            self.method.set_classnames(classnames)
+        trained, novel = list(self.method.classnames), file.header.get("novel_classnames") or []
+        self.trained_classnames: list[str] = trained  # the classes the prompts were trained on
+        self.novel_classnames: list[str] = novel  # a base-to-novel run's novel classes (else empty)
+        if classnames is not None:
+            if clean_classnames(classnames) != self.method.classnames:
+                self.method.set_classnames(classnames)
+            self.scored = f"the {len(self.method.classnames)} classes given"
+        elif novel:  # a base-to-novel run's file: every class of the dataset
+            try:
+                self.method.set_classnames([*trained, *novel])
+                self.scored = f"the {len(trained)} base + {len(novel)} novel classes of the base-to-novel run it comes from"
+            except ConfigError as exc:  # (prompts that belong to their training classes stay on them)
+                self.scored = f"only the {len(trained)} base classes it was trained on ({exc})"
+        else:
+            self.scored = f"the {len(trained)} classes it was trained on"
         info = self.backbone.info
         assert info is not None  # (load_clip records it; only a bare model wrapped by Backbone.of has none)
         self.info = info
@@ -354,13 +370,14 @@ def run_predict(
     predictor = Predictor(prompts, pretrained=pretrained, device=device, classnames=classnames)
     k = min(top_k, len(predictor.classnames))
     logger.info(
-        "%d images from %d inputs; %s over %s, %d classes, top %d",
+        "%d images from %d inputs; %s over %s, %d classes, top %d; scoring %s",
         len(paths),
         len(inputs),
         predictor.method.name,
         predictor.info.model_name,
         len(predictor.classnames),
         k,
+        predictor.scored,
     )
     skipped: list[Path] = []
 

@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 FORMAT = "scaleprompt.prompts/1"
 MAX_HEADER = 100 * 2**20  # a prompt file's header is a few KB; anything near this is not one
 CHECKSUM_ENTRY = "tensors_sha256"
-JSON_ENTRIES = ("config", "classnames", "backbone", "converted_from")
+JSON_ENTRIES = ("config", "classnames", "backbone", "converted_from", "novel_classnames")
 Checksum = Literal["verified", "absent"]
 
 _warned_unverified: set[str] = set()  # files whose missing checksum was already reported (once per file)
@@ -233,6 +233,9 @@ def decode_metadata(meta: dict[str, str], path: str | Path) -> dict[str, Any]:
                 f"{path}: the metadata entry {key!r} is a JSON {type(decoded[key]).__name__}, not "
                 + " or ".join({dict: "an object", list: "a list", type(None): "null"}[t] for t in types)
             )
-    if "classnames" in decoded and not all(isinstance(c, str) for c in decoded["classnames"]):
-        raise PromptFileError(f"{path}: the metadata entry 'classnames' is not a list of strings")
+    for key in ("classnames", "novel_classnames"):
+        if key in decoded and not (
+            isinstance(decoded[key], list) and all(isinstance(c, str) for c in decoded[key])
+        ):
+            raise PromptFileError(f"{path}: the metadata entry {key!r} is not a list of strings")
     return decoded

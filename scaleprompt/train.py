@@ -10,12 +10,18 @@ The launchers start a file, so this one stays; the command itself is :mod:`scale
 file, Python puts this folder (``scaleprompt/``) first on ``sys.path``; ``scaleprompt`` itself comes from the
 installed package (``pip install -e .``), and no module here has the name of a top-level module that anything
 imports (tests/test_startup.py checks both).
+
+In Python this module is also the API's training call: ``scaleprompt.train("demo", optim={"epochs": 2})`` is
+:func:`scaleprompt.api.train` (the module is callable; ``scaleprompt.train.main`` is the command line).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
+import types
 from collections.abc import Sequence
+from typing import Any
 
 from scaleprompt.commands import train
 from scaleprompt.commands.common import run_standalone, standalone_parser
@@ -35,5 +41,16 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, l
     return args, args.overrides
 
 
+class _TrainModule(types.ModuleType):
+    """This module, callable: ``scaleprompt.train(...)`` = :func:`scaleprompt.api.train` (the attribute
+    ``scaleprompt.train`` is this module once anything imported it, so the function lives on the module)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from scaleprompt.api import train
+
+        return train(*args, **kwargs)
+
+
 if __name__ == "__main__":
     raise SystemExit(main())
+sys.modules[__name__].__class__ = _TrainModule  # (imported: scaleprompt.train, the API)

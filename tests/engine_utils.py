@@ -33,6 +33,7 @@ def make_color_folder(root: Path, n_train: int = 16, n_val: int = 4, n_test: int
 def base_overrides(data: Path, cache: Path, out: Path) -> list[str]:
     return [
         "model.name=sp-tiny-vit",
+        "model.pretrained=null",  # (a random backbone on purpose: a run without a recipe must say so)
         f"data.dataset=folder:{data}",
         f"data.cache_dir={cache}",
         "data.num_workers=1",

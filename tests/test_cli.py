@@ -57,7 +57,7 @@ def subcommands() -> list[str]:
 def test_the_subcommand_list_is_the_documented_one():
     assert set(subcommands()) == {
         "methods", "check", "inspect", "datasets", "recipes", "shards", "results", "train", "eval", "tune",
-        "pretrain-microworld", "predict", "convert", "plan", "analyze",
+        "pretrain-microworld", "predict", "convert", "plan", "analyze", "plot",
     }  # fmt: skip
 
 

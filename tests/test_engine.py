@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from engine_utils import ROOT, base_overrides, make_color_folder
+from engine_utils import COLORS, ROOT, base_overrides, make_color_folder
 from safetensors.torch import load_file
 
 from scaleprompt.config import ConfigError
@@ -194,6 +194,26 @@ def test_base_to_novel_and_transfer_settings(colors, tmp_path):
         if last["base"]["top1"] + last["novel"]["top1"]
         else 0.0
     )
+    # predicting with the base-to-novel prompts scores every class, base then novel (the file records the novel
+    # ones); the novel test images are classified as accurately as the run's novel test set says, by the same
+    # prompts moved to base + novel (a novel image may now also be taken for a base class: not more accurate)
+    from scaleprompt.predict import Predictor
+    from scaleprompt.promptfile import decode_metadata, read_prompt_bytes
+
+    file = tmp_path / "b2n" / "out" / "prompts.safetensors"
+    header = decode_metadata(read_prompt_bytes(file).meta, file)
+    base, novel = header["classnames"], header["novel_classnames"]
+    assert len(base) == len(novel) == 2 and sorted(base + novel) == sorted(COLORS)
+    predictor = Predictor(file)
+    assert predictor.classnames == base + novel and "2 base + 2 novel" in predictor.scored
+    novel_files = sorted(f for f in (colors / "test").rglob("*.png") if f.parent.name in novel)
+    on_all = [top[0][0] for top in predictor.classify_files(novel_files)]
+    assert set(on_all) - set(novel) <= set(base)  # (answers come from every class)
+    on_novel = Predictor(file, classnames=novel).classify_files(novel_files)
+    right = sum(top[0][0] == f.parent.name for top, f in zip(on_novel, novel_files, strict=True))
+    assert 100 * right / len(novel_files) == pytest.approx(last["novel"]["top1"])
+    assert sum(p == f.parent.name for p, f in zip(on_all, novel_files, strict=True)) <= right
+    assert Predictor(file, classnames=base).scored == "the 2 classes given"
     transfer = run(
         colors,
         tmp_path / "tr",

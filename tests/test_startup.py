@@ -116,6 +116,7 @@ def test_the_launched_files_need_no_path_edits_and_shadow_nothing(tmp_path):
             "importtime",
             "scaleprompt/train.py",
             "model.name=sp-tiny-vit",
+            "model.pretrained=null",
             f"data.dataset=folder:{missing}",
             f"train.output_dir={tmp_path / 'out'}",
             "train.report_to=none",

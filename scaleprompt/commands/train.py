@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from scaleprompt.engine import signals
-    from scaleprompt.engine.config import load_ds_config, load_run_config
+    from scaleprompt.engine.config import load_ds_config, load_run_config, require_a_recipe
     from scaleprompt.engine.distributed import forget_rendezvous, shutdown
     from scaleprompt.errors import ScalepromptError, debug_requested, reported_elsewhere
 
@@ -99,6 +99,7 @@ def _train(args: argparse.Namespace) -> int:
     try:
         try:
             cfg = load_run_config(args.config, args.overrides)
+            require_a_recipe(args.config, cfg, args.overrides)
             ds_config = load_ds_config(args.ds) if args.ds else None
         except ScalepromptError as exc:  # every rank parses the same arguments: rank 0 reports it
             raise (reported_elsewhere(exc) if rank else exc) from None

@@ -256,6 +256,21 @@ def load_run_config(
     return _merged(layers, OmegaConf.from_dotlist(list(overrides)))
 
 
+def require_a_recipe(recipe: object, cfg: RunConfig, overrides: Sequence[str] = ()) -> None:
+    """Refuse a training run with no recipe on the built-in defaults' random backbone: ``model.pretrained`` is
+    None unless set, and prompts learned over a randomly initialised CLIP classify at chance, silently. Raised
+    only when ``recipe`` is None, the weights are None and no override named ``model.pretrained`` (set it to
+    ``null`` to train on a random backbone on purpose, as tests do)."""
+    keys = {item.split("=", 1)[0] for item in overrides}
+    if recipe is None and cfg.model.pretrained is None and "model.pretrained" not in keys:
+        raise ConfigError(
+            f"no recipe (--config): the defaults' {cfg.model.name} has no pretrained weights (model.pretrained="
+            "null), and prompts over a random backbone classify at chance. Pass a recipe (--config demo: the "
+            "shipped micro-world CLIP; `scaleprompt recipes` lists them) or the weights (model.pretrained=...); "
+            "model.pretrained=null trains on a random backbone on purpose"
+        )
+
+
 def derive_run_config(base: RunConfig, values: Mapping[str, Any]) -> RunConfig:
     """``base`` with ``values`` merged in, validated (:func:`check_run_config`): ``values`` maps run-config keys
     to typed values (``{"optim.lr": 0.05, "method.args.n_ctx": 4}``), merged as :func:`load_run_config` merges

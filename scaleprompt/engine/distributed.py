@@ -196,9 +196,15 @@ def shutdown(collective: bool = True) -> None:
 
 
 def forget_rendezvous() -> None:
-    """Remove this group's file rendezvous without a collective (a failed or stopped run, every rank leaving)."""
-    if _rendezvous_file is not None:
-        _remove(_rendezvous_file, "the rendezvous file")
+    """Remove this group's file rendezvous without a collective (a failed or stopped run, every rank leaving). A
+    one-process group stays usable instead (the process may run again: the Python API, ``scaleprompt.cli.main``
+    called twice; a group whose file is gone hangs in its next ``new_group``): its file goes at exit."""
+    if _rendezvous_file is None:
+        return
+    if torch.distributed.is_initialized() and torch.distributed.get_world_size() == 1:
+        atexit.register(_remove, _rendezvous_file, "the rendezvous file")
+        return
+    _remove(_rendezvous_file, "the rendezvous file")
 
 
 def _remove(path: str, what: str) -> None:

@@ -84,11 +84,11 @@ def run_config_of(path: Path) -> dict[str, Any]:
 
 
 def evaluation_config(
-    prompts: str | Path | PromptFile, recipe: str | Path | None, overrides: Sequence[str]
+    prompts: str | Path | PromptFile, recipe: str | Path | dict[str, Any] | None, overrides: Sequence[str]
 ) -> RunConfig:
     """The run config of an evaluation of ``prompts`` (a path, or the file already read) under the base ``recipe``
     (None: the training run's config beside the file, else the defaults) and the ``key=value`` ``overrides`` (see
-    the module docstring for the order)."""
+    the module docstring for the order); ``recipe`` may be a mapping of sections already read."""
     file = prompts if isinstance(prompts, PromptFile) else open_prompt_file(prompts)
     path = file.path
     header = prompt_file_header(file)

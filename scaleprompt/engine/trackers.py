@@ -42,7 +42,7 @@ logger = logging.getLogger(__name__)
 TRACKERS = ("tensorboard", "wandb")
 KEY = "train.report_to"
 WANDB_PROJECT = "scaleprompt"  # when WANDB_PROJECT is not set
-INSTALL_WANDB = "pip install wandb (or the extra: pip install -e '.[wandb]')"
+INSTALL_WANDB = "pip install 'scaleprompt[wandb]' (or pip install wandb; from a source checkout: pip install -e '.[wandb]')"
 
 
 def report_targets(value: str | Sequence[str], check_installed: bool = True) -> list[str]:

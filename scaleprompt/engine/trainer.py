@@ -557,12 +557,17 @@ class Trainer:
 
     def _provenance(self, selection: str, epoch: int | None) -> dict[str, str]:
         """What an exported prompt file is: the ``selection`` (``scaleprompt eval`` files its numbers under it), the
-        ``epoch`` it was taken at, and the run folder."""
-        return {
+        ``epoch`` it was taken at, the run folder, and for a base-to-novel run the novel classes it was tested on
+        (``novel_classnames``, JSON)."""
+        provenance = {
             "selection": selection,
             "epoch": str(epoch if epoch is not None else 0),
             "run": str(self.out.resolve()),
         }
+        novel = [t.classnames for t in self.parts.setting.test_sets if t.name == "novel"]
+        if self.parts.setting.kind == "base2new" and novel:  # (predict scores base + novel by default)
+            provenance["novel_classnames"] = json.dumps(list(novel[0]))
+        return provenance
 
     def _stopped_early(self, run: RunProgress) -> dict[str, Any] | None:
         if self.finish is None or not self.parts.model.trainable or run.epoch >= self.epochs:
