@@ -35,6 +35,10 @@ if os.environ.get("SCALEPROMPT_TEST_COVERAGE"):
     _coverage.start()
     atexit.register(lambda: (_coverage.stop(), _coverage.save()))
 
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
@@ -133,3 +137,20 @@ def images():
 @pytest.fixture
 def labels():
     return torch.tensor([0, 1, 2, 4])
+
+
+@pytest.fixture(scope="session")
+def plugin_site(tmp_path_factory):
+    """The example plug-in package (examples/plugin: the vpt_shallow method, the Swatches dataset) installed by pip
+    into a folder of its own, as ``pip install`` puts a package into site-packages (its dist-info carries the entry
+    points): put it on PYTHONPATH (or sys.path) and every process sees the plug-ins."""
+    site = tmp_path_factory.mktemp("plugin-site")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index"]
+        + ["--target", str(site), str(Path(__file__).resolve().parents[1] / "examples" / "plugin")],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
+    )
+    assert list(site.glob("scaleprompt_vpt_shallow-*.dist-info/entry_points.txt")), list(site.iterdir())
+    return site

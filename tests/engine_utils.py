@@ -30,6 +30,18 @@ def make_color_folder(root: Path, n_train: int = 16, n_val: int = 4, n_test: int
     return root
 
 
+def swatches_root(tmp: Path) -> Path:
+    """A datasets root (``data.root``) holding the example plug-in's Swatches dataset: colour class folders under
+    ``swatches/`` (examples/plugin; the ``plugin_site`` fixture installs it)."""
+    make_color_folder(tmp / "swatches", n_train=8, n_val=2, n_test=4)
+    return tmp
+
+
+def with_plugins(run_env: dict[str, str], site: Path) -> dict[str, str]:
+    """``run_env`` with the installed plug-ins of the folder ``site`` on PYTHONPATH (every launched process)."""
+    return {**run_env, "PYTHONPATH": os.pathsep.join([run_env.get("PYTHONPATH", str(ROOT)), str(site)])}
+
+
 def base_overrides(data: Path, cache: Path, out: Path) -> list[str]:
     return [
         "model.name=sp-tiny-vit",

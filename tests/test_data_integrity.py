@@ -477,6 +477,13 @@ def test_train_py_refuses_fewer_shots_in_one_line_and_records_them_when_allowed(
     assert err.startswith("train.py: error: colors: 4 of 4 classes have fewer than 4 training images for 4-shot: "
                           "'blue' (3), 'green' (3), 'red' (2), 'yellow' (3); add images") and "\n" not in err  # fmt: skip
     assert not out.exists() or not (out / "results.json").exists()
-    launch([sys.executable, "scaleprompt/train.py", *args, "data.allow_fewer_shots=true"], out, timeout=300)
+    proc = launch(
+        [sys.executable, "scaleprompt/train.py", *args, "data.allow_fewer_shots=true"], out, timeout=300
+    )
     res = results(out)
     assert res["data"]["train_shots_per_class"] == {"min": 2, "max": 3} and res["shots"] == 4
+    # said at the start as what it is: 11 images, 2-3 per class, not 4
+    assert (
+        "data: colors, fewshot, 4-shot (seed 1): train 11 images (2-3 per class: fewer than the 4 asked in some),"
+        in proc.stderr
+    )

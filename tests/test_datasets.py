@@ -644,11 +644,15 @@ def build_class_folders(root: Path, per_class: dict[str, int]) -> list[Path]:
     return paths
 
 
-def test_image_folder_seeded_split(tmp_path):
+def test_image_folder_seeded_split(tmp_path, caplog):
     root = tmp_path / "plain"
     per_class = {"zebra": 10, "ant": 20, "mole": 10}
     paths = build_class_folders(root, per_class)
-    ds = load_dataset(f"folder:{root}")
+    with caplog.at_level("INFO", logger="scaleprompt"):
+        ds = load_dataset(f"folder:{root}")
+    assert [r.getMessage() for r in caplog.records] == [  # (the split rule, said when the folder is read)
+        f"{root}: no train/ folder: each class split 50 / 20 / 30 % into train / val / test (shuffled, seed 0)"
+    ]
     assert ds.name == "plain" and Path(ds.image_root) == root
     assert ds.classnames == ["ant", "mole", "zebra"]
     # every image lands in exactly one split

@@ -175,17 +175,30 @@ def test_a_run_logs_one_line_per_epoch_and_tensorboard_on_one_axis(colors, tmp_p
 
 
 @pytest.mark.slow  # (quick-loop budget: an end-to-end run / processes / a timeout)
-def test_base_to_novel_and_transfer_settings(colors, tmp_path):
-    b2n = run(
-        colors,
-        tmp_path / "b2n",
-        "method.name=coop",
-        "method.args.n_ctx=4",
-        "eval.setting=base2new",
-        "optim.epochs=1",
-        "optim.lr=0.01",
-        "eval.zero_shot_baseline=true",
-    )
+def test_base_to_novel_and_transfer_settings(colors, tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="scaleprompt"):
+        b2n = run(
+            colors,
+            tmp_path / "b2n",
+            "method.name=coop",
+            "method.args.n_ctx=4",
+            "eval.setting=base2new",
+            "optim.epochs=1",
+            "optim.lr=0.01",
+            "eval.zero_shot_baseline=true",
+        )
+    # what it trained and tested on, as the manifests count it: at the start, and in results.json
+    data = b2n["data"]
+    assert data["splits"] == {"train": {"train": 16, "val": 4, "test": 16}, "novel": {"test": 16}}
+    assert sorted(data["classes"]["train"] + data["classes"]["novel"]) == sorted(COLORS)
+    said = [r.getMessage() for r in caplog.records]
+    name = colors.name
+    assert (
+        f"data: {name}, base2new, all training images (seed 1): train 16 images (8 per class), val 4, "
+        "base test 16, novel test 16"
+    ) in said, said
+    assert f"base classes (2): {', '.join(data['classes']['train'])}" in said
+    assert f"novel classes (2): {', '.join(data['classes']['novel'])}" in said
     assert set(b2n["zero_shot"]) == {"base", "novel", "hm"} and b2n["zero_shot"]["novel"]["images"] == 16
     last = b2n["results"]["last"]
     assert last["base"]["images"] == 16 and last["novel"]["images"] == 16

@@ -13,7 +13,16 @@ import shutil
 from pathlib import Path
 
 import pytest
-from engine_utils import ROOT, base_overrides, deepspeed_cmd, launch, make_color_folder
+from engine_utils import (
+    ROOT,
+    base_overrides,
+    deepspeed_cmd,
+    env,
+    launch,
+    make_color_folder,
+    swatches_root,
+    with_plugins,
+)
 
 from scaleprompt.cli import main
 from scaleprompt.engine.config import load_run_config
@@ -216,18 +225,22 @@ def test_eval_records_the_hash_selection_and_epoch_of_the_bytes_it_evaluated(b2n
 
 
 @pytest.mark.slow
-def test_eval_under_the_deepspeed_launcher_reproduces_a_two_rank_run(data, tmp_path):
+def test_eval_under_the_deepspeed_launcher_reproduces_a_two_rank_run(tmp_path, plugin_site):
     """Train base-to-novel on 2 ranks (ZeRO-2), evaluate its prompts on 2 ranks: the same numbers. (Both under the
-    deepspeed launcher: its file rendezvous listens on loopback only; torchrun's store listens on every interface.)"""
-    source, _ = data
-    overrides = base_overrides(source, tmp_path / "cache", tmp_path / "run") + [
+    deepspeed launcher: its file rendezvous listens on loopback only; torchrun's store listens on every interface.)
+    The data is an installed plug-in's dataset (Swatches, examples/plugin): every rank of both launches sees it."""
+    overrides = base_overrides(tmp_path / "unused", tmp_path / "cache", tmp_path / "run") + [
+        "data.dataset=Swatches",
+        f"data.root={swatches_root(tmp_path / 'datasets')}",
         "method.name=maple",
         "method.args.prompt_depth=2",
         "optim.epochs=1",
         "optim.lr=0.05",
         "eval.setting=base2new",
     ]
-    launch(deepspeed_cmd(2, "scaleprompt/train.py", "--ds", "ds_configs/zero2.json", *overrides), tmp_path)
+    plugins = with_plugins(env(tmp_path), plugin_site)
+    cmd = deepspeed_cmd(2, "scaleprompt/train.py", "--ds", "ds_configs/zero2.json", *overrides)
+    launch(cmd, tmp_path, extra_env=plugins)
     trained = json.loads((tmp_path / "run/results.json").read_text())
     out = tmp_path / "eval.json"
     proc = launch(
@@ -241,9 +254,11 @@ def test_eval_under_the_deepspeed_launcher_reproduces_a_two_rank_run(data, tmp_p
             str(out),
         ),
         tmp_path / "eval",  # (a fresh file rendezvous)
+        extra_env=with_plugins(env(tmp_path / "eval"), plugin_site),
     )
     got = json.loads(out.read_text())
     assert got["world_size"] == 2 and got["results"]["last"] == trained["results"]["last"]
+    assert trained["dataset"] == got["dataset"] == "Swatches"
     assert "prompts.safetensors: last, epoch 1" in proc.stderr + proc.stdout
 
 

@@ -25,7 +25,7 @@ import psutil
 import pytest
 import ray
 import torch
-from engine_utils import ROOT, base_overrides, env, launch, make_color_folder
+from engine_utils import ROOT, base_overrides, env, launch, make_color_folder, swatches_root, with_plugins
 from safetensors.torch import load_file
 
 from scaleprompt.cli import main as cli_main
@@ -814,8 +814,10 @@ def free_port() -> int:
 
 
 @pytest.mark.slow
-def test_dashboard_and_multi_worker_deepspeed_trials_listen_on_loopback_only(tmp_path, colors):
-    """--dashboard serves on 127.0.0.1 and prints its URL; each trial is a 2-worker Ray Train + DeepSpeed run."""
+def test_dashboard_and_multi_worker_deepspeed_trials_listen_on_loopback_only(tmp_path, plugin_site):
+    """--dashboard serves on 127.0.0.1 and prints its URL; each trial is a 2-worker Ray Train + DeepSpeed run, here
+    of an installed plug-in's method (vpt_shallow) on its dataset (Swatches): the driver's space check and both
+    workers of the Ray trial see them."""
     import urllib.request
 
     space = write(tmp_path, "space.yaml", SPACE)
@@ -837,13 +839,21 @@ def test_dashboard_and_multi_worker_deepspeed_trials_listen_on_loopback_only(tmp
             samples=1,  # (one trial shows it: a second one ran the same 2-worker code path)
             concurrent=1,
         ),
-        *overrides(colors, tmp_path),
+        *overrides(tmp_path / "unused", tmp_path),
         "optim.epochs=1",
+        "method.name=vpt_shallow",
+        "data.dataset=Swatches",
+        f"data.root={swatches_root(tmp_path / 'datasets')}",
     ]
     log = tmp_path / "driver.log"
     with open(log, "w") as fh:
         proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=env(tmp_path), stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
+            cmd,
+            cwd=ROOT,
+            env=with_plugins(env(tmp_path), plugin_site),
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     seen: set[tuple[str, int]] = set()
     version = None
@@ -867,7 +877,10 @@ def test_dashboard_and_multi_worker_deepspeed_trials_listen_on_loopback_only(tmp
     assert len(trials) == 1 and all(t["status"] == "finished" for t in trials), trials
     for trial in trials:
         result = json.loads((Path(trial["trial_dir"]) / "run" / "results.json").read_text())
-        assert result["world_size"] == 2
+        assert result["world_size"] == 2 and (result["method"], result["dataset"]) == (
+            "vpt_shallow",
+            "Swatches",
+        )
         shards = {p.name for p in Path(trial["trial_dir"]).glob("train/checkpoint_*/**/*optim_states.pt")}
         assert any("rank_0" in n for n in shards) and any("rank_1" in n for n in shards), shards
 

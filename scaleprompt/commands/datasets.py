@@ -19,9 +19,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     """Log each registered dataset, its aliases and whether it is for evaluation only; ``args``: none are read."""
-    from scaleprompt.data.datasets import DATASETS  # (import cost: the data package)
+    from scaleprompt.data.datasets import get_dataset, list_datasets  # (import cost: the data package)
 
-    for name, spec in DATASETS.items():
+    for name in list_datasets():  # (the installed plug-ins' too)
+        spec = get_dataset(name)
         logger.info(
             "%-20s aliases: %-40s%s", name, ", ".join(spec.aliases), " (evaluation only)" * spec.eval_only
         )

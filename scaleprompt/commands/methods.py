@@ -21,9 +21,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     """Log each method (its name and the first line of its module's docstring), then its config fields with their
     defaults; ``args``: none are read."""
-    from scaleprompt.methods import METHODS  # (import cost: the method classes)
+    from scaleprompt.methods import list_methods, method_class  # (import cost: the method classes)
 
-    for name, cls in METHODS.items():
+    for name in list_methods():  # (the installed plug-ins' too)
+        cls = method_class(name)
         doc = (
             sys.modules[cls.__module__].__doc__ or cls.__dict__.get("__doc__") or ""
         )  # one module per method

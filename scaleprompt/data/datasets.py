@@ -9,6 +9,7 @@ listed in sorted order (the releases list directories in file-system order; sort
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import random
 import re
@@ -18,6 +19,7 @@ from functools import partial
 from pathlib import Path
 from typing import cast
 
+from scaleprompt import plugins
 from scaleprompt.data.fashion_mnist import load_fashion_mnist
 from scaleprompt.data.layout import (
     DatasetError,
@@ -30,6 +32,8 @@ from scaleprompt.data.layout import (
 )
 from scaleprompt.data.microworld import DATASETS as MICRO_DATASETS
 from scaleprompt.data.microworld import load_microworld
+
+logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm"}
 SPLITS = ("train", "val", "test")
@@ -195,6 +199,14 @@ def read_image_folder(root: Path, p_train: float = 0.5, p_val: float = 0.2, seed
                 items += [Datum(str(p), labels[c], c) for p in paths]
             splits[split] = items
         return _finish(root.name, root, splits["train"], splits["val"], splits["test"])
+    logger.info(
+        "%s: no train/ folder: each class split %g / %g / %g %% into train / val / test (shuffled, seed %d)",
+        root,
+        100 * p_train,
+        100 * p_val,
+        100 * (1 - p_train - p_val),
+        seed,
+    )
     rng = random.Random(seed)
     train: list[Datum] = []
     val: list[Datum] = []
@@ -329,19 +341,50 @@ DG_TARGETS = ["ImageNetV2", "ImageNetSketch", "ImageNetA", "ImageNetR"]
 CROSS_DATASET_TARGETS = [b for b in BENCHMARKS if b != "ImageNet"]
 
 
+_plugins: list[plugins.Plugin] | None = None  # the scaleprompt.datasets entry points, once loaded
+
+
+def _load_plugins() -> list[plugins.Plugin]:
+    """The installed ``scaleprompt.datasets`` entry points (each a :class:`DatasetSpec`), registered at the first
+    call (once per process) as :func:`register_dataset` registers one."""
+    global _plugins
+    if _plugins is None:
+        _plugins = []
+        for plugin in plugins.load_group(plugins.DATASETS_GROUP):
+            spec = plugin.obj
+            if plugin.error is None and not isinstance(spec, DatasetSpec):
+                plugin = plugins.failed(plugin, f"names a {type(spec).__name__}, not a DatasetSpec")
+            elif plugin.error is None and DATASETS.get(spec.name) is not spec:
+                try:
+                    register_dataset(
+                        spec.name,
+                        spec.reader,
+                        aliases=spec.aliases,
+                        eval_only=spec.eval_only,
+                        generated=spec.generated,
+                    )
+                except ValueError as exc:
+                    plugin = plugins.failed(plugin, str(exc))
+            _plugins.append(plugin)
+    return _plugins
+
+
 def list_datasets() -> list[str]:
-    """The names of the registered datasets, in registration order."""
+    """The names of the registered datasets, in registration order (the installed plug-ins' last)."""
+    _load_plugins()
     return list(DATASETS)
 
 
 def get_dataset(name: str) -> DatasetSpec:
     """The registered dataset called ``name`` or one of its aliases (case-insensitive); else an error listing them."""
+    broken = [p.where() for p in _load_plugins() if p.error is not None]
     key = name.lower()
     for spec in DATASETS.values():
         if key == spec.name.lower() or key in spec.aliases:
             return spec
+    hint = f"; plug-ins that failed to load: {'; '.join(broken)}" if broken else ""
     raise DatasetError(
-        f"unknown dataset {name!r}; registered: {', '.join(DATASETS)} (or 'folder:' / a split file)"
+        f"unknown dataset {name!r}; registered: {', '.join(DATASETS)} (or 'folder:' / a split file){hint}"
     )
 
 

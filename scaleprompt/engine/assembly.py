@@ -39,6 +39,7 @@ from scaleprompt.engine.run import (
     encoder_options,
     eval_loader,
     new_method,
+    protocol_lines,
 )
 from scaleprompt.methods import build
 from scaleprompt.methods.base import PromptMethod
@@ -93,6 +94,9 @@ def assemble(
     a dict reuses numbers computed before (a resumed run's), False leaves them out."""
     setting = build_setting(cfg)
     run_on_main(lambda: check_eval_shards(setting))
+    if dist.is_main:  # what the run trains and tests on, as the manifests count it (also in results.json)
+        for line in protocol_lines(cfg, describe_data(setting)):
+            logger.info("%s", line)
     backbone = load_clip(
         cfg.model.name, cfg.model.pretrained, cache_dir=cfg.model.cache_dir, init_seed=init_seed
     )

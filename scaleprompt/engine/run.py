@@ -281,7 +281,54 @@ def describe_data(setting: EvalSetting) -> dict[str, Any]:
         },
         "fingerprint": shard_fingerprint(setting.folders),
     }
-    counts = read_manifest(setting.train)["splits"].get("train", {}).get("class_counts")
+    manifests = {role: read_manifest(folder) for role, folder in setting.folders.items()}
+    counts = manifests["train"]["splits"].get("train", {}).get("class_counts")
     if counts:
         out["train_shots_per_class"] = {"min": min(counts), "max": max(counts)}
+    # the images of every split and the classes of every folder, as their manifests count them
+    out["splits"] = {
+        role: {split: info["count"] for split, info in manifest["splits"].items()}
+        for role, manifest in manifests.items()
+    }
+    out["classes"] = {role: list(manifest["classnames"]) for role, manifest in manifests.items()}
     return out
+
+
+def protocol_lines(cfg: RunConfig, data: Mapping[str, Any]) -> list[str]:
+    """What the run trains and tests on, in words (logged at its start; ``data``: :func:`describe_data`'s): the
+    dataset, setting and shots asked for, the images of every split as their manifests count them, the training
+    images per class actually there, and the classes of each set (the first ten of each)."""
+    splits, classes = data["splits"], data["classes"]
+    train = splits["train"]
+    asked = f"{cfg.data.shots}-shot" if cfg.data.shots > 0 else "all training images"
+    per = data.get("train_shots_per_class") or {}
+    low, high = per.get("min"), per.get("max")
+    used = f"{low}" if low == high else f"{low}-{high}"
+    fewer = (
+        f": fewer than the {cfg.data.shots} asked in some"
+        if low is not None and cfg.data.shots > 0 and low < cfg.data.shots
+        else ""
+    )
+    per_class = f" ({used} per class{fewer})" if low is not None else ""
+    first = (
+        f"data: {dataset_display_name(cfg.data.dataset)}, {cfg.eval.setting}, {asked} (seed {cfg.train.seed}): "
+        f"train {train.get('train', 0)} images{per_class}, val {train.get('val', 0)}, "
+        + ", ".join(
+            f"{_label(cfg, role, 'test')} {counts['test']}"
+            for role, counts in splits.items()
+            if "test" in counts
+        )
+    )
+    lines = [first]
+    for role, names in classes.items():
+        label = _label(cfg, role, "classes")
+        shown = ", ".join(names[:10]) + (f", ... ({len(names) - 10} more)" if len(names) > 10 else "")
+        lines.append(f"{label} ({len(names)}): {shown}")
+    return lines
+
+
+def _label(cfg: RunConfig, role: str, what: str) -> str:
+    """``"base test"``, ``"novel classes"``, ``"test"``, ``"DTD test"``: a folder's role in words."""
+    if role == "train":
+        return {"base2new": f"base {what}", "transfer": f"source {what}"}.get(cfg.eval.setting, what)
+    return f"{role} {what}"

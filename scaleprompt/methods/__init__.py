@@ -2,7 +2,14 @@
 
 from scaleprompt.methods.base import FeatureMethod, FixedTextMethod, LossOutput, MethodConfig, PromptMethod
 from scaleprompt.methods.io import PromptFileError, load_prompts, save_prompts
-from scaleprompt.methods.registry import METHODS, build, list_methods, make_config, method_class
+from scaleprompt.methods.registry import (
+    METHODS,
+    build,
+    list_methods,
+    make_config,
+    method_class,
+    register_method,
+)
 
 __all__ = [
     "METHODS",
@@ -17,5 +24,6 @@ __all__ = [
     "load_prompts",
     "make_config",
     "method_class",
+    "register_method",
     "save_prompts",
 ]

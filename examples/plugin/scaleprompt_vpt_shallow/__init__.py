@@ -1,0 +1,1 @@
+"""An example scaleprompt plug-in: the VPT-shallow method and the Swatches dataset (see docs/extending.md)."""
