@@ -143,7 +143,7 @@ def test_train_py_reports_a_bomb_in_a_folder_dataset_in_one_line(tmp_path, capsy
     data = make_color_folder(tmp_path / "colors", n_train=1, n_val=1, n_test=1)
     bomb = data / "train" / "red" / "bomb.png"
     bomb.write_bytes(bomb_png())
-    args = ["model.name=sp-tiny-vit", f"data.dataset=folder:{data}", f"data.cache_dir={tmp_path / 'cache'}",
+    args = ["model.name=sp-tiny-vit", "model.pretrained=null", f"data.dataset=folder:{data}", f"data.cache_dir={tmp_path / 'cache'}",
             "data.shots=0", "data.num_workers=0", f"train.output_dir={tmp_path / 'out'}", "train.report_to=none"]  # fmt: skip
     assert main(args) == 2
     err = capsys.readouterr().err.strip()

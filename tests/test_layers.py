@@ -19,8 +19,12 @@ PACKAGE = ROOT / "scaleprompt"
 # floor -> the units on it, lowest first. A unit may import its own floor and the floors below, never above.
 FLOORS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # errors, logging, the pure functions, file locks, crash points, figures; the run identity (what a resume may
-    # change), below both the engine (which checks it) and the reports (which group runs by it)
-    ("ground", ("errors", "logs", "losses", "failpoints", "locks", "plots", "identity", "promptfile")),
+    # change), below both the engine (which checks it) and the reports (which group runs by it); the plug-ins'
+    # entry points (found and loaded here, registered by the method and dataset registries above)
+    (
+        "ground",
+        ("errors", "logs", "losses", "failpoints", "locks", "plots", "identity", "promptfile", "plugins"),
+    ),
     # typed configs and recipes; the results schema (written by the engine, read by the reports); the
     # micro-world (its world and the micro CLIP's word tokenizer, which the backbone registry loads)
     ("config", ("config", "recipes", "report.schema", "microworld")),
@@ -31,7 +35,7 @@ FLOORS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # what runs engines or reads many runs: sweeps, analyses, the micro CLIP's pretraining
     ("tools", ("search", "analysis", "pretrain")),
     # entry points: the command line and the launchable files
-    ("entry points", ("cli", "commands", "train", "evaluate", "__init__")),
+    ("entry points", ("cli", "commands", "train", "evaluate", "api", "__init__")),
 )
 FLOOR_OF = {unit: level for level, (_, units) in enumerate(FLOORS) for unit in units}
 FLOOR_NAMES = [name for name, _ in FLOORS]

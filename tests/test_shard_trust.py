@@ -123,7 +123,7 @@ def test_train_py_on_a_crafted_folder_refuses_in_one_line_and_runs_nothing(
     name = evil_names()[0]
     craft(folder, name)
     monkeypatch.chdir(folder)
-    args = ["model.name=sp-tiny-vit", "data.shards=.", "data.shots=0", "data.num_workers=0", "method.name=upt",
+    args = ["model.name=sp-tiny-vit", "model.pretrained=null", "data.shards=.", "data.shots=0", "data.num_workers=0", "method.name=upt",
             f"train.output_dir={tmp_path / 'out'}", "train.report_to=none"]  # fmt: skip
     assert main(args) == 2
     err = capsys.readouterr().err.strip()

@@ -62,7 +62,9 @@ def test_a_bad_report_to_is_an_error_naming_the_key(tmp_path):
 def test_wandb_requested_but_not_installed_is_a_config_error_before_the_run(monkeypatch, tmp_path):
     # import wandb raises ImportError, find_spec finds nothing
     monkeypatch.setitem(sys.modules, "wandb", None)
-    with pytest.raises(ConfigError, match=r"train.report_to: wandb is not installed: pip install wandb"):
+    with pytest.raises(
+        ConfigError, match=r"train.report_to: wandb is not installed: pip install 'scaleprompt\[wandb\]'"
+    ):
         load_run_config(None, ["train.report_to=[tensorboard,wandb]"])
     assert load_run_config(None, ["train.report_to=tensorboard"]).train.report_to == ["tensorboard"]
     with pytest.raises(ConfigError, match="train.report_to: wandb cannot be imported"):
