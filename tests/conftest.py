@@ -35,6 +35,7 @@ if os.environ.get("SCALEPROMPT_TEST_COVERAGE"):
     _coverage.start()
     atexit.register(lambda: (_coverage.stop(), _coverage.save()))
 
+import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -145,9 +146,13 @@ def plugin_site(tmp_path_factory):
     into a folder of its own, as ``pip install`` puts a package into site-packages (its dist-info carries the entry
     points): put it on PYTHONPATH (or sys.path) and every process sees the plug-ins."""
     site = tmp_path_factory.mktemp("plugin-site")
+    # (built from a copy: the build writes build/ and an egg-info beside its sources, and each xdist worker builds)
+    source = shutil.copytree(
+        Path(__file__).resolve().parents[1] / "examples" / "plugin", site.parent / "plugin-src"
+    )
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index"]
-        + ["--target", str(site), str(Path(__file__).resolve().parents[1] / "examples" / "plugin")],
+        + ["--target", str(site), str(source)],
         check=True,
         capture_output=True,
         env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},

@@ -1,1 +1,0 @@
-"""An example scaleprompt plug-in: the VPT-shallow method and the Swatches dataset (see docs/extending.md)."""
