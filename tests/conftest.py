@@ -148,7 +148,8 @@ def plugin_site(tmp_path_factory):
     site = tmp_path_factory.mktemp("plugin-site")
     # (built from a copy: the build writes build/ and an egg-info beside its sources, and each xdist worker builds)
     source = shutil.copytree(
-        Path(__file__).resolve().parents[1] / "examples" / "plugin", site.parent / "plugin-src"
+        Path(__file__).resolve().parents[1] / "examples" / "plugin",
+        tmp_path_factory.mktemp("plugin-src") / "plugin",
     )
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index"]
