@@ -67,20 +67,20 @@ class FigureGroup:
     @property
     def title(self) -> str:
         """Two short lines: ``"OxfordPets: base-to-novel, 16 shots"`` / ``"ViT-B-16 (openai)"``."""
-        shots = f", {self.shots} shots" if self.shots is not None else ""
-        tag = f" ({self.pretrained})" if self.pretrained else ""
-        return (
-            f"{self.dataset}: {SETTING_LABELS.get(self.setting, self.setting)}{shots}\n{self.backbone}{tag}"
-        )
+        setting, shots, backbone = self._words()
+        return f"{self.dataset}: {setting}{shots}\n{backbone}"
 
     @property
     def describe(self) -> str:
         """``"base-to-novel on OxfordPets, 16 shots, ViT-B-16 (openai)"``."""
+        setting, shots, backbone = self._words()
+        return f"{setting} on {self.dataset}{shots}, {backbone}"
+
+    def _words(self) -> tuple[str, str, str]:
+        """The setting, ``", 16 shots"`` (or nothing) and ``"ViT-B-16 (openai)"``, in words."""
         shots = f", {self.shots} shots" if self.shots is not None else ""
         tag = f" ({self.pretrained})" if self.pretrained else ""
-        return (
-            f"{SETTING_LABELS.get(self.setting, self.setting)} on {self.dataset}{shots}, {self.backbone}{tag}"
-        )
+        return SETTING_LABELS.get(self.setting, self.setting), shots, f"{self.backbone}{tag}"
 
 
 def slug(text: str) -> str:
