@@ -515,10 +515,16 @@ class PromptedTextEncoder(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.tower.token_embedding.weight.dtype
 
-    def tokenize(self, texts: Sequence[str], context_length: int | None = None) -> Tensor:
-        """Token ids ``[S, T]`` with the backbone's tokenizer and (by default) its context length."""
+    def tokenize(
+        self,
+        texts: Sequence[str],
+        context_length: int | None = None,
+        device: torch.device | str | None = None,
+    ) -> Tensor:
+        """Token ids ``[S, T]`` with the backbone's tokenizer and (by default) its context length, on ``device``
+        (default: the token embedding's; ``"cpu"`` for ids whose values are read on the host: no device sync)."""
         ids = self.tokenizer(list(texts), context_length=context_length or self.context_length)
-        return ids.to(self.tower.token_embedding.weight.device)
+        return ids.to(self.tower.token_embedding.weight.device if device is None else device)
 
     @torch.no_grad()
     def embed(self, ids: Tensor) -> Tensor:

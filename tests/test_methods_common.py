@@ -199,6 +199,21 @@ def test_set_classnames_moves_prompts_to_other_classes(method, images, backbone1
     assert method.logits(images).shape == (len(images), 3)
 
 
+@pytest.mark.parametrize(
+    ("name", "args"), [(n, {}) for n in ALL] + [("coop", {"class_position": p}) for p in ("front", "middle")]
+)
+def test_moved_to_a_device_every_tensor_stays_there_also_after_new_classes(name, args):
+    """A method moved to an accelerator keeps every parameter and buffer there, also those that moving it to other
+    classes rebuilds (base-to-novel, transfer, eval and predict with other classes): checked on PyTorch's ``meta``
+    device, which stands for any non-CPU device here (a CPU tensor among them is a CUDA run's crash)."""
+    from scaleprompt.backbone import load_clip
+
+    method = methods.build(name, load_clip("sp-tiny-vit-12"), CLASSNAMES, **args).to("meta")
+    method.set_classnames(["lighthouse", "red fox", "tram"])
+    elsewhere = {n: t.device.type for n, t in [*method.named_parameters(), *method.named_buffers()]}
+    assert set(elsewhere.values()) == {"meta"}, {n: d for n, d in elsewhere.items() if d != "meta"}
+
+
 def test_class_specific_coop_refuses_other_classes(clip12):
     coop = methods.build("coop", clip12, CLASSNAMES, n_ctx=4, class_specific=True)
     with pytest.raises(ValueError, match="class-specific"):

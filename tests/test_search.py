@@ -928,6 +928,21 @@ def test_scaleprompt_tune_is_the_same_command(tmp_path):
     assert "--max-failures MAX_FAILURES" in mine.stdout and "(default: 2)" in mine.stdout
 
 
+def test_a_gpu_workers_local_rank_is_its_device_index_among_the_gpus_it_sees():
+    """DeepSpeed takes LOCAL_RANK as the CUDA device index; Ray shows each GPU worker only its own GPU."""
+    from scaleprompt.search.trial import device_local_rank
+
+    assert [device_local_rank(k, 1) for k in range(4)] == [
+        0,
+        0,
+        0,
+        0,
+    ]  # one GPU each: cuda:0 for every worker
+    assert [device_local_rank(k, 2) for k in range(4)] == [0, 1, 0, 1]  # (two GPUs each)
+    assert [device_local_rank(k, 8) for k in range(8)] == list(range(8))  # every GPU of the node visible
+    assert [device_local_rank(k, 0) for k in range(3)] == [0, 1, 2]  # CPU workers keep theirs
+
+
 def test_only_the_projects_own_errors_are_deterministic():
     """A trial fails without retries only for the project's errors, found through causes and Ray Train's
     per-worker failures; anything else (a lost worker, out of memory) is an infrastructure fault."""

@@ -20,10 +20,11 @@ if TYPE_CHECKING:
 
 def class_counts(logits: Tensor, labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
     """Per-class (correct, total) counts of one batch (``logits`` against ``labels``): ``[num_classes]`` each
-    (int64)."""
-    hit = (logits.argmax(dim=-1) == labels).long()
-    correct = torch.zeros(num_classes, dtype=torch.long).index_add_(0, labels.cpu(), hit.cpu())
-    total = torch.bincount(labels.cpu(), minlength=num_classes)
+    (int64, on the CPU; ``logits`` may be on an accelerator, ``labels`` are where the loader left them)."""
+    labels = labels.cpu()
+    hit = (logits.argmax(dim=-1).cpu() == labels).long()  # (B predictions to the host, then compared there)
+    correct = torch.zeros(num_classes, dtype=torch.long).index_add_(0, labels, hit)
+    total = torch.bincount(labels, minlength=num_classes)
     return correct, total
 
 

@@ -63,7 +63,7 @@ class ClassPromptTable(nn.Module):
         :class:`ConfigError` (the learned context would be spliced over a cut prompt)."""
         texts = self.texts(classnames)
         ids = text.tokenize(texts)  # [C, T]
-        needed = text.tokenize(texts, context_length=4096).argmax(-1) + 1  # untruncated lengths
+        needed = text.tokenize(texts, context_length=4096, device="cpu").argmax(-1) + 1  # untruncated lengths
         too_long = [(t, int(k)) for t, k in zip(texts, needed.tolist(), strict=True) if k > ids.shape[1]]
         if too_long:
             raise ConfigError(
@@ -77,9 +77,10 @@ class ClassPromptTable(nn.Module):
         ids = self.tokenize(text, classnames)
         self.register_buffer("ids", ids, persistent=False)
         self.register_buffer("embeds", text.embed(ids), persistent=False)  # [C, T, Dt]
-        if self.class_position != "end":
-            name_lens = (text.tokenize(list(classnames)).argmax(-1) - 1).tolist()
-            self.register_buffer("order", self._order(ids.shape[1], name_lens), persistent=False)
+        if self.class_position != "end":  # (the lengths read on the host; the order where the ids are)
+            name_lens = (text.tokenize(list(classnames), device="cpu").argmax(-1) - 1).tolist()
+            order = self._order(ids.shape[1], name_lens).to(ids.device)
+            self.register_buffer("order", order, persistent=False)
 
     def _order(self, length: int, name_lens: list[int]) -> Tensor:
         """Per-class permutation of positions that moves the class-name tokens (CoOp's front / middle)."""

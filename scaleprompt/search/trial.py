@@ -233,6 +233,22 @@ def restore_checkpoint(checkpoint: Any, out: Path) -> bool:
     return True
 
 
+def visible_gpus() -> int:
+    """The CUDA devices this process sees (0 without CUDA)."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def device_local_rank(local_rank: int, visible: int) -> int:
+    """The ``LOCAL_RANK`` of a Ray Train worker with local rank ``local_rank`` that sees ``visible`` GPUs. DeepSpeed
+    takes ``LOCAL_RANK`` as its CUDA device index; Ray shows each GPU worker only its own GPU(s)
+    (``CUDA_VISIBLE_DEVICES``), so local rank k >= 1 would name a device the worker does not have ("invalid device
+    ordinal"): the index is the local rank among the visible devices (0 with one GPU each). CPU workers
+    (``visible`` 0) keep their local rank."""
+    return local_rank % visible if visible > 0 else local_rank
+
+
 def _join_process_group() -> None:
     """Give this Ray Train worker the launcher environment the engine expects (RANK, WORLD_SIZE, LOCAL_RANK and a
     rendezvous): a fresh file rendezvous when every worker is on this node (no TCP listener at all), else
@@ -253,7 +269,7 @@ def _join_process_group() -> None:
     os.environ.update(
         RANK=str(context.get_world_rank()),
         WORLD_SIZE=str(context.get_world_size()),
-        LOCAL_RANK=str(context.get_local_rank()),
+        LOCAL_RANK=str(device_local_rank(context.get_local_rank(), visible_gpus())),
         LOCAL_WORLD_SIZE=str(context.get_local_world_size()),
         **rendezvous,
     )
