@@ -9,16 +9,20 @@ from torch import Tensor
 
 def cosine_logits(image_features: Tensor, text_features: Tensor, logit_scale: Tensor) -> Tensor:
     """CLIP logits ``logit_scale.exp() * normalize(image) @ normalize(text).T``: ``image_features`` ``[B, E]`` x
-    ``text_features`` ``[C, E]`` -> ``[B, C]`` (``logit_scale``: the log of the temperature's inverse)."""
-    return logit_scale.exp() * F.normalize(image_features, dim=-1) @ F.normalize(text_features, dim=-1).t()
+    ``text_features`` ``[C, E]`` -> ``[B, C]`` (``logit_scale``: the log of the temperature's inverse). Always in
+    fp32: features of a bf16 / fp16 model are normalized, compared and scaled in fp32 (cosines rounded to 2^-9
+    flip near-ties among 1000 classes); an fp32 model's numbers are unchanged."""
+    image, text = F.normalize(image_features.float(), dim=-1), F.normalize(text_features.float(), dim=-1)
+    return logit_scale.float().exp() * image @ text.t()  # [B, C]
 
 
 def per_image_cosine_logits(image_features: Tensor, text_features: Tensor, logit_scale: Tensor) -> Tensor:
     """Logits when every image has its own class text features (CoCoOp): ``image_features`` ``[B, E]`` x
-    ``text_features`` ``[B, C, E]`` -> ``[B, C]``, scaled by ``logit_scale.exp()``."""
-    img = F.normalize(image_features, dim=-1)
-    txt = F.normalize(text_features, dim=-1)
-    return logit_scale.exp() * torch.einsum("be,bce->bc", img, txt)
+    ``text_features`` ``[B, C, E]`` -> ``[B, C]``, scaled by ``logit_scale.exp()``; in fp32 as
+    :func:`cosine_logits`."""
+    img = F.normalize(image_features.float(), dim=-1)
+    txt = F.normalize(text_features.float(), dim=-1)
+    return logit_scale.float().exp() * torch.einsum("be,bce->bc", img, txt)
 
 
 def reformation_loss(prompted: Tensor, frozen: Tensor, tau: float = 1.0) -> Tensor:
@@ -29,8 +33,8 @@ def reformation_loss(prompted: Tensor, frozen: Tensor, tau: float = 1.0) -> Tens
     prompted feature must pick its own frozen feature among the batch's. One direction only; ``frozen`` is
     detached (the frozen branch never gets gradient).
     """
-    f_p = F.normalize(prompted, dim=-1)
-    f_c = F.normalize(frozen.detach(), dim=-1)
+    f_p = F.normalize(prompted.float(), dim=-1)  # (in fp32 under a bf16 / fp16 model, as the logits)
+    f_c = F.normalize(frozen.detach().float(), dim=-1)
     sims = f_p @ f_c.t() / tau  # [B, B]
     return F.cross_entropy(sims, torch.arange(sims.shape[0], device=sims.device))
 

@@ -328,3 +328,29 @@ def test_text_chunks_split_per_sequence_deep_prompts(backbone12):
         whole = text(embeds, ids, deep=deep)
         chunked = chunks(embeds, ids, deep=deep)
     torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-5 * float(whole.abs().max()))
+
+
+@pytest.mark.parametrize("name", ["coop", "cocoop", "upt", "provp_ref"])
+def test_under_bf16_weights_logits_and_losses_are_fp32_with_the_fp32_logit_scale(name, images, labels):
+    """DeepSpeed's bf16 engine casts the whole method (logit scale included: ln 100 -> 4.594). Logits, the
+    cross-entropy and ProVP-Ref's re-formation loss are computed in fp32 from the bf16 features, scaled by the
+    backbone's fp32 logit scale read at build."""
+    from scaleprompt.backbone import load_clip
+    from scaleprompt.losses import cosine_logits
+
+    torch.manual_seed(0)
+    backbone = load_clip("sp-tiny-vit-12")
+    fp32_scale = backbone.model.logit_scale.detach().clone()
+    method = methods.build(name, backbone, CLASSNAMES).bfloat16()
+    assert method.clip.logit_scale.dtype == torch.bfloat16 and method.clip.logit_scale.float() != fp32_scale
+    x = images.bfloat16()
+    out = method.loss(x, labels)
+    assert out.loss.dtype == out.logits.dtype == torch.float32
+    assert all(v.dtype == torch.float32 for v in out.parts.values()), out.parts
+    with torch.no_grad():
+        logits = method.logits(x)
+        if name in ("coop", "provp_ref"):  # (UPT's logits come from one joint pass, not these two calls)
+            features = method.image_features(x)
+            assert features.dtype == torch.bfloat16  # (the towers run in bf16; only the comparison is fp32)
+            assert torch.equal(logits, cosine_logits(features, method.text_features(), fp32_scale))
+    torch.testing.assert_close(method.ln_logit_scale(), fp32_scale, rtol=0, atol=0)

@@ -77,6 +77,16 @@ def clean_classnames(classnames: Sequence[str]) -> list[str]:
     return names
 
 
+def host_value(t: Tensor) -> float | None:
+    """The value of the one-element tensor ``t`` as a Python float; None for a tensor without values (the meta
+    device, a fake tensor)."""
+    from torch._subclasses.fake_tensor import is_fake
+
+    if t.device.type == "meta" or is_fake(t):
+        return None
+    return float(t.detach().float().reshape(-1)[0])
+
+
 class PromptMethod(nn.Module, ABC):
     """A prompt method over a frozen open_clip CLIP: what the engine, the evaluation and the predictor use.
 
@@ -117,6 +127,9 @@ class PromptMethod(nn.Module, ABC):
         self.backbone_info = backbone.info
         self.clip: OpenClipModule = backbone.model  # (open_clip's CLIP: untyped)
         self.clip.requires_grad_(False)
+        # CLIP's log inverse temperature as the backbone holds it (fp32), read once: a bf16 / fp16 engine casts
+        # the parameter (ln 100 -> 4.594 in bf16: a scale of 98.9); None: a meta / fake build (the planner's)
+        self._ln_scale = host_value(self.clip.logit_scale)
         self.vision = PromptedVisionEncoder(self.clip, options)
         self.text = PromptedTextEncoder(self.clip, backbone.tokenizer, options)
         self._checked_prompts: tuple[tuple[str, ...], ...] | None = None  # the class prompts last checked
@@ -231,6 +244,14 @@ class PromptMethod(nn.Module, ABC):
         """The trained tensors only, by name (never a backbone weight)."""
         return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
 
+    def ln_logit_scale(self) -> Tensor:
+        """CLIP's log inverse temperature (the logits' scale is its exp), an fp32 scalar on the parameter's device:
+        the fp32 value read at build, whatever the precision the engine cast the model to."""
+        p = self.clip.logit_scale
+        if self._ln_scale is None:
+            return p.float()
+        return torch.full((), self._ln_scale, dtype=torch.float32, device=p.device)  # (p may be partitioned)
+
     def frozen_image_features(self, images: Tensor) -> Tensor:
         """Un-prompted CLIP image features ``[B, E]`` under no_grad."""
         with torch.no_grad():
@@ -293,7 +314,7 @@ class FeatureMethod(PromptMethod):
 
     def logits_from(self, image_features: Tensor) -> Tensor:
         """``[B, C]`` logits of already computed image features against the class text features."""
-        return cosine_logits(image_features, self.text_features(), self.clip.logit_scale)
+        return cosine_logits(image_features, self.text_features(), self.ln_logit_scale())
 
     def logits(self, images: Tensor) -> Tensor:
         return self.logits_from(self.image_features(images))

@@ -83,4 +83,4 @@ class CoCoOp(PromptMethod):
 
     def logits(self, images: Tensor) -> Tensor:
         img = self.frozen_image_features(images)  # [B, E]
-        return per_image_cosine_logits(img, self.per_image_text_features(img), self.clip.logit_scale)
+        return per_image_cosine_logits(img, self.per_image_text_features(img), self.ln_logit_scale())

@@ -152,5 +152,5 @@ class UPT(FeatureMethod):
         :meth:`image_features` and :meth:`text_features` each run their own pass."""
         text_ctx, visual = self.split_prompts()
         return cosine_logits(
-            self.encode_image(images, visual), self.encode_text(text_ctx), self.clip.logit_scale
+            self.encode_image(images, visual), self.encode_text(text_ctx), self.ln_logit_scale()
         )
