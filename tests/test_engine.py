@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import math
@@ -387,7 +388,7 @@ def test_bf16_prompts_after_a_step_do_not_depend_on_the_zero_stage():
 def test_no_deepspeed_op_is_compiled_and_builds_are_announced_in_a_per_environment_cache(
     tmp_path, monkeypatch, caplog
 ):
-    """A run's process group starts without DeepSpeed's shm op (inference-only: it would be compiled for minutes
+    """A run's process group waits an hour in a collective and starts without DeepSpeed's shm op (inference-only: it would be compiled for minutes
     on a first CPU run); the switch is undone afterwards; a build, when one happens, is announced in one line
     naming the op and its cache, a folder keyed by the Python environment unless TORCH_EXTENSIONS_DIR is set."""
     import deepspeed.ops
@@ -396,6 +397,16 @@ def test_no_deepspeed_op_is_compiled_and_builds_are_announced_in_a_per_environme
 
     distributed.init_distributed()  # (this process's group, as a run starts it)
     assert deepspeed.comm.comm.cdb.shm_comm_op is None
+    # its collectives wait an hour, not DeepSpeed's 10 minutes (rank 0 may be writing a large dataset's shards)
+    gloo = torch.distributed.group.WORLD._get_backend(torch.device("cpu"))
+    assert gloo.options._timeout == distributed.collective_timeout() == datetime.timedelta(minutes=60)
+    monkeypatch.setenv("SCALEPROMPT_COLLECTIVE_TIMEOUT_MINUTES", "1.5")
+    assert distributed.collective_timeout() == datetime.timedelta(seconds=90)
+    for bad in ("0", "soon", "-3"):
+        monkeypatch.setenv("SCALEPROMPT_COLLECTIVE_TIMEOUT_MINUTES", bad)
+        with pytest.raises(ConfigError, match=f"SCALEPROMPT_COLLECTIVE_TIMEOUT_MINUTES='{bad}': a number"):
+            distributed.collective_timeout()
+    monkeypatch.delenv("SCALEPROMPT_COLLECTIVE_TIMEOUT_MINUTES")
     compatible = deepspeed.ops.__compatible_ops__
     before = dict(compatible)
     with distributed._ops_switched_off(("deepspeed_shm_comm", "no_such_op")):

@@ -298,6 +298,26 @@ def test_a_crafted_pickle_in_the_model_states_is_refused_and_executes_nothing(co
 
 # --- resume identity --------------------------------------------------------------------------------------------
 @pytest.mark.slow  # (quick-loop budget: an end-to-end run / processes / a timeout)
+def test_every_checkpoint_file_is_loaded_onto_the_cpu_whatever_deepspeed_asks(tmp_path, monkeypatch):
+    """DeepSpeed loads model states with ``map_location=lambda storage, loc: storage`` (where they were saved: rank
+    0's cuda:0 for every rank on a GPU node); the project's checkpoint engine loads onto the CPU, and
+    load_state_dict copies to each rank's device."""
+    from types import SimpleNamespace
+
+    from scaleprompt.engine.checkpoint import use_weights_only_checkpoints
+
+    holder = SimpleNamespace()
+    use_weights_only_checkpoints(holder)
+    torch.save({"module": {"prompts": torch.ones(2)}}, tmp_path / "states.pt")
+    asked = []
+    load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: asked.append(k["map_location"]) or load(*a, **k))
+    for where in (lambda storage, loc: storage, None, torch.device("cuda", 0)):
+        state = holder.checkpoint_engine.load(str(tmp_path / "states.pt"), map_location=where)
+        assert state["module"]["prompts"].device.type == "cpu"
+    assert asked == ["cpu", "cpu", "cpu"]
+
+
 def test_a_resume_that_changes_math_or_data_is_refused_naming_each_difference(colors, tmp_path):
     base = ["method.name=provp", "method.args.n_ctx=2", "optim.epochs=2"]
     fit(colors, tmp_path, *base, "train.max_steps=3")  # stopped mid-epoch 2

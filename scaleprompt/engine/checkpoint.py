@@ -188,7 +188,10 @@ def use_weights_only_checkpoints(ds_engine: Any) -> None:
             failpoint("checkpoint.deepspeed_file")
 
         def load(self, path: str, map_location: Any = None) -> Any:
-            return safe_torch_load(path, map_location=map_location if map_location is not None else "cpu")
+            # always onto the CPU, whatever DeepSpeed asks: its model-state loads keep each tensor where it was
+            # saved (map_location=lambda storage, loc: storage), i.e. every rank put rank 0's states on cuda:0 (a
+            # CUDA context per rank on GPU 0); load_state_dict then copies them to each rank's own device
+            return safe_torch_load(path, map_location="cpu")
 
     ds_engine.checkpoint_engine = WeightsOnlyCheckpointEngine(getattr(ds_engine, "_config", None))
 

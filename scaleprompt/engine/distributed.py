@@ -21,11 +21,13 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 
+from scaleprompt.config import ConfigError
 from scaleprompt.errors import reported_elsewhere
 from scaleprompt.logs import captured_prints
 
@@ -39,6 +41,25 @@ logger = logging.getLogger(__name__)
 # all-reduce for its INFERENCE engine (``inference_all_reduce``, tensor-parallel layers); training reduces through
 # torch.distributed whether it is built or not. DeepSpeed builds it (C++, ~30-160 s) when a CPU process group starts.
 UNUSED_OPS = ("deepspeed_shm_comm",)
+TIMEOUT_VARIABLE = "SCALEPROMPT_COLLECTIVE_TIMEOUT_MINUTES"
+DEFAULT_TIMEOUT_MINUTES = 60
+
+
+def collective_timeout() -> timedelta:
+    """How long a rank waits in a collective before the run fails: ``$SCALEPROMPT_COLLECTIVE_TIMEOUT_MINUTES``,
+    default 60 minutes. (DeepSpeed's default, 10 minutes, is shorter than rank 0 takes to write a large dataset's
+    shards while the other ranks wait for them in a broadcast; a dead peer is reported at once anyway:
+    :mod:`scaleprompt.engine.signals`.)"""
+    text = os.environ.get(TIMEOUT_VARIABLE, str(DEFAULT_TIMEOUT_MINUTES))
+    try:
+        minutes = float(text)
+    except ValueError:
+        minutes = -1.0
+    if not minutes > 0:
+        raise ConfigError(f"{TIMEOUT_VARIABLE}={text!r}: a number of minutes > 0")
+    return timedelta(minutes=minutes)
+
+
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 _rendezvous_file: str | None = None  # the file rendezvous of this process's group (removed by shutdown)
 T = TypeVar("T")
@@ -107,6 +128,7 @@ def init_distributed(local_rank_arg: int | None = None) -> DistInfo:
             init_method=init_method,
             rank=rank,
             world_size=world_size,
+            timeout=collective_timeout(),
             verbose=False,
             auto_mpi_discovery=False,
         )
