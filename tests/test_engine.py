@@ -55,6 +55,8 @@ def test_deepspeed_config_takes_the_geometry_and_precision_from_the_recipe():
     )
     assert geometry == (16, 4, 2)
     assert cfg["bf16"]["enabled"] and not cfg["fp16"]["enabled"] and cfg["zero_optimization"]["stage"] == 2
+    assert cfg["communication_data_type"] == "fp32"  # (gradients reduced over ranks in fp32)
+    assert "communication_data_type" not in deepspeed_config(base, 4, 2, 2, precision="fp32")
     assert base["train_batch_size"] == 32, "the JSON template is not modified"
 
 

@@ -943,6 +943,18 @@ def test_a_gpu_workers_local_rank_is_its_device_index_among_the_gpus_it_sees():
     assert [device_local_rank(k, 0) for k in range(3)] == [0, 1, 2]  # CPU workers keep theirs
 
 
+def test_gpu_requests_that_would_share_or_hide_a_gpu_are_refused():
+    SearchOptions(gpus_per_trial=2, workers_per_trial=2)  # (one whole GPU per worker)
+    SearchOptions(gpus_per_trial=0.5)  # (a one-worker trial may share a GPU)
+    for gpus, workers in ((1, 2), (3, 2), (0.5, 2)):
+        with pytest.raises(ConfigError, match="needs whole GPUs of its own"):
+            SearchOptions(gpus_per_trial=gpus, workers_per_trial=workers)
+    SearchOptions().check_gpus(0)  # a CPU machine
+    SearchOptions(gpus_per_trial=1).check_gpus(8)
+    with pytest.raises(ConfigError, match=r"--gpus-per-trial 0 on a machine with 8 GPU\(s\)"):
+        SearchOptions().check_gpus(8)
+
+
 def test_only_the_projects_own_errors_are_deterministic():
     """A trial fails without retries only for the project's errors, found through causes and Ray Train's
     per-worker failures; anything else (a lost worker, out of memory) is an infrastructure fault."""

@@ -43,7 +43,8 @@ def deepspeed_config(
     """The DeepSpeed JSON of this run: ``base`` (the ``--ds`` JSON; None: ZeRO stage 0) with the batch geometry
     ``micro`` x ``accumulation`` x ``world``, the ``precision`` and the clipping ``grad_clip`` of the recipe (the
     recipe wins; changes are logged). Clipping is always written: DeepSpeed's own default is 1.0, the releases do
-    not clip."""
+    not clip. Under bf16 / fp16 the gradients are reduced over ranks in fp32 (``communication_data_type``, unless
+    the JSON says otherwise): a few thousand prompt values, so the wider all-reduce costs nothing that matters."""
     cfg = copy.deepcopy(base or {"zero_optimization": {"stage": 0}})
     wanted = {
         "train_batch_size": micro * accumulation * world,
@@ -59,6 +60,8 @@ def deepspeed_config(
         cfg[key] = value
     cfg.setdefault("bf16", {})["enabled"] = precision == "bf16"
     cfg.setdefault("fp16", {})["enabled"] = precision == "fp16"
+    if precision in ("bf16", "fp16"):  # the prompts' gradients summed over ranks in fp32, not in 16 bits
+        cfg.setdefault("communication_data_type", "fp32")
     cfg.pop("optimizer", None)  # the client optimizer holds only the prompts
     cfg.pop("scheduler", None)  # the per-epoch schedule is ours
     cfg.setdefault("steps_per_print", 10**9)

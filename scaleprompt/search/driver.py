@@ -50,6 +50,7 @@ from scaleprompt.search.trial import (
     sample_of,
     sweep_config,
     trial_dirname,
+    visible_gpus,
 )
 
 logger = logging.getLogger(__name__)
@@ -282,6 +283,7 @@ def _run_search(
     logger.info(
         "search space %s checked on %s (%s): %s", space.name, base.model.name, base.method.name, params
     )
+    opts.check_gpus(visible_gpus())  # (before the sweep is claimed: the GPUs its trials would see)
     _claim_sweep(sweep, _sweep_record(space_path, recipe, overrides, opts), opts.resume)
     init_ray(opts.address, opts.dashboard, port=opts.dashboard_port)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # (with verbose=0: Tune prints nothing; Progress does)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from scaleprompt.config import check_types, require
+from scaleprompt.config import ConfigError, check_types, require
 from scaleprompt.errors import ScalepromptError
 
 
@@ -82,6 +82,25 @@ class SearchOptions:
                 self.gpus_per_trial == int(self.gpus_per_trial),
                 "gpus_per_trial",
                 f"more than one GPU per trial must be a whole number, got {self.gpus_per_trial}",
+            )
+
+        if self.gpus_per_trial > 0 and self.workers > 1:
+            per_worker = self.gpus_per_trial / self.workers
+            require(
+                per_worker >= 1 and per_worker == int(per_worker),
+                "gpus_per_trial",
+                f"{self.gpus_per_trial:g} GPUs for {self.workers} workers: each worker of a multi-worker trial needs "
+                "whole GPUs of its own (two ranks on one GPU: NCCL's 'Duplicate GPU detected')",
+            )
+
+    def check_gpus(self, visible: int) -> None:
+        """Refuse GPU-less trials on a machine whose ``visible`` GPUs they would all use: Ray hides GPUs only from
+        trials that ask for some, so with ``--gpus-per-trial 0`` every trial would run on cuda:0, unaccounted."""
+        if self.gpus_per_trial == 0 and visible > 0:
+            raise ConfigError(
+                f"--gpus-per-trial 0 on a machine with {visible} GPU(s): Ray hides no GPU from a trial that asks "
+                "for none, so every trial would run on cuda:0, unaccounted; ask for GPUs (--gpus-per-trial 1), "
+                "or hide them (CUDA_VISIBLE_DEVICES=) for CPU trials"
             )
 
     @property
