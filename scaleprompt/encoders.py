@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -488,6 +489,7 @@ class PromptedTextEncoder(nn.Module):
         _check_batch_first(text_tower(clip).transformer)
         self.tokenizer = tokenizer if tokenizer is not None else import_open_clip().SimpleTokenizer()
         self._causal: bool | None = None  # (see _causal_mask)
+        self._pooled_cache: tuple[weakref.ref[Tensor], int, int] | None = None  # (see _last_pooled)
 
     @property
     def options(self) -> EncoderOptions:
@@ -608,7 +610,19 @@ class PromptedTextEncoder(nn.Module):
         pooled = self.pooled_positions(ids) if pooled is None else pooled
         if not self._options.truncate or self.tower.attn_mask is None or pooled is None:
             return ids.shape[1]
-        return min(ids.shape[1], max(int(pooled.max()) + 1, at_least))
+        return min(ids.shape[1], max(self._last_pooled(ids, pooled) + 1, at_least))
+
+    def _last_pooled(self, ids: Tensor, pooled: Tensor) -> int:
+        """``int(pooled.max())`` for ``ids`` (a host sync on an accelerator), read once per ids tensor: the class
+        prompts' ids are a buffer that stays as it is until the classes change (a new tensor), so every forward
+        of a run asks the same; the cache holds the tensor itself (a weak reference: never another tensor at the
+        same address) and its version (an in-place change is read again)."""
+        cached = self._pooled_cache
+        if cached is not None and cached[0]() is ids and cached[1] == ids._version:
+            return cached[2]
+        value = int(pooled.max())
+        self._pooled_cache = (weakref.ref(ids), ids._version, value)
+        return value
 
     def _causal_mask(self) -> bool:
         """The tower's ``attn_mask`` is the causal mask (checked once: it is a fixed buffer; so is any leading

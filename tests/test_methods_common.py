@@ -266,6 +266,22 @@ def test_the_text_cut_happens_on_the_test_backbone(backbone12):
     assert text.kept_length(ids) < text.context_length
 
 
+def test_the_text_cut_is_read_once_per_ids_tensor_and_again_when_they_change(backbone12):
+    """The cut needs the last pooled position on the host (a device sync per forward on a GPU): read once per
+    class-prompt ids tensor, again for another tensor or after an in-place change, never stale."""
+    text = methods.build("coop", backbone12, CLASSNAMES).text
+    ids = text.tokenize([f"X X X X {c}." for c in CLASSNAMES])
+    first = text.kept_length(ids)
+    cached = text._pooled_cache
+    assert cached is not None and cached[0]() is ids and cached[2] == first - 1
+    assert text.kept_length(ids) == first and text._pooled_cache is cached  # (not read again)
+    longer = text.tokenize([f"X X X X {c} and a much longer name." for c in CLASSNAMES])
+    assert text.kept_length(longer) > first  # another tensor: read
+    ids[0, first + 2] = ids[0].max() + 1  # (in place: the end-of-text token moves further right)
+    ids[0, first - 1] = 0
+    assert text.kept_length(ids) == first + 3  # the changed tensor: read again, not the cached length
+
+
 LEARNED_TEXT = [
     n for n in methods.list_methods() if not getattr(methods.method_class(n), "frozen_text", False)
 ]

@@ -294,7 +294,7 @@ class Trainer:
             stack.callback(guard.close)
             stack.enter_context(logging_redirect_tqdm())  # (log lines print above the bar, not through it)
             stack.enter_context(signals.deferred())  # (a stop signal waits for a step boundary)
-            window: list[float] = []  # the micro-step losses of the current optimizer step
+            window: list[torch.Tensor] = []  # the micro-step losses of the current optimizer step
             while loader.epoch < self.epochs:
                 lr = lr_at_epoch(loader.epoch, cfg.optim)
                 for group in optimizer.param_groups:
@@ -308,7 +308,7 @@ class Trainer:
                     ds_engine.backward(out.loss)
                     # (asked before step(), which advances it)
                     boundary = ds_engine.is_gradient_accumulation_boundary()
-                    window.append(out.loss.item())
+                    window.append(out.loss.detach())  # (read at the boundary: no host sync per micro-step)
                     bad = guard.verdict() if boundary else []
                     if bad:
                         self._skip_or_stop(bad, run, lr)
@@ -321,7 +321,8 @@ class Trainer:
                     if not boundary:
                         continue
                     if not bad:  # (the train loss averages the micro-steps of the optimizer steps taken)
-                        run.epoch_loss = [run.epoch_loss[0] + sum(window), run.epoch_loss[1] + len(window)]
+                        losses = [loss.item() for loss in window]
+                        run.epoch_loss = [run.epoch_loss[0] + sum(losses), run.epoch_loss[1] + len(losses)]
                     window = []
                     bar.update(1)
                     self._log_step(out, batch.labels, lr, run, loader.consumed % len(loader) == 0)
