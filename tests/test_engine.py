@@ -441,3 +441,14 @@ def test_no_deepspeed_op_is_compiled_and_builds_are_announced_in_a_per_environme
     assert [r.getMessage() for r in caplog.records if "DeepSpeed op" in r.getMessage()] == [
         distributed.build_notice(builder.name, tmp_path / "mine")
     ]
+
+
+def test_evaluation_counts_top1_and_mean_per_class_exactly():
+    from scaleprompt.engine.evaluate import evaluate
+
+    batches = [  # (logits standing in for images, labels): predictions 0 1 0 | 2 0
+        (torch.tensor([[2.0, 1, 0], [0, 3, 1], [1, 0, 0]]), torch.tensor([0, 1, 2])),
+        (torch.tensor([[0.0, 0, 5], [9, 1, 1]]), torch.tensor([2, 1])),
+    ]
+    result = evaluate(lambda x: x, batches, 3, "cpu", expected_images=5)
+    assert result == {"top1": 60.0, "mean_per_class": pytest.approx(200 / 3), "images": 5}

@@ -20,10 +20,11 @@ if TYPE_CHECKING:
 
 def class_counts(logits: Tensor, labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
     """Per-class (correct, total) counts of one batch (``logits`` against ``labels``): ``[num_classes]`` each
-    (int64, on the CPU; ``logits`` may be on an accelerator, ``labels`` are where the loader left them)."""
-    labels = labels.cpu()
-    hit = (logits.argmax(dim=-1).cpu() == labels).long()  # (B predictions to the host, then compared there)
-    correct = torch.zeros(num_classes, dtype=torch.long).index_add_(0, labels, hit)
+    (int64), where ``logits`` are (``labels`` are moved there from wherever the loader left them: on a GPU the
+    counts stay on it, no host sync per batch; integer sums, so the order of the adds changes nothing)."""
+    labels = labels.to(logits.device, non_blocking=True)
+    hit = (logits.argmax(dim=-1) == labels).long()
+    correct = torch.zeros(num_classes, dtype=torch.long, device=logits.device).index_add_(0, labels, hit)
     total = torch.bincount(labels, minlength=num_classes)
     return correct, total
 
@@ -75,17 +76,17 @@ def evaluate(
     ``lockstep``: every rank runs the same number of forwards (:func:`in_lockstep`; needed under ZeRO-3)."""
     if expected_images is None:
         expected_images = getattr(batches, "expected_images", None)
-    correct = torch.zeros(num_classes, dtype=torch.long)
-    total = torch.zeros(num_classes, dtype=torch.long)
+    correct = torch.zeros(num_classes, dtype=torch.long, device=device)
+    total = torch.zeros(num_classes, dtype=torch.long, device=device)
     for batch in in_lockstep(batches, device) if lockstep else batches:
         if isinstance(batch, Tensor):  # a stand-in: this rank's share is done, the others' is not
             logits_fn(batch.to(device))
             continue
         images, labels = batch[0].to(device), batch[1]
-        c, t = class_counts(logits_fn(images).float(), labels, num_classes)
-        correct += c
-        total += t
-    counts = all_reduce_sum(torch.stack([correct, total]).to(device)).cpu()
+        c, t = class_counts(logits_fn(images).float(), labels, num_classes)  # (where the logits are)
+        correct += c.to(device)
+        total += t.to(device)
+    counts = all_reduce_sum(torch.stack([correct, total])).cpu()  # (the one host read of the pass)
     result = accuracy_from_counts(counts[0], counts[1])
     if expected_images is not None and result["images"] != expected_images:
         source = getattr(getattr(batches, "src", None), "shard_dir", None)
