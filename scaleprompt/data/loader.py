@@ -460,6 +460,8 @@ class ShardLoader:
             generator=generator,
             persistent_workers=False,
             prefetch_factor=2 if self.num_workers else None,
+            # page-locked batches on a GPU machine: their copy to the device runs asynchronously (non_blocking)
+            pin_memory=torch.cuda.is_available(),
         )
         return iter(loader)
 

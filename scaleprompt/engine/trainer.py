@@ -303,7 +303,8 @@ class Trainer:
                 for batch in loader:
                     # one micro-step; at an accumulation boundary the optimizer step, unless something was not
                     # finite on some rank (engine/nonfinite.py): then the run stops, or the step is skipped
-                    out = ds_engine(batch.images.to(dist.device), batch.labels.to(dist.device))
+                    images = batch.images.to(dist.device, non_blocking=True)  # (pinned on a GPU machine)
+                    out = ds_engine(images, batch.labels.to(dist.device, non_blocking=True))
                     guard.watch_loss(out.loss, out.parts)
                     ds_engine.backward(out.loss)
                     # (asked before step(), which advances it)
