@@ -51,14 +51,15 @@ def test_one_step_on_one_and_two_processes_gives_the_same_prompts(tmp_path):
     2 torchrun ranks, and 2 deepspeed ranks under ZeRO-3 with every backbone weight partitioned (persistence
     threshold 0: the encoders' fused blocks must not read a partitioned weight): one SGD step gives the same prompts
     (ProVP: a per-sample loss). The two deepspeed runs share one launch (tests/ds_driver.py: the engine, one run per
-    DeepSpeed config, in one process group)."""
-    data = make_color_folder(tmp_path / "data", n_train=4, n_val=1, n_test=2)
+    DeepSpeed config, in one process group). Base-to-novel: the evaluation moves the method to the novel classes
+    and back, which under ZeRO-3 gathers the token embedding only; the novel numbers agree."""
+    data = make_color_folder(tmp_path / "data", n_train=8, n_val=1, n_test=2)  # (16 base training images)
     zero3 = json.loads((ROOT / "ds_configs" / "zero3.json").read_text())
     zero3["zero_optimization"]["stage3_param_persistence_threshold"] = 0
     (tmp_path / "zero3_partitioned.json").write_text(json.dumps(zero3))
     settings = [
         "method.name=provp", "method.args.n_ctx=4", "optim.epochs=1", "optim.lr=0.5", "optim.momentum=0.0",
-        "data.train_augment=false", "data.shuffle_buffer=0",
+        "data.train_augment=false", "data.shuffle_buffer=0", "eval.setting=base2new",
     ]  # fmt: skip
     said = "ZeRO-3 partitions the backbone's block weights"
     outs = {name: tmp_path / name for name in ("python", "torchrun")}
@@ -83,3 +84,5 @@ def test_one_step_on_one_and_two_processes_gives_the_same_prompts(tmp_path):
         prompts[name] = load_file(out / "prompts.safetensors")["prompts"]
     for name in ("deepspeed", "torchrun", "zero3"):
         torch.testing.assert_close(prompts[name], prompts["python"], rtol=0, atol=1e-6, msg=name)
+    novel = {name: results(out)["results"]["last"]["novel"] for name, out in outs.items()}
+    assert novel["zero3"] == novel["deepspeed"] and novel["python"]["images"] == 4, novel

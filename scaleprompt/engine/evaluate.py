@@ -125,18 +125,18 @@ class Evaluator:
 
     @contextlib.contextmanager
     def on_classes(self, model: PromptedModel, test_set: EvalSet) -> Iterator[None]:
-        """``model`` classifies ``test_set``'s classes, then the training classes again (ZeRO-3 parameters are
-        gathered for the rebuild of the text side)."""
+        """``model`` classifies ``test_set``'s classes, then the training classes again (under ZeRO-3 the token
+        embedding is gathered for the class prompts' rebuild, not the whole backbone)."""
         setting, method = self.setting, model.method
         if test_set.classnames == setting.classnames and test_set.templates == setting.templates:
             yield
             return
-        with model.gathered():
+        with model.gathered(class_prompts=True):
             method.set_classnames(test_set.classnames, test_set.templates)
         try:
             yield
         finally:
-            with model.gathered():
+            with model.gathered(class_prompts=True):
                 method.set_classnames(setting.classnames, setting.templates)
 
     def test_all(self, model: PromptedModel) -> dict[str, Any]:

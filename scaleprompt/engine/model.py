@@ -178,16 +178,25 @@ class PromptedModel:
         return self.ds_engine if self.ds_engine is not None else self.method
 
     @contextlib.contextmanager
-    def gathered(self, prompts_only: bool = False, modify: bool = False) -> Iterator[None]:
-        """Outside the engine's forward, ZeRO-3 parameters must be gathered explicitly: all of them (the text
-        side's rebuild for other classes reads frozen weights), or only the trained ones (``prompts_only``: a
-        snapshot or an export needs nothing else). ``modify``: what is written to them inside is kept. DeepSpeed
-        treats a gather without a modifier rank as read-only and restores the old partitions on exit; with one,
-        rank 0's values are broadcast and partitioned again (every rank writes the same values here)."""
+    def gathered(
+        self, prompts_only: bool = False, modify: bool = False, class_prompts: bool = False
+    ) -> Iterator[None]:
+        """Outside the engine's forward, ZeRO-3 parameters must be gathered explicitly, and only what is read: the
+        trained ones (``prompts_only``: a snapshot or an export needs nothing else), the token embedding
+        (``class_prompts``: moving the method to other classes embeds their class prompts, nothing more; the
+        towers run later, inside the engine's forward), or else all of them. ``modify``: what is written to them
+        inside is kept. DeepSpeed treats a gather without a modifier rank as read-only and restores the old
+        partitions on exit; with one, rank 0's values are broadcast and partitioned again (every rank writes the
+        same values here)."""
         if self.ds_engine is not None and self.zero_stage == 3:
             import deepspeed  # (import cost: see _initialize)
 
-            params = list(self.trainable if prompts_only else self.method.parameters())
+            if prompts_only:
+                params = list(self.trainable)
+            elif class_prompts:
+                params = [self.method.text.tower.token_embedding.weight]
+            else:
+                params = list(self.method.parameters())
             with deepspeed.zero.GatheredParameters(params, modifier_rank=0 if modify else None):
                 yield
         else:
