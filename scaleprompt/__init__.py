@@ -42,6 +42,8 @@ releases its folder and loaders when it ends or is stopped. What stays for the p
 * ``scaleprompt.engine.distributed``: ``DS_ACCELERATOR=cpu`` (a default, without CUDA, at import), ``LOCAL_RANK``,
   ``GLOO_SOCKET_IFNAME=lo`` (CPU, every rank local) and torch's thread count (CPU ranks share the cores), set by
   ``init_distributed``; the process group it creates (the next run of the process joins it: the same ranks).
+* ``tqdm.tqdm.monitor_interval = 0`` (set when :mod:`scaleprompt.engine.trainer` is imported): no tqdm monitor
+  thread, whose start and end could meet a DataLoader's fork (gh-112275).
 * The once-per-process flags above: a trial in a taken-over actor does not repeat a warning an earlier trial of
   that actor logged (the actor's log holds it once).
 

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from pathlib import Path
 
@@ -126,6 +127,9 @@ def test_eval_pass_reads_every_sample_once_over_2_ranks_x_2_workers(shard_dir):
             part += batch.keys
         assert len(part) == 20
         seen += part
+        # the pass's queues' feeder threads have ended before anything forks again (gh-112275: a thread exiting
+        # while the next pass forks its workers can deadlock the child)
+        assert not [t for t in threading.enumerate() if t.name == "QueueFeederThread"]
     manifest = read_manifest(shard_dir)
     assert len(seen) == len(set(seen)) == manifest["splits"]["test"]["count"] == 40
 

@@ -53,6 +53,7 @@ import itertools
 import json
 import logging
 import random
+import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -475,9 +476,7 @@ class ShardLoader:
                     seen += len(batch.keys)
                     yield batch
             finally:  # stop the workers now (after an error or a break), not whenever the iterator is collected
-                shutdown = getattr(batches, "_shutdown_workers", None)
-                if shutdown is not None:
-                    shutdown()
+                stop_workers(batches)
             counts = self.src.counts
             expected = sum(counts[u] for u in self._my_urls()) if counts else None
             if expected is not None and seen != expected:
@@ -499,9 +498,7 @@ class ShardLoader:
         collected: at interpreter exit multiprocessing joins daemon workers after a SIGTERM that the run's workers
         block (:mod:`scaleprompt.engine.signals`), so a loader left open by an exception held the process forever."""
         stream, self._stream = self._stream, None
-        shutdown = getattr(stream, "_shutdown_workers", None)
-        if shutdown is not None:
-            shutdown()
+        stop_workers(stream)
 
     @property
     def epoch(self) -> int:
@@ -519,6 +516,25 @@ class ShardLoader:
         for _ in range(state["consumed"]):
             next(self._stream)
         self.consumed = state["consumed"]
+
+
+def stop_workers(batches: Any) -> None:
+    """Stop the workers of the DataLoader iterator ``batches`` now, and let its queues' feeder threads end before
+    anything forks again (the next evaluation pass forks its workers at once). CPython before 3.11.8 / 3.12.2 can
+    deadlock a child forked while another thread of the parent is exiting (gh-112275: the child inherits the
+    interpreter's thread-list lock held); torch's shutdown leaves the feeder threads to exit on their own, and a
+    rank hung forever at the start of a pass, twice (test suites under load). Bounded waits: a thread that does
+    not end is left as before."""
+    shutdown = getattr(batches, "_shutdown_workers", None)
+    if shutdown is None:
+        return
+    shutdown()
+    queues = [*getattr(batches, "_index_queues", []), getattr(batches, "_worker_result_queue", None)]
+    threads = [t for t in (getattr(q, "_thread", None) for q in queues) if t is not None]
+    for thread in threads:
+        thread.join(timeout=5.0)
+    if threads:
+        time.sleep(0.01)  # (a joined thread still deletes its thread state, under that lock, just after)
 
 
 def math_ceil(a: int, b: int) -> int:

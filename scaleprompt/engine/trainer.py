@@ -54,6 +54,9 @@ from scaleprompt.locks import DirLock
 from scaleprompt.methods.base import LossOutput
 
 logger = logging.getLogger(__name__)
+# no tqdm monitor thread (it starts and ends with the bars): a thread starting or ending while a DataLoader forks
+# its workers can deadlock the child on CPython before 3.11.8 / 3.12.2 (gh-112275; data.loader.stop_workers)
+tqdm.monitor_interval = 0
 
 
 # --- pure pieces ------------------------------------------------------------------------------------------------
