@@ -8,7 +8,7 @@ import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -129,7 +129,7 @@ class PromptMethod(nn.Module, ABC):
         self.clip.requires_grad_(False)
         # CLIP's log inverse temperature as the backbone holds it (fp32), read once: a bf16 / fp16 engine casts
         # the parameter (ln 100 -> 4.594 in bf16: a scale of 98.9); None: a meta / fake build (the planner's)
-        self._ln_scale = host_value(self.clip.logit_scale)
+        self._ln_scale = host_value(cast(Tensor, self.clip.logit_scale))
         self.vision = PromptedVisionEncoder(self.clip, options)
         self.text = PromptedTextEncoder(self.clip, backbone.tokenizer, options)
         self._checked_prompts: tuple[tuple[str, ...], ...] | None = None  # the class prompts last checked
@@ -247,7 +247,7 @@ class PromptMethod(nn.Module, ABC):
     def ln_logit_scale(self) -> Tensor:
         """CLIP's log inverse temperature (the logits' scale is its exp), an fp32 scalar on the parameter's device:
         the fp32 value read at build, whatever the precision the engine cast the model to."""
-        p = self.clip.logit_scale
+        p = cast(Tensor, self.clip.logit_scale)  # (nn.Module's attribute typing says Tensor | Module)
         if self._ln_scale is None:
             return p.float()
         return torch.full((), self._ln_scale, dtype=torch.float32, device=p.device)  # (p may be partitioned)
