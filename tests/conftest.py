@@ -9,6 +9,9 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+# a DataLoader worker that gives no batch for a minute is stuck (CPython 3.11.7's fork deadlock, gh-112275): the
+# loader starts it again (a first batch) or the run fails, instead of a test waiting for its launch timeout
+os.environ.setdefault("SCALEPROMPT_LOADER_TIMEOUT", "60")
 
 # The xdist workers share the machine's cores: each gets its share as its thread count, set before torch is
 # imported (the OpenMP threads of two workers on 2 cores spin against each other: the quick subset took 66-71 s

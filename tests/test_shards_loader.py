@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.utils.data import get_worker_info
 
 from scaleprompt.data import (
     DataError,
@@ -321,3 +322,35 @@ def test_ranks_of_a_real_process_group_read_disjoint_parts(shard_dir, tmp_path):
     assert [p["rank"] for p in parts] == [0, 1]
     a, b = set(parts[0]["keys"]), set(parts[1]["keys"])
     assert len(a) == len(b) == 20 and not a & b and len(a | b) == 40
+
+
+def test_workers_that_give_no_first_batch_are_started_again_and_nothing_is_read_twice(
+    shard_dir, tmp_path, monkeypatch, caplog
+):
+    """A worker stuck at its start (CPython 3.11.7 can deadlock a child forked while another thread holds the
+    interpreter's thread-list lock, gh-112275: seen as a rank waiting forever for its first evaluation batch) is
+    killed after the loader timeout and the pass starts again; a batch that never comes later is an error."""
+    from scaleprompt.data import loader as loader_module
+
+    stuck = tmp_path / "stuck-once"
+    original = loader_module.ShardStream.__iter__
+
+    def first_worker_hangs(self):
+        if get_worker_info() is not None and not stuck.exists():
+            stuck.touch()
+            time.sleep(3600)  # (the first worker never delivers; SIGKILLed by the loader)
+        yield from original(self)
+
+    monkeypatch.setattr(loader_module.ShardStream, "__iter__", first_worker_hangs)
+    monkeypatch.setenv("SCALEPROMPT_LOADER_TIMEOUT", "3")
+    loader = ShardLoader(shard_dir, "test", batch_size=4, image_size=16, num_workers=1)
+    with caplog.at_level("WARNING", logger="scaleprompt"):
+        keys = [key for batch in loader for key in batch.keys]
+    assert len(keys) == len(set(keys)) == read_manifest(shard_dir)["splits"]["test"]["count"]
+    assert any(
+        "gave no first batch in 3 s" in r.getMessage() and "(2 of 3)" in r.getMessage()
+        for r in caplog.records
+    )
+    monkeypatch.setenv("SCALEPROMPT_LOADER_TIMEOUT", "soon")
+    with pytest.raises(DataError, match="SCALEPROMPT_LOADER_TIMEOUT='soon'"):
+        list(loader)

@@ -48,11 +48,14 @@ exit status of their commands).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import itertools
 import json
 import logging
+import os
 import random
+import signal
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -389,6 +392,7 @@ class ShardLoader:
         self.epoch_samples = epoch_samples
         self.consumed = 0
         self._stream: Iterator[Batch] | None = None
+        self._first: list[Batch] = []  # the training stream's first batch, read at its start, not yet used
         self._skipped: dict[int, int] = {}
 
     @property
@@ -463,15 +467,42 @@ class ShardLoader:
             prefetch_factor=2 if self.num_workers else None,
             # page-locked batches on a GPU machine: their copy to the device runs asynchronously (non_blocking)
             pin_memory=torch.cuda.is_available(),
+            timeout=loader_timeout() if self.num_workers else 0,
         )
         return iter(loader)
+
+    def _started(self) -> tuple[Iterator[Batch], list[Batch]]:
+        """A new iterator of the stream and its first batch (none if the stream is empty). Workers that deliver no
+        first batch within :func:`loader_timeout` are killed and the iterator is made again (at most
+        :data:`START_ATTEMPTS` times): on CPython before 3.11.8 / 3.12.2 a worker forked while another thread of the
+        run held the interpreter's thread-list lock never starts (gh-112275); nothing was read yet, so nothing is
+        read twice."""
+        for attempt in range(1, START_ATTEMPTS + 1):
+            batches = self._make_iter(0)
+            try:
+                return batches, [next(batches)]
+            except StopIteration:
+                return batches, []
+            except RuntimeError as exc:
+                if not str(exc).startswith("DataLoader timed out") or attempt == START_ATTEMPTS:
+                    raise
+                kill_workers(batches)
+                logger.warning(
+                    "%s: its DataLoader workers gave no first batch in %d s (a worker stuck at its start: "
+                    "CPython < 3.11.8 / 3.12.2 fork deadlock, gh-112275); started again (%d of %d)",
+                    self.src.shard_dir or self.split,
+                    loader_timeout(),
+                    attempt + 1,
+                    START_ATTEMPTS,
+                )
+        raise AssertionError("unreachable")
 
     def __iter__(self) -> Iterator[Batch]:
         if not self.train:
             seen = 0
-            batches = self._make_iter(0)
+            batches, first = self._started()
             try:
-                for batch in batches:
+                for batch in itertools.chain(first, batches):
                     self._skipped[batch.worker] = batch.skipped
                     seen += len(batch.keys)
                     yield batch
@@ -486,9 +517,9 @@ class ShardLoader:
                 )
             return
         if self._stream is None:  # one endless stream per run: epochs are slices of it
-            self._stream = self._make_iter(0)
+            self._stream, self._first = self._started()
         for _ in range(len(self) - self.consumed % len(self)):
-            batch = next(self._stream)
+            batch = self._first.pop() if self._first else next(self._stream)
             self.consumed += 1
             self._skipped[batch.worker] = batch.skipped
             yield batch
@@ -497,7 +528,7 @@ class ShardLoader:
         """Stop the training stream's DataLoader workers now (after an error or a stop), not whenever the loader is
         collected: at interpreter exit multiprocessing joins daemon workers after a SIGTERM that the run's workers
         block (:mod:`scaleprompt.engine.signals`), so a loader left open by an exception held the process forever."""
-        stream, self._stream = self._stream, None
+        stream, self._stream, self._first = self._stream, None, []
         stop_workers(stream)
 
     @property
@@ -512,10 +543,41 @@ class ShardLoader:
     def load_state_dict(self, state: dict[str, int]) -> None:
         """Resume at the data position ``state`` (of :meth:`state_dict`): the stream is deterministic, so replaying
         it reaches the same samples."""
-        self._stream = self._make_iter(0)
-        for _ in range(state["consumed"]):
-            next(self._stream)
+        self._stream, self._first = self._started()
+        for _ in range(state["consumed"]):  # (the first batch, read at the start, is the first replayed)
+            if self._first:
+                self._first.pop()
+            else:
+                next(self._stream)
         self.consumed = state["consumed"]
+
+
+TIMEOUT_VARIABLE = "SCALEPROMPT_LOADER_TIMEOUT"
+START_ATTEMPTS = 3
+
+
+def loader_timeout() -> int:
+    """Seconds a DataLoader waits for a batch from its workers before the run fails with an error naming it
+    (``$SCALEPROMPT_LOADER_TIMEOUT``, default 900): a worker that died or never started is an error, not a silent
+    hang; a first batch that does not come is retried (:meth:`ShardLoader._started`)."""
+    text = os.environ.get(TIMEOUT_VARIABLE, "900")
+    if not text.isdigit() or int(text) < 1:
+        raise DataError(f"{TIMEOUT_VARIABLE}={text!r}: a whole number of seconds >= 1")
+    return int(text)
+
+
+def kill_workers(batches: Any) -> None:
+    """SIGKILL the worker processes of the DataLoader iterator ``batches`` and drop it: a worker stuck in a lock
+    at its start ignores SIGTERM (its handlers never run), and multiprocessing would wait for it at exit."""
+    workers = list(getattr(batches, "_workers", []))
+    stop_workers(
+        batches
+    )  # (torch forgets their pids first, so their death is no error; SIGTERM after a wait)
+    for worker in workers:
+        if worker.is_alive() and worker.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker.pid, signal.SIGKILL)
+            worker.join(timeout=5.0)
 
 
 def stop_workers(batches: Any) -> None:
