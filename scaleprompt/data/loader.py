@@ -378,7 +378,7 @@ class ShardLoader:
         rank: int | None = None,
         world_size: int | None = None,
     ) -> None:
-        self.src = resolve_source(source, split)
+        self.src, self.split = resolve_source(source, split), split
         self.train = split == "train" if train is None else train
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.rank, self.world_size = _rank_world(rank, world_size)
@@ -488,9 +488,10 @@ class ShardLoader:
                     raise
                 kill_workers(batches)
                 logger.warning(
-                    "%s: its DataLoader workers gave no first batch in %d s (a worker stuck at its start: "
+                    "%s (%s): its DataLoader workers gave no first batch in %d s (a worker stuck at its start: "
                     "CPython < 3.11.8 / 3.12.2 fork deadlock, gh-112275); started again (%d of %d)",
-                    self.src.shard_dir or self.split,
+                    self.src.shard_dir or "shards",
+                    self.split,
                     loader_timeout(),
                     attempt + 1,
                     START_ATTEMPTS,
