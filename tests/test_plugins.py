@@ -40,6 +40,7 @@ def fake_distribution(site: Path, name: str, entry_points: str, modules: dict[st
         (site / file).write_text(source)
 
 
+@pytest.mark.slow  # (quick-loop budget: the plug-in's pip install)
 def test_the_installed_plugin_registers_its_method_and_dataset_in_this_process(
     plugin_site, fresh_registries, monkeypatch, backbone2, images
 ):
@@ -101,6 +102,7 @@ def test_register_method_checks_what_it_registers(fresh_registries):
     assert registry.register_method(mine) is mine  # (the same class again: nothing changes)
 
 
+@pytest.mark.slow  # (quick-loop budget: the plug-in's pip install)
 def test_the_command_line_lists_the_installed_plugins(plugin_site, tmp_path):
     code = "from scaleprompt.cli import main; main(['methods']); main(['datasets'])"
     run_env = {**env(tmp_path), "PYTHONPATH": os.pathsep.join([str(ROOT), str(plugin_site)])}

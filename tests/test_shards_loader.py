@@ -324,6 +324,7 @@ def test_ranks_of_a_real_process_group_read_disjoint_parts(shard_dir, tmp_path):
     assert len(a) == len(b) == 20 and not a & b and len(a | b) == 40
 
 
+@pytest.mark.slow  # (quick-loop budget: a loader timeout waited out)
 def test_workers_that_give_no_first_batch_are_started_again_and_nothing_is_read_twice(
     shard_dir, tmp_path, monkeypatch, caplog
 ):
