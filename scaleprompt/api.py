@@ -170,16 +170,8 @@ def _dotlist(overrides: Overrides, sections: Mapping[str, Any]) -> list[str]:
     for key, value in _values(overrides, sections).items():
         if isinstance(value, _StringValue):
             text = str(value)
-        elif value is None:
-            text = "null"
-        elif isinstance(value, str):
-            text = json.dumps(value)  # (quoted: "null", "1e-3" or "true" stay strings)
-        elif isinstance(value, bool | int | float):
-            text = json.dumps(value)
-        elif isinstance(value, Path):
-            text = json.dumps(str(value))
-        else:
-            text = json.dumps(value)
+        else:  # (JSON: None -> null; a str quoted, so "null", "1e-3" or "true" stay strings)
+            text = json.dumps(str(value) if isinstance(value, Path) else value)
         out.append(f"{key}={text}")
     return out
 

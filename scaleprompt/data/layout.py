@@ -21,8 +21,15 @@ from PIL import Image
 
 from scaleprompt.errors import ScalepromptError
 
-# where generated / shipped datasets are written when no root is given
-CACHE_ROOT = Path(os.environ.get("SCALEPROMPT_CACHE", Path.home() / ".cache" / "scaleprompt"))
+
+def cache_root() -> Path:
+    """scaleprompt's user cache as the environment names it now: ``$SCALEPROMPT_CACHE``, else
+    ``~/.cache/scaleprompt``."""
+    return Path(os.environ.get("SCALEPROMPT_CACHE", Path.home() / ".cache" / "scaleprompt"))
+
+
+# where generated / shipped datasets are written when no root is given (read at import)
+CACHE_ROOT = cache_root()
 
 
 class DatasetError(ScalepromptError, FileNotFoundError):

@@ -571,9 +571,8 @@ def kill_workers(batches: Any) -> None:
     """SIGKILL the worker processes of the DataLoader iterator ``batches`` and drop it: a worker stuck in a lock
     at its start ignores SIGTERM (its handlers never run), and multiprocessing would wait for it at exit."""
     workers = list(getattr(batches, "_workers", []))
-    stop_workers(
-        batches
-    )  # (torch forgets their pids first, so their death is no error; SIGTERM after a wait)
+    # (torch forgets their pids first, so their death is no error; SIGTERM after a wait)
+    stop_workers(batches)
     for worker in workers:
         if worker.is_alive() and worker.pid is not None:
             with contextlib.suppress(ProcessLookupError):

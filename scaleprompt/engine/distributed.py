@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 import torch
 
 from scaleprompt.config import ConfigError
+from scaleprompt.data.layout import cache_root
 from scaleprompt.errors import reported_elsewhere
 from scaleprompt.logs import captured_prints
 
@@ -162,9 +163,8 @@ def extensions_dir() -> Path:
     rebuild each other's ops in turns: their DeepSpeed sources differ)."""
     if os.environ.get("TORCH_EXTENSIONS_DIR"):
         return Path(os.environ["TORCH_EXTENSIONS_DIR"])
-    cache = Path(os.environ.get("SCALEPROMPT_CACHE", Path.home() / ".cache" / "scaleprompt"))
     key = hashlib.sha256(os.path.realpath(sys.prefix).encode()).hexdigest()[:12]
-    return cache / "torch_extensions" / f"env-{key}"
+    return cache_root() / "torch_extensions" / f"env-{key}"
 
 
 _announcing = False
