@@ -277,6 +277,7 @@ def test_the_text_cut_is_read_once_per_ids_tensor_and_again_when_they_change(bac
     assert text.kept_length(ids) == first and text._pooled_cache is cached  # (not read again)
     longer = text.tokenize([f"X X X X {c} and a much longer name." for c in CLASSNAMES])
     assert text.kept_length(longer) > first  # another tensor: read
+    assert text.kept_length(ids) == first and text._pooled_cache[0]() is ids  # (cached again)
     ids[0, first + 2] = ids[0].max() + 1  # (in place: the end-of-text token moves further right)
     ids[0, first - 1] = 0
     assert text.kept_length(ids) == first + 3  # the changed tensor: read again, not the cached length
